@@ -170,17 +170,23 @@ pub struct RecoveryPolicy {
     /// After how long a stopped or unreachable instance is judged failed and replaced; None: never.
     #[serde(serialize_with = "never_or")]
     pub failure_timeout_seconds: Option<u64>,
-    pub backoff_initial_seconds: u64,
-    pub backoff_max_seconds: u64,
+    /// Delay between relaunches of a crash-looping instance.
+    pub backoff: Backoff,
     pub max_concurrent_replacements: u32,
+}
+
+/// Exponential backoff bounds.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Backoff {
+    pub initial_seconds: u64,
+    pub max_seconds: u64,
 }
 
 impl Default for RecoveryPolicy {
     fn default() -> Self {
         Self {
             failure_timeout_seconds: Some(600),
-            backoff_initial_seconds: 1,
-            backoff_max_seconds: 60,
+            backoff: Backoff { initial_seconds: 1, max_seconds: 60 },
             max_concurrent_replacements: 1,
         }
     }
@@ -817,18 +823,18 @@ fn decode_recovery(cx: &mut Ctx, node: &Node) -> RecoveryPolicy {
     if let Some(n) = f.get("backoff") {
         if let Some(bf) = cx.fields(n, "backoff", &["initial_seconds", "max_seconds"]) {
             if let Some(v) = opt(&bf, "initial_seconds", |n| cx.int(n, "initial_seconds", 0, 86_400)) {
-                r.backoff_initial_seconds = v as u64;
+                r.backoff.initial_seconds = v as u64;
             }
             if let Some(v) = opt(&bf, "max_seconds", |n| cx.int(n, "max_seconds", 1, 86_400)) {
-                r.backoff_max_seconds = v as u64;
+                r.backoff.max_seconds = v as u64;
             }
-            if r.backoff_initial_seconds > r.backoff_max_seconds {
+            if r.backoff.initial_seconds > r.backoff.max_seconds {
                 cx.at(
                     "invalid-value",
                     n,
                     format!(
                         "backoff initial_seconds ({}) is larger than max_seconds ({})",
-                        r.backoff_initial_seconds, r.backoff_max_seconds
+                        r.backoff.initial_seconds, r.backoff.max_seconds
                     ),
                     Some("make initial_seconds at most max_seconds".into()),
                 );
