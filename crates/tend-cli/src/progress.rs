@@ -43,6 +43,22 @@ impl Progress {
         }
     }
 
+    /// Prints a closing line below everything shown so far.
+    pub fn last(&self, line: &str) {
+        match self {
+            Progress::Bars(b) => {
+                let _ = b.multi.clear();
+                for (id, (mark, msg)) in b.outcomes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    let label = b.labels.get(id).cloned().unwrap_or_default();
+                    println!("{mark} {:<40} {msg}", format!("{} {label}", short(id)));
+                }
+                println!("{line}");
+            }
+            Progress::Lines(_) => println!("{line}"),
+            Progress::Json(_) => {}
+        }
+    }
+
     /// Emits a JSON object (only in JSON mode).
     pub fn json(&self, value: serde_json::Value) {
         if let Progress::Json(j) = self {
@@ -65,6 +81,8 @@ impl Observer for Progress {
 pub struct Bars {
     multi: MultiProgress,
     bars: Mutex<BTreeMap<String, ProgressBar>>,
+    /// Final mark and message per step, in the order they finished.
+    outcomes: Mutex<Vec<(String, (String, String))>>,
     labels: BTreeMap<String, String>,
 }
 
@@ -73,6 +91,7 @@ impl Bars {
         Bars {
             multi: MultiProgress::with_draw_target(ProgressDrawTarget::stdout()),
             bars: Mutex::new(BTreeMap::new()),
+            outcomes: Mutex::new(Vec::new()),
             labels,
         }
     }
@@ -81,9 +100,8 @@ impl Bars {
         let mut bars = self.bars.lock().unwrap_or_else(|e| e.into_inner());
         bars.entry(id.to_string())
             .or_insert_with(|| {
-                let style =
-                    ProgressStyle::with_template("{spinner:.cyan} {prefix:<20} {msg} [{elapsed:.dim}]")
-                        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+                let style = ProgressStyle::with_template("{spinner:.cyan} {prefix:<40} {msg} {elapsed:.dim}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner());
                 let pb = self.multi.add(ProgressBar::new_spinner().with_style(style));
                 let label = self.labels.get(id).cloned().unwrap_or_default();
                 pb.set_prefix(format!("{} {}", short(id), label));
@@ -95,11 +113,14 @@ impl Bars {
 
     fn finish(&self, id: &str, mark: &str, msg: String) {
         let pb = self.bar(id);
-        let style =
-            ProgressStyle::with_template(&format!("{mark} {{prefix:<20}} {{msg}} [{{elapsed:.dim}}]"))
-                .unwrap_or_else(|_| ProgressStyle::default_spinner());
+        let style = ProgressStyle::with_template(&format!("{mark} {{prefix:<40}} {{msg}}"))
+            .unwrap_or_else(|_| ProgressStyle::default_spinner());
         pb.set_style(style);
-        pb.finish_with_message(msg);
+        pb.finish_with_message(msg.clone());
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((id.to_string(), (mark.to_string(), msg)));
     }
 
     fn on_event(&self, e: &Event) {

@@ -65,15 +65,15 @@ pub async fn run(
         ));
     }
     if summary.complete() && summary.applied.is_empty() {
-        progress.say(&format!("nothing to do: all {n} steps were already done (checked in {ms} ms)"));
+        progress.last(&format!("nothing to do: all {n} steps were already done (checked in {ms} ms)"));
     } else if summary.complete() {
-        progress.say(&format!(
+        progress.last(&format!(
             "complete: {} step(s) ran, {} already done, in {ms} ms",
             summary.applied.len(),
             summary.skipped.len()
         ));
     } else {
-        progress.say(&format!(
+        progress.last(&format!(
             "incomplete: {} failed, {} not run; fix the cause and run again to resume",
             summary.failed.len(),
             summary.blocked.len() + summary.held.len()

@@ -256,7 +256,8 @@ mod tests {
         let cur = |v: &[(&str, &str)]| -> BTreeMap<String, String> {
             v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
         };
-        let cases: Vec<(&str, StepRecord, BTreeMap<String, String>, CheckResult, Decision)> = vec![
+        type Case = (&'static str, StepRecord, BTreeMap<String, String>, CheckResult, Decision);
+        let cases: Vec<Case> = vec![
             ("fresh, check passes", rec(false, false, &[]), cur(&[]), Done, Decision::Skip),
             ("fresh, check fails", rec(false, false, &[]), cur(&[]), Needed, Decision::Apply(CheckFailed)),
             ("fresh, no check", rec(false, false, &[]), cur(&[]), NoCheck, Decision::Apply(NeverCompleted)),
