@@ -17,12 +17,29 @@ use crate::state::*;
 pub trait StepWork: Send + Sync {
     /// Is the desired state of `step` reached? Err: the check itself could not run.
     async fn check(&self, step: &StepNode) -> Result<CheckResult, String>;
-    /// Does the work of `step`.
-    async fn apply(&self, step: &StepNode, reason: &ApplyReason) -> Result<(), String>;
+    /// Does the work of `step`. `Applied::InProgress` means the work goes on elsewhere (a task
+    /// launching on an agent): the engine then alternates `check` and `progress` until the check
+    /// passes or `progress` reports a failure.
+    async fn apply(&self, step: &StepNode, reason: &ApplyReason) -> Result<Applied, String>;
+    /// Waits until an in-progress step may have moved (an event, or a poll interval).
+    /// Err: the step failed (its task exited, a deadline passed). Implementations MUST return
+    /// within a bounded time.
+    async fn progress(&self, _step: &StepNode) -> Result<(), String> {
+        Ok(())
+    }
     /// A fingerprint of what the step produced; None: the hash of its inputs.
     async fn fingerprint(&self, _step: &StepNode) -> Result<Option<String>, String> {
         Ok(None)
     }
+}
+
+/// How an apply ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The work is done: the check must pass now.
+    Done,
+    /// The work was started and completes elsewhere: wait for the check to pass.
+    InProgress,
 }
 
 /// Something the engine did, for progress displays and logs.
@@ -304,11 +321,26 @@ impl Engine {
         rec.applies += 1;
         self.save(plan, step, &mut rec).await?;
         obs.on_event(&Event::Applying { step: step.id.clone(), reason: reason.to_string(), resumed });
-        if let Err(e) = work.apply(step, &reason).await {
-            return self.fail(plan, step, rec, e, obs).await;
-        }
+        let applied = match work.apply(step, &reason).await {
+            Ok(a) => a,
+            Err(e) => return self.fail(plan, step, rec, e, obs).await,
+        };
         rec.status = Some(Status::Started);
         self.save(plan, step, &mut rec).await?;
+        if applied == Applied::InProgress {
+            loop {
+                match work.check(step).await {
+                    Ok(CheckResult::Needed) => {}
+                    Ok(_) => break,
+                    Err(e) => {
+                        return self.fail(plan, step, rec, format!("check could not run: {e}"), obs).await
+                    }
+                }
+                if let Err(e) = work.progress(step).await {
+                    return self.fail(plan, step, rec, e, obs).await;
+                }
+            }
+        }
         match work.check(step).await {
             Ok(CheckResult::Needed) => {
                 let e =

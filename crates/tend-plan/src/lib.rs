@@ -11,7 +11,8 @@ pub mod model;
 pub mod state;
 
 pub use engine::{
-    Engine, EngineError, Event, NoObserver, Observer, PhaseView, PlanView, RunSummary, StepWork, Target,
+    Applied, Engine, EngineError, Event, NoObserver, Observer, PhaseView, PlanView, RunSummary, StepWork,
+    Target,
 };
 pub use model::{PhaseDef, Plan, PlanDef, PlanError, StepDef, StepNode, Strategy};
 pub use state::{ApplyReason, CheckResult, Decision, PlanControl, Status, StepRecord};

@@ -40,7 +40,7 @@ impl StepWork for World {
             CheckResult::Needed
         })
     }
-    async fn apply(&self, step: &StepNode, _: &ApplyReason) -> Result<(), String> {
+    async fn apply(&self, step: &StepNode, _: &ApplyReason) -> Result<Applied, String> {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
         if self.slow.contains(&step.id) {
@@ -55,7 +55,7 @@ impl StepWork for World {
             return Err(format!("{} failed on purpose", step.id));
         }
         *self.done.lock().unwrap().entry(step.id.clone()).or_default() += 0;
-        Ok(())
+        Ok(Applied::Done)
     }
     async fn fingerprint(&self, step: &StepNode) -> Result<Option<String>, String> {
         if self.publishes.contains(&step.id) {

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use tend_model::SystemClock;
 use tend_plan::{
-    ApplyReason, CheckResult, Engine, Observer, Plan, PlanDef, RunSummary, StepDef, StepNode, StepWork,
-    Target,
+    Applied, ApplyReason, CheckResult, Engine, Observer, Plan, PlanDef, RunSummary, StepDef, StepNode,
+    StepWork, Target,
 };
 use tend_spec::{WorkflowSpec, WorkflowStep};
 use tend_store::StateStore;
@@ -222,7 +222,7 @@ impl StepWork for ShellWork<'_> {
         Ok(if o.code == Some(0) { CheckResult::Done } else { CheckResult::Needed })
     }
 
-    async fn apply(&self, node: &StepNode, _reason: &ApplyReason) -> Result<(), String> {
+    async fn apply(&self, node: &StepNode, _reason: &ApplyReason) -> Result<Applied, String> {
         let step = self.wf.step(node).ok_or_else(|| format!("no step {}", node.id))?;
         let o = self
             .wf
@@ -230,7 +230,7 @@ impl StepWork for ShellWork<'_> {
             .await
             .map_err(|e| format!("cannot start `{}`: {e}", step.run))?;
         if o.code == Some(0) && !o.timed_out {
-            Ok(())
+            Ok(Applied::Done)
         } else {
             Err(describe_failure(&step.name, "run", &step.run, &o, step.timeout_seconds))
         }
