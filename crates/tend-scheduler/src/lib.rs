@@ -1,0 +1,6 @@
+//! Pure scheduling decisions of the control plane: placement (this crate), later recovery and
+//! job priorities. State and events in, decisions out; no I/O, no clock.
+
+pub mod placement;
+
+pub use placement::{place_all, AgentSnapshot, AttributeRule, Cluster, Decision, Request, Resources, Rules};
