@@ -1,0 +1,309 @@
+//! Artifacts: fetch into a checksum-keyed cache, verify sha256, copy or extract into the sandbox,
+//! refusing archive entries that would escape it.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tend_api::ArtifactRef;
+
+/// Why an artifact could not be provided.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("cannot fetch {uri}: {error}")]
+    Fetch { uri: String, error: String },
+    #[error("checksum mismatch for {uri}: expected sha256 {expected}, got {actual}")]
+    Checksum { uri: String, expected: String, actual: String },
+    #[error("archive {uri}: entry `{entry}` would escape the sandbox ({why}); refusing the whole archive")]
+    Escape { uri: String, entry: String, why: &'static str },
+    #[error("cannot extract {uri}: {error}")]
+    Extract { uri: String, error: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Where artifacts come from: the control plane for uploaded ones, HTTP, or local files.
+pub struct Fetcher {
+    pub cache_dir: PathBuf,
+    pub server: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+fn io(e: impl std::fmt::Display) -> ArtifactError {
+    ArtifactError::Io(e.to_string())
+}
+
+impl Fetcher {
+    /// Fetches `a` (from the cache when its checksum is known and present) and places it in
+    /// `sandbox`: copied under its name, or extracted.
+    pub async fn provide(&self, a: &ArtifactRef, sandbox: &Path) -> Result<(), ArtifactError> {
+        let cached = self.fetch(a).await?;
+        let dest = sandbox.to_path_buf();
+        let a2 = a.clone();
+        tokio::task::spawn_blocking(move || {
+            if a2.extract {
+                extract(&a2, &cached, &dest)
+            } else {
+                let target = dest.join(&a2.name);
+                std::fs::copy(&cached, &target).map_err(io)?;
+                Ok(())
+            }
+        })
+        .await
+        .map_err(io)?
+    }
+
+    async fn fetch(&self, a: &ArtifactRef) -> Result<PathBuf, ArtifactError> {
+        std::fs::create_dir_all(&self.cache_dir).map_err(io)?;
+        if let Some(sha) = &a.sha256 {
+            let p = self.cache_dir.join(sha);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+        let fetch_err = |e: String| ArtifactError::Fetch { uri: a.uri.clone(), error: e };
+        let bytes: Vec<u8> = if let Some(sha) = a.uri.strip_prefix("tend://artifacts/") {
+            let url = format!("{}/v1/artifacts/{sha}", self.server);
+            let r = self
+                .http
+                .get(&url)
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .map_err(|e| fetch_err(e.to_string()))?;
+            if !r.status().is_success() {
+                return Err(fetch_err(format!("control plane answered {}", r.status())));
+            }
+            r.bytes().await.map_err(|e| fetch_err(e.to_string()))?.to_vec()
+        } else if a.uri.starts_with("http://") {
+            let r = self.http.get(&a.uri).send().await.map_err(|e| fetch_err(e.to_string()))?;
+            if !r.status().is_success() {
+                return Err(fetch_err(format!("server answered {}", r.status())));
+            }
+            r.bytes().await.map_err(|e| fetch_err(e.to_string()))?.to_vec()
+        } else if a.uri.starts_with("https://") {
+            return Err(fetch_err("https is not supported by this build of the agent (no TLS stack); upload the file with the spec or serve it over http".into()));
+        } else if let Some(path) = a.uri.strip_prefix("file://") {
+            tokio::fs::read(path).await.map_err(|e| fetch_err(e.to_string()))?
+        } else {
+            return Err(fetch_err(
+                "unsupported URI (expected http://, file:// or an uploaded artifact)".into(),
+            ));
+        };
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if let Some(expected) = &a.sha256 {
+            if &actual != expected {
+                return Err(ArtifactError::Checksum {
+                    uri: a.uri.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
+        let p = self.cache_dir.join(&actual);
+        let tmp = self.cache_dir.join(format!(".{actual}.part"));
+        tokio::fs::write(&tmp, &bytes).await.map_err(io)?;
+        tokio::fs::rename(&tmp, &p).await.map_err(io)?;
+        Ok(p)
+    }
+}
+
+/// The path of an archive entry inside `dest`, or why it would escape.
+fn safe_join(dest: &Path, entry: &Path) -> Result<PathBuf, &'static str> {
+    let mut out = dest.to_path_buf();
+    for c in entry.components() {
+        match c {
+            Component::Normal(x) => out.push(x),
+            Component::CurDir => {}
+            Component::ParentDir => return Err("`..` in its path"),
+            Component::RootDir | Component::Prefix(_) => return Err("absolute path"),
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a link target stays inside the sandbox once resolved from the link's directory.
+fn link_stays_inside(dest: &Path, link_path: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let base = link_path.parent().unwrap_or(dest);
+    let mut depth: i64 = base.strip_prefix(dest).map(|p| p.components().count() as i64).unwrap_or(-1);
+    if depth < 0 {
+        return false;
+    }
+    for c in target.components() {
+        match c {
+            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            _ => return false,
+        }
+        if depth < 0 {
+            return false;
+        }
+    }
+    true
+}
+
+/// Extracts a .tar.gz/.tgz or .zip into `dest`. Every entry is checked before anything is written.
+pub fn extract(a: &ArtifactRef, archive: &Path, dest: &Path) -> Result<(), ArtifactError> {
+    let ex = |e: String| ArtifactError::Extract { uri: a.uri.clone(), error: e };
+    let escape = |entry: &Path, why| ArtifactError::Escape {
+        uri: a.uri.clone(),
+        entry: entry.display().to_string(),
+        why,
+    };
+    let name = a.uri.to_ascii_lowercase();
+    if name.ends_with(".zip") {
+        let f = std::fs::File::open(archive).map_err(io)?;
+        let mut z = zip::ZipArchive::new(f).map_err(|e| ex(e.to_string()))?;
+        for i in 0..z.len() {
+            let e = z.by_index(i).map_err(|e| ex(e.to_string()))?;
+            let raw = PathBuf::from(e.name());
+            safe_join(dest, &raw).map_err(|why| escape(&raw, why))?;
+            if e.is_symlink() {
+                return Err(escape(&raw, "symbolic link"));
+            }
+        }
+        for i in 0..z.len() {
+            let mut e = z.by_index(i).map_err(|e| ex(e.to_string()))?;
+            let path = safe_join(dest, Path::new(e.name())).map_err(|why| escape(Path::new(""), why))?;
+            if e.is_dir() {
+                std::fs::create_dir_all(&path).map_err(io)?;
+                continue;
+            }
+            if let Some(p) = path.parent() {
+                std::fs::create_dir_all(p).map_err(io)?;
+            }
+            let mut buf = Vec::new();
+            e.read_to_end(&mut buf).map_err(io)?;
+            std::fs::write(&path, &buf).map_err(io)?;
+            #[cfg(unix)]
+            if let Some(mode) = e.unix_mode() {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o777));
+            }
+        }
+        return Ok(());
+    }
+    if !(name.ends_with(".tar.gz") || name.ends_with(".tgz")) {
+        return Err(ex("only .zip, .tar.gz and .tgz can be extracted".into()));
+    }
+    // First pass: check every entry.
+    {
+        let f = std::fs::File::open(archive).map_err(io)?;
+        let mut t = tar::Archive::new(flate2::read::GzDecoder::new(f));
+        for e in t.entries().map_err(|e| ex(e.to_string()))? {
+            let e = e.map_err(|e| ex(e.to_string()))?;
+            let raw = e.path().map_err(|e| ex(e.to_string()))?.into_owned();
+            let target = safe_join(dest, &raw).map_err(|why| escape(&raw, why))?;
+            let kind = e.header().entry_type();
+            if kind.is_symlink() || kind.is_hard_link() {
+                let link =
+                    e.link_name().map_err(|e| ex(e.to_string()))?.map(|l| l.into_owned()).unwrap_or_default();
+                let inside = if kind.is_hard_link() {
+                    safe_join(dest, &link).is_ok()
+                } else {
+                    link_stays_inside(dest, &target, &link)
+                };
+                if !inside {
+                    return Err(escape(&raw, "a link pointing outside the sandbox"));
+                }
+            }
+        }
+    }
+    let f = std::fs::File::open(archive).map_err(io)?;
+    let mut t = tar::Archive::new(flate2::read::GzDecoder::new(f));
+    t.set_preserve_permissions(true);
+    t.unpack(dest).map_err(|e| ex(e.to_string()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn art(uri: &str) -> ArtifactRef {
+        ArtifactRef { uri: uri.into(), sha256: None, extract: true, name: "x".into() }
+    }
+
+    fn tgz(entries: &[(&str, &[u8])], links: &[(&str, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o755);
+            // Write the raw name so that `..` and `/` reach the archive as an attacker would.
+            h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        for (name, target) in links {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            b.append_link(&mut h, name, target).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    /// (case, entries, links, Ok(file that must exist) or Err(fragment of the error))
+    #[test]
+    fn tar_extraction_refuses_escapes() {
+        let cases: Vec<(&str, Vec<(&str, &[u8])>, Vec<(&str, &str)>, Result<&str, &str>)> = vec![
+            ("plain", vec![("bin/server", b"#!/bin/sh\n")], vec![], Ok("bin/server")),
+            ("dot-dot", vec![("../evil", b"x")], vec![], Err("`..` in its path")),
+            ("absolute", vec![("/tmp/evil", b"x")], vec![], Err("absolute path")),
+            ("link out", vec![], vec![("ln", "../../etc/passwd")], Err("link pointing outside")),
+            ("absolute link", vec![], vec![("ln", "/etc/passwd")], Err("link pointing outside")),
+            ("link inside", vec![("a/b", b"x")], vec![("a/c", "b")], Ok("a/c")),
+        ];
+        for (what, entries, links, want) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let archive = dir.path().join("a.tar.gz");
+            std::fs::write(&archive, tgz(&entries, &links)).unwrap();
+            let dest = dir.path().join("sandbox");
+            std::fs::create_dir(&dest).unwrap();
+            let r = extract(&art("x.tar.gz"), &archive, &dest);
+            match want {
+                Ok(f) => {
+                    assert!(r.is_ok(), "{what}: {r:?}");
+                    assert!(dest.join(f).exists(), "{what}: {f} missing");
+                }
+                Err(frag) => {
+                    let e = r.expect_err(what).to_string();
+                    assert!(e.contains(frag), "{what}: {e}");
+                    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0, "{what}: nothing written");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zip_extraction_and_escape() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = |name: &str| {
+            let mut buf = std::io::Cursor::new(Vec::new());
+            let mut w = zip::ZipWriter::new(&mut buf);
+            w.start_file(name, zip::write::SimpleFileOptions::default()).unwrap();
+            std::io::Write::write_all(&mut w, b"hello").unwrap();
+            w.finish().unwrap();
+            buf.into_inner()
+        };
+        let ok = dir.path().join("ok.zip");
+        std::fs::write(&ok, make("app/hello.txt")).unwrap();
+        let dest = dir.path().join("s1");
+        std::fs::create_dir(&dest).unwrap();
+        extract(&art("ok.zip"), &ok, &dest).unwrap();
+        assert_eq!(std::fs::read(dest.join("app/hello.txt")).unwrap(), b"hello");
+        let bad = dir.path().join("bad.zip");
+        std::fs::write(&bad, make("../../escape.txt")).unwrap();
+        let dest = dir.path().join("s2");
+        std::fs::create_dir(&dest).unwrap();
+        let e = extract(&art("bad.zip"), &bad, &dest).unwrap_err().to_string();
+        assert!(e.contains("escape the sandbox"), "{e}");
+        assert!(!dir.path().join("escape.txt").exists());
+    }
+}

@@ -1,0 +1,336 @@
+//! The tend agent: joins the control plane with the cluster token, long-polls the incarnations it
+//! must run, runs them as real processes, and reports every task's status (its heartbeat).
+//!
+//! The agent is level-triggered: it makes its running set equal to the desired set. An
+//! incarnation it runs that is not desired (or an older incarnation of a desired instance) is
+//! killed; a desired one it lacks is started. Reports are full snapshots, so a lost or repeated
+//! report is harmless.
+
+pub mod artifacts;
+pub mod checks;
+pub mod pod;
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Json;
+use serde::Deserialize;
+use tend_api::{AgentResources, DesiredState, RegisterRequest, RegisterResponse, StatusReport};
+use tokio::sync::watch;
+
+use crate::artifacts::Fetcher;
+use crate::pod::{Board, PodCtx, PodHandle, Pods};
+
+/// How an agent is set up.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub id: String,
+    /// Control plane base URL, e.g. `http://127.0.0.1:7070`.
+    pub server: String,
+    pub cluster_token: String,
+    /// Host that clients use to reach this agent's tasks.
+    pub host: String,
+    pub attributes: BTreeMap<String, String>,
+    pub resources: AgentResources,
+    pub data_dir: PathBuf,
+    /// Where the agent serves task logs to the control plane.
+    pub listen: SocketAddr,
+}
+
+struct AgentState {
+    cfg: AgentConfig,
+    http: reqwest::Client,
+    ctx: Arc<PodCtx>,
+    pods: Pods,
+}
+
+/// Runs an agent until `shutdown` resolves; then stops every task it runs and returns.
+pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?;
+    let board = Arc::new(Board::default());
+    let ctx = Arc::new(PodCtx {
+        data_dir: cfg.data_dir.clone(),
+        fetcher: Fetcher {
+            cache_dir: cfg.data_dir.join("artifact-cache"),
+            server: cfg.server.clone(),
+            token: cfg.cluster_token.clone(),
+            http: http.clone(),
+        },
+        board: board.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let agent_url = format!("http://{}", listener.local_addr()?);
+    let state = Arc::new(AgentState { cfg: cfg.clone(), http, ctx, pods: Pods::default() });
+    let app = axum::Router::new().route("/v1/logs", get(logs)).with_state(state.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut srv_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = srv_stop.changed().await;
+            })
+            .await;
+    });
+    let main = main_loop(state.clone(), agent_url, stop_rx.clone());
+    tokio::select! {
+        r = main => { r?; }
+        _ = shutdown => {}
+    }
+    let _ = stop_tx.send(true);
+    stop_all(&state).await;
+    // One last report so the control plane sees the tasks stopped.
+    let _ = post_status(&state, u64::MAX).await;
+    let _ = server.await;
+    Ok(())
+}
+
+async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterResponse> {
+    let req = RegisterRequest {
+        agent_id: st.cfg.id.clone(),
+        host: st.cfg.host.clone(),
+        agent_url: agent_url.to_string(),
+        attributes: st.cfg.attributes.clone(),
+        resources: st.cfg.resources.clone(),
+    };
+    let r = st
+        .http
+        .post(format!("{}/v1/agent/register", st.cfg.server))
+        .bearer_auth(&st.cfg.cluster_token)
+        .json(&req)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        let code = r.status();
+        let body = r.text().await.unwrap_or_default();
+        anyhow::bail!("registration refused ({code}): {body}");
+    }
+    Ok(r.json().await?)
+}
+
+async fn post_status(st: &AgentState, seq: u64) -> anyhow::Result<()> {
+    let report = StatusReport { seq, tasks: st.ctx.board.snapshot() };
+    let r = st
+        .http
+        .post(format!("{}/v1/agent/{}/status", st.cfg.server, st.cfg.id))
+        .bearer_auth(&st.cfg.cluster_token)
+        .timeout(Duration::from_secs(5))
+        .json(&report)
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        anyhow::bail!("status refused: {}", r.status());
+    }
+    Ok(())
+}
+
+async fn main_loop(
+    st: Arc<AgentState>,
+    agent_url: String,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        // (Re-)join: after a restart of either side.
+        let reg = match register(&st, &agent_url).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(agent = %st.cfg.id, error = %e, "cannot register; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        tracing::info!(agent = %st.cfg.id, server_epoch = %reg.server_epoch, "registered");
+        let interval = Duration::from_millis(reg.status_interval_ms.clamp(100, 10_000));
+        let reporter = tokio::spawn(report_loop(st.clone(), interval));
+        let r = desired_loop(&st, stop.clone()).await;
+        reporter.abort();
+        if let Err(e) = r {
+            tracing::warn!(agent = %st.cfg.id, error = %e, "lost the control plane; tasks keep running, re-registering");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if *stop.borrow() {
+            return Ok(());
+        }
+    }
+}
+
+async fn report_loop(st: Arc<AgentState>, interval: Duration) {
+    let mut seq = 0u64;
+    loop {
+        seq += 1;
+        if let Err(e) = post_status(&st, seq).await {
+            tracing::debug!(error = %e, "status report failed; the next one carries the same state");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = st.ctx.board.changed.notified() => {
+                // Coalesce bursts of changes.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+}
+
+async fn desired_loop(st: &Arc<AgentState>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let mut index = 0u64;
+    let mut failures = 0;
+    loop {
+        let url = format!("{}/v1/agent/{}/desired", st.cfg.server, st.cfg.id);
+        let req = st
+            .http
+            .get(&url)
+            .bearer_auth(&st.cfg.cluster_token)
+            .query(&[("index", index.to_string()), ("wait_ms", "20000".to_string())])
+            .timeout(Duration::from_secs(30));
+        let resp = tokio::select! {
+            r = req.send() => r,
+            _ = stop.changed() => return Ok(()),
+        };
+        let desired: DesiredState = match resp {
+            Ok(r) if r.status().is_success() => r.json().await?,
+            Ok(r) if r.status() == StatusCode::NOT_FOUND || r.status() == StatusCode::UNAUTHORIZED => {
+                anyhow::bail!("control plane does not know this agent ({})", r.status())
+            }
+            Ok(r) => {
+                failures += 1;
+                if failures > 3 {
+                    anyhow::bail!("control plane answered {}", r.status());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures > 3 {
+                    return Err(e.into());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        failures = 0;
+        index = desired.index;
+        reconcile(st, desired).await;
+    }
+}
+
+/// Makes the running set equal the desired set.
+async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
+    let want: HashSet<(String, String)> =
+        desired.assignments.iter().map(|a| (a.service.clone(), a.instance.clone())).collect();
+    // Stop what is no longer desired.
+    let stale: Vec<((String, String), PodHandle)> = {
+        let mut running = st.pods.running.lock().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<(String, String)> = running
+            .iter()
+            .filter(|(k, h)| {
+                !want.contains(*k)
+                    || desired
+                        .assignments
+                        .iter()
+                        .any(|a| a.service == k.0 && a.instance == k.1 && a.incarnation > h.incarnation)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.into_iter().filter_map(|k| running.remove(&k).map(|h| (k, h))).collect()
+    };
+    for ((service, instance), h) in stale {
+        tracing::info!(%service, %instance, incarnation = h.incarnation, "stopping: not desired any more");
+        let _ = h.cancel.send(true);
+        let _ = h.join.await;
+        if !want.contains(&(service.clone(), instance.clone())) {
+            st.ctx.board.forget(&service, &instance);
+        }
+    }
+    // Start what is desired and not running.
+    let mut running = st.pods.running.lock().unwrap_or_else(|e| e.into_inner());
+    for a in desired.assignments {
+        let key = (a.service.clone(), a.instance.clone());
+        if running.contains_key(&key) {
+            continue;
+        }
+        tracing::info!(service = %a.service, instance = %a.instance, incarnation = a.incarnation, "launching");
+        let (tx, rx) = watch::channel(false);
+        let incarnation = a.incarnation;
+        let join = tokio::spawn(pod::run_pod(st.ctx.clone(), a, rx));
+        running.insert(key, PodHandle { incarnation, cancel: tx, join });
+    }
+}
+
+async fn stop_all(st: &AgentState) {
+    let all: Vec<PodHandle> = {
+        let mut running = st.pods.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.drain().map(|(_, h)| h).collect()
+    };
+    for h in &all {
+        let _ = h.cancel.send(true);
+    }
+    for h in all {
+        let _ = h.join.await;
+    }
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    service: String,
+    instance: String,
+    incarnation: u64,
+    task: String,
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
+    tail_bytes: Option<u64>,
+}
+
+fn api_error(code: StatusCode, kind: &str, msg: String) -> Response {
+    (code, Json(serde_json::json!({ "error": { "code": kind, "message": msg } }))).into_response()
+}
+
+/// Serves the tail of a task's stdout or stderr to the control plane.
+async fn logs(State(st): State<Arc<AgentState>>, headers: HeaderMap, Query(q): Query<LogQuery>) -> Response {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if auth != format!("Bearer {}", st.cfg.cluster_token) {
+        return api_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid cluster token is required".into(),
+        );
+    }
+    let stream = q.stream.unwrap_or_else(|| "stdout".into());
+    if stream != "stdout" && stream != "stderr" {
+        return api_error(StatusCode::BAD_REQUEST, "bad_request", "stream must be stdout or stderr".into());
+    }
+    let valid = |s: &str| !s.is_empty() && !s.contains('/') && s != ".." && s != ".";
+    if !valid(&q.service) || !valid(&q.instance) || !valid(&q.task) {
+        return api_error(StatusCode::BAD_REQUEST, "bad_request", "invalid name".into());
+    }
+    let path = st
+        .cfg
+        .data_dir
+        .join("sandboxes")
+        .join(&q.service)
+        .join(&q.instance)
+        .join(q.incarnation.to_string())
+        .join(format!("{}.{stream}", q.task));
+    let Ok(bytes) = tokio::fs::read(&path).await else {
+        return api_error(StatusCode::NOT_FOUND, "not_found", format!("no {stream} log for that task"));
+    };
+    let tail = q.tail_bytes.unwrap_or(64 * 1024).min(pod::LOG_CAP_BYTES) as usize;
+    let truncated = bytes.len() > tail;
+    let data = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(tail)..]).into_owned();
+    Json(tend_api::LogChunk { stream, data, truncated }).into_response()
+}

@@ -1,0 +1,393 @@
+//! One incarnation of a pod instance on this agent: sandbox, volumes, artifacts, tasks as real
+//! processes in their own process groups, readiness and health checks, and killing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tend_api::{Assignment, TaskLaunch, TaskState, TaskStatus};
+use tokio::sync::{watch, Notify};
+
+use crate::artifacts::Fetcher;
+use crate::checks::probe;
+
+/// Largest log file before the agent rotates it (copy to `.1`, truncate).
+pub const LOG_CAP_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Milliseconds since the epoch (the agent is an edge: it reads the clock).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Statuses of every task on this agent, and a signal when one changes.
+#[derive(Default)]
+pub struct Board {
+    statuses: Mutex<BTreeMap<(String, String, String), TaskStatus>>,
+    pub changed: Notify,
+}
+
+impl Board {
+    pub fn set(&self, s: TaskStatus) {
+        let key = (s.service.clone(), s.instance.clone(), s.task.clone());
+        let mut m = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        let differs = m.get(&key).is_none_or(|old| {
+            old.state != s.state
+                || old.ready != s.ready
+                || old.incarnation != s.incarnation
+                || old.healthy != s.healthy
+        });
+        m.insert(key, s);
+        drop(m);
+        if differs {
+            self.changed.notify_one();
+        }
+    }
+    pub fn update(&self, service: &str, instance: &str, task: &str, f: impl FnOnce(&mut TaskStatus)) {
+        let key = (service.to_string(), instance.to_string(), task.to_string());
+        let mut m = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = m.get_mut(&key) {
+            let before = (s.state, s.ready, s.healthy);
+            f(s);
+            let changed = before != (s.state, s.ready, s.healthy);
+            drop(m);
+            if changed {
+                self.changed.notify_one();
+            }
+        }
+    }
+    pub fn snapshot(&self) -> Vec<TaskStatus> {
+        self.statuses.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+    /// Forgets the tasks of an instance that is gone from this agent.
+    pub fn forget(&self, service: &str, instance: &str) {
+        let mut m = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|(s, i, _), _| !(s == service && i == instance));
+        drop(m);
+        self.changed.notify_one();
+    }
+}
+
+/// What every pod run shares.
+pub struct PodCtx {
+    pub data_dir: PathBuf,
+    pub fetcher: Fetcher,
+    pub board: Arc<Board>,
+}
+
+impl PodCtx {
+    pub fn sandbox(&self, a: &Assignment) -> PathBuf {
+        self.data_dir.join("sandboxes").join(&a.service).join(&a.instance).join(a.incarnation.to_string())
+    }
+    pub fn volume(&self, a: &Assignment, name: &str) -> PathBuf {
+        self.data_dir.join("volumes").join(&a.service).join(&a.instance).join(name)
+    }
+}
+
+fn status(a: &Assignment, t: &TaskLaunch, state: TaskState, message: Option<String>) -> TaskStatus {
+    TaskStatus {
+        service: a.service.clone(),
+        instance: a.instance.clone(),
+        incarnation: a.incarnation,
+        task: t.name.clone(),
+        state,
+        ready: false,
+        healthy: None,
+        exit_code: None,
+        pid: None,
+        message,
+        since_ms: now_ms(),
+    }
+}
+
+/// Environment of a task: pod env, tend's variables, ports, volumes, then the task's own.
+pub fn task_env(ctx: &PodCtx, a: &Assignment, t: &TaskLaunch, sandbox: &Path) -> BTreeMap<String, String> {
+    let mut env = a.env.clone();
+    env.insert("TEND_SERVICE".into(), a.service.clone());
+    env.insert("TEND_POD".into(), a.pod.clone());
+    env.insert("TEND_POD_INDEX".into(), a.pod_index.to_string());
+    env.insert("TEND_INSTANCE".into(), a.instance.clone());
+    env.insert("TEND_TASK".into(), t.name.clone());
+    env.insert("TEND_INCARNATION".into(), a.incarnation.to_string());
+    env.insert("TEND_SANDBOX".into(), sandbox.display().to_string());
+    for (name, port) in &a.ports {
+        env.insert(format!("PORT_{}", name.to_ascii_uppercase().replace('-', "_")), port.to_string());
+    }
+    for v in &a.volumes {
+        env.insert(
+            format!("TEND_VOLUME_{}", v.name.to_ascii_uppercase().replace('-', "_")),
+            ctx.volume(a, &v.name).display().to_string(),
+        );
+    }
+    env.extend(t.env.clone());
+    env
+}
+
+/// Prepares the sandbox: directories, volume links, artifacts.
+async fn prepare(ctx: &PodCtx, a: &Assignment) -> Result<PathBuf, String> {
+    let sandbox = ctx.sandbox(a);
+    tokio::fs::create_dir_all(&sandbox)
+        .await
+        .map_err(|e| format!("cannot create sandbox {}: {e}", sandbox.display()))?;
+    for v in &a.volumes {
+        let dir = ctx.volume(a, &v.name);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| format!("cannot create volume {}: {e}", dir.display()))?;
+        let link = sandbox.join(&v.path);
+        if let Some(parent) = link.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(|e| e.to_string())?;
+        }
+        if tokio::fs::symlink_metadata(&link).await.is_err() {
+            tokio::fs::symlink(&dir, &link)
+                .await
+                .map_err(|e| format!("cannot link volume {}: {e}", v.name))?;
+        }
+    }
+    for art in &a.artifacts {
+        ctx.fetcher.provide(art, &sandbox).await.map_err(|e| e.to_string())?;
+    }
+    Ok(sandbox)
+}
+
+/// A spawned task process.
+struct Proc {
+    child: tokio::process::Child,
+    pgid: Pid,
+}
+
+fn spawn(sandbox: &Path, t: &TaskLaunch, env: &BTreeMap<String, String>) -> std::io::Result<Proc> {
+    let open = |suffix: &str| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(sandbox.join(format!("{}.{suffix}", t.name)))
+    };
+    let mut c = tokio::process::Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(&t.cmd)
+        .current_dir(sandbox)
+        .envs(env)
+        .stdin(std::process::Stdio::null())
+        .stdout(open("stdout")?)
+        .stderr(open("stderr")?)
+        .process_group(0);
+    let child = c.spawn()?;
+    let pid = child.id().ok_or_else(|| std::io::Error::other("process exited at once"))?;
+    Ok(Proc { child, pgid: Pid::from_raw(pid as i32) })
+}
+
+/// SIGTERM to the group, SIGKILL after the grace period. Returns the exit code if any.
+async fn kill(p: &mut Proc, grace: Duration) -> Option<i32> {
+    let _ = killpg(p.pgid, Signal::SIGTERM);
+    let code = match tokio::time::timeout(grace, p.child.wait()).await {
+        Ok(Ok(s)) => s.code(),
+        _ => {
+            let _ = killpg(p.pgid, Signal::SIGKILL);
+            p.child.wait().await.ok().and_then(|s| s.code())
+        }
+    };
+    let _ = killpg(p.pgid, Signal::SIGKILL);
+    code
+}
+
+/// Rotates a task's log files past the cap (copy to `.1`, then truncate; the task appends).
+fn rotate_logs(sandbox: &Path, task: &str) {
+    for stream in ["stdout", "stderr"] {
+        let p = sandbox.join(format!("{task}.{stream}"));
+        if std::fs::metadata(&p).map(|m| m.len() > LOG_CAP_BYTES).unwrap_or(false) {
+            let _ = std::fs::copy(&p, sandbox.join(format!("{task}.{stream}.1")));
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p) {
+                let _ = f.set_len(0);
+            }
+        }
+    }
+}
+
+/// Runs one incarnation until it ends or `cancel` turns true.
+pub async fn run_pod(ctx: Arc<PodCtx>, a: Assignment, mut cancel: watch::Receiver<bool>) {
+    let board = ctx.board.clone();
+    for t in &a.tasks {
+        board.set(status(&a, t, TaskState::Starting, Some("preparing sandbox".into())));
+    }
+    let sandbox = tokio::select! {
+        r = prepare(&ctx, &a) => match r {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(service = %a.service, instance = %a.instance, error = %e, "sandbox preparation failed");
+                for t in &a.tasks {
+                    board.set(status(&a, t, TaskState::Failed, Some(e.clone())));
+                }
+                return;
+            }
+        },
+        _ = cancel.changed() => return,
+    };
+    // Tasks that must finish first (goal once / finish), one after the other.
+    for t in a.tasks.iter().filter(|t| t.goal != "running") {
+        if t.skip {
+            let mut s = status(&a, t, TaskState::Exited, Some("completed in an earlier incarnation".into()));
+            s.exit_code = Some(0);
+            board.set(s);
+            continue;
+        }
+        let env = task_env(&ctx, &a, t, &sandbox);
+        let mut p = match spawn(&sandbox, t, &env) {
+            Ok(p) => p,
+            Err(e) => {
+                board.set(status(&a, t, TaskState::Failed, Some(format!("cannot start: {e}"))));
+                fail_rest(&board, &a, t);
+                return;
+            }
+        };
+        let mut s = status(&a, t, TaskState::Running, None);
+        s.pid = p.child.id();
+        board.set(s);
+        let code = tokio::select! {
+            r = p.child.wait() => r.ok().and_then(|s| s.code()),
+            _ = cancel.changed() => {
+                let code = kill(&mut p, Duration::from_secs(t.kill_grace_period_seconds)).await;
+                board.update(&a.service, &a.instance, &t.name, |s| { s.state = TaskState::Killed; s.exit_code = code; s.since_ms = now_ms(); });
+                return;
+            }
+        };
+        let _ = killpg(p.pgid, Signal::SIGKILL);
+        board.update(&a.service, &a.instance, &t.name, |s| {
+            s.state = TaskState::Exited;
+            s.exit_code = code;
+            s.pid = None;
+            s.since_ms = now_ms();
+        });
+        if code != Some(0) {
+            fail_rest(&board, &a, t);
+            return;
+        }
+    }
+    // Long-running tasks, side by side.
+    let mut running = Vec::new();
+    for t in a.tasks.iter().filter(|t| t.goal == "running") {
+        let env = task_env(&ctx, &a, t, &sandbox);
+        match spawn(&sandbox, t, &env) {
+            Ok(p) => {
+                let mut s = status(&a, t, TaskState::Running, None);
+                s.pid = p.child.id();
+                board.set(s);
+                running.push(tokio::spawn(supervise(
+                    board.clone(),
+                    a.clone(),
+                    t.clone(),
+                    sandbox.clone(),
+                    env,
+                    p,
+                    cancel.clone(),
+                )));
+            }
+            Err(e) => board.set(status(&a, t, TaskState::Failed, Some(format!("cannot start: {e}")))),
+        }
+    }
+    for h in running {
+        let _ = h.await;
+    }
+}
+
+fn fail_rest(board: &Board, a: &Assignment, failed: &TaskLaunch) {
+    for t in a.tasks.iter().filter(|t| t.goal == "running") {
+        board.set(status(
+            a,
+            t,
+            TaskState::Failed,
+            Some(format!("not started: task `{}` did not succeed", failed.name)),
+        ));
+    }
+}
+
+/// Watches one long-running task: exit, readiness, health, cancellation, log rotation.
+async fn supervise(
+    board: Arc<Board>,
+    a: Assignment,
+    t: TaskLaunch,
+    sandbox: PathBuf,
+    env: BTreeMap<String, String>,
+    mut p: Proc,
+    mut cancel: watch::Receiver<bool>,
+) {
+    let started = tokio::time::Instant::now();
+    let ready_every = t.readiness_check.as_ref().map(|c| Duration::from_secs(c.interval_seconds.max(1)));
+    let health_every = t.health_check.as_ref().map(|c| Duration::from_secs(c.interval_seconds.max(1)));
+    let mut ready_tick = tokio::time::interval(ready_every.unwrap_or(Duration::from_secs(3600)));
+    let mut health_tick = tokio::time::interval(health_every.unwrap_or(Duration::from_secs(3600)));
+    let mut rotate_tick = tokio::time::interval(Duration::from_secs(5));
+    let mut health_failures = 0u32;
+    if t.readiness_check.is_none() {
+        board.update(&a.service, &a.instance, &t.name, |s| s.ready = true);
+    }
+    let grace = Duration::from_secs(t.kill_grace_period_seconds);
+    loop {
+        tokio::select! {
+            r = p.child.wait() => {
+                let code = r.ok().and_then(|s| s.code());
+                let _ = killpg(p.pgid, Signal::SIGKILL);
+                board.update(&a.service, &a.instance, &t.name, |s| {
+                    s.state = TaskState::Exited; s.exit_code = code; s.ready = false; s.pid = None; s.since_ms = now_ms();
+                    s.message = Some(match code { Some(c) => format!("exited with code {c}"), None => "killed by a signal".into() });
+                });
+                return;
+            }
+            _ = cancel.changed() => {
+                let code = kill(&mut p, grace).await;
+                board.update(&a.service, &a.instance, &t.name, |s| {
+                    s.state = TaskState::Killed; s.exit_code = code; s.ready = false; s.pid = None; s.since_ms = now_ms();
+                    s.message = Some("killed: no longer desired".into());
+                });
+                return;
+            }
+            _ = ready_tick.tick(), if ready_every.is_some() => {
+                if let Some(c) = &t.readiness_check {
+                    let ok = probe(c, &sandbox, &env).await;
+                    board.update(&a.service, &a.instance, &t.name, |s| s.ready = ok);
+                }
+            }
+            _ = health_tick.tick(), if health_every.is_some() => {
+                let Some(c) = &t.health_check else { continue };
+                if started.elapsed() < Duration::from_secs(c.grace_period_seconds) {
+                    continue;
+                }
+                if probe(c, &sandbox, &env).await {
+                    health_failures = 0;
+                    board.update(&a.service, &a.instance, &t.name, |s| s.healthy = Some(true));
+                } else {
+                    health_failures += 1;
+                    if health_failures >= c.max_consecutive_failures {
+                        let code = kill(&mut p, grace).await;
+                        let n = health_failures;
+                        board.update(&a.service, &a.instance, &t.name, |s| {
+                            s.state = TaskState::Killed; s.exit_code = code; s.ready = false; s.healthy = Some(false);
+                            s.pid = None; s.since_ms = now_ms();
+                            s.message = Some(format!("unhealthy: health check failed {n} times in a row"));
+                        });
+                        return;
+                    }
+                }
+            }
+            _ = rotate_tick.tick() => rotate_logs(&sandbox, &t.name),
+        }
+    }
+}
+
+/// Running incarnations on this agent, by (service, instance).
+#[derive(Default)]
+pub struct Pods {
+    pub running: Mutex<HashMap<(String, String), PodHandle>>,
+}
+
+/// A running incarnation and how to stop it.
+pub struct PodHandle {
+    pub incarnation: u64,
+    pub cancel: watch::Sender<bool>,
+    pub join: tokio::task::JoinHandle<()>,
+}

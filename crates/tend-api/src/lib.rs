@@ -1,0 +1,321 @@
+//! Wire types of the v1 HTTP/JSON API, shared by the control plane, the agents and the CLI.
+//!
+//! These are not the domain model: the server converts between them and its records. Fields are
+//! only ever added (with defaults), never renamed, within v1.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The API version prefix.
+pub const API_PREFIX: &str = "/v1";
+
+/// Every error answer: `{ "error": { "code": "...", "message": "..." } }`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+// ---------- agents ----------
+
+/// Resources an agent offers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct AgentResources {
+    pub cpus: f64,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    /// Inclusive port range tend may hand out on this agent.
+    pub port_range: [u16; 2],
+}
+
+/// An agent joining (or re-joining after a restart of either side).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RegisterRequest {
+    pub agent_id: String,
+    /// Host clients use to reach tasks on this agent.
+    pub host: String,
+    /// Where the agent serves task logs (`http://host:port`).
+    pub agent_url: String,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    pub resources: AgentResources,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RegisterResponse {
+    pub agent_id: String,
+    pub status_interval_ms: u64,
+    /// Changes each time the control plane starts; agents log re-registrations with it.
+    pub server_epoch: String,
+}
+
+/// What an agent must run: every live incarnation placed on it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct DesiredState {
+    /// Long-poll index: pass it back as `?index=` to wait for the next change.
+    pub index: u64,
+    pub assignments: Vec<Assignment>,
+}
+
+/// One incarnation of a pod instance on an agent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Assignment {
+    pub service: String,
+    pub pod: String,
+    pub pod_index: u32,
+    /// `pod-index`, e.g. `data-2`.
+    pub instance: String,
+    /// Fences stale launches: an agent runs at most the highest incarnation of an instance.
+    pub incarnation: u64,
+    pub config: String,
+    pub ports: BTreeMap<String, u16>,
+    pub env: BTreeMap<String, String>,
+    pub artifacts: Vec<ArtifactRef>,
+    pub volumes: Vec<VolumeRef>,
+    pub tasks: Vec<TaskLaunch>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ArtifactRef {
+    /// `http(s)://…`, `file://…`, or `tend://artifacts/<sha256>` (uploaded to the control plane).
+    pub uri: String,
+    pub sha256: Option<String>,
+    pub extract: bool,
+    /// File name in the sandbox.
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VolumeRef {
+    pub name: String,
+    pub path: String,
+    pub size_mb: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TaskLaunch {
+    pub name: String,
+    /// running | once | finish
+    pub goal: String,
+    pub cmd: String,
+    pub env: BTreeMap<String, String>,
+    pub memory_mb: u64,
+    pub kill_grace_period_seconds: u64,
+    pub essential: bool,
+    pub health_check: Option<CheckSpec>,
+    pub readiness_check: Option<CheckSpec>,
+    /// A `once` task that already succeeded in an earlier incarnation is not run again.
+    #[serde(default)]
+    pub skip: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CheckSpec {
+    /// cmd | http | tcp
+    pub kind: String,
+    #[serde(default)]
+    pub cmd: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub path: Option<String>,
+    pub interval_seconds: u64,
+    pub timeout_seconds: u64,
+    pub grace_period_seconds: u64,
+    pub max_consecutive_failures: u32,
+}
+
+/// What a task is doing, as its agent sees it.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Fetching artifacts, preparing the sandbox, or waiting for earlier tasks.
+    Starting,
+    Running,
+    /// Exited on its own; see exit_code.
+    Exited,
+    /// Killed by its agent (health check failed, or no longer desired).
+    Killed,
+    /// Could not start (artifact fetch, sandbox, spawn).
+    Failed,
+}
+
+/// A task's status report.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TaskStatus {
+    pub service: String,
+    pub instance: String,
+    pub incarnation: u64,
+    pub task: String,
+    pub state: TaskState,
+    #[serde(default)]
+    pub ready: bool,
+    #[serde(default)]
+    pub healthy: Option<bool>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub pid: Option<u32>,
+    #[serde(default)]
+    pub message: Option<String>,
+    pub since_ms: u64,
+}
+
+/// An agent's full report of its tasks (also its heartbeat). Idempotent: a full snapshot.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    pub seq: u64,
+    pub tasks: Vec<TaskStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatusAck {
+    pub seq: u64,
+}
+
+// ---------- services, plans, pods ----------
+
+/// Create or replace a service.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServiceRequest {
+    /// The spec text (YAML).
+    pub spec: String,
+    /// Label for error locations (the file name on the client).
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Digests of local artifacts, by the URI written in the spec; they were uploaded first.
+    #[serde(default)]
+    pub artifacts: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub generation: u64,
+    pub pods: Vec<PodSummary>,
+    pub plans: Vec<PlanSummary>,
+    pub instances: u32,
+    pub running: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PodSummary {
+    pub name: String,
+    pub count: u32,
+    pub config: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PlanSummary {
+    pub name: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PlanInfo {
+    pub service: String,
+    pub name: String,
+    pub status: String,
+    pub interrupted: bool,
+    pub phases: Vec<PhaseInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PhaseInfo {
+    pub name: String,
+    pub status: String,
+    pub interrupted: bool,
+    pub steps: Vec<StepInfo>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StepInfo {
+    pub name: String,
+    pub status: String,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// An operator action on a plan: interrupt, continue, force-complete, restart.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PlanAction {
+    #[serde(default)]
+    pub phase: Option<String>,
+    #[serde(default)]
+    pub step: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PodInfo {
+    pub service: String,
+    pub instance: String,
+    pub pod: String,
+    pub index: u32,
+    pub agent: Option<String>,
+    pub incarnation: u64,
+    pub config: String,
+    pub target_config: String,
+    /// pending | launching | running | ready | stopped | failed
+    pub state: String,
+    #[serde(default)]
+    pub pending_reason: Option<String>,
+    pub ports: BTreeMap<String, u16>,
+    pub reservation: Option<ReservationInfo>,
+    pub tasks: Vec<TaskStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ReservationInfo {
+    pub agent: String,
+    pub cpus: f64,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    pub ports: BTreeMap<String, u16>,
+    pub volumes: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AgentInfo {
+    pub id: String,
+    pub host: String,
+    pub attributes: BTreeMap<String, String>,
+    pub resources: AgentResources,
+    pub reserved_cpus: f64,
+    pub reserved_memory_mb: u64,
+    /// up | lost
+    pub state: String,
+    pub last_seen_ms_ago: Option<u64>,
+    pub tasks: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Endpoint {
+    pub instance: String,
+    pub task: String,
+    pub host: String,
+    pub ports: BTreeMap<String, u16>,
+    pub ready: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EventInfo {
+    pub seq: u64,
+    pub time_ms: u64,
+    pub service: Option<String>,
+    pub kind: String,
+    pub message: String,
+}
+
+/// Log bytes of a task.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LogChunk {
+    pub stream: String,
+    pub data: String,
+    pub truncated: bool,
+}
