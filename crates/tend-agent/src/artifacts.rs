@@ -252,7 +252,9 @@ mod tests {
     /// (case, entries, links, Ok(file that must exist) or Err(fragment of the error))
     #[test]
     fn tar_extraction_refuses_escapes() {
-        let cases: Vec<(&str, Vec<(&str, &[u8])>, Vec<(&str, &str)>, Result<&str, &str>)> = vec![
+        type Case<'a> =
+            (&'a str, Vec<(&'a str, &'a [u8])>, Vec<(&'a str, &'a str)>, Result<&'a str, &'a str>);
+        let cases: Vec<Case> = vec![
             ("plain", vec![("bin/server", b"#!/bin/sh\n")], vec![], Ok("bin/server")),
             ("dot-dot", vec![("../evil", b"x")], vec![], Err("`..` in its path")),
             ("absolute", vec![("/tmp/evil", b"x")], vec![], Err("absolute path")),

@@ -53,9 +53,14 @@ struct AgentState {
 }
 
 /// Runs an agent until `shutdown` resolves; then stops every task it runs and returns.
-pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    mut cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    // Volume links and sandbox paths must not depend on the working directory.
+    cfg.data_dir = std::path::absolute(&cfg.data_dir)?;
     let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?;
     let board = Arc::new(Board::default());
     let ctx = Arc::new(PodCtx {

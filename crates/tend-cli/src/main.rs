@@ -1,9 +1,13 @@
 //! The `tend` binary: parses the command line and hands each command to its module.
 
+mod client;
+mod cluster_cmd;
 mod progress;
+mod service_cmd;
 mod spec_cmd;
 mod workflow_cmd;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,6 +17,11 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "tend", version, about, propagate_version = true)]
 struct Cli {
+    #[command(flatten)]
+    conn: client::Conn,
+    /// Print JSON instead of tables (client commands).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,6 +34,138 @@ enum Command {
     /// Run standalone resumable workflows.
     #[command(subcommand)]
     Workflow(WorkflowCmd),
+    /// Run a control plane.
+    Server {
+        #[arg(long, default_value = ".tend")]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        /// An agent silent for this long is lost.
+        #[arg(long, default_value_t = 5)]
+        agent_lost_after_seconds: u64,
+    },
+    /// Control plane, three local agents and an embedded store in one process, deploying SPEC.
+    Dev {
+        spec: PathBuf,
+        #[arg(long, default_value = ".tend")]
+        data_dir: PathBuf,
+        /// Where the API listens (loopback only; port 0 picks a free one).
+        #[arg(long = "listen", default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 3)]
+        agents: usize,
+    },
+    /// Run an agent, or list agents.
+    #[command(subcommand)]
+    Agent(AgentCmd),
+    /// Deploy and inspect services.
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Show and steer plans.
+    #[command(subcommand)]
+    Plan(PlanCmd),
+    /// Pod instances.
+    #[command(subcommand)]
+    Pod(PodCmd),
+    /// Tasks.
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// What happened, in order.
+    Events {
+        #[arg(long)]
+        service: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCmd {
+    /// Run an agent that joins a control plane.
+    Run(Box<cluster_cmd::AgentArgs>),
+    /// List agents.
+    List,
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Create or update a service from its spec and follow the deploy plan.
+    Deploy {
+        file: PathBuf,
+        /// Return once submitted, without following the plan.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    List,
+    Status {
+        name: Option<String>,
+    },
+    /// Address and named ports of every running task.
+    Endpoints {
+        name: Option<String>,
+    },
+    /// Delete a service; --force while its tasks run.
+    Delete {
+        name: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlanCmd {
+    Show {
+        plan: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    Interrupt(PlanTarget),
+    Continue(PlanTarget),
+    ForceComplete(PlanTarget),
+    Restart(PlanTarget),
+}
+
+#[derive(clap::Args)]
+struct PlanTarget {
+    #[arg(default_value = "deploy")]
+    plan: String,
+    #[arg(long)]
+    phase: Option<String>,
+    #[arg(long)]
+    step: Option<String>,
+    #[arg(long)]
+    service: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum PodCmd {
+    List {
+        #[arg(long)]
+        service: Option<String>,
+    },
+    Status {
+        instance: String,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    Info {
+        instance: String,
+        #[arg(long)]
+        service: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum TaskCmd {
+    /// The tail of a task's output.
+    Logs {
+        instance: String,
+        task: String,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        stderr: bool,
+        #[arg(long, default_value_t = 65536)]
+        tail_bytes: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -70,6 +211,60 @@ enum WorkflowCmd {
     },
 }
 
+async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result<ExitCode> {
+    use service_cmd as sc;
+    match cmd {
+        Command::Server { data_dir, listen, agent_lost_after_seconds } => {
+            cluster_cmd::server(data_dir, listen, agent_lost_after_seconds).await
+        }
+        Command::Dev { spec, data_dir, listen, agents } => {
+            cluster_cmd::dev(&spec, data_dir, listen, agents).await
+        }
+        Command::Agent(AgentCmd::Run(a)) => cluster_cmd::agent(*a).await,
+        Command::Agent(AgentCmd::List) => sc::agent_list(&client::Client::new(&conn)?, json).await,
+        Command::Service(cmd) => {
+            let c = client::Client::new(&conn)?;
+            match cmd {
+                ServiceCmd::Deploy { file, no_wait } => sc::deploy(&c, &file, !no_wait, json).await,
+                ServiceCmd::List => sc::list(&c, json).await,
+                ServiceCmd::Status { name } => sc::status(&c, name, json).await,
+                ServiceCmd::Endpoints { name } => sc::endpoints(&c, name, json).await,
+                ServiceCmd::Delete { name, force } => sc::delete(&c, &name, force, json).await,
+            }
+        }
+        Command::Plan(cmd) => {
+            let c = client::Client::new(&conn)?;
+            let act = |a: &str, t: PlanTarget| (a.to_string(), t);
+            let (action, t) = match cmd {
+                PlanCmd::Show { plan, service } => return sc::plan_show(&c, service, plan, json).await,
+                PlanCmd::Interrupt(t) => act("interrupt", t),
+                PlanCmd::Continue(t) => act("continue", t),
+                PlanCmd::ForceComplete(t) => act("force-complete", t),
+                PlanCmd::Restart(t) => act("restart", t),
+            };
+            sc::plan_action(&c, t.service, &action, &t.plan, t.phase, t.step, json).await
+        }
+        Command::Pod(cmd) => {
+            let c = client::Client::new(&conn)?;
+            match cmd {
+                PodCmd::List { service } => sc::pod_list(&c, service, json).await,
+                PodCmd::Status { instance, service } => {
+                    sc::pod_status(&c, service, &instance, false, json).await
+                }
+                PodCmd::Info { instance, service } => {
+                    sc::pod_status(&c, service, &instance, true, json).await
+                }
+            }
+        }
+        Command::Task(TaskCmd::Logs { instance, task, service, stderr, tail_bytes }) => {
+            sc::task_logs(&client::Client::new(&conn)?, service, &instance, &task, stderr, tail_bytes, json)
+                .await
+        }
+        Command::Events { service } => sc::events(&client::Client::new(&conn)?, service, json).await,
+        Command::Spec(_) | Command::Workflow(_) => Err(anyhow::anyhow!("internal: command dispatched twice")),
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -78,9 +273,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let (conn, json) = (cli.conn, cli.json);
     let result = match cli.command {
-        Command::Spec(SpecCmd::Validate { file, json }) => spec_cmd::validate(&file, json),
-        Command::Spec(SpecCmd::Show { file, json }) => spec_cmd::show(&file, json),
+        Command::Spec(SpecCmd::Validate { file, json: j }) => spec_cmd::validate(&file, j || json),
+        Command::Spec(SpecCmd::Show { file, json: j }) => spec_cmd::show(&file, j || json),
         Command::Workflow(cmd) => {
             let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
             {
@@ -92,15 +288,19 @@ fn main() -> ExitCode {
             };
             rt.block_on(async move {
                 match cmd {
-                    WorkflowCmd::Run { file, replay, json, state_dir } => {
-                        workflow_cmd::run(&file, replay, json, state_dir.as_deref()).await
+                    WorkflowCmd::Run { file, replay, json: j, state_dir } => {
+                        workflow_cmd::run(&file, replay, j || json, state_dir.as_deref()).await
                     }
-                    WorkflowCmd::Status { file, json, state_dir } => {
-                        workflow_cmd::status(&file, json, state_dir.as_deref()).await
+                    WorkflowCmd::Status { file, json: j, state_dir } => {
+                        workflow_cmd::status(&file, j || json, state_dir.as_deref()).await
                     }
                 }
             })
         }
+        other => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(cluster(other, conn, json)),
+            Err(e) => Err(anyhow::anyhow!("cannot start the runtime: {e}")),
+        },
     };
     match result {
         Ok(code) => code,

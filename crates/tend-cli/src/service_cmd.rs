@@ -1,0 +1,405 @@
+//! Client commands against a control plane: service deploy/list/status/endpoints/delete, plans,
+//! pods, agents, task logs and events. Tables by default, `--json` everywhere.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
+use tend_api::*;
+
+use crate::client::Client;
+
+fn json_out<T: serde::Serialize>(v: &T) -> anyhow::Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Uploads the spec's local artifacts and submits it; returns the service name.
+pub async fn submit(client: &Client, file: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let label = file.display().to_string();
+    let spec = match tend_spec::load_service(&label, &text) {
+        Ok(s) => s,
+        Err(r) => bail!("the spec is not valid:\n{}", r.render()),
+    };
+    let base = file.parent().unwrap_or(Path::new("."));
+    let mut artifacts = BTreeMap::new();
+    for a in spec.pods.iter().flat_map(|p| p.artifacts.iter()) {
+        if a.uri.contains("://") || artifacts.contains_key(&a.uri) {
+            continue;
+        }
+        let path = base.join(&a.uri);
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("artifact {}: cannot read {}", a.uri, path.display()))?;
+        let sha = hex::encode(Sha256::digest(&bytes));
+        if let Some(want) = &a.sha256 {
+            if want != &sha {
+                bail!("artifact {}: the file has sha256 {sha}, the spec says {want}", a.uri);
+            }
+        }
+        let _: serde_json::Value = client.put_bytes(&format!("/v1/artifacts/{sha}"), bytes).await?;
+        artifacts.insert(a.uri.clone(), sha);
+    }
+    let req = ServiceRequest { spec: text, file: Some(label), artifacts };
+    let exists = client.get::<ServiceSummary>(&format!("/v1/services/{}", spec.name)).await.is_ok();
+    let summary: ServiceSummary = if exists {
+        client.put_json(&format!("/v1/services/{}", spec.name), &req).await?
+    } else {
+        client.post("/v1/services", &req).await?
+    };
+    Ok(summary.name)
+}
+
+/// Follows a plan until it is complete (Ok(true)) or has failed (Ok(false)).
+pub async fn follow(
+    client: &Client,
+    service: &str,
+    plan: &str,
+    json: bool,
+    timeout: Option<Duration>,
+) -> anyhow::Result<bool> {
+    let tty = std::io::stdout().is_terminal() && !json;
+    let multi = indicatif::MultiProgress::new();
+    let mut bars: BTreeMap<String, indicatif::ProgressBar> = BTreeMap::new();
+    let mut last: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
+    let t0 = Instant::now();
+    loop {
+        let info: PlanInfo = client.get(&format!("/v1/services/{service}/plans/{plan}")).await?;
+        for ph in &info.phases {
+            let done = ph.steps.iter().filter(|s| s.status == "complete").count() as u64;
+            if tty {
+                let pb = bars.entry(ph.name.clone()).or_insert_with(|| {
+                    let style = indicatif::ProgressStyle::with_template(
+                        "{prefix:<14} [{bar:30}] {pos}/{len} {msg} {elapsed}",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> ");
+                    let pb = multi.add(indicatif::ProgressBar::new(ph.steps.len() as u64).with_style(style));
+                    pb.set_prefix(format!("phase {}", ph.name));
+                    pb
+                });
+                pb.set_position(done);
+                let active: Vec<String> = ph
+                    .steps
+                    .iter()
+                    .filter(|s| s.status != "complete" && s.status != "pending")
+                    .map(|s| format!("{} {}", s.name, s.status))
+                    .collect();
+                pb.set_message(active.join(", "));
+            }
+            for s in &ph.steps {
+                let key = format!("{}/{}", ph.name, s.name);
+                let now = (s.status.clone(), s.message.clone());
+                if last.get(&key) != Some(&now) {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({ "event": "step", "phase": ph.name, "step": s.name, "status": s.status, "message": s.message })
+                        );
+                    } else if !tty {
+                        let msg = s.message.as_ref().map(|m| format!(" — {m}")).unwrap_or_default();
+                        println!(
+                            "[{:>6.1}s] {:<12} {:<14} {}{msg}",
+                            t0.elapsed().as_secs_f64(),
+                            ph.name,
+                            s.name,
+                            s.status
+                        );
+                    } else if let Some(m) = &s.message {
+                        let _ = multi.println(format!("{} {}: {}", s.name, s.status, m));
+                    }
+                    last.insert(key, now);
+                }
+            }
+        }
+        match info.status.as_str() {
+            "complete" => {
+                for pb in bars.values() {
+                    pb.finish();
+                }
+                return Ok(true);
+            }
+            "error" => {
+                for pb in bars.values() {
+                    pb.abandon();
+                }
+                return Ok(false);
+            }
+            _ => {}
+        }
+        if timeout.is_some_and(|t| t0.elapsed() > t) {
+            bail!(
+                "plan {plan} of {service} is still {} after {:?}",
+                info.status,
+                timeout.unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn deploy(client: &Client, file: &Path, wait: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let name = submit(client, file).await?;
+    if !json {
+        println!("service `{name}` submitted; following its deploy plan");
+    }
+    if !wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if follow(client, &name, "deploy", json, None).await? {
+        if !json {
+            println!("deploy of `{name}` complete");
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let info: PlanInfo = client.get(&format!("/v1/services/{name}/plans/deploy")).await?;
+        for s in info.phases.iter().flat_map(|p| p.steps.iter()).filter(|s| s.status == "error") {
+            eprintln!("error: step {}: {}", s.name, s.message.clone().unwrap_or_default());
+        }
+        Ok(ExitCode::from(1))
+    }
+}
+
+pub async fn list(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    let all: Vec<ServiceSummary> = client.get("/v1/services").await?;
+    if json {
+        return json_out(&all);
+    }
+    println!("{:<20} {:>10} {:>9} {:>8}  PLANS", "SERVICE", "GENERATION", "INSTANCES", "RUNNING");
+    for s in all {
+        let plans: Vec<String> = s.plans.iter().map(|p| format!("{}={}", p.name, p.status)).collect();
+        println!(
+            "{:<20} {:>10} {:>9} {:>8}  {}",
+            s.name,
+            s.generation,
+            s.instances,
+            s.running,
+            plans.join(" ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn status(client: &Client, name: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+    let name = client.pick_service(name).await?;
+    let s: ServiceSummary = client.get(&format!("/v1/services/{name}")).await?;
+    if json {
+        return json_out(&s);
+    }
+    println!(
+        "service {} (generation {}): {}/{} instances running",
+        s.name, s.generation, s.running, s.instances
+    );
+    for p in &s.pods {
+        println!("  pod {:<14} count {:<4} config {}", p.name, p.count, p.config);
+    }
+    for p in &s.plans {
+        println!("  plan {:<13} {}", p.name, p.status);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn endpoints(client: &Client, name: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+    let name = client.pick_service(name).await?;
+    let eps: Vec<Endpoint> = client.get(&format!("/v1/services/{name}/endpoints")).await?;
+    if json {
+        return json_out(&eps);
+    }
+    println!("{:<16} {:<10} {:<6} ADDRESSES", "INSTANCE", "TASK", "READY");
+    for e in eps {
+        let addrs: Vec<String> = e.ports.iter().map(|(n, p)| format!("{n}={}:{p}", e.host)).collect();
+        println!("{:<16} {:<10} {:<6} {}", e.instance, e.task, e.ready, addrs.join(" "));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn delete(client: &Client, name: &str, force: bool, json: bool) -> anyhow::Result<ExitCode> {
+    let v: serde_json::Value = client.delete(&format!("/v1/services/{name}?force={force}")).await?;
+    if json {
+        return json_out(&v);
+    }
+    println!("service `{name}` deleted; {} instance(s) stopped", v["stopped_instances"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn plan_show(
+    client: &Client,
+    service: Option<String>,
+    plan: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let service = client.pick_service(service).await?;
+    let plans: Vec<PlanInfo> = match plan {
+        Some(p) => vec![client.get(&format!("/v1/services/{service}/plans/{p}")).await?],
+        None => client.get(&format!("/v1/services/{service}/plans")).await?,
+    };
+    if json {
+        return json_out(&plans);
+    }
+    for p in plans {
+        let i = if p.interrupted { " (interrupted)" } else { "" };
+        println!("plan {} of {}: {}{i}", p.name, p.service, p.status);
+        for ph in p.phases {
+            let i = if ph.interrupted { " (interrupted)" } else { "" };
+            println!("  phase {}: {}{i}", ph.name, ph.status);
+            for s in ph.steps {
+                let m = s.message.map(|m| format!("  {m}")).unwrap_or_default();
+                println!("    {:<18} {}{m}", s.name, s.status);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn plan_action(
+    client: &Client,
+    service: Option<String>,
+    action: &str,
+    plan: &str,
+    phase: Option<String>,
+    step: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let service = client.pick_service(service).await?;
+    let info: PlanInfo = client
+        .post(&format!("/v1/services/{service}/plans/{plan}/{action}"), &PlanAction { phase, step })
+        .await?;
+    if json {
+        return json_out(&info);
+    }
+    println!("plan {plan} of {service}: {action} done; now {}", info.status);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn pod_list(client: &Client, service: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+    let service = client.pick_service(service).await?;
+    let pods: Vec<PodInfo> = client.get(&format!("/v1/services/{service}/pods")).await?;
+    if json {
+        return json_out(&pods);
+    }
+    println!("{:<16} {:<10} {:<8} {:>5}  {:<24} NOTE", "INSTANCE", "STATE", "AGENT", "INC", "PORTS");
+    for p in pods {
+        let ports: Vec<String> = p.ports.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        let note = p.pending_reason.clone().unwrap_or_default();
+        println!(
+            "{:<16} {:<10} {:<8} {:>5}  {:<24} {note}",
+            p.instance,
+            p.state,
+            p.agent.clone().unwrap_or_else(|| "-".into()),
+            p.incarnation,
+            ports.join(",")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn pod_status(
+    client: &Client,
+    service: Option<String>,
+    instance: &str,
+    info: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let service = client.pick_service(service).await?;
+    let p: PodInfo = client.get(&format!("/v1/services/{service}/pods/{instance}")).await?;
+    if json {
+        return json_out(&p);
+    }
+    println!(
+        "{} of {}: {} on {} (incarnation {})",
+        p.instance,
+        p.service,
+        p.state,
+        p.agent.clone().unwrap_or_else(|| "-".into()),
+        p.incarnation
+    );
+    if let Some(r) = &p.pending_reason {
+        println!("  pending: {r}");
+    }
+    for t in &p.tasks {
+        let code = t.exit_code.map(|c| format!(" exit {c}")).unwrap_or_default();
+        let msg = t.message.clone().map(|m| format!(" — {m}")).unwrap_or_default();
+        println!(
+            "  task {:<10} {:?}{code} ready={} pid={}{msg}",
+            t.task,
+            t.state,
+            t.ready,
+            t.pid.map_or("-".into(), |p| p.to_string())
+        );
+    }
+    if info {
+        println!("  config:  {}", p.config);
+        println!("  target:  {}", p.target_config);
+        if let Some(r) = &p.reservation {
+            println!(
+                "  reservation on {}: {} cpus, {} MB memory, {} MB disk, ports {:?}, volumes {:?}",
+                r.agent, r.cpus, r.memory_mb, r.disk_mb, r.ports, r.volumes
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn agent_list(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    let agents: Vec<AgentInfo> = client.get("/v1/agents").await?;
+    if json {
+        return json_out(&agents);
+    }
+    println!(
+        "{:<10} {:<6} {:<12} {:>11} {:>15} {:>6}  ATTRIBUTES",
+        "AGENT", "STATE", "HOST", "CPUS", "MEMORY MB", "TASKS"
+    );
+    for a in agents {
+        let attrs: Vec<String> = a.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<10} {:<6} {:<12} {:>5.1}/{:<5.1} {:>7}/{:<7} {:>6}  {}",
+            a.id,
+            a.state,
+            a.host,
+            a.reserved_cpus,
+            a.resources.cpus,
+            a.reserved_memory_mb,
+            a.resources.memory_mb,
+            a.tasks,
+            attrs.join(",")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn task_logs(
+    client: &Client,
+    service: Option<String>,
+    instance: &str,
+    task: &str,
+    stderr: bool,
+    tail_bytes: u64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let service = client.pick_service(service).await?;
+    let stream = if stderr { "stderr" } else { "stdout" };
+    let chunk: LogChunk = client
+        .get(&format!("/v1/services/{service}/pods/{instance}/tasks/{task}/logs?stream={stream}&tail_bytes={tail_bytes}"))
+        .await?;
+    if json {
+        return json_out(&chunk);
+    }
+    print!("{}", chunk.data);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn events(client: &Client, service: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+    let q = service.map(|s| format!("?service={s}")).unwrap_or_default();
+    let ev: Vec<EventInfo> = client.get(&format!("/v1/events{q}")).await?;
+    if json {
+        return json_out(&ev);
+    }
+    for e in ev {
+        println!("{:>6} {:<14} {:<14} {}", e.seq, e.kind, e.service.unwrap_or_default(), e.message);
+    }
+    Ok(ExitCode::SUCCESS)
+}

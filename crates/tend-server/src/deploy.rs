@@ -1,0 +1,476 @@
+//! Deploying: the plan steps of a service (one per pod instance), placement with reservations,
+//! launching incarnations (intent first), and the desired state each agent pulls.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tend_api::{ArtifactRef, Assignment, CheckSpec, DesiredState, TaskLaunch, TaskState, VolumeRef};
+use tend_plan::{Applied, ApplyReason, CheckResult, Engine, NoObserver, StepNode, StepWork};
+use tend_scheduler::{AgentSnapshot, Cluster, Decision, Request, Resources, Rules};
+use tend_spec::{Goal, PodSpec, Probe, ServiceSpec};
+use tend_store::{Compare, Txn, TxnOp};
+
+use crate::records::*;
+use crate::Server;
+
+/// The plan engine for a service's plans.
+pub fn engine(server: &Server, service: &str) -> Engine {
+    Engine::new(server.inner.store.clone(), server.inner.clock.clone(), plans_prefix(service))
+        .with_max_parallel(1024)
+}
+
+/// Runs a service's deploy plan whenever it is triggered (spec change, operator action, start).
+pub async fn drive(server: Server, service: String) {
+    loop {
+        let Some(rt) = server.service(&service) else { return };
+        let (plan, trigger) = {
+            let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+            (rt.plans.get("deploy").cloned(), rt.trigger.clone())
+        };
+        let notified = trigger.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(plan) = plan {
+            let work = DeployWork { server: server.clone(), service: service.clone() };
+            match engine(&server, &service).run(&plan, &work, &NoObserver).await {
+                Ok(s) if s.complete() => {
+                    if !s.applied.is_empty() {
+                        server
+                            .event(
+                                Some(&service),
+                                "plan",
+                                format!("deploy plan complete ({} step(s) did work)", s.applied.len()),
+                            )
+                            .await;
+                    }
+                }
+                Ok(s) => {
+                    for (step, e) in &s.failed {
+                        server.event(Some(&service), "plan", format!("deploy step {step} failed: {e}")).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(%service, error = %e, "deploy plan could not run");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        notified.await;
+    }
+}
+
+/// A deploy step: get the instance's target incarnation running (and ready).
+pub struct DeployWork {
+    pub server: Server,
+    pub service: String,
+}
+
+fn pod_of<'a>(spec: &'a ServiceSpec, instance: &str) -> Option<(&'a PodSpec, u32)> {
+    let (pod, idx) = instance.rsplit_once('-')?;
+    let idx: u32 = idx.parse().ok()?;
+    spec.pod(pod).map(|p| (p, idx))
+}
+
+/// Whether an incarnation's reported tasks satisfy the pod: running tasks running (and ready
+/// when they have a readiness check), once/finish tasks exited 0. Err: a task failed.
+pub fn judge(pod: &PodSpec, tasks: &[tend_api::TaskStatus]) -> Result<bool, String> {
+    let mut all = true;
+    for t in &pod.tasks {
+        let Some(s) = tasks.iter().find(|s| s.task == t.name) else {
+            all = false;
+            continue;
+        };
+        let failed = |what: String| {
+            Err(format!(
+                "task `{}` {what}{}",
+                t.name,
+                s.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+            ))
+        };
+        match (t.goal, s.state) {
+            (_, TaskState::Failed) => return failed("could not start".into()),
+            (Goal::Running, TaskState::Exited | TaskState::Killed) => {
+                return failed(format!(
+                    "stopped (exit code {})",
+                    s.exit_code.map_or("none".into(), |c| c.to_string())
+                ))
+            }
+            (Goal::Running, TaskState::Running) => {
+                if t.readiness_check.is_some() && !s.ready {
+                    all = false;
+                }
+            }
+            (_, TaskState::Exited) if s.exit_code == Some(0) => {}
+            (_, TaskState::Exited) => {
+                return failed(format!(
+                    "exited with code {}",
+                    s.exit_code.map_or("none".into(), |c| c.to_string())
+                ))
+            }
+            (_, TaskState::Killed) => return failed("was killed".into()),
+            _ => all = false,
+        }
+    }
+    Ok(all)
+}
+
+impl DeployWork {
+    fn spec(&self) -> Option<(ServiceSpec, BTreeMap<String, String>)> {
+        let rt = self.server.service(&self.service)?;
+        let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+        Some((rt.spec.clone(), rt.identities.clone()))
+    }
+
+    async fn record(&self, instance: &str) -> Result<Option<(InstanceRecord, i64)>, String> {
+        let key = instance_key(&self.service, instance);
+        match self.server.inner.store.get(&key).await.map_err(|e| e.to_string())? {
+            Some(kv) => {
+                Ok(Some((serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?, kv.mod_revision)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Places (if needed) and launches the target incarnation, writing the intent first.
+    async fn ensure_launched(&self, instance: &str) -> Result<(), String> {
+        let _guard = self.server.inner.launch_lock.lock().await;
+        let (spec, ids) = self.spec().ok_or("service is gone")?;
+        let (pod, index) =
+            pod_of(&spec, instance).ok_or_else(|| format!("no pod for instance {instance}"))?;
+        let target = ids.get(&pod.name).cloned().unwrap_or_default();
+        let current = self.record(instance).await?;
+        let rev = current.as_ref().map_or(0, |(_, r)| *r);
+        let mut rec = current.map(|(r, _)| r).unwrap_or_else(|| InstanceRecord {
+            pod: pod.name.clone(),
+            index,
+            ..Default::default()
+        });
+        if rec.incarnation > 0 && rec.config == target && rec.agent.is_some() {
+            return Ok(()); // Already launched: the intent is on record, the agent acts on it.
+        }
+        if rec.agent.is_none() {
+            match self.place(&spec, pod, instance).await? {
+                Ok((agent, ports, needs)) => {
+                    rec.agent = Some(agent);
+                    rec.ports = ports;
+                    rec.cpus_milli = needs.cpus_milli;
+                    rec.memory_mb = needs.memory_mb;
+                    rec.disk_mb = needs.disk_mb;
+                    rec.volumes = pod.volumes.iter().map(|v| v.name.clone()).collect();
+                    rec.pending_reason = None;
+                }
+                Err(reason) => {
+                    if rec.pending_reason.as_deref() != Some(reason.as_str()) {
+                        rec.pending_reason = Some(reason.clone());
+                        self.write(instance, &rec, rev).await?;
+                        self.server
+                            .event(
+                                Some(&self.service),
+                                "pending",
+                                format!("{instance} cannot be placed: {reason}"),
+                            )
+                            .await;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        rec.incarnation += 1;
+        rec.config = target;
+        rec.launched_ms = self.server.now_ms();
+        // Intent before action: the store holds "incarnation N of P on A" before any agent sees it.
+        self.write(instance, &rec, rev).await?;
+        let agent = rec.agent.clone().unwrap_or_default();
+        self.server
+            .event(
+                Some(&self.service),
+                "launch",
+                format!("launch incarnation {} of {instance} on agent {agent}", rec.incarnation),
+            )
+            .await;
+        self.server.inner.desired_gen.send_modify(|g| *g += 1);
+        Ok(())
+    }
+
+    async fn write(&self, instance: &str, rec: &InstanceRecord, rev: i64) -> Result<(), String> {
+        let key = instance_key(&self.service, instance);
+        let v = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
+        let r = self
+            .server
+            .inner
+            .store
+            .txn(Txn::new().when(Compare::mod_revision_eq(&key, rev)).then(TxnOp::put(&key, v)))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !r.succeeded {
+            return Err(format!("instance {instance} changed concurrently; will retry"));
+        }
+        Ok(())
+    }
+
+    /// Pure placement over a snapshot of live agents and every reservation in the cluster.
+    async fn place(
+        &self,
+        spec: &ServiceSpec,
+        pod: &PodSpec,
+        instance: &str,
+    ) -> Result<Result<(String, BTreeMap<String, u16>, Resources), String>, String> {
+        let mut snapshot: BTreeMap<String, AgentSnapshot> = {
+            let agents = self.server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+            agents
+                .values()
+                .map(|a| {
+                    let r = &a.record;
+                    (
+                        r.id.clone(),
+                        AgentSnapshot {
+                            id: r.id.clone(),
+                            attributes: r.attributes.clone(),
+                            capacity: Resources {
+                                cpus_milli: r.cpus_milli,
+                                memory_mb: r.memory_mb,
+                                disk_mb: r.disk_mb,
+                            },
+                            reserved: Resources::default(),
+                            port_range: (r.port_lo, r.port_hi),
+                            used_ports: Default::default(),
+                            schedulable: self.server.agent_up(a),
+                        },
+                    )
+                })
+                .collect()
+        };
+        let group = format!("{}/{}", self.service, pod.name);
+        let mut existing = Vec::new();
+        for svc in self.server.service_names() {
+            for (_, rec) in self.server.instances(&svc).await.map_err(|e| e.to_string())? {
+                let Some(agent) = &rec.agent else { continue };
+                if let Some(a) = snapshot.get_mut(agent) {
+                    a.reserved = a.reserved.plus(&Resources {
+                        cpus_milli: rec.cpus_milli,
+                        memory_mb: rec.memory_mb,
+                        disk_mb: rec.disk_mb,
+                    });
+                    a.used_ports.extend(rec.ports.values().copied());
+                }
+                if svc == self.service && rec.pod == pod.name {
+                    existing.push(agent.clone());
+                }
+            }
+        }
+        let mut cluster = Cluster::new(snapshot.into_values().collect());
+        cluster.set_rules(&group, Rules::from_spec(&pod.placement));
+        for a in existing {
+            cluster.count_existing(&group, &a);
+        }
+        let needs = Resources {
+            cpus_milli: pod.tasks.iter().map(|t| (t.cpus * 1000.0).round() as u64).sum(),
+            memory_mb: pod.tasks.iter().map(|t| t.memory_mb).sum(),
+            disk_mb: pod.volumes.iter().map(|v| v.size_mb).sum(),
+        };
+        let ports: Vec<(String, u16)> =
+            pod.tasks.iter().flat_map(|t| t.ports.iter().map(|(n, p)| (n.clone(), *p))).collect();
+        let req = Request {
+            instance: instance.to_string(),
+            group,
+            needs,
+            fixed_ports: ports.iter().filter(|(_, p)| *p != 0).map(|(_, p)| *p).collect(),
+            dynamic_ports: ports.iter().filter(|(_, p)| *p == 0).count(),
+        };
+        let _ = spec;
+        Ok(match cluster.place(&req) {
+            Decision::Placed { agent, ports: got, .. } => {
+                // Fixed ports come first in `got`, then dynamic ones in declaration order.
+                let mut fixed = got.iter().take(req.fixed_ports.len());
+                let mut dynamic = got.iter().skip(req.fixed_ports.len());
+                let mut named = BTreeMap::new();
+                for (n, p) in &ports {
+                    let v = if *p != 0 { fixed.next() } else { dynamic.next() };
+                    named.insert(n.clone(), v.copied().unwrap_or(*p));
+                }
+                Ok((agent, named, needs))
+            }
+            Decision::Pending { reason, .. } => Err(reason),
+        })
+    }
+}
+
+#[async_trait]
+impl StepWork for DeployWork {
+    async fn check(&self, step: &StepNode) -> Result<CheckResult, String> {
+        let (spec, ids) = self.spec().ok_or("service is gone")?;
+        let (pod, _) = pod_of(&spec, &step.name).ok_or_else(|| format!("no pod for {}", step.name))?;
+        let Some((rec, _)) = self.record(&step.name).await? else { return Ok(CheckResult::Needed) };
+        if rec.incarnation == 0 || Some(&rec.config) != ids.get(&pod.name) {
+            return Ok(CheckResult::Needed);
+        }
+        let Some(agent) = &rec.agent else { return Ok(CheckResult::Needed) };
+        let Some(tasks) = self.server.task_statuses(agent, &self.service, &step.name, rec.incarnation) else {
+            return Ok(CheckResult::Needed);
+        };
+        Ok(match judge(pod, &tasks) {
+            Ok(true) => CheckResult::Done,
+            _ => CheckResult::Needed,
+        })
+    }
+
+    async fn apply(&self, step: &StepNode, _reason: &ApplyReason) -> Result<Applied, String> {
+        self.ensure_launched(&step.name).await?;
+        Ok(Applied::InProgress)
+    }
+
+    async fn progress(&self, step: &StepNode) -> Result<(), String> {
+        let mut status = self.server.inner.status_gen.subscribe();
+        let _ = tokio::time::timeout(Duration::from_millis(500), status.changed()).await;
+        let (spec, ids) = self.spec().ok_or("service is gone")?;
+        let (pod, _) = pod_of(&spec, &step.name).ok_or_else(|| format!("no pod for {}", step.name))?;
+        let rec = self.record(&step.name).await?.map(|(r, _)| r);
+        let placed = rec
+            .as_ref()
+            .is_some_and(|r| r.agent.is_some() && r.incarnation > 0 && Some(&r.config) == ids.get(&pod.name));
+        if !placed {
+            // Pending (no agent fitted yet) or a concurrent change: try again.
+            return match self.ensure_launched(&step.name).await {
+                Ok(()) | Err(_) => Ok(()),
+            };
+        }
+        let rec = rec.ok_or("record vanished")?;
+        let agent = rec.agent.clone().unwrap_or_default();
+        if let Some(tasks) = self.server.task_statuses(&agent, &self.service, &step.name, rec.incarnation) {
+            if let Err(e) = judge(pod, &tasks) {
+                return Err(format!("{} incarnation {} on agent {agent}: {e}", step.name, rec.incarnation));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_spec(c: &tend_spec::Check, ports: &BTreeMap<String, u16>) -> CheckSpec {
+    let (kind, cmd, port, path) = match &c.probe {
+        Probe::Cmd(s) => ("cmd", Some(s.clone()), None, None),
+        Probe::Http { port, path } => ("http", None, ports.get(port).copied(), Some(path.clone())),
+        Probe::Tcp { port } => ("tcp", None, ports.get(port).copied(), None),
+    };
+    CheckSpec {
+        kind: kind.into(),
+        cmd,
+        port,
+        path,
+        interval_seconds: c.interval_seconds,
+        timeout_seconds: c.timeout_seconds,
+        grace_period_seconds: c.grace_period_seconds,
+        max_consecutive_failures: c.max_consecutive_failures,
+    }
+}
+
+/// The assignment an agent gets for an instance record.
+pub fn assignment(
+    service: &str,
+    rec_artifacts: &BTreeMap<String, String>,
+    pod: &PodSpec,
+    instance: &str,
+    rec: &InstanceRecord,
+) -> Assignment {
+    let artifacts = pod
+        .artifacts
+        .iter()
+        .map(|a| {
+            let name = a.uri.rsplit('/').next().unwrap_or("artifact").to_string();
+            match rec_artifacts.get(&a.uri) {
+                Some(sha) if !a.uri.contains("://") => ArtifactRef {
+                    uri: format!("tend://artifacts/{sha}"),
+                    sha256: Some(sha.clone()),
+                    extract: a.extract,
+                    name,
+                },
+                _ => ArtifactRef { uri: a.uri.clone(), sha256: a.sha256.clone(), extract: a.extract, name },
+            }
+        })
+        .collect();
+    Assignment {
+        service: service.to_string(),
+        pod: pod.name.clone(),
+        pod_index: rec.index,
+        instance: instance.to_string(),
+        incarnation: rec.incarnation,
+        config: rec.config.clone(),
+        ports: rec.ports.clone(),
+        env: pod.env.clone(),
+        artifacts,
+        volumes: pod
+            .volumes
+            .iter()
+            .map(|v| VolumeRef { name: v.name.clone(), path: v.path.clone(), size_mb: v.size_mb })
+            .collect(),
+        tasks: pod
+            .tasks
+            .iter()
+            .map(|t| TaskLaunch {
+                name: t.name.clone(),
+                goal: match t.goal {
+                    Goal::Running => "running",
+                    Goal::Once => "once",
+                    Goal::Finish => "finish",
+                }
+                .into(),
+                cmd: t.cmd.clone(),
+                env: t.env.clone(),
+                memory_mb: t.memory_mb,
+                kill_grace_period_seconds: t.kill_grace_period_seconds,
+                essential: t.essential,
+                health_check: t.health_check.as_ref().map(|c| check_spec(c, &rec.ports)),
+                readiness_check: t.readiness_check.as_ref().map(|c| check_spec(c, &rec.ports)),
+                skip: t.goal == Goal::Once && rec.once_done.contains(&t.name),
+            })
+            .collect(),
+    }
+}
+
+/// Everything `agent` must run now.
+pub async fn desired_for(server: &Server, agent: &str) -> anyhow::Result<Vec<Assignment>> {
+    let mut out = Vec::new();
+    for svc in server.service_names() {
+        let Some(rt) = server.service(&svc) else { continue };
+        let (spec, artifacts) = {
+            let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+            (rt.spec.clone(), rt.record.artifacts.clone())
+        };
+        for (instance, rec) in server.instances(&svc).await? {
+            if rec.incarnation == 0 || rec.agent.as_deref() != Some(agent) {
+                continue;
+            }
+            let Some(pod) = spec.pod(&rec.pod) else { continue };
+            // The running config is the one recorded; the spec may have moved on (update pending).
+            out.push(assignment(&svc, &artifacts, pod, &instance, &rec));
+        }
+    }
+    Ok(out)
+}
+
+/// Long-poll helper: the desired state once its generation passes `index` (or at the timeout).
+pub async fn wait_desired(
+    server: &Server,
+    agent: &str,
+    index: u64,
+    wait: Duration,
+) -> anyhow::Result<DesiredState> {
+    let mut rx = server.inner.desired_gen.subscribe();
+    if *rx.borrow() <= index {
+        let _ = tokio::time::timeout(wait, async {
+            while *rx.borrow_and_update() <= index {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    let gen = *rx.borrow();
+    Ok(DesiredState { index: gen, assignments: desired_for(server, agent).await? })
+}
+
+/// Shared handle type for the API.
+pub type Shared = Arc<Server>;

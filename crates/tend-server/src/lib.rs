@@ -1,0 +1,388 @@
+//! The tend control plane (`tend server`): holds services, plans, pod instances, reservations
+//! and agents in the state store; places instances (pure `tend-scheduler`); drives deploy plans
+//! with the plan engine; tells agents what to run through a long-polled desired state.
+//!
+//! Intent before action: an instance's new incarnation (agent, config, number) is written to the
+//! store before any agent can see it, and agents only ever run the incarnation the store holds,
+//! so at most one incarnation of an instance is live, and a restarted control plane resumes from
+//! the store instead of guessing.
+
+pub mod api;
+pub mod deploy;
+pub mod records;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::Context;
+use tend_api::{TaskState, TaskStatus};
+use tend_model::{Clock, SharedClock, SystemClock};
+use tend_plan::{Plan, PlanDef};
+use tend_spec::{Goal, ServiceSpec};
+use tend_store::StateStore;
+use tokio::sync::{watch, Notify};
+
+use crate::records::*;
+
+/// How a control plane is set up.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// An agent not heard from for this long is lost.
+    pub agent_lost_after_ms: u64,
+    /// How often agents report (their heartbeat).
+    pub status_interval_ms: u64,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
+        Self { data_dir: data_dir.into(), listen, agent_lost_after_ms: 5_000, status_interval_ms: 500 }
+    }
+}
+
+/// What the control plane knows of an agent right now.
+#[derive(Clone, Debug)]
+pub struct AgentLive {
+    pub record: AgentRecord,
+    /// None: not heard from since this control plane started.
+    pub last_seen_ms: Option<u64>,
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// A service loaded in memory: its parsed spec, config identities and compiled plans.
+pub struct ServiceRt {
+    pub record: ServiceRecord,
+    pub spec: ServiceSpec,
+    pub identities: BTreeMap<String, String>,
+    pub plans: BTreeMap<String, Plan>,
+    pub trigger: Arc<Notify>,
+    pub driver: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The shared state of a running control plane.
+pub struct Inner {
+    pub cfg: ServerConfig,
+    pub store: Arc<dyn StateStore>,
+    pub clock: SharedClock,
+    pub epoch: String,
+    pub api_token: String,
+    pub cluster_token: String,
+    pub agents: RwLock<BTreeMap<String, AgentLive>>,
+    pub services: Mutex<BTreeMap<String, Arc<Mutex<ServiceRt>>>>,
+    /// Bumped whenever what some agent must run changes.
+    pub desired_gen: watch::Sender<u64>,
+    /// Bumped whenever an agent reports.
+    pub status_gen: watch::Sender<u64>,
+    /// Serialises placement and launch decisions.
+    pub launch_lock: tokio::sync::Mutex<()>,
+    pub event_seq: AtomicU64,
+    pub artifacts_dir: PathBuf,
+}
+
+/// A handle on a running control plane.
+#[derive(Clone)]
+pub struct Server {
+    pub inner: Arc<Inner>,
+}
+
+fn random_hex(bytes: usize) -> anyhow::Result<String> {
+    use std::io::Read;
+    let mut b = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(hex::encode(b))
+}
+
+/// Reads a token file, or creates it (mode 0600) with a fresh random token.
+fn token_file(path: &Path) -> anyhow::Result<String> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let t = random_hex(24)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
+    std::io::Write::write_all(&mut f, t.as_bytes())?;
+    Ok(t)
+}
+
+/// Digests `(pod → config identity)` of a spec, with uploaded artifact digests.
+pub fn identities(spec: &ServiceSpec, artifacts: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    spec.pods.iter().map(|p| (p.name.clone(), tend_spec::pod_config_identity(p, artifacts))).collect()
+}
+
+/// Compiles a spec's plans: one step per pod instance.
+pub fn compile_plans(spec: &ServiceSpec) -> anyhow::Result<BTreeMap<String, Plan>> {
+    let mut out = BTreeMap::new();
+    for p in &spec.plans {
+        let strategy = |s: tend_spec::Strategy| match s {
+            tend_spec::Strategy::Serial => tend_plan::Strategy::Serial,
+            tend_spec::Strategy::Parallel => tend_plan::Strategy::Parallel,
+            tend_spec::Strategy::Dependency => tend_plan::Strategy::Dependency,
+        };
+        let phases = p
+            .phases
+            .iter()
+            .map(|ph| {
+                let count = spec.pod(&ph.pod).map_or(0, |pod| pod.count);
+                tend_plan::PhaseDef {
+                    name: ph.name.clone(),
+                    strategy: strategy(ph.strategy),
+                    depends_on: ph.depends_on.clone(),
+                    steps: (0..count)
+                        .map(|i| tend_plan::StepDef { name: format!("{}-{i}", ph.pod), needs: vec![] })
+                        .collect(),
+                }
+            })
+            .collect();
+        let plan = Plan::compile(PlanDef { name: p.name.clone(), strategy: strategy(p.strategy), phases })?;
+        out.insert(p.name.clone(), plan);
+    }
+    Ok(out)
+}
+
+impl Server {
+    /// Opens the data directory (store, tokens) and loads services; does not serve yet.
+    pub async fn open(cfg: ServerConfig) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+        let artifacts_dir = cfg.data_dir.join("artifacts");
+        std::fs::create_dir_all(&artifacts_dir)?;
+        let api_token = token_file(&cfg.data_dir.join("token"))?;
+        let cluster_token = token_file(&cfg.data_dir.join("cluster-token"))?;
+        let clock: SharedClock = Arc::new(SystemClock);
+        let store: Arc<dyn StateStore> =
+            tend_store_redb::RedbStore::open(cfg.data_dir.join("server.redb"), clock.clone())?;
+        let mut agents = BTreeMap::new();
+        for kv in store.range("agents/").await?.kvs {
+            let rec: AgentRecord =
+                serde_json::from_slice(&kv.value).with_context(|| format!("corrupt {}", kv.key))?;
+            agents.insert(rec.id.clone(), AgentLive { record: rec, last_seen_ms: None, tasks: Vec::new() });
+        }
+        let last_event = store
+            .range("events/")
+            .await?
+            .kvs
+            .last()
+            .and_then(|kv| kv.key[7..].parse::<u64>().ok())
+            .unwrap_or(0);
+        let inner = Arc::new(Inner {
+            epoch: random_hex(6)?,
+            cfg,
+            store,
+            clock,
+            api_token,
+            cluster_token,
+            agents: RwLock::new(agents),
+            services: Mutex::new(BTreeMap::new()),
+            // Starts at the wall clock so that an index from before a restart is always older.
+            desired_gen: watch::channel(SystemClock.now_ms()).0,
+            status_gen: watch::channel(1).0,
+            launch_lock: tokio::sync::Mutex::new(()),
+            event_seq: AtomicU64::new(last_event),
+            artifacts_dir,
+        });
+        let server = Server { inner };
+        // Load services and resume their plans.
+        for kv in server.inner.store.range("services/").await?.kvs {
+            if !kv.key.ends_with("/spec") {
+                continue;
+            }
+            let rec: ServiceRecord =
+                serde_json::from_slice(&kv.value).with_context(|| format!("corrupt {}", kv.key))?;
+            let spec = tend_spec::load_service(&rec.file, &rec.spec)
+                .map_err(|r| anyhow::anyhow!("stored spec of {}: {r}", rec.name))?;
+            server.install(rec, spec, false).await?;
+        }
+        server
+            .event(None, "control-plane", format!("control plane started (epoch {})", server.inner.epoch))
+            .await;
+        Ok(server)
+    }
+
+    /// Serves the API until `shutdown` resolves. Writes `address` into the data directory.
+    pub async fn serve(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind(self.inner.cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", self.inner.cfg.listen))?;
+        let addr = listener.local_addr()?;
+        std::fs::write(self.inner.cfg.data_dir.join("address"), format!("http://{addr}\n"))?;
+        tracing::info!(%addr, "control plane listening");
+        let app = api::router(self.clone());
+        axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+        Ok(())
+    }
+
+    /// The address written by `serve`.
+    pub fn address(&self) -> Option<String> {
+        std::fs::read_to_string(self.inner.cfg.data_dir.join("address")).ok().map(|s| s.trim().to_string())
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    /// Records an event.
+    pub async fn event(&self, service: Option<&str>, kind: &str, message: String) {
+        let seq = self.inner.event_seq.fetch_add(1, Ordering::SeqCst) + 1;
+        let rec = EventRecord {
+            seq,
+            time_ms: self.now_ms(),
+            service: service.map(str::to_string),
+            kind: kind.into(),
+            message,
+        };
+        tracing::info!(seq, service = ?rec.service, kind = %rec.kind, message = %rec.message, "event");
+        if let Ok(v) = serde_json::to_vec(&rec) {
+            if let Err(e) = self.inner.store.put(&event_key(seq), &v).await {
+                tracing::warn!(error = %e, "cannot record event");
+            }
+        }
+    }
+
+    /// Makes a (new or replaced) service live: loads it and (re)starts its deploy driver.
+    pub async fn install(&self, rec: ServiceRecord, spec: ServiceSpec, announce: bool) -> anyhow::Result<()> {
+        let plans = compile_plans(&spec)?;
+        let ids = identities(&spec, &rec.artifacts);
+        let name = rec.name.clone();
+        let existing = self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).get(&name).cloned();
+        if let Some(rt) = existing {
+            let mut rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(d) = rt.driver.take() {
+                d.abort();
+            }
+            rt.record = rec;
+            rt.spec = spec;
+            rt.identities = ids;
+            rt.plans = plans;
+        } else {
+            let rt = ServiceRt {
+                record: rec,
+                spec,
+                identities: ids,
+                plans,
+                trigger: Arc::new(Notify::new()),
+                driver: None,
+            };
+            self.inner
+                .services
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone(), Arc::new(Mutex::new(rt)));
+        }
+        let driver = tokio::spawn(deploy::drive(self.clone(), name.clone()));
+        if let Some(rt) = self.service(&name) {
+            rt.lock().unwrap_or_else(|e| e.into_inner()).driver = Some(driver);
+        }
+        if announce {
+            self.event(Some(&name), "service", format!("service `{name}` accepted; deploy plan started"))
+                .await;
+        }
+        Ok(())
+    }
+
+    pub fn service(&self, name: &str) -> Option<Arc<Mutex<ServiceRt>>> {
+        self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+    }
+
+    pub fn service_names(&self) -> Vec<String> {
+        self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
+    /// Whether an agent is up (heard from within the lost timeout).
+    pub fn agent_up(&self, a: &AgentLive) -> bool {
+        a.last_seen_ms.is_some_and(|t| self.now_ms().saturating_sub(t) <= self.inner.cfg.agent_lost_after_ms)
+    }
+
+    /// The statuses an agent reported for one incarnation of an instance.
+    pub fn task_statuses(
+        &self,
+        agent: &str,
+        service: &str,
+        instance: &str,
+        incarnation: u64,
+    ) -> Option<Vec<TaskStatus>> {
+        let agents = self.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+        let a = agents.get(agent)?;
+        if !self.agent_up(a) {
+            return None;
+        }
+        Some(
+            a.tasks
+                .iter()
+                .filter(|t| t.service == service && t.instance == instance && t.incarnation == incarnation)
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// All instance records of a service.
+    pub async fn instances(&self, service: &str) -> anyhow::Result<Vec<(String, InstanceRecord)>> {
+        let prefix = instances_prefix(service);
+        let mut out = Vec::new();
+        for kv in self.inner.store.range(&prefix).await?.kvs {
+            let rec: InstanceRecord =
+                serde_json::from_slice(&kv.value).with_context(|| format!("corrupt {}", kv.key))?;
+            out.push((kv.key[prefix.len()..].to_string(), rec));
+        }
+        Ok(out)
+    }
+
+    /// Handles an agent's status report: remember it, note `once` successes, wake waiters.
+    pub async fn on_status(&self, agent: &str, tasks: Vec<TaskStatus>) -> bool {
+        let now = self.now_ms();
+        {
+            let mut agents = self.inner.agents.write().unwrap_or_else(|e| e.into_inner());
+            let Some(a) = agents.get_mut(agent) else { return false };
+            a.last_seen_ms = Some(now);
+            a.tasks = tasks.clone();
+        }
+        // Record `once` tasks that succeeded, so that later incarnations skip them.
+        let mut done: BTreeSet<(String, String, String)> = BTreeSet::new();
+        for t in &tasks {
+            if t.state == TaskState::Exited && t.exit_code == Some(0) {
+                let once = self.service(&t.service).is_some_and(|rt| {
+                    let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+                    rt.spec.pods.iter().any(|p| {
+                        t.instance.starts_with(&format!("{}-", p.name))
+                            && p.tasks.iter().any(|x| x.name == t.task && x.goal == Goal::Once)
+                    })
+                });
+                if once {
+                    done.insert((t.service.clone(), t.instance.clone(), t.task.clone()));
+                }
+            }
+        }
+        for (service, instance, task) in done {
+            let key = instance_key(&service, &instance);
+            if let Ok(Some(kv)) = self.inner.store.get(&key).await {
+                if let Ok(mut rec) = serde_json::from_slice::<InstanceRecord>(&kv.value) {
+                    if !rec.once_done.contains(&task) {
+                        rec.once_done.push(task);
+                        if let Ok(v) = serde_json::to_vec(&rec) {
+                            let _ = self
+                                .inner
+                                .store
+                                .txn(
+                                    tend_store::Txn::new()
+                                        .when(tend_store::Compare::mod_revision_eq(&key, kv.mod_revision))
+                                        .then(tend_store::TxnOp::put(&key, v)),
+                                )
+                                .await;
+                        }
+                    }
+                }
+            }
+        }
+        self.inner.status_gen.send_modify(|g| *g += 1);
+        true
+    }
+}
