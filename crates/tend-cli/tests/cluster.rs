@@ -1,0 +1,401 @@
+//! End-to-end tests of the control plane and agents, as separate real processes on loopback:
+//! deploy with placement, pending reasons, SIGKILL of the control plane mid-deploy, a task killed
+//! mid-step, services side by side, and bad API input rejected with nothing changed.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+fn tend() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tend"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A control plane and three agents (zones a, b, c), killed by pid when dropped.
+struct Cluster {
+    dir: tempfile::TempDir,
+    port: u16,
+    server: Option<Child>,
+    agents: Vec<Child>,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut c = Cluster { dir, port, server: None, agents: Vec::new() };
+        c.start_server();
+        let token_file = c.data().join("cluster-token");
+        for (i, zone) in ["a", "b", "c"].iter().enumerate() {
+            let lo = 30_000 + i as u16 * 100 + (port % 50) * 300;
+            let child = tend()
+                .args([
+                    "agent",
+                    "run",
+                    "--server",
+                    &c.url(),
+                    "--id",
+                    &format!("{zone}1"),
+                    "--attr",
+                    &format!("zone={zone}"),
+                ])
+                .args(["--cpus", "2", "--memory-mb", "2048", "--ports", &format!("{lo}-{}", lo + 99)])
+                .arg("--cluster-token-file")
+                .arg(&token_file)
+                .arg("--data-dir")
+                .arg(c.dir.path().join(format!("agent-{zone}")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            c.agents.push(child);
+        }
+        c.wait_for(Duration::from_secs(20), "3 agents up", |c| {
+            c.api(&["agent", "list"])
+                .map(|v| v.as_array().map_or(0, |a| a.iter().filter(|x| x["state"] == "up").count()) == 3)
+                .unwrap_or(false)
+        });
+        c
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("server")
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn start_server(&mut self) {
+        let child = tend()
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--agent-lost-after-seconds",
+                "5",
+            ])
+            .arg("--data-dir")
+            .arg(self.data())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self.data().join("token").exists()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("control plane did not start");
+    }
+
+    fn kill_server(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            kill(Pid::from_raw(s.id() as i32), Signal::SIGKILL).unwrap();
+            s.wait().unwrap();
+        }
+    }
+
+    fn token(&self) -> String {
+        std::fs::read_to_string(self.data().join("token")).unwrap().trim().to_string()
+    }
+
+    /// Runs a client command with --json; returns its parsed output (Err: stderr).
+    fn api(&self, args: &[&str]) -> Result<Value, String> {
+        let out = tend()
+            .args(args)
+            .args(["--json", "--addr", &self.url(), "--token", &self.token()])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        // `service deploy --json` prints one event per line; other commands one document.
+        serde_json::from_str(&text).or_else(|_| Ok(Value::String(text.into_owned())))
+    }
+
+    fn write_spec(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+        p
+    }
+
+    fn deploy(&self, spec: &Path, wait: bool) -> Result<Value, String> {
+        let mut args = vec!["service", "deploy", spec.to_str().unwrap()];
+        if !wait {
+            args.push("--no-wait");
+        }
+        self.api(&args)
+    }
+
+    fn wait_for(&self, limit: Duration, what: &str, mut f: impl FnMut(&Cluster) -> bool) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if f(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    fn pods(&self, service: &str) -> Vec<Value> {
+        self.api(&["pod", "list", "--service", service]).unwrap().as_array().cloned().unwrap_or_default()
+    }
+
+    fn raw(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, &format!("{}{path}", self.url())]);
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        if let Some(b) = body {
+            c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let out = c.output().expect("curl is installed");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Agents stop their tasks on SIGTERM; then everything is killed by pid.
+        for a in &self.agents {
+            let _ = kill(Pid::from_raw(a.id() as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for a in &mut self.agents {
+            while Instant::now() < deadline && matches!(a.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        if let Some(s) = &mut self.server {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+}
+
+fn data_store_spec() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data-store/service.yml")
+}
+
+#[test]
+fn deploys_the_data_store_example_respecting_placement() {
+    let c = Cluster::start();
+    c.deploy(&data_store_spec(), true).unwrap();
+    let pods = c.pods("data-store");
+    assert_eq!(pods.len(), 5);
+    assert!(pods.iter().all(|p| p["state"] == "running" && p["incarnation"] == 1), "{pods:#?}");
+    let agents_of = |prefix: &str| -> std::collections::BTreeSet<String> {
+        pods.iter().filter(|p| p["pod"] == prefix).map(|p| p["agent"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(agents_of("meta-data").len(), 2, "meta-data: unique per agent, one per zone");
+    assert_eq!(agents_of("data").len(), 3, "data: unique per agent");
+    // The service works: store a value through an endpoint, read it back from the volume.
+    let eps = c.api(&["service", "endpoints", "data-store"]).unwrap();
+    let ep = eps.as_array().unwrap().iter().find(|e| e["instance"] == "data-1").unwrap().clone();
+    let port = ep["ports"]["api"].as_u64().unwrap();
+    let out = Command::new("curl")
+        .args(["-s", "-X", "PUT", "--data-binary", "stored", &format!("http://127.0.0.1:{port}/kv/k1")])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let agent =
+        pods.iter().find(|p| p["instance"] == "data-1").unwrap()["agent"].as_str().unwrap().to_string();
+    let zone = &agent[..1];
+    let vol = c.dir.path().join(format!("agent-{zone}/volumes/data-store/data-1/data/objects/k1"));
+    assert_eq!(std::fs::read_to_string(&vol).unwrap(), "stored");
+    // Logs through the API.
+    let logs = c.api(&["task", "logs", "meta-data-0", "server", "--service", "data-store"]).unwrap();
+    assert!(logs["data"].as_str().unwrap().contains("meta-data listening on 127.0.0.1:"), "{logs}");
+    // The OpenAPI document is served.
+    let (code, doc) = c.raw("GET", "/v1/openapi.json", None, None);
+    assert_eq!(code, 200);
+    assert!(doc["paths"]["/v1/services"].is_object());
+}
+
+#[test]
+fn bad_api_input_is_rejected_and_changes_nothing() {
+    let c = Cluster::start();
+    let token = c.token();
+    let before = c.raw("GET", "/v1/events", Some(&token), None).1.as_array().map_or(0, |a| a.len());
+    // No token, wrong token: 401, JSON.
+    let (code, body) = c.raw("GET", "/v1/services", None, None);
+    assert_eq!((code, body["error"]["code"].as_str()), (401, Some("unauthorized")));
+    let (code, _) = c.raw("POST", "/v1/services", Some("nope"), Some(r#"{"spec":"version: 1"}"#));
+    assert_eq!(code, 401);
+    // Malformed JSON, invalid spec (with its located report), unknown service, unknown action.
+    let (code, body) = c.raw("POST", "/v1/services", Some(&token), Some("{not json"));
+    assert_eq!((code, body["error"]["code"].as_str()), (400, Some("bad_request")));
+    let bad_spec = serde_json::json!({ "spec": "version: 1\nname: x\npods:\n  web:\n    count: -1\n    tasks: { t: { cmd: 'true' } }\n", "file": "x.yml" });
+    let (code, body) = c.raw("POST", "/v1/services", Some(&token), Some(&bad_spec.to_string()));
+    assert_eq!((code, body["error"]["code"].as_str()), (422, Some("invalid_spec")));
+    assert!(body["error"]["message"].as_str().unwrap().contains("x.yml:5:12"), "{body}");
+    let local = serde_json::json!({ "spec": "version: 1\nname: y\npods:\n  web:\n    artifacts: [ { uri: ./app.tgz } ]\n    tasks: { t: { cmd: 'true' } }\n" });
+    let (code, body) = c.raw("POST", "/v1/services", Some(&token), Some(&local.to_string()));
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("upload it"));
+    let (code, _) = c.raw("GET", "/v1/services/ghost", Some(&token), None);
+    assert_eq!(code, 404);
+    let (code, _) = c.raw("PUT", "/v1/artifacts/abc", Some(&token), Some("x"));
+    assert_eq!(code, 400);
+    let (code, _) = c.raw("GET", "/v1/agents", Some(&c.dir.path().display().to_string()), None);
+    assert_eq!(code, 401);
+    // Nothing changed: no service, no new event.
+    let (_, services) = c.raw("GET", "/v1/services", Some(&token), None);
+    assert_eq!(services, serde_json::json!([]));
+    let after = c.raw("GET", "/v1/events", Some(&token), None).1.as_array().map_or(0, |a| a.len());
+    assert_eq!(before, after);
+    // A plan action that does not exist, on a real service.
+    let spec =
+        c.write_spec("s.yml", "version: 1\nname: s\npods:\n  w:\n    tasks: { t: { cmd: 'sleep 600' } }\n");
+    c.deploy(&spec, true).unwrap();
+    let (code, body) = c.raw("POST", "/v1/services/s/plans/deploy/explode", Some(&token), None);
+    assert_eq!(code, 400, "{body}");
+    let (code, _) =
+        c.raw("POST", "/v1/services/s/plans/deploy/restart", Some(&token), Some(r#"{"step":"nope"}"#));
+    assert_eq!(code, 404);
+    // Delete refuses while tasks run, then works with force.
+    let (code, body) = c.raw("DELETE", "/v1/services/s", Some(&token), None);
+    assert_eq!((code, body["error"]["code"].as_str()), (409, Some("tasks_running")));
+    assert_eq!(c.pods("s")[0]["state"], "running");
+    c.api(&["service", "delete", "s", "--force"]).unwrap();
+}
+
+#[test]
+fn a_pod_that_fits_nowhere_stays_pending_with_its_reason() {
+    let c = Cluster::start();
+    let spec = c.write_spec(
+        "big.yml",
+        "version: 1\nname: big\npods:\n  huge:\n    count: 2\n    tasks:\n      t: { cmd: 'sleep 600', cpus: 1.5 }\n    placement: { attributes: [ { name: zone, regex: 'a|b' } ] }\n  small:\n    tasks: { t: { cmd: 'sleep 600', cpus: 8 } }\nplans:\n  deploy:\n    strategy: parallel\n    phases:\n      h: { pod: huge, strategy: parallel }\n      s: { pod: small }\n",
+    );
+    c.deploy(&spec, false).unwrap();
+    c.wait_for(Duration::from_secs(20), "small-0 pending with a reason", |c| {
+        c.pods("big").iter().any(|p| p["instance"] == "small-0" && p["pending_reason"].as_str().is_some())
+    });
+    let pods = c.pods("big");
+    let small = pods.iter().find(|p| p["instance"] == "small-0").unwrap();
+    let reason = small["pending_reason"].as_str().unwrap();
+    assert!(reason.contains("3 agent(s) lack cpus (need 8.0, most free 2.0)"), "{reason}");
+    assert_eq!(small["state"], "pending");
+    c.wait_for(Duration::from_secs(20), "huge pods running", |c| {
+        c.pods("big").iter().filter(|p| p["pod"] == "huge" && p["state"] == "running").count() == 2
+    });
+    let plan = c.api(&["plan", "show", "deploy", "--service", "big"]).unwrap();
+    let text = plan.to_string();
+    assert!(text.contains("pending: no agent fits"), "{text}");
+}
+
+const SLOW: &str = "version: 1
+name: slow
+pods:
+  node:
+    count: 4
+    volumes: [ { name: data, path: data, size_mb: 1 } ]
+    tasks:
+      server:
+        cmd: echo $TEND_INCARNATION $$ >> data/launches; sleep 1; touch ready; exec sleep 600
+        cpus: 0.1
+        readiness_check: { cmd: test -f ready, interval_seconds: 1 }
+plans:
+  deploy:
+    phases:
+      all: { pod: node, strategy: serial }
+";
+
+#[test]
+fn sigkill_of_the_control_plane_mid_deploy_resumes_without_duplicates() {
+    let mut c = Cluster::start();
+    let spec = c.write_spec("slow.yml", SLOW);
+    c.deploy(&spec, false).unwrap();
+    c.wait_for(Duration::from_secs(30), "two instances running", |c| {
+        c.pods("slow").iter().filter(|p| p["state"] == "running").count() >= 2
+    });
+    let before: Vec<Value> = c.pods("slow");
+    c.kill_server();
+    std::thread::sleep(Duration::from_millis(300));
+    c.start_server();
+    c.wait_for(Duration::from_secs(60), "deploy complete after the restart", |c| {
+        c.api(&["plan", "show", "deploy", "--service", "slow"]).is_ok_and(|v| v[0]["status"] == "complete")
+    });
+    let after = c.pods("slow");
+    for p in &after {
+        assert_eq!(p["incarnation"], 1, "{p}");
+        let inst = p["instance"].as_str().unwrap();
+        let zone = &p["agent"].as_str().unwrap()[..1];
+        let launches = std::fs::read_to_string(
+            c.dir.path().join(format!("agent-{zone}/volumes/slow/{inst}/data/launches")),
+        )
+        .unwrap();
+        assert_eq!(launches.lines().count(), 1, "{inst} launched more than once: {launches}");
+    }
+    // The instances running before the kill were not restarted: same pids.
+    for b in before.iter().filter(|p| p["state"] == "running") {
+        let a = after.iter().find(|p| p["instance"] == b["instance"]).unwrap();
+        assert_eq!(a["tasks"][0]["pid"], b["tasks"][0]["pid"], "{} was restarted", b["instance"]);
+    }
+}
+
+#[test]
+fn a_task_killed_mid_step_is_noticed_by_the_plan() {
+    let c = Cluster::start();
+    let spec = c.write_spec(
+        "stuck.yml",
+        "version: 1\nname: stuck\npods:\n  w:\n    tasks:\n      server:\n        cmd: exec sleep 600\n        readiness_check: { cmd: 'false', interval_seconds: 1 }\n",
+    );
+    c.deploy(&spec, false).unwrap();
+    c.wait_for(Duration::from_secs(20), "the task running", |c| {
+        c.pods("stuck").first().is_some_and(|p| p["tasks"][0]["pid"].as_u64().is_some())
+    });
+    let pid = c.pods("stuck")[0]["tasks"][0]["pid"].as_u64().unwrap();
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    c.wait_for(Duration::from_secs(20), "the step in error", |c| {
+        c.api(&["plan", "show", "deploy", "--service", "stuck"]).is_ok_and(|v| v[0]["status"] == "error")
+    });
+    let plan = c.api(&["plan", "show", "deploy", "--service", "stuck"]).unwrap();
+    let msg = plan[0]["phases"][0]["steps"][0]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("w-0 incarnation 1") && msg.contains("task `server` stopped"), "{msg}");
+    assert_eq!(c.pods("stuck")[0]["state"], "failed");
+}
+
+#[test]
+fn two_services_side_by_side_on_the_same_agents() {
+    let c = Cluster::start();
+    for name in ["one", "two"] {
+        let spec = c.write_spec(
+            &format!("{name}.yml"),
+            &format!("version: 1\nname: {name}\npods:\n  web:\n    count: 3\n    placement: {{ unique_per_agent: true }}\n    tasks:\n      t: {{ cmd: 'exec sleep 600', ports: {{ http: 0 }} }}\n"),
+        );
+        c.deploy(&spec, true).unwrap();
+    }
+    let mut ports = std::collections::BTreeSet::new();
+    for name in ["one", "two"] {
+        let pods = c.pods(name);
+        assert_eq!(pods.iter().filter(|p| p["state"] == "running").count(), 3);
+        for p in pods {
+            let key = (p["agent"].as_str().unwrap().to_string(), p["ports"]["http"].as_u64().unwrap());
+            assert!(ports.insert(key.clone()), "port {key:?} reserved twice");
+        }
+    }
+    let services = c.api(&["service", "list"]).unwrap();
+    assert_eq!(services.as_array().unwrap().len(), 2);
+}
