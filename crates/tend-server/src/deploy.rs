@@ -23,6 +23,7 @@ pub fn engine(server: &Server, service: &str) -> Engine {
 
 /// Runs a service's deploy plan whenever it is triggered (spec change, operator action, start).
 pub async fn drive(server: Server, service: String) {
+    server.wait_reconciled().await;
     loop {
         let Some(rt) = server.service(&service) else { return };
         let (plan, trigger) = {
@@ -36,15 +37,12 @@ pub async fn drive(server: Server, service: String) {
             let work = DeployWork { server: server.clone(), service: service.clone() };
             match engine(&server, &service).run(&plan, &work, &NoObserver).await {
                 Ok(s) if s.complete() => {
-                    if !s.applied.is_empty() {
-                        server
-                            .event(
-                                Some(&service),
-                                "plan",
-                                format!("deploy plan complete ({} step(s) did work)", s.applied.len()),
-                            )
-                            .await;
-                    }
+                    let msg = format!(
+                        "deploy plan complete: {} step(s) did work, {} already done",
+                        s.applied.len(),
+                        s.skipped.len()
+                    );
+                    server.event(Some(&service), "plan", msg).await;
                 }
                 Ok(s) => {
                     for (step, e) in &s.failed {

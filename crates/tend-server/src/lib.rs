@@ -79,6 +79,9 @@ pub struct Inner {
     pub status_gen: watch::Sender<u64>,
     /// Serialises placement and launch decisions.
     pub launch_lock: tokio::sync::Mutex<()>,
+    /// True once every known agent has reported since this control plane started (or was
+    /// declared lost): plans wait for it, so that they judge tasks by fresh reports.
+    pub reconciled: watch::Sender<bool>,
     pub event_seq: AtomicU64,
     pub artifacts_dir: PathBuf,
 }
@@ -184,6 +187,7 @@ impl Server {
             desired_gen: watch::channel(SystemClock.now_ms()).0,
             status_gen: watch::channel(1).0,
             launch_lock: tokio::sync::Mutex::new(()),
+            reconciled: watch::channel(false).0,
             event_seq: AtomicU64::new(last_event),
             artifacts_dir,
         });
@@ -202,6 +206,7 @@ impl Server {
         server
             .event(None, "control-plane", format!("control plane started (epoch {})", server.inner.epoch))
             .await;
+        tokio::spawn(server.clone().reconcile());
         Ok(server)
     }
 
@@ -295,6 +300,42 @@ impl Server {
 
     pub fn service_names(&self) -> Vec<String> {
         self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
+    /// Waits until every agent on record has reported since the start, or the lost timeout
+    /// passed; then lets plans run.
+    async fn reconcile(self) {
+        let t0 = self.now_ms();
+        let mut status = self.inner.status_gen.subscribe();
+        loop {
+            let (known, reported) = {
+                let agents = self.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+                (agents.len(), agents.values().filter(|a| a.last_seen_ms.is_some()).count())
+            };
+            let waited = self.now_ms().saturating_sub(t0);
+            if reported == known || waited >= self.inner.cfg.agent_lost_after_ms {
+                let lost = known - reported;
+                self.event(
+                    None,
+                    "control-plane",
+                    format!("reconciled with {reported} agent(s) in {waited} ms ({lost} not heard from: lost)"),
+                )
+                .await;
+                self.inner.reconciled.send_replace(true);
+                return;
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), status.changed()).await;
+        }
+    }
+
+    /// Resolves once the start-up reconciliation is done.
+    pub async fn wait_reconciled(&self) {
+        let mut rx = self.inner.reconciled.subscribe();
+        while !*rx.borrow_and_update() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Whether an agent is up (heard from within the lost timeout).

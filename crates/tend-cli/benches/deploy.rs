@@ -1,0 +1,168 @@
+//! End-to-end deploy benchmark with the real binary: 500 long-running tasks with a parallel plan
+//! on a control plane and 3 agents (separate processes), beside the spawn rate of /bin/true
+//! measured in the same run; then a SIGKILL of the control plane with the 500 tasks running:
+//! time until reconciled and the deploy plan complete again, and the number of relaunches.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const TASKS: usize = 500;
+
+fn tend() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tend"))
+}
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &self.0 {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+        for c in &mut self.0 {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_rate(n: usize) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        Command::new("/bin/true").status().expect("/bin/true runs");
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+async fn get(http: &reqwest::Client, base: &str, token: &str, path: &str) -> Option<Value> {
+    http.get(format!("{base}{path}")).bearer_auth(token).send().await.ok()?.json().await.ok()
+}
+
+fn start_server(dir: &std::path::Path, port: u16) -> Child {
+    tend()
+        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--agent-lost-after-seconds", "10"])
+        .arg("--data-dir")
+        .arg(dir.join("server"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tend server starts")
+}
+
+async fn wait_port(port: u16) {
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("server did not listen");
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+    let base = format!("http://127.0.0.1:{port}");
+    let spawn = spawn_rate(1000);
+    println!("reference: spawn+wait of /bin/true          {spawn:>8.0} /s");
+    let mut procs = Procs(vec![start_server(dir.path(), port)]);
+    wait_port(port).await;
+    let token = std::fs::read_to_string(dir.path().join("server/token")).expect("token").trim().to_string();
+    for (i, zone) in ["a", "b", "c"].iter().enumerate() {
+        let lo = 40_000 + i as u16 * 1000;
+        procs.0.push(
+            tend()
+                .args(["agent", "run", "--server", &base, "--id", &format!("{zone}1"), "--attr", &format!("zone={zone}")])
+                .args(["--cpus", "64", "--memory-mb", "65536", "--ports", &format!("{lo}-{}", lo + 999)])
+                .arg("--cluster-token-file")
+                .arg(dir.path().join("server/cluster-token"))
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("agent-{zone}")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("agent starts"),
+        );
+    }
+    let http = reqwest::Client::new();
+    for _ in 0..500 {
+        let up = get(&http, &base, &token, "/v1/agents").await.and_then(|v| v.as_array().map(|a| a.len())).unwrap_or(0);
+        if up == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let spec = format!(
+        "version: 1\nname: bench\npods:\n  sleeper:\n    count: {TASKS}\n    tasks:\n      t: {{ cmd: 'exec sleep 3600', cpus: 0.01, memory_mb: 8 }}\nplans:\n  deploy:\n    phases:\n      all: {{ pod: sleeper, strategy: parallel }}\n"
+    );
+    let spec_path = dir.path().join("bench.yml");
+    std::fs::write(&spec_path, spec).expect("write spec");
+    let t = Instant::now();
+    let st = tend()
+        .args(["service", "deploy", "--no-wait", "--addr", &base, "--token", &token])
+        .arg(&spec_path)
+        .stdout(Stdio::null())
+        .status()
+        .expect("deploy");
+    assert!(st.success());
+    loop {
+        let plan = get(&http, &base, &token, "/v1/services/bench/plans/deploy").await;
+        if plan.as_ref().is_some_and(|p| p["status"] == "complete") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(600), "deploy did not complete");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let rate = TASKS as f64 / secs;
+    println!(
+        "deploy {TASKS} tasks (parallel plan, 3 agents): {secs:>6.2} s = {rate:>6.0} tasks running/s  ({:.3}x spawn rate)",
+        rate / spawn
+    );
+    let pods_before = get(&http, &base, &token, "/v1/services/bench/pods").await.expect("pods");
+    let pids = |pods: &Value| -> Vec<Value> {
+        pods.as_array().map(|a| a.iter().map(|p| p["tasks"][0]["pid"].clone()).collect()).unwrap_or_default()
+    };
+    let events_before = get(&http, &base, &token, "/v1/events").await.and_then(|v| v.as_array().map(|a| a.len())).unwrap_or(0);
+    // SIGKILL the control plane with the tasks running, then start it again.
+    let mut server = procs.0.remove(0);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.id() as i32), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    server.wait().expect("reap");
+    let t = Instant::now();
+    procs.0.insert(0, start_server(dir.path(), port));
+    wait_port(port).await;
+    let listening = t.elapsed().as_secs_f64();
+    let (mut reconciled, mut complete) = (None, None);
+    while complete.is_none() {
+        assert!(t.elapsed() < Duration::from_secs(300), "plan did not complete after restart");
+        if let Some(ev) = get(&http, &base, &token, "/v1/events").await {
+            for e in ev.as_array().into_iter().flatten().skip(events_before) {
+                let m = e["message"].as_str().unwrap_or("");
+                if m.starts_with("reconciled") && reconciled.is_none() {
+                    reconciled = Some(t.elapsed().as_secs_f64());
+                }
+                if m.starts_with("deploy plan complete") && complete.is_none() {
+                    complete = Some((t.elapsed().as_secs_f64(), m.to_string()));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pods_after = get(&http, &base, &token, "/v1/services/bench/pods").await.expect("pods");
+    let incarnations: u64 = pods_after.as_array().map(|a| a.iter().map(|p| p["incarnation"].as_u64().unwrap_or(0)).sum()).unwrap_or(0);
+    let relaunches = incarnations - TASKS as u64;
+    let same_pids = pids(&pods_before).iter().zip(pids(&pods_after).iter()).filter(|(a, b)| a == b && !a.is_null()).count();
+    let (done_s, msg) = complete.unwrap_or_default();
+    println!(
+        "control plane SIGKILL with {TASKS} running: listening after {listening:.2} s, reconciled after {:.2} s, deploy plan complete after {done_s:.2} s",
+        reconciled.unwrap_or(f64::NAN)
+    );
+    println!("  {msg}; relaunches: {relaunches}; tasks with unchanged pid: {same_pids}/{TASKS}");
+}
