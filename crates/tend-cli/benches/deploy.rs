@@ -19,7 +19,10 @@ struct Procs(Vec<Child>);
 impl Drop for Procs {
     fn drop(&mut self) {
         for c in &self.0 {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         for c in &mut self.0 {
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -68,7 +71,10 @@ async fn wait_port(port: u16) {
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
     let base = format!("http://127.0.0.1:{port}");
     let spawn = spawn_rate(1000);
     println!("reference: spawn+wait of /bin/true          {spawn:>8.0} /s");
@@ -79,7 +85,16 @@ async fn main() {
         let lo = 40_000 + i as u16 * 1000;
         procs.0.push(
             tend()
-                .args(["agent", "run", "--server", &base, "--id", &format!("{zone}1"), "--attr", &format!("zone={zone}")])
+                .args([
+                    "agent",
+                    "run",
+                    "--server",
+                    &base,
+                    "--id",
+                    &format!("{zone}1"),
+                    "--attr",
+                    &format!("zone={zone}"),
+                ])
                 .args(["--cpus", "64", "--memory-mb", "65536", "--ports", &format!("{lo}-{}", lo + 999)])
                 .arg("--cluster-token-file")
                 .arg(dir.path().join("server/cluster-token"))
@@ -93,7 +108,10 @@ async fn main() {
     }
     let http = reqwest::Client::new();
     for _ in 0..500 {
-        let up = get(&http, &base, &token, "/v1/agents").await.and_then(|v| v.as_array().map(|a| a.len())).unwrap_or(0);
+        let up = get(&http, &base, &token, "/v1/agents")
+            .await
+            .and_then(|v| v.as_array().map(|a| a.len()))
+            .unwrap_or(0);
         if up == 3 {
             break;
         }
@@ -130,10 +148,14 @@ async fn main() {
     let pids = |pods: &Value| -> Vec<Value> {
         pods.as_array().map(|a| a.iter().map(|p| p["tasks"][0]["pid"].clone()).collect()).unwrap_or_default()
     };
-    let events_before = get(&http, &base, &token, "/v1/events").await.and_then(|v| v.as_array().map(|a| a.len())).unwrap_or(0);
+    let events_before = get(&http, &base, &token, "/v1/events")
+        .await
+        .and_then(|v| v.as_array().map(|a| a.len()))
+        .unwrap_or(0);
     // SIGKILL the control plane with the tasks running, then start it again.
     let mut server = procs.0.remove(0);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.id() as i32), nix::sys::signal::Signal::SIGKILL).expect("kill");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.id() as i32), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill");
     server.wait().expect("reap");
     let t = Instant::now();
     procs.0.insert(0, start_server(dir.path(), port));
@@ -156,9 +178,16 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let pods_after = get(&http, &base, &token, "/v1/services/bench/pods").await.expect("pods");
-    let incarnations: u64 = pods_after.as_array().map(|a| a.iter().map(|p| p["incarnation"].as_u64().unwrap_or(0)).sum()).unwrap_or(0);
+    let incarnations: u64 = pods_after
+        .as_array()
+        .map(|a| a.iter().map(|p| p["incarnation"].as_u64().unwrap_or(0)).sum())
+        .unwrap_or(0);
     let relaunches = incarnations - TASKS as u64;
-    let same_pids = pids(&pods_before).iter().zip(pids(&pods_after).iter()).filter(|(a, b)| a == b && !a.is_null()).count();
+    let same_pids = pids(&pods_before)
+        .iter()
+        .zip(pids(&pods_after).iter())
+        .filter(|(a, b)| a == b && !a.is_null())
+        .count();
     let (done_s, msg) = complete.unwrap_or_default();
     println!(
         "control plane SIGKILL with {TASKS} running: listening after {listening:.2} s, reconciled after {:.2} s, deploy plan complete after {done_s:.2} s",

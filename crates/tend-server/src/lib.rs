@@ -318,7 +318,9 @@ impl Server {
                 self.event(
                     None,
                     "control-plane",
-                    format!("reconciled with {reported} agent(s) in {waited} ms ({lost} not heard from: lost)"),
+                    format!(
+                        "reconciled with {reported} agent(s) in {waited} ms ({lost} not heard from: lost)"
+                    ),
                 )
                 .await;
                 self.inner.reconciled.send_replace(true);
