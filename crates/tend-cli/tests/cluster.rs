@@ -399,3 +399,45 @@ fn two_services_side_by_side_on_the_same_agents() {
     let services = c.api(&["service", "list"]).unwrap();
     assert_eq!(services.as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn a_control_plane_that_forgot_a_task_has_it_killed() {
+    let mut c = Cluster::start();
+    let spec = c.write_spec(
+        "f.yml",
+        "version: 1\nname: f\npods:\n  w:\n    tasks: { t: { cmd: 'exec sleep 600' } }\n",
+    );
+    c.deploy(&spec, true).unwrap();
+    let pid = c.pods("f")[0]["tasks"][0]["pid"].as_u64().unwrap() as i32;
+    assert!(kill(Pid::from_raw(pid), None).is_ok(), "task alive");
+    // A control plane whose store lost the service (tokens kept): the agent must stop the task.
+    c.kill_server();
+    std::fs::remove_file(c.data().join("server.redb")).unwrap();
+    c.start_server();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && kill(Pid::from_raw(pid), None).is_ok() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(kill(Pid::from_raw(pid), None).is_err(), "the unknown task was not killed");
+}
+
+#[test]
+fn a_failing_health_check_kills_the_task_and_says_why() {
+    let c = Cluster::start();
+    let spec = c.write_spec(
+        "h.yml",
+        "version: 1\nname: h\npods:\n  w:\n    tasks:\n      t:\n        cmd: touch healthy; exec sleep 600\n        health_check: { cmd: test -f healthy, interval_seconds: 1, max_consecutive_failures: 2 }\n",
+    );
+    c.deploy(&spec, true).unwrap();
+    let pod = &c.pods("h")[0];
+    let pid = pod["tasks"][0]["pid"].as_u64().unwrap() as i32;
+    let zone = &pod["agent"].as_str().unwrap()[..1];
+    std::fs::remove_file(c.dir.path().join(format!("agent-{zone}/sandboxes/h/w-0/1/healthy"))).unwrap();
+    c.wait_for(Duration::from_secs(20), "the task killed as unhealthy", |c| {
+        c.pods("h")[0]["tasks"][0]["state"] == "killed"
+    });
+    let t = &c.pods("h")[0]["tasks"][0];
+    assert_eq!(t["healthy"], false);
+    assert!(t["message"].as_str().unwrap().contains("health check failed 2 times in a row"), "{t}");
+    assert!(kill(Pid::from_raw(pid), None).is_err(), "process gone");
+}
