@@ -84,8 +84,14 @@ impl PodCtx {
     pub fn sandbox(&self, a: &Assignment) -> PathBuf {
         self.data_dir.join("sandboxes").join(&a.service).join(&a.instance).join(a.incarnation.to_string())
     }
+    /// A volume of the instance, under its generation: a replacement gets fresh ones.
     pub fn volume(&self, a: &Assignment, name: &str) -> PathBuf {
-        self.data_dir.join("volumes").join(&a.service).join(&a.instance).join(name)
+        self.data_dir
+            .join("volumes")
+            .join(&a.service)
+            .join(&a.instance)
+            .join(a.volume_generation.to_string())
+            .join(name)
     }
 }
 
@@ -102,6 +108,8 @@ fn status(a: &Assignment, t: &TaskLaunch, state: TaskState, message: Option<Stri
         pid: None,
         message,
         since_ms: now_ms(),
+        restarts: 0,
+        next_restart_ms: None,
     }
 }
 
@@ -268,27 +276,18 @@ pub async fn run_pod(ctx: Arc<PodCtx>, a: Assignment, mut cancel: watch::Receive
             return;
         }
     }
-    // Long-running tasks, side by side.
+    // Long-running tasks, side by side, each restarted in place when it stops.
     let mut running = Vec::new();
     for t in a.tasks.iter().filter(|t| t.goal == "running") {
         let env = task_env(&ctx, &a, t, &sandbox);
-        match spawn(&sandbox, t, &env) {
-            Ok(p) => {
-                let mut s = status(&a, t, TaskState::Running, None);
-                s.pid = p.child.id();
-                board.set(s);
-                running.push(tokio::spawn(supervise(
-                    board.clone(),
-                    a.clone(),
-                    t.clone(),
-                    sandbox.clone(),
-                    env,
-                    p,
-                    cancel.clone(),
-                )));
-            }
-            Err(e) => board.set(status(&a, t, TaskState::Failed, Some(format!("cannot start: {e}")))),
-        }
+        running.push(tokio::spawn(supervise(
+            board.clone(),
+            a.clone(),
+            t.clone(),
+            sandbox.clone(),
+            env,
+            cancel.clone(),
+        )));
     }
     for h in running {
         let _ = h.await;
@@ -306,16 +305,96 @@ fn fail_rest(board: &Board, a: &Assignment, failed: &TaskLaunch) {
     }
 }
 
-/// Watches one long-running task: exit, readiness, health, cancellation, log rotation.
+/// A cheap jitter sample in [0, 1) (no crate needed; quality does not matter here).
+fn jitter() -> f64 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let x = (n as u64 ^ (std::process::id() as u64).rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Keeps one long-running task up: spawn, watch (exit, readiness, health, cancellation, log
+/// rotation), and on exit restart it in place after the crash-loop backoff — the agent's own
+/// decision inside the incarnation, reported afterwards.
 async fn supervise(
     board: Arc<Board>,
     a: Assignment,
     t: TaskLaunch,
     sandbox: PathBuf,
     env: BTreeMap<String, String>,
-    mut p: Proc,
     mut cancel: watch::Receiver<bool>,
 ) {
+    let backoff = tend_scheduler::recovery::RestartBackoff {
+        initial_ms: a.backoff.initial_ms,
+        max_ms: a.backoff.max_ms,
+        reset_after_ms: a.backoff.reset_after_ms,
+    };
+    let mut crash = tend_scheduler::recovery::CrashLoop::default();
+    let mut restarts = 0u32;
+    let mut last_stop: Option<String> = None;
+    loop {
+        let p = match spawn(&sandbox, &t, &env) {
+            Ok(p) => p,
+            Err(e) => {
+                board.set(status(&a, &t, TaskState::Failed, Some(format!("cannot start: {e}"))));
+                return;
+            }
+        };
+        let mut s = status(&a, &t, TaskState::Running, None);
+        s.pid = p.child.id();
+        s.restarts = restarts;
+        s.message = last_stop.as_ref().map(|m| format!("restarted in place after: {m}"));
+        board.set(s);
+        let started = tokio::time::Instant::now();
+        let Some((code, how)) = watch_task(&board, &a, &t, &sandbox, &env, p, &mut cancel).await else {
+            return; // cancelled: no longer desired (reported by watch_task)
+        };
+        let ran_ms = started.elapsed().as_millis() as u64;
+        let n = crash.on_exit(ran_ms, &backoff);
+        let delay = backoff.delay_ms(n, jitter());
+        last_stop = Some(how.clone());
+        let next = now_ms() + delay;
+        board.update(&a.service, &a.instance, &t.name, |s| {
+            s.state = TaskState::Exited;
+            s.exit_code = code;
+            s.ready = false;
+            s.pid = None;
+            s.since_ms = now_ms();
+            s.next_restart_ms = Some(next);
+            s.message = Some(if n > 1 {
+                format!("{how}; crash loop ({n} quick exits): restarting in {delay} ms")
+            } else {
+                format!("{how}; restarting in place")
+            });
+        });
+        tracing::info!(service = %a.service, instance = %a.instance, task = %t.name, ran_ms, delay_ms = delay, "task stopped; restarting in place");
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
+            _ = cancel.changed() => {
+                board.update(&a.service, &a.instance, &t.name, |s| {
+                    s.state = TaskState::Killed; s.next_restart_ms = None; s.since_ms = now_ms();
+                    s.message = Some("stopped: no longer desired".into());
+                });
+                return;
+            }
+        }
+        restarts += 1;
+    }
+}
+
+/// Watches a running process. Some((exit code, why)) when it stopped (exited, or killed as
+/// unhealthy); None when it was cancelled (already reported).
+async fn watch_task(
+    board: &Board,
+    a: &Assignment,
+    t: &TaskLaunch,
+    sandbox: &Path,
+    env: &BTreeMap<String, String>,
+    mut p: Proc,
+    cancel: &mut watch::Receiver<bool>,
+) -> Option<(Option<i32>, String)> {
     let started = tokio::time::Instant::now();
     let ready_every = t.readiness_check.as_ref().map(|c| Duration::from_secs(c.interval_seconds.max(1)));
     let health_every = t.health_check.as_ref().map(|c| Duration::from_secs(c.interval_seconds.max(1)));
@@ -332,11 +411,11 @@ async fn supervise(
             r = p.child.wait() => {
                 let code = r.ok().and_then(|s| s.code());
                 let _ = killpg(p.pgid, Signal::SIGKILL);
-                board.update(&a.service, &a.instance, &t.name, |s| {
-                    s.state = TaskState::Exited; s.exit_code = code; s.ready = false; s.pid = None; s.since_ms = now_ms();
-                    s.message = Some(match code { Some(c) => format!("exited with code {c}"), None => "killed by a signal".into() });
-                });
-                return;
+                let how = match code {
+                    Some(c) => format!("exited with code {c}"),
+                    None => "killed by a signal".to_string(),
+                };
+                return Some((code, how));
             }
             _ = cancel.changed() => {
                 let code = kill(&mut p, grace).await;
@@ -344,11 +423,11 @@ async fn supervise(
                     s.state = TaskState::Killed; s.exit_code = code; s.ready = false; s.pid = None; s.since_ms = now_ms();
                     s.message = Some("killed: no longer desired".into());
                 });
-                return;
+                return None;
             }
             _ = ready_tick.tick(), if ready_every.is_some() => {
                 if let Some(c) = &t.readiness_check {
-                    let ok = probe(c, &sandbox, &env).await;
+                    let ok = probe(c, sandbox, env).await;
                     board.update(&a.service, &a.instance, &t.name, |s| s.ready = ok);
                 }
             }
@@ -357,7 +436,7 @@ async fn supervise(
                 if started.elapsed() < Duration::from_secs(c.grace_period_seconds) {
                     continue;
                 }
-                if probe(c, &sandbox, &env).await {
+                if probe(c, sandbox, env).await {
                     health_failures = 0;
                     board.update(&a.service, &a.instance, &t.name, |s| s.healthy = Some(true));
                 } else {
@@ -365,16 +444,12 @@ async fn supervise(
                     if health_failures >= c.max_consecutive_failures {
                         let code = kill(&mut p, grace).await;
                         let n = health_failures;
-                        board.update(&a.service, &a.instance, &t.name, |s| {
-                            s.state = TaskState::Killed; s.exit_code = code; s.ready = false; s.healthy = Some(false);
-                            s.pid = None; s.since_ms = now_ms();
-                            s.message = Some(format!("unhealthy: health check failed {n} times in a row"));
-                        });
-                        return;
+                        board.update(&a.service, &a.instance, &t.name, |s| s.healthy = Some(false));
+                        return Some((code, format!("unhealthy: health check failed {n} times in a row")));
                     }
                 }
             }
-            _ = rotate_tick.tick() => rotate_logs(&sandbox, &t.name),
+            _ = rotate_tick.tick() => rotate_logs(sandbox, &t.name),
         }
     }
 }

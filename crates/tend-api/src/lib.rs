@@ -79,6 +79,27 @@ pub struct Assignment {
     pub artifacts: Vec<ArtifactRef>,
     pub volumes: Vec<VolumeRef>,
     pub tasks: Vec<TaskLaunch>,
+    /// Backoff of in-place restarts: the first is immediate, then `initial` doubling to `max`.
+    #[serde(default)]
+    pub backoff: Backoff,
+    /// Volumes live under this generation: a replacement gets fresh ones.
+    #[serde(default)]
+    pub volume_generation: u64,
+}
+
+/// Backoff bounds for in-place restarts, in milliseconds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Backoff {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    /// Running this long without exiting resets the backoff.
+    pub reset_after_ms: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial_ms: 1_000, max_ms: 60_000, reset_after_ms: 60_000 }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -165,6 +186,12 @@ pub struct TaskStatus {
     #[serde(default)]
     pub message: Option<String>,
     pub since_ms: u64,
+    /// In-place restarts of this task within its incarnation (the agent's own decision).
+    #[serde(default)]
+    pub restarts: u32,
+    /// When the agent will relaunch it (crash loop backoff), if it is waiting to.
+    #[serde(default)]
+    pub next_restart_ms: Option<u64>,
 }
 
 /// An agent's full report of its tasks (also its heartbeat). Idempotent: a full snapshot.
@@ -268,6 +295,9 @@ pub struct PodInfo {
     pub ports: BTreeMap<String, u16>,
     pub reservation: Option<ReservationInfo>,
     pub tasks: Vec<TaskStatus>,
+    /// Recovery state and next action, e.g. "stopped 3 s; agent restarting it in place".
+    #[serde(default)]
+    pub recovery: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -151,6 +151,18 @@ enum PodCmd {
         #[arg(long)]
         service: Option<String>,
     },
+    /// Restart in place: next incarnation on the same agent, same volumes.
+    Restart {
+        instance: String,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Replace for good: placed anew (elsewhere when possible) with fresh volumes.
+    Replace {
+        instance: String,
+        #[arg(long)]
+        service: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -253,6 +265,12 @@ async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result
                 }
                 PodCmd::Info { instance, service } => {
                     sc::pod_status(&c, service, &instance, true, json).await
+                }
+                PodCmd::Restart { instance, service } => {
+                    sc::pod_action(&c, service, &instance, "restart", json).await
+                }
+                PodCmd::Replace { instance, service } => {
+                    sc::pod_action(&c, service, &instance, "replace", json).await
                 }
             }
         }

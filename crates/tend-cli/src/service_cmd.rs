@@ -320,6 +320,9 @@ pub async fn pod_status(
     if let Some(r) = &p.pending_reason {
         println!("  pending: {r}");
     }
+    if let Some(r) = &p.recovery {
+        println!("  recovery: {r}");
+    }
     for t in &p.tasks {
         let code = t.exit_code.map(|c| format!(" exit {c}")).unwrap_or_default();
         let msg = t.message.clone().map(|m| format!(" — {m}")).unwrap_or_default();
@@ -341,6 +344,24 @@ pub async fn pod_status(
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn pod_action(
+    client: &Client,
+    service: Option<String>,
+    instance: &str,
+    action: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let service = client.pick_service(service).await?;
+    let v: serde_json::Value = client
+        .post(&format!("/v1/services/{service}/pods/{instance}/{action}"), &serde_json::json!({}))
+        .await?;
+    if json {
+        return json_out(&v);
+    }
+    println!("{}", v["message"].as_str().unwrap_or_default());
     Ok(ExitCode::SUCCESS)
 }
 

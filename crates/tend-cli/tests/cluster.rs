@@ -222,7 +222,7 @@ fn deploys_the_data_store_example_respecting_placement() {
     let agent =
         pods.iter().find(|p| p["instance"] == "data-1").unwrap()["agent"].as_str().unwrap().to_string();
     let zone = &agent[..1];
-    let vol = c.dir.path().join(format!("agent-{zone}/volumes/data-store/data-1/data/objects/k1"));
+    let vol = c.dir.path().join(format!("agent-{zone}/volumes/data-store/data-1/1/data/objects/k1"));
     assert_eq!(std::fs::read_to_string(&vol).unwrap(), "stored");
     // Logs through the API.
     let logs = c.api(&["task", "logs", "meta-data-0", "server", "--service", "data-store"]).unwrap();
@@ -343,7 +343,7 @@ fn sigkill_of_the_control_plane_mid_deploy_resumes_without_duplicates() {
         let inst = p["instance"].as_str().unwrap();
         let zone = &p["agent"].as_str().unwrap()[..1];
         let launches = std::fs::read_to_string(
-            c.dir.path().join(format!("agent-{zone}/volumes/slow/{inst}/data/launches")),
+            c.dir.path().join(format!("agent-{zone}/volumes/slow/{inst}/1/data/launches")),
         )
         .unwrap();
         assert_eq!(launches.lines().count(), 1, "{inst} launched more than once: {launches}");
@@ -356,7 +356,7 @@ fn sigkill_of_the_control_plane_mid_deploy_resumes_without_duplicates() {
 }
 
 #[test]
-fn a_task_killed_mid_step_is_noticed_by_the_plan() {
+fn a_task_killed_mid_step_is_restarted_in_place_and_a_crash_loop_fails_the_step() {
     let c = Cluster::start();
     let spec = c.write_spec(
         "stuck.yml",
@@ -368,13 +368,28 @@ fn a_task_killed_mid_step_is_noticed_by_the_plan() {
     });
     let pid = c.pods("stuck")[0]["tasks"][0]["pid"].as_u64().unwrap();
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
-    c.wait_for(Duration::from_secs(20), "the step in error", |c| {
-        c.api(&["plan", "show", "deploy", "--service", "stuck"]).is_ok_and(|v| v[0]["status"] == "error")
+    c.wait_for(Duration::from_secs(20), "the task restarted in place", |c| {
+        let t = &c.pods("stuck")[0]["tasks"][0];
+        t["restarts"] == 1 && t["state"] == "running" && t["pid"].as_u64().is_some_and(|p| p != pid)
     });
-    let plan = c.api(&["plan", "show", "deploy", "--service", "stuck"]).unwrap();
+    let pod = &c.pods("stuck")[0];
+    assert_eq!(pod["incarnation"], 1, "an in-place restart keeps the incarnation");
+    assert!(
+        pod["tasks"][0]["message"].as_str().unwrap().contains("restarted in place after: killed by a signal"),
+        "{pod}"
+    );
+    // A task that keeps exiting: the agent backs off, and the deploy step fails as a crash loop.
+    let spec = c.write_spec(
+        "loop.yml",
+        "version: 1\nname: crash\npods:\n  w:\n    tasks:\n      server: { cmd: 'exit 3' }\nrecovery: { backoff: { initial_seconds: 1, max_seconds: 1 }, failure_timeout_seconds: never }\n",
+    );
+    c.deploy(&spec, false).unwrap();
+    c.wait_for(Duration::from_secs(30), "the step in error", |c| {
+        c.api(&["plan", "show", "deploy", "--service", "crash"]).is_ok_and(|v| v[0]["status"] == "error")
+    });
+    let plan = c.api(&["plan", "show", "deploy", "--service", "crash"]).unwrap();
     let msg = plan[0]["phases"][0]["steps"][0]["message"].as_str().unwrap().to_string();
-    assert!(msg.contains("w-0 incarnation 1") && msg.contains("task `server` stopped"), "{msg}");
-    assert_eq!(c.pods("stuck")[0]["state"], "failed");
+    assert!(msg.contains("w-0 incarnation 1") && msg.contains("crash-looping"), "{msg}");
 }
 
 #[test]
@@ -422,7 +437,7 @@ fn a_control_plane_that_forgot_a_task_has_it_killed() {
 }
 
 #[test]
-fn a_failing_health_check_kills_the_task_and_says_why() {
+fn a_failing_health_check_kills_the_task_and_it_is_restarted_in_place() {
     let c = Cluster::start();
     let spec = c.write_spec(
         "h.yml",
@@ -433,11 +448,13 @@ fn a_failing_health_check_kills_the_task_and_says_why() {
     let pid = pod["tasks"][0]["pid"].as_u64().unwrap() as i32;
     let zone = &pod["agent"].as_str().unwrap()[..1];
     std::fs::remove_file(c.dir.path().join(format!("agent-{zone}/sandboxes/h/w-0/1/healthy"))).unwrap();
-    c.wait_for(Duration::from_secs(20), "the task killed as unhealthy", |c| {
-        c.pods("h")[0]["tasks"][0]["state"] == "killed"
+    c.wait_for(Duration::from_secs(20), "the unhealthy task restarted", |c| {
+        c.pods("h")[0]["tasks"][0]["restarts"] == 1
     });
     let t = &c.pods("h")[0]["tasks"][0];
-    assert_eq!(t["healthy"], false);
-    assert!(t["message"].as_str().unwrap().contains("health check failed 2 times in a row"), "{t}");
-    assert!(kill(Pid::from_raw(pid), None).is_err(), "process gone");
+    assert!(
+        t["message"].as_str().unwrap().contains("unhealthy: health check failed 2 times in a row"),
+        "{t}"
+    );
+    assert!(kill(Pid::from_raw(pid), None).is_err(), "the unhealthy process is gone");
 }

@@ -2,5 +2,6 @@
 //! job priorities. State and events in, decisions out; no I/O, no clock.
 
 pub mod placement;
+pub mod recovery;
 
 pub use placement::{place_all, AgentSnapshot, AttributeRule, Cluster, Decision, Request, Resources, Rules};

@@ -102,6 +102,7 @@ pub fn router(server: Server) -> Router {
         .route("/v1/services/{name}/plans/{plan}/{action}", post(plan_action))
         .route("/v1/services/{name}/pods", get(list_pods))
         .route("/v1/services/{name}/pods/{instance}", get(get_pod))
+        .route("/v1/services/{name}/pods/{instance}/{action}", post(pod_action))
         .route("/v1/services/{name}/pods/{instance}/tasks/{task}/logs", get(task_logs))
         .route("/v1/services/{name}/endpoints", get(endpoints))
         .route("/v1/agents", get(list_agents))
@@ -412,8 +413,34 @@ async fn delete_service(
 
 // ---------- plans ----------
 
+/// The recovery plan: one step per instance that is down or being replaced.
+fn recovery_plan(s: &Server, name: &str) -> PlanInfo {
+    let board = s.inner.recovery.lock().unwrap_or_else(|e| e.into_inner());
+    let steps: Vec<StepInfo> = board
+        .entries
+        .iter()
+        .filter(|((svc, _), _)| svc == name)
+        .map(|((_, inst), e)| StepInfo {
+            name: inst.clone(),
+            status: e.state.clone(),
+            message: Some(e.message.clone()),
+        })
+        .collect();
+    let status = if steps.is_empty() { "complete" } else { "in_progress" };
+    PlanInfo {
+        service: name.into(),
+        name: "recovery".into(),
+        status: status.into(),
+        interrupted: false,
+        phases: vec![PhaseInfo { name: "recovery".into(), status: status.into(), interrupted: false, steps }],
+    }
+}
+
 async fn plan_info(s: &Server, name: &str, plan: &str) -> Result<PlanInfo, ApiError> {
     let rt = s.service(name).ok_or_else(|| not_found("service", name))?;
+    if plan == "recovery" && !rt.lock().unwrap_or_else(|e| e.into_inner()).plans.contains_key("recovery") {
+        return Ok(recovery_plan(s, name));
+    }
     let p = rt
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -461,6 +488,9 @@ async fn list_plans(State(s): State<Arc<Server>>, Path(name): Path<String>) -> A
     let mut out = Vec::new();
     for p in names {
         out.push(plan_info(&s, &name, &p).await?);
+    }
+    if !out.iter().any(|p| p.name == "recovery") {
+        out.push(recovery_plan(&s, &name));
     }
     Ok(Json(out))
 }
@@ -551,6 +581,7 @@ async fn pod_infos(s: &Server, name: &str) -> Result<Vec<PodInfo>, ApiError> {
     for p in &spec.pods {
         for i in 0..p.count {
             let inst = format!("{}-{i}", p.name);
+            let inst_key = inst.clone();
             let rec = recs.remove(&inst).unwrap_or(InstanceRecord {
                 pod: p.name.clone(),
                 index: i,
@@ -578,6 +609,14 @@ async fn pod_infos(s: &Server, name: &str) -> Result<Vec<PodInfo>, ApiError> {
                     volumes: rec.volumes.clone(),
                 }),
                 tasks: tasks.unwrap_or_default(),
+                recovery: s
+                    .inner
+                    .recovery
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entries
+                    .get(&(name.to_string(), inst_key.clone()))
+                    .map(|e| format!("{}: {}", e.state, e.message)),
             });
         }
     }
@@ -598,6 +637,25 @@ async fn get_pod(
         .find(|p| p.instance == instance)
         .map(Json)
         .ok_or_else(|| not_found("pod instance", &instance))
+}
+
+async fn pod_action(
+    State(s): State<Arc<Server>>,
+    Path((name, instance, action)): Path<(String, String, String)>,
+) -> ApiResult<serde_json::Value> {
+    let exists = pod_infos(&s, &name).await?.iter().any(|p| p.instance == instance);
+    if !exists {
+        return Err(not_found("pod instance", &instance));
+    }
+    let conflict = |m: String| ApiError(StatusCode::CONFLICT, "not_launched", m);
+    let msg = match action.as_str() {
+        "restart" => crate::recovery::restart_in_place(&s, &name, &instance).await.map_err(conflict)?,
+        "replace" => {
+            crate::recovery::replace(&s, &name, &instance, "operator request").await.map_err(conflict)?
+        }
+        other => return Err(bad(format!("unknown pod action `{other}`: use restart or replace"))),
+    };
+    Ok(Json(serde_json::json!({ "instance": instance, "action": action, "message": msg })))
 }
 
 async fn endpoints(State(s): State<Arc<Server>>, Path(name): Path<String>) -> ApiResult<Vec<Endpoint>> {

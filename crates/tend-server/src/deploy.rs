@@ -66,11 +66,14 @@ pub struct DeployWork {
     pub service: String,
 }
 
-fn pod_of<'a>(spec: &'a ServiceSpec, instance: &str) -> Option<(&'a PodSpec, u32)> {
+pub(crate) fn pod_of<'a>(spec: &'a ServiceSpec, instance: &str) -> Option<(&'a PodSpec, u32)> {
     let (pod, idx) = instance.rsplit_once('-')?;
     let idx: u32 = idx.parse().ok()?;
     spec.pod(pod).map(|p| (p, idx))
 }
+
+/// In-place restarts after which a deploy step gives up on an incarnation.
+pub const CRASH_LOOP_RESTARTS: u32 = 3;
 
 /// Whether an incarnation's reported tasks satisfy the pod: running tasks running (and ready
 /// when they have a readiness check), once/finish tasks exited 0. Err: a task failed.
@@ -90,6 +93,13 @@ pub fn judge(pod: &PodSpec, tasks: &[tend_api::TaskStatus]) -> Result<bool, Stri
         };
         match (t.goal, s.state) {
             (_, TaskState::Failed) => return failed("could not start".into()),
+            (Goal::Running, TaskState::Exited | TaskState::Killed) if s.next_restart_ms.is_some() => {
+                // The agent restarts it in place; a crash loop fails the deploy step.
+                if s.restarts >= CRASH_LOOP_RESTARTS {
+                    return failed(format!("is crash-looping ({} restarts in place)", s.restarts));
+                }
+                all = false;
+            }
             (Goal::Running, TaskState::Exited | TaskState::Killed) => {
                 return failed(format!(
                     "stopped (exit code {})",
@@ -116,13 +126,13 @@ pub fn judge(pod: &PodSpec, tasks: &[tend_api::TaskStatus]) -> Result<bool, Stri
 }
 
 impl DeployWork {
-    fn spec(&self) -> Option<(ServiceSpec, BTreeMap<String, String>)> {
+    pub(crate) fn spec(&self) -> Option<(ServiceSpec, BTreeMap<String, String>)> {
         let rt = self.server.service(&self.service)?;
         let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
         Some((rt.spec.clone(), rt.identities.clone()))
     }
 
-    async fn record(&self, instance: &str) -> Result<Option<(InstanceRecord, i64)>, String> {
+    pub(crate) async fn record(&self, instance: &str) -> Result<Option<(InstanceRecord, i64)>, String> {
         let key = instance_key(&self.service, instance);
         match self.server.inner.store.get(&key).await.map_err(|e| e.to_string())? {
             Some(kv) => {
@@ -133,7 +143,7 @@ impl DeployWork {
     }
 
     /// Places (if needed) and launches the target incarnation, writing the intent first.
-    async fn ensure_launched(&self, instance: &str) -> Result<(), String> {
+    pub(crate) async fn ensure_launched(&self, instance: &str) -> Result<(), String> {
         let _guard = self.server.inner.launch_lock.lock().await;
         let (spec, ids) = self.spec().ok_or("service is gone")?;
         let (pod, index) =
@@ -150,7 +160,7 @@ impl DeployWork {
             return Ok(()); // Already launched: the intent is on record, the agent acts on it.
         }
         if rec.agent.is_none() {
-            match self.place(&spec, pod, instance).await? {
+            match self.place(&spec, pod, instance, None).await? {
                 Ok((agent, ports, needs)) => {
                     rec.agent = Some(agent);
                     rec.ports = ports;
@@ -159,6 +169,8 @@ impl DeployWork {
                     rec.disk_mb = needs.disk_mb;
                     rec.volumes = pod.volumes.iter().map(|v| v.name.clone()).collect();
                     rec.pending_reason = None;
+                    // A new placement gets fresh volumes.
+                    rec.volume_generation = rec.incarnation + 1;
                 }
                 Err(reason) => {
                     if rec.pending_reason.as_deref() != Some(reason.as_str()) {
@@ -193,7 +205,7 @@ impl DeployWork {
         Ok(())
     }
 
-    async fn write(&self, instance: &str, rec: &InstanceRecord, rev: i64) -> Result<(), String> {
+    pub(crate) async fn write(&self, instance: &str, rec: &InstanceRecord, rev: i64) -> Result<(), String> {
         let key = instance_key(&self.service, instance);
         let v = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
         let r = self
@@ -210,11 +222,12 @@ impl DeployWork {
     }
 
     /// Pure placement over a snapshot of live agents and every reservation in the cluster.
-    async fn place(
+    pub(crate) async fn place(
         &self,
         spec: &ServiceSpec,
         pod: &PodSpec,
         instance: &str,
+        avoid: Option<&str>,
     ) -> Result<Result<(String, BTreeMap<String, u16>, Resources), String>, String> {
         let mut snapshot: BTreeMap<String, AgentSnapshot> = {
             let agents = self.server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
@@ -235,7 +248,7 @@ impl DeployWork {
                             reserved: Resources::default(),
                             port_range: (r.port_lo, r.port_hi),
                             used_ports: Default::default(),
-                            schedulable: self.server.agent_up(a),
+                            schedulable: self.server.agent_up(a) && Some(r.id.as_str()) != avoid,
                         },
                     )
                 })
@@ -368,6 +381,7 @@ fn check_spec(c: &tend_spec::Check, ports: &BTreeMap<String, u16>) -> CheckSpec 
 pub fn assignment(
     service: &str,
     rec_artifacts: &BTreeMap<String, String>,
+    recovery: &tend_spec::RecoveryPolicy,
     pod: &PodSpec,
     instance: &str,
     rec: &InstanceRecord,
@@ -388,7 +402,19 @@ pub fn assignment(
             }
         })
         .collect();
+    let mut env = pod.env.clone();
+    if let Some((agent, host)) = &rec.replaced_from {
+        env.insert("TEND_REPLACING".into(), "1".into());
+        env.insert("TEND_REPLACED_AGENT".into(), agent.clone());
+        env.insert("TEND_REPLACED_HOST".into(), host.clone());
+    }
     Assignment {
+        backoff: tend_api::Backoff {
+            initial_ms: recovery.backoff.initial_seconds * 1000,
+            max_ms: recovery.backoff.max_seconds * 1000,
+            reset_after_ms: (recovery.backoff.max_seconds * 1000).max(10_000),
+        },
+        volume_generation: rec.volume_generation,
         service: service.to_string(),
         pod: pod.name.clone(),
         pod_index: rec.index,
@@ -396,7 +422,7 @@ pub fn assignment(
         incarnation: rec.incarnation,
         config: rec.config.clone(),
         ports: rec.ports.clone(),
-        env: pod.env.clone(),
+        env,
         artifacts,
         volumes: pod
             .volumes
@@ -442,7 +468,7 @@ pub async fn desired_for(server: &Server, agent: &str) -> anyhow::Result<Vec<Ass
             }
             let Some(pod) = spec.pod(&rec.pod) else { continue };
             // The running config is the one recorded; the spec may have moved on (update pending).
-            out.push(assignment(&svc, &artifacts, pod, &instance, &rec));
+            out.push(assignment(&svc, &artifacts, &spec.recovery, pod, &instance, &rec));
         }
     }
     Ok(out)

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod deploy;
 pub mod records;
+pub mod recovery;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -82,6 +83,8 @@ pub struct Inner {
     /// True once every known agent has reported since this control plane started (or was
     /// declared lost): plans wait for it, so that they judge tasks by fresh reports.
     pub reconciled: watch::Sender<bool>,
+    /// Recovery's view of instances that are down or being replaced.
+    pub recovery: Mutex<recovery::RecoveryBoard>,
     pub event_seq: AtomicU64,
     pub artifacts_dir: PathBuf,
 }
@@ -188,6 +191,7 @@ impl Server {
             status_gen: watch::channel(1).0,
             launch_lock: tokio::sync::Mutex::new(()),
             reconciled: watch::channel(false).0,
+            recovery: Mutex::new(recovery::RecoveryBoard::default()),
             event_seq: AtomicU64::new(last_event),
             artifacts_dir,
         });
@@ -207,6 +211,7 @@ impl Server {
             .event(None, "control-plane", format!("control plane started (epoch {})", server.inner.epoch))
             .await;
         tokio::spawn(server.clone().reconcile());
+        tokio::spawn(recovery::run(server.clone()));
         Ok(server)
     }
 

@@ -73,6 +73,12 @@ pub struct InstanceRecord {
     pub once_done: Vec<String>,
     #[serde(default)]
     pub launched_ms: u64,
+    /// Volumes live under this generation; a replacement starts a new one (fresh volumes).
+    #[serde(default)]
+    pub volume_generation: u64,
+    /// Set on an incarnation that replaces a failed one: (old agent, old host).
+    #[serde(default)]
+    pub replaced_from: Option<(String, String)>,
 }
 
 /// Something that happened, for `tend events` and debugging.
