@@ -458,3 +458,117 @@ fn a_failing_health_check_kills_the_task_and_it_is_restarted_in_place() {
     );
     assert!(kill(Pid::from_raw(pid), None).is_err(), "the unhealthy process is gone");
 }
+
+const PIDS: &str = "version: 1
+name: r
+pods:
+  w:
+    volumes: [ { name: data, path: data, size_mb: 1 } ]
+    tasks:
+      t: { cmd: 'echo $$ $TEND_INCARNATION ${TEND_REPLACING:-0} ${TEND_REPLACED_AGENT:-none} >> data/pids; exec sleep 600' }
+recovery: { failure_timeout_seconds: 1, backoff: { initial_seconds: 1, max_seconds: 2 } }
+";
+
+impl Cluster {
+    fn volume_file(&self, pod: &Value, file: &str) -> String {
+        let zone = &pod["agent"].as_str().unwrap()[..1];
+        let base = self.dir.path().join(format!("agent-{zone}/volumes/r/w-0"));
+        // The newest generation directory holds the live volume.
+        let mut gens: Vec<u64> = std::fs::read_dir(&base)
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+            .unwrap_or_default();
+        gens.sort();
+        let g = gens.last().copied().unwrap_or(0);
+        std::fs::read_to_string(base.join(g.to_string()).join("data").join(file)).unwrap_or_default()
+    }
+
+    fn agent_pid(&self, id: &str) -> Pid {
+        let i = ["a1", "b1", "c1"].iter().position(|x| *x == id).unwrap();
+        Pid::from_raw(self.agents[i].id() as i32)
+    }
+}
+
+#[test]
+fn kill_9_of_a_task_restarts_it_in_place_with_its_volume() {
+    let c = Cluster::start();
+    let spec = c.write_spec("r.yml", PIDS);
+    c.deploy(&spec, true).unwrap();
+    let pod = c.pods("r")[0].clone();
+    let pid = pod["tasks"][0]["pid"].as_u64().unwrap();
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    c.wait_for(Duration::from_secs(20), "restart in place", |c| {
+        let t = &c.pods("r")[0]["tasks"][0];
+        t["state"] == "running" && t["restarts"] == 1
+    });
+    let after = c.pods("r")[0].clone();
+    assert_eq!(
+        (after["agent"].clone(), after["incarnation"].clone()),
+        (pod["agent"].clone(), Value::from(1))
+    );
+    let lines = c.volume_file(&after, "pids");
+    assert_eq!(lines.lines().count(), 2, "the same volume saw both runs: {lines}");
+}
+
+#[test]
+fn a_lost_agent_is_replaced_elsewhere_and_its_stale_task_killed_when_it_returns() {
+    let c = Cluster::start();
+    let spec = c.write_spec("r.yml", PIDS);
+    c.deploy(&spec, true).unwrap();
+    let pod = c.pods("r")[0].clone();
+    let old_agent = pod["agent"].as_str().unwrap().to_string();
+    let old_pid = Pid::from_raw(pod["tasks"][0]["pid"].as_u64().unwrap() as i32);
+    // Freeze the agent: no heartbeats, but its task keeps running.
+    kill(c.agent_pid(&old_agent), Signal::SIGSTOP).unwrap();
+    c.wait_for(Duration::from_secs(40), "replacement running on another agent", |c| {
+        let p = &c.pods("r")[0];
+        p["agent"].as_str().is_some_and(|a| a != old_agent) && p["state"] == "running"
+    });
+    let new = c.pods("r")[0].clone();
+    assert_eq!(new["incarnation"], 2);
+    let lines = c.volume_file(&new, "pids");
+    assert_eq!(lines.lines().count(), 1, "fresh volume: {lines}");
+    assert!(lines.trim().ends_with(&format!("2 1 {old_agent}")), "replacement env: {lines}");
+    assert!(kill(old_pid, None).is_ok(), "the old task ran on while its agent was frozen");
+    let events = c.api(&["events", "--service", "r"]).unwrap().to_string();
+    assert!(events.contains("replacing w-0") && events.contains("fresh volumes"), "{events}");
+    // The agent comes back: the stale incarnation is killed, the new one keeps running.
+    kill(c.agent_pid(&old_agent), Signal::SIGCONT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && kill(old_pid, None).is_ok() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(kill(old_pid, None).is_err(), "the stale incarnation still runs");
+    let p = c.pods("r")[0].clone();
+    assert_eq!(
+        (p["incarnation"].clone(), p["agent"].clone()),
+        (new["incarnation"].clone(), new["agent"].clone())
+    );
+    assert!(kill(Pid::from_raw(p["tasks"][0]["pid"].as_u64().unwrap() as i32), None).is_ok());
+}
+
+#[test]
+fn operator_pod_restart_keeps_the_volume_and_replace_moves_it() {
+    let c = Cluster::start();
+    let spec =
+        c.write_spec("r.yml", &PIDS.replace("failure_timeout_seconds: 1", "failure_timeout_seconds: never"));
+    c.deploy(&spec, true).unwrap();
+    let first = c.pods("r")[0].clone();
+    c.api(&["pod", "restart", "w-0", "--service", "r"]).unwrap();
+    c.wait_for(Duration::from_secs(20), "incarnation 2 running", |c| {
+        let p = &c.pods("r")[0];
+        p["incarnation"] == 2 && p["state"] == "running"
+    });
+    let second = c.pods("r")[0].clone();
+    assert_eq!(second["agent"], first["agent"], "restart stays in place");
+    assert_eq!(c.volume_file(&second, "pids").lines().count(), 2, "same volume");
+    c.api(&["pod", "replace", "w-0", "--service", "r"]).unwrap();
+    c.wait_for(Duration::from_secs(20), "incarnation 3 running", |c| {
+        let p = &c.pods("r")[0];
+        p["incarnation"] == 3 && p["state"] == "running"
+    });
+    let third = c.pods("r")[0].clone();
+    assert_ne!(third["agent"], first["agent"], "replace moves it");
+    assert_eq!(c.volume_file(&third, "pids").lines().count(), 1, "fresh volume");
+    let err = c.api(&["pod", "replace", "w-9", "--service", "r"]).unwrap_err();
+    assert!(err.contains("no pod instance `w-9`"), "{err}");
+}
