@@ -7,10 +7,11 @@
 //! report is harmless.
 
 pub mod artifacts;
+pub mod checkpoint;
 pub mod checks;
 pub mod pod;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,6 +51,7 @@ struct AgentState {
     http: reqwest::Client,
     ctx: Arc<PodCtx>,
     pods: Pods,
+    adoptable: std::sync::Mutex<HashMap<(String, String), checkpoint::Checkpoint>>,
 }
 
 /// Runs an agent until `shutdown` resolves; then stops every task it runs and returns.
@@ -72,12 +74,29 @@ pub async fn run(
             http: http.clone(),
         },
         board: board.clone(),
+        checkpoints: checkpoint::Checkpoints::new(&cfg.data_dir),
     });
+    // Incarnations this agent ran before a restart: re-adopted when still desired.
+    let adoptable: HashMap<(String, String), checkpoint::Checkpoint> = ctx
+        .checkpoints
+        .load_all()
+        .into_iter()
+        .map(|c| ((c.assignment.service.clone(), c.assignment.instance.clone()), c))
+        .collect();
+    if !adoptable.is_empty() {
+        tracing::info!(count = adoptable.len(), "found checkpoints of incarnations from before a restart");
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let agent_url = format!("http://{}", listener.local_addr()?);
-    let state = Arc::new(AgentState { cfg: cfg.clone(), http, ctx, pods: Pods::default() });
+    let state = Arc::new(AgentState {
+        cfg: cfg.clone(),
+        http,
+        ctx,
+        pods: Pods::default(),
+        adoptable: std::sync::Mutex::new(adoptable),
+    });
     let app = axum::Router::new().route("/v1/logs", get(logs)).with_state(state.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut srv_stop = stop_rx.clone();
@@ -257,6 +276,7 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
         tracing::info!(%service, %instance, incarnation = h.incarnation, "stopping: not desired any more");
         let _ = h.cancel.send(true);
         let _ = h.join.await;
+        st.ctx.checkpoints.remove(&service, &instance);
         if !want.contains(&(service.clone(), instance.clone())) {
             st.ctx.board.forget(&service, &instance);
         }
@@ -268,11 +288,42 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
         if running.contains_key(&key) {
             continue;
         }
-        tracing::info!(service = %a.service, instance = %a.instance, incarnation = a.incarnation, "launching");
         let (tx, rx) = watch::channel(false);
         let incarnation = a.incarnation;
-        let join = tokio::spawn(pod::run_pod(st.ctx.clone(), a, rx));
+        let found = st.adoptable.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+        let join = match found {
+            Some(ck) if ck.assignment.incarnation == a.incarnation => {
+                tracing::info!(service = %a.service, instance = %a.instance, incarnation, "re-adopting");
+                tokio::spawn(pod::run_adopted(st.ctx.clone(), a, ck, rx))
+            }
+            other => {
+                if let Some(stale) = other {
+                    kill_checkpointed(&stale);
+                }
+                tracing::info!(service = %a.service, instance = %a.instance, incarnation, "launching");
+                tokio::spawn(pod::run_pod(st.ctx.clone(), a, rx))
+            }
+        };
         running.insert(key, PodHandle { incarnation, cancel: tx, join });
+    }
+    drop(running);
+    // Checkpointed incarnations that are not desired any more: stale, killed.
+    let stale: Vec<checkpoint::Checkpoint> =
+        st.adoptable.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, c)| c).collect();
+    for ck in stale {
+        tracing::info!(service = %ck.assignment.service, instance = %ck.assignment.instance, incarnation = ck.assignment.incarnation, "killing a stale incarnation from before the restart");
+        kill_checkpointed(&ck);
+        st.ctx.checkpoints.remove(&ck.assignment.service, &ck.assignment.instance);
+    }
+}
+
+/// Kills the still-running processes of a checkpointed incarnation (verified by start time).
+fn kill_checkpointed(ck: &checkpoint::Checkpoint) {
+    use nix::sys::signal::{killpg, Signal};
+    for t in ck.tasks.values() {
+        if pod::proc_start_time(t.pid) == Some(t.start_time) {
+            let _ = killpg(nix::unistd::Pid::from_raw(t.pid as i32), Signal::SIGKILL);
+        }
     }
 }
 
@@ -286,6 +337,10 @@ async fn stop_all(st: &AgentState) {
     }
     for h in all {
         let _ = h.join.await;
+    }
+    // Every task was stopped on purpose: nothing to re-adopt.
+    for c in st.ctx.checkpoints.load_all() {
+        st.ctx.checkpoints.remove(&c.assignment.service, &c.assignment.instance);
     }
 }
 

@@ -78,6 +78,7 @@ pub struct PodCtx {
     pub data_dir: PathBuf,
     pub fetcher: Fetcher,
     pub board: Arc<Board>,
+    pub checkpoints: crate::checkpoint::Checkpoints,
 }
 
 impl PodCtx {
@@ -164,9 +165,46 @@ async fn prepare(ctx: &PodCtx, a: &Assignment) -> Result<PathBuf, String> {
 }
 
 /// A spawned task process.
-struct Proc {
-    child: tokio::process::Child,
-    pgid: Pid,
+/// A task process: our child, or one re-adopted after an agent restart (not our child: it is
+/// watched through /proc, its exit code is unknown).
+pub enum Proc {
+    Child { child: tokio::process::Child, pgid: Pid },
+    Adopted { pid: Pid, start_time: u64 },
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat), which tells
+/// a process from a later one that reuses its pid.
+pub fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl Proc {
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Proc::Child { child, .. } => child.id(),
+            Proc::Adopted { pid, .. } => Some(pid.as_raw() as u32),
+        }
+    }
+    fn pgid(&self) -> Pid {
+        match self {
+            Proc::Child { pgid, .. } => *pgid,
+            Proc::Adopted { pid, .. } => *pid,
+        }
+    }
+    /// Waits for the process to end; its exit code if known.
+    async fn wait(&mut self) -> Option<i32> {
+        match self {
+            Proc::Child { child, .. } => child.wait().await.ok().and_then(|s| s.code()),
+            Proc::Adopted { pid, start_time } => loop {
+                if proc_start_time(pid.as_raw() as u32) != Some(*start_time) {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            },
+        }
+    }
 }
 
 fn spawn(sandbox: &Path, t: &TaskLaunch, env: &BTreeMap<String, String>) -> std::io::Result<Proc> {
@@ -187,20 +225,21 @@ fn spawn(sandbox: &Path, t: &TaskLaunch, env: &BTreeMap<String, String>) -> std:
         .process_group(0);
     let child = c.spawn()?;
     let pid = child.id().ok_or_else(|| std::io::Error::other("process exited at once"))?;
-    Ok(Proc { child, pgid: Pid::from_raw(pid as i32) })
+    Ok(Proc::Child { child, pgid: Pid::from_raw(pid as i32) })
 }
 
 /// SIGTERM to the group, SIGKILL after the grace period. Returns the exit code if any.
 async fn kill(p: &mut Proc, grace: Duration) -> Option<i32> {
-    let _ = killpg(p.pgid, Signal::SIGTERM);
-    let code = match tokio::time::timeout(grace, p.child.wait()).await {
-        Ok(Ok(s)) => s.code(),
-        _ => {
-            let _ = killpg(p.pgid, Signal::SIGKILL);
-            p.child.wait().await.ok().and_then(|s| s.code())
+    let pgid = p.pgid();
+    let _ = killpg(pgid, Signal::SIGTERM);
+    let code = match tokio::time::timeout(grace, p.wait()).await {
+        Ok(c) => c,
+        Err(_) => {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            p.wait().await
         }
     };
-    let _ = killpg(p.pgid, Signal::SIGKILL);
+    let _ = killpg(pgid, Signal::SIGKILL);
     code
 }
 
@@ -218,6 +257,53 @@ fn rotate_logs(sandbox: &Path, task: &str) {
 }
 
 /// Runs one incarnation until it ends or `cancel` turns true.
+/// Re-adopts an incarnation found in a checkpoint after an agent restart: live processes are
+/// watched again, processes that ended while the agent was down are reported and restarted in
+/// place. Nothing that still runs is launched twice.
+pub async fn run_adopted(
+    ctx: Arc<PodCtx>,
+    a: Assignment,
+    ck: crate::checkpoint::Checkpoint,
+    cancel: watch::Receiver<bool>,
+) {
+    let sandbox = ctx.sandbox(&a);
+    let mut running = Vec::new();
+    for t in a.tasks.iter().filter(|t| t.goal == "running") {
+        let env = task_env(&ctx, &a, t, &sandbox);
+        let adopt = ck.tasks.get(&t.name).and_then(|c| {
+            (proc_start_time(c.pid) == Some(c.start_time)).then(|| {
+                (Proc::Adopted { pid: Pid::from_raw(c.pid as i32), start_time: c.start_time }, c.restarts)
+            })
+        });
+        if adopt.is_none() {
+            let mut s = status(
+                &a,
+                t,
+                TaskState::Exited,
+                Some("exited while the agent was down; restarting in place".into()),
+            );
+            s.restarts = ck.tasks.get(&t.name).map_or(0, |c| c.restarts);
+            board_set(&ctx.board, s);
+        }
+        running.push(tokio::spawn(supervise(
+            ctx.clone(),
+            a.clone(),
+            t.clone(),
+            sandbox.clone(),
+            env,
+            adopt,
+            cancel.clone(),
+        )));
+    }
+    for h in running {
+        let _ = h.await;
+    }
+}
+
+fn board_set(board: &Board, s: TaskStatus) {
+    board.set(s);
+}
+
 pub async fn run_pod(ctx: Arc<PodCtx>, a: Assignment, mut cancel: watch::Receiver<bool>) {
     let board = ctx.board.clone();
     for t in &a.tasks {
@@ -254,17 +340,17 @@ pub async fn run_pod(ctx: Arc<PodCtx>, a: Assignment, mut cancel: watch::Receive
             }
         };
         let mut s = status(&a, t, TaskState::Running, None);
-        s.pid = p.child.id();
+        s.pid = p.pid();
         board.set(s);
         let code = tokio::select! {
-            r = p.child.wait() => r.ok().and_then(|s| s.code()),
+            c = p.wait() => c,
             _ = cancel.changed() => {
                 let code = kill(&mut p, Duration::from_secs(t.kill_grace_period_seconds)).await;
                 board.update(&a.service, &a.instance, &t.name, |s| { s.state = TaskState::Killed; s.exit_code = code; s.since_ms = now_ms(); });
                 return;
             }
         };
-        let _ = killpg(p.pgid, Signal::SIGKILL);
+        let _ = killpg(p.pgid(), Signal::SIGKILL);
         board.update(&a.service, &a.instance, &t.name, |s| {
             s.state = TaskState::Exited;
             s.exit_code = code;
@@ -281,11 +367,12 @@ pub async fn run_pod(ctx: Arc<PodCtx>, a: Assignment, mut cancel: watch::Receive
     for t in a.tasks.iter().filter(|t| t.goal == "running") {
         let env = task_env(&ctx, &a, t, &sandbox);
         running.push(tokio::spawn(supervise(
-            board.clone(),
+            ctx.clone(),
             a.clone(),
             t.clone(),
             sandbox.clone(),
             env,
+            None,
             cancel.clone(),
         )));
     }
@@ -319,13 +406,15 @@ fn jitter() -> f64 {
 /// rotation), and on exit restart it in place after the crash-loop backoff — the agent's own
 /// decision inside the incarnation, reported afterwards.
 async fn supervise(
-    board: Arc<Board>,
+    ctx: Arc<PodCtx>,
     a: Assignment,
     t: TaskLaunch,
     sandbox: PathBuf,
     env: BTreeMap<String, String>,
+    mut adopt: Option<(Proc, u32)>,
     mut cancel: watch::Receiver<bool>,
 ) {
+    let board = ctx.board.clone();
     let backoff = tend_scheduler::recovery::RestartBackoff {
         initial_ms: a.backoff.initial_ms,
         max_ms: a.backoff.max_ms,
@@ -335,17 +424,30 @@ async fn supervise(
     let mut restarts = 0u32;
     let mut last_stop: Option<String> = None;
     loop {
-        let p = match spawn(&sandbox, &t, &env) {
-            Ok(p) => p,
-            Err(e) => {
-                board.set(status(&a, &t, TaskState::Failed, Some(format!("cannot start: {e}"))));
-                return;
+        let (p, adopted) = match adopt.take() {
+            Some((p, r)) => {
+                restarts = r;
+                (p, true)
             }
+            None => match spawn(&sandbox, &t, &env) {
+                Ok(p) => (p, false),
+                Err(e) => {
+                    board.set(status(&a, &t, TaskState::Failed, Some(format!("cannot start: {e}"))));
+                    return;
+                }
+            },
         };
+        if let Some(pid) = p.pid() {
+            ctx.checkpoints.record(&a, &t.name, pid, restarts);
+        }
         let mut s = status(&a, &t, TaskState::Running, None);
-        s.pid = p.child.id();
+        s.pid = p.pid();
         s.restarts = restarts;
-        s.message = last_stop.as_ref().map(|m| format!("restarted in place after: {m}"));
+        s.message = if adopted {
+            Some("re-adopted after an agent restart".into())
+        } else {
+            last_stop.as_ref().map(|m| format!("restarted in place after: {m}"))
+        };
         board.set(s);
         let started = tokio::time::Instant::now();
         let Some((code, how)) = watch_task(&board, &a, &t, &sandbox, &env, p, &mut cancel).await else {
@@ -408,9 +510,8 @@ async fn watch_task(
     let grace = Duration::from_secs(t.kill_grace_period_seconds);
     loop {
         tokio::select! {
-            r = p.child.wait() => {
-                let code = r.ok().and_then(|s| s.code());
-                let _ = killpg(p.pgid, Signal::SIGKILL);
+            code = p.wait() => {
+                let _ = killpg(p.pgid(), Signal::SIGKILL);
                 let how = match code {
                     Some(c) => format!("exited with code {c}"),
                     None => "killed by a signal".to_string(),

@@ -33,29 +33,8 @@ impl Cluster {
         let port = free_port();
         let mut c = Cluster { dir, port, server: None, agents: Vec::new() };
         c.start_server();
-        let token_file = c.data().join("cluster-token");
-        for (i, zone) in ["a", "b", "c"].iter().enumerate() {
-            let lo = 30_000 + i as u16 * 100 + (port % 50) * 300;
-            let child = tend()
-                .args([
-                    "agent",
-                    "run",
-                    "--server",
-                    &c.url(),
-                    "--id",
-                    &format!("{zone}1"),
-                    "--attr",
-                    &format!("zone={zone}"),
-                ])
-                .args(["--cpus", "2", "--memory-mb", "2048", "--ports", &format!("{lo}-{}", lo + 99)])
-                .arg("--cluster-token-file")
-                .arg(&token_file)
-                .arg("--data-dir")
-                .arg(c.dir.path().join(format!("agent-{zone}")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+        for i in 0..3 {
+            let child = c.spawn_agent(i);
             c.agents.push(child);
         }
         c.wait_for(Duration::from_secs(20), "3 agents up", |c| {
@@ -64,6 +43,32 @@ impl Cluster {
                 .unwrap_or(false)
         });
         c
+    }
+
+    /// Starts agent `i` (zone a, b or c) with its fixed id, ports and data directory.
+    fn spawn_agent(&self, i: usize) -> Child {
+        let zone = ["a", "b", "c"][i];
+        let lo = 30_000 + i as u16 * 100 + (self.port % 50) * 300;
+        tend()
+            .args([
+                "agent",
+                "run",
+                "--server",
+                &self.url(),
+                "--id",
+                &format!("{zone}1"),
+                "--attr",
+                &format!("zone={zone}"),
+            ])
+            .args(["--cpus", "2", "--memory-mb", "2048", "--ports", &format!("{lo}-{}", lo + 99)])
+            .arg("--cluster-token-file")
+            .arg(self.data().join("cluster-token"))
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("agent-{zone}")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
     }
 
     fn data(&self) -> PathBuf {
@@ -571,4 +576,47 @@ fn operator_pod_restart_keeps_the_volume_and_replace_moves_it() {
     assert_eq!(c.volume_file(&third, "pids").lines().count(), 1, "fresh volume");
     let err = c.api(&["pod", "replace", "w-9", "--service", "r"]).unwrap_err();
     assert!(err.contains("no pod instance `w-9`"), "{err}");
+}
+
+#[test]
+fn a_sigkilled_agent_readopts_its_running_tasks_and_reports_what_died_meanwhile() {
+    let mut c = Cluster::start();
+    let spec = c.write_spec(
+        "two.yml",
+        "version: 1\nname: two\npods:\n  w:\n    count: 2\n    placement: { attributes: [ { name: zone, equals: a } ] }\n    tasks: { t: { cmd: 'exec sleep 600', cpus: 0.1 } }\n",
+    );
+    c.deploy(&spec, true).unwrap();
+    let before = c.pods("two");
+
+    let pid = |p: &Value| p["tasks"][0]["pid"].as_u64().unwrap() as i32;
+    // SIGKILL agent a1: its tasks keep running.
+    let mut a = c.agents.remove(0);
+    kill(Pid::from_raw(a.id() as i32), Signal::SIGKILL).unwrap();
+    a.wait().unwrap();
+    for p in &before {
+        assert!(kill(Pid::from_raw(pid(p)), None).is_ok(), "task died with its agent");
+    }
+    // One task dies while its agent is down.
+    kill(Pid::from_raw(pid(&before[1])), Signal::SIGKILL).unwrap();
+    let a = c.spawn_agent(0);
+    c.agents.insert(0, a);
+    let old = (pid(&before[0]), pid(&before[1]));
+    c.wait_for(Duration::from_secs(30), "the restarted agent reporting both running", |c| {
+        let p = c.pods("two");
+        let running =
+            |x: &Value| x["tasks"][0]["state"] == "running" && x["tasks"][0]["pid"].as_u64().is_some();
+        p.len() == 2
+            && p.iter().all(running)
+            && p[0]["tasks"][0]["message"].as_str().is_some_and(|m| m.contains("re-adopted"))
+            && p[1]["tasks"][0]["pid"].as_u64() != Some(old.1 as u64)
+    });
+    let after = c.pods("two");
+    assert_eq!(pid(&after[0]), pid(&before[0]), "the live task was re-adopted, not relaunched");
+    assert!(after[0]["tasks"][0]["message"].as_str().unwrap_or("").contains("re-adopted"), "{}", after[0]);
+    assert_ne!(pid(&after[1]), pid(&before[1]), "the dead one was restarted in place");
+    assert!(after.iter().all(|p| p["incarnation"] == 1), "no new incarnation: {after:?}");
+    // Exactly one `sleep 600` per instance runs on the machine for this service.
+    for p in &after {
+        assert!(kill(Pid::from_raw(pid(p)), None).is_ok());
+    }
 }

@@ -273,7 +273,7 @@ async fn summary(s: &Server, name: &str) -> Result<ServiceSummary, ApiError> {
         if let (Some(tasks), Some(pod)) =
             (s.task_statuses(agent, name, inst, rec.incarnation), spec.pod(&rec.pod))
         {
-            if judge(pod, &tasks) == Ok(true) {
+            if judge(pod, &tasks, s.now_ms()) == Ok(true) {
                 running += 1;
             }
         }
@@ -555,6 +555,7 @@ fn pod_state(
     rec: &InstanceRecord,
     tasks: Option<&Vec<TaskStatus>>,
     pod: Option<&tend_spec::PodSpec>,
+    now_ms: u64,
 ) -> String {
     if rec.agent.is_none() {
         return "pending".into();
@@ -563,7 +564,7 @@ fn pod_state(
         return "reserved".into();
     }
     let (Some(tasks), Some(pod)) = (tasks, pod) else { return "unknown".into() };
-    match judge(pod, tasks) {
+    match judge(pod, tasks, now_ms) {
         Ok(true) => "running".into(),
         Ok(false) => "launching".into(),
         Err(_) => "failed".into(),
@@ -590,7 +591,7 @@ async fn pod_infos(s: &Server, name: &str) -> Result<Vec<PodInfo>, ApiError> {
             let tasks = rec.agent.as_ref().and_then(|a| s.task_statuses(a, name, &inst, rec.incarnation));
             out.push(PodInfo {
                 service: name.into(),
-                state: pod_state(&rec, tasks.as_ref(), Some(p)),
+                state: pod_state(&rec, tasks.as_ref(), Some(p), s.now_ms()),
                 instance: inst,
                 pod: p.name.clone(),
                 index: i,

@@ -72,12 +72,18 @@ pub(crate) fn pod_of<'a>(spec: &'a ServiceSpec, instance: &str) -> Option<(&'a P
     spec.pod(pod).map(|p| (p, idx))
 }
 
+/// How long a task without a readiness check must have run to count as deployed.
+pub const MIN_RUNNING_MS: u64 = 1_000;
+
 /// In-place restarts after which a deploy step gives up on an incarnation.
 pub const CRASH_LOOP_RESTARTS: u32 = 3;
 
 /// Whether an incarnation's reported tasks satisfy the pod: running tasks running (and ready
 /// when they have a readiness check), once/finish tasks exited 0. Err: a task failed.
-pub fn judge(pod: &PodSpec, tasks: &[tend_api::TaskStatus]) -> Result<bool, String> {
+///
+/// A running task without a readiness check counts once it has run for `MIN_RUNNING_MS`, so that
+/// a task that exits at once is not taken for deployed (Nomad's min_healthy_time, shortened).
+pub fn judge(pod: &PodSpec, tasks: &[tend_api::TaskStatus], now_ms: u64) -> Result<bool, String> {
     let mut all = true;
     for t in &pod.tasks {
         let Some(s) = tasks.iter().find(|s| s.task == t.name) else {
@@ -107,7 +113,12 @@ pub fn judge(pod: &PodSpec, tasks: &[tend_api::TaskStatus]) -> Result<bool, Stri
                 ))
             }
             (Goal::Running, TaskState::Running) => {
-                if t.readiness_check.is_some() && !s.ready {
+                let up = if t.readiness_check.is_some() {
+                    s.ready
+                } else {
+                    now_ms.saturating_sub(s.since_ms) >= MIN_RUNNING_MS
+                };
+                if !up {
                     all = false;
                 }
             }
@@ -322,7 +333,7 @@ impl StepWork for DeployWork {
         let Some(tasks) = self.server.task_statuses(agent, &self.service, &step.name, rec.incarnation) else {
             return Ok(CheckResult::Needed);
         };
-        Ok(match judge(pod, &tasks) {
+        Ok(match judge(pod, &tasks, self.server.now_ms()) {
             Ok(true) => CheckResult::Done,
             _ => CheckResult::Needed,
         })
@@ -351,7 +362,7 @@ impl StepWork for DeployWork {
         let rec = rec.ok_or("record vanished")?;
         let agent = rec.agent.clone().unwrap_or_default();
         if let Some(tasks) = self.server.task_statuses(&agent, &self.service, &step.name, rec.incarnation) {
-            if let Err(e) = judge(pod, &tasks) {
+            if let Err(e) = judge(pod, &tasks, self.server.now_ms()) {
                 return Err(format!("{} incarnation {} on agent {agent}: {e}", step.name, rec.incarnation));
             }
         }

@@ -1,0 +1,90 @@
+//! Checkpoints: what an agent runs, written to disk at every launch, so that a restarted agent
+//! re-adopts its running tasks (verified by pid and process start time) instead of launching them
+//! a second time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use tend_api::Assignment;
+
+/// One task process of a checkpointed incarnation.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TaskCk {
+    pub pid: u32,
+    /// From /proc/PID/stat: tells the process from a later one reusing its pid.
+    pub start_time: u64,
+    pub restarts: u32,
+}
+
+/// An incarnation as last launched on this agent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Checkpoint {
+    pub assignment: Assignment,
+    pub tasks: BTreeMap<String, TaskCk>,
+}
+
+/// The checkpoint files of an agent (one per instance).
+pub struct Checkpoints {
+    dir: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl Checkpoints {
+    pub fn new(data_dir: &Path) -> Checkpoints {
+        Checkpoints { dir: data_dir.join("checkpoints"), lock: Mutex::new(()) }
+    }
+
+    fn path(&self, a: &Assignment) -> PathBuf {
+        self.dir.join(&a.service).join(format!("{}.json", a.instance))
+    }
+
+    /// Records that `task` of `a` now runs as `pid`.
+    pub fn record(&self, a: &Assignment, task: &str, pid: u32, restarts: u32) {
+        let Some(start_time) = crate::pod::proc_start_time(pid) else { return };
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.path(a);
+        let mut ck = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok())
+            .filter(|c| c.assignment.incarnation == a.incarnation)
+            .unwrap_or_else(|| Checkpoint { assignment: a.clone(), tasks: BTreeMap::new() });
+        ck.tasks.insert(task.to_string(), TaskCk { pid, start_time, restarts });
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let tmp = path.with_extension("json.part");
+        if let Ok(bytes) = serde_json::to_vec(&ck) {
+            if std::fs::write(&tmp, bytes).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+        }
+    }
+
+    /// Forgets an instance (its incarnation was stopped on purpose).
+    pub fn remove(&self, service: &str, instance: &str) {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = std::fs::remove_file(self.dir.join(service).join(format!("{instance}.json")));
+    }
+
+    /// Every checkpoint on disk (unreadable ones are skipped with a warning).
+    pub fn load_all(&self) -> Vec<Checkpoint> {
+        let mut out = Vec::new();
+        let Ok(services) = std::fs::read_dir(&self.dir) else { return out };
+        for s in services.flatten() {
+            let Ok(files) = std::fs::read_dir(s.path()) else { continue };
+            for f in files.flatten() {
+                if f.path().extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                match std::fs::read(f.path()).ok().and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok())
+                {
+                    Some(c) => out.push(c),
+                    None => tracing::warn!(file = %f.path().display(), "unreadable checkpoint skipped"),
+                }
+            }
+        }
+        out
+    }
+}
