@@ -52,6 +52,8 @@ struct AgentState {
     ctx: Arc<PodCtx>,
     pods: Pods,
     adoptable: std::sync::Mutex<HashMap<(String, String), checkpoint::Checkpoint>>,
+    /// When the control plane last acknowledged a status report (ms since the epoch).
+    last_contact: std::sync::atomic::AtomicU64,
 }
 
 /// Runs an agent until `shutdown` resolves; then stops every task it runs and returns.
@@ -96,6 +98,7 @@ pub async fn run(
         ctx,
         pods: Pods::default(),
         adoptable: std::sync::Mutex::new(adoptable),
+        last_contact: std::sync::atomic::AtomicU64::new(pod::now_ms()),
     });
     let app = axum::Router::new().route("/v1/logs", get(logs)).with_state(state.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -107,12 +110,14 @@ pub async fn run(
             })
             .await;
     });
+    let fencer = tokio::spawn(fence_loop(state.clone()));
     let main = main_loop(state.clone(), agent_url, stop_rx.clone());
     tokio::select! {
         r = main => { r?; }
         _ = shutdown => {}
     }
     let _ = stop_tx.send(true);
+    fencer.abort();
     stop_all(&state).await;
     // One last report so the control plane sees the tasks stopped.
     let _ = post_status(&state, u64::MAX).await;
@@ -156,6 +161,7 @@ async fn post_status(st: &AgentState, seq: u64) -> anyhow::Result<()> {
     if !r.status().is_success() {
         anyhow::bail!("status refused: {}", r.status());
     }
+    st.last_contact.store(pod::now_ms(), std::sync::atomic::Ordering::SeqCst);
     Ok(())
 }
 
@@ -290,6 +296,7 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
         }
         let (tx, rx) = watch::channel(false);
         let incarnation = a.incarnation;
+        let fence_after_ms = a.fence_after_ms;
         let found = st.adoptable.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
         let join = match found {
             Some(ck) if ck.assignment.incarnation == a.incarnation => {
@@ -304,7 +311,7 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
                 tokio::spawn(pod::run_pod(st.ctx.clone(), a, rx))
             }
         };
-        running.insert(key, PodHandle { incarnation, cancel: tx, join });
+        running.insert(key, PodHandle { incarnation, cancel: tx, join, fence_after_ms });
     }
     drop(running);
     // Checkpointed incarnations that are not desired any more: stale, killed.
@@ -314,6 +321,38 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
         tracing::info!(service = %ck.assignment.service, instance = %ck.assignment.instance, incarnation = ck.assignment.incarnation, "killing a stale incarnation from before the restart");
         kill_checkpointed(&ck);
         st.ctx.checkpoints.remove(&ck.assignment.service, &ck.assignment.instance);
+    }
+}
+
+/// Fence mode: an incarnation whose agent has lost the control plane for longer than its
+/// `fence_after_ms` is killed here, by the agent itself, so that the control plane can replace
+/// it elsewhere without two incarnations ever running at once.
+async fn fence_loop(st: Arc<AgentState>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let silent = pod::now_ms().saturating_sub(st.last_contact.load(std::sync::atomic::Ordering::SeqCst));
+        let fenced: Vec<((String, String), PodHandle)> = {
+            let mut running = st.pods.running.lock().unwrap_or_else(|e| e.into_inner());
+            let keys: Vec<(String, String)> = running
+                .iter()
+                .filter(|(_, h)| h.fence_after_ms.is_some_and(|f| silent > f))
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter().filter_map(|k| running.remove(&k).map(|h| (k, h))).collect()
+        };
+        for ((service, instance), h) in fenced {
+            tracing::warn!(%service, %instance, incarnation = h.incarnation, silent_ms = silent, "fencing: no contact with the control plane; killing the instance");
+            let _ = h.cancel.send(true);
+            let _ = h.join.await;
+            st.ctx.checkpoints.remove(&service, &instance);
+            for t in
+                st.ctx.board.snapshot().into_iter().filter(|t| t.service == service && t.instance == instance)
+            {
+                st.ctx.board.update(&service, &instance, &t.task, |s| {
+                    s.message = Some(format!("fenced: no contact with the control plane for {} ms", silent));
+                });
+            }
+        }
     }
 }
 

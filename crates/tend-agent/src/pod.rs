@@ -566,4 +566,6 @@ pub struct PodHandle {
     pub incarnation: u64,
     pub cancel: watch::Sender<bool>,
     pub join: tokio::task::JoinHandle<()>,
+    /// Fence mode: kill after this long without contact with the control plane.
+    pub fence_after_ms: Option<u64>,
 }

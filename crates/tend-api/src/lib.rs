@@ -85,6 +85,9 @@ pub struct Assignment {
     /// Volumes live under this generation: a replacement gets fresh ones.
     #[serde(default)]
     pub volume_generation: u64,
+    /// Fence mode: kill this incarnation after this long without contact with the control plane.
+    #[serde(default)]
+    pub fence_after_ms: Option<u64>,
 }
 
 /// Backoff bounds for in-place restarts, in milliseconds.

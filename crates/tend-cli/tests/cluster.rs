@@ -620,3 +620,32 @@ fn a_sigkilled_agent_readopts_its_running_tasks_and_reports_what_died_meanwhile(
         assert!(kill(Pid::from_raw(pid(p)), None).is_ok());
     }
 }
+
+#[test]
+fn a_control_plane_killed_mid_recovery_resumes_it_without_a_duplicate() {
+    let mut c = Cluster::start();
+    let spec = c.write_spec("r.yml", PIDS);
+    c.deploy(&spec, true).unwrap();
+    let pod = c.pods("r")[0].clone();
+    let old_agent = pod["agent"].as_str().unwrap().to_string();
+    kill(c.agent_pid(&old_agent), Signal::SIGSTOP).unwrap();
+    // Kill the control plane while the agent is silent, before it is declared lost.
+    std::thread::sleep(Duration::from_millis(1_500));
+    c.kill_server();
+    c.start_server();
+    c.wait_for(Duration::from_secs(40), "the replacement running after the restart", |c| {
+        let p = &c.pods("r")[0];
+        p["agent"].as_str().is_some_and(|a| a != old_agent) && p["state"] == "running"
+    });
+    let p = c.pods("r")[0].clone();
+    assert_eq!(p["incarnation"], 2, "exactly one replacement: {p}");
+    kill(c.agent_pid(&old_agent), Signal::SIGCONT).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let p2 = c.pods("r")[0].clone();
+    assert_eq!(
+        (p2["incarnation"].clone(), p2["agent"].clone()),
+        (p["incarnation"].clone(), p["agent"].clone())
+    );
+    let replaced = c.api(&["events", "--service", "r"]).unwrap().to_string().matches("replacing w-0").count();
+    assert_eq!(replaced, 1, "one replacement event");
+}

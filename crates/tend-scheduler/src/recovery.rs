@@ -100,6 +100,9 @@ pub struct InstanceView {
     pub replacing: bool,
     /// Another plan (deploy) holds it.
     pub busy: bool,
+    /// Fence mode: an unreachable instance is not failed before it has been out of contact this
+    /// long (its agent's fence time plus a safety margin), whatever the failure monitor says.
+    pub min_unreachable_ms: u64,
 }
 
 /// What recovery decides for one instance.
@@ -131,9 +134,15 @@ pub fn decide(
     let mut running = views.iter().filter(|v| v.replacing).count() as u32;
     let mut last = last_launch_ms;
     let mut out = Vec::new();
+    let fenced_long_enough = |v: &InstanceView| match v.health {
+        Health::Unreachable { since_ms } => now_ms.saturating_sub(since_ms) >= v.min_unreachable_ms,
+        _ => true,
+    };
     let mut failed: Vec<&InstanceView> = views
         .iter()
-        .filter(|v| !v.replacing && !v.busy && monitor.failed(&v.instance, &v.health, now_ms))
+        .filter(|v| {
+            !v.replacing && !v.busy && monitor.failed(&v.instance, &v.health, now_ms) && fenced_long_enough(v)
+        })
         .collect();
     failed.sort_by(|a, b| a.instance.cmp(&b.instance));
     for v in failed {

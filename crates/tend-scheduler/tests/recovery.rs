@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use tend_scheduler::recovery::*;
 
 fn view(name: &str, health: Health, replacing: bool, busy: bool) -> InstanceView {
-    InstanceView { instance: name.into(), health, replacing, busy }
+    InstanceView { instance: name.into(), health, replacing, busy, min_unreachable_ms: 0 }
 }
 
 proptest! {
@@ -117,4 +117,21 @@ fn replacements_are_limited_and_rate_limited() {
     ];
     assert!(decide(&views, &m, &ReplacementLimits { max_concurrent: 5, min_interval_ms: 0 }, None, 9_000)
         .is_empty());
+}
+
+#[test]
+fn fence_mode_waits_until_the_agent_has_surely_fenced() {
+    let m = FailureMonitor::Timed { timeout_ms: 1_000 };
+    let limits = ReplacementLimits { max_concurrent: 5, min_interval_ms: 0 };
+    let mut v = view("a", Health::Unreachable { since_ms: 10_000 }, false, false);
+    v.min_unreachable_ms = 12_000;
+    // Failed for the monitor at 11 s, but not replaced before 22 s.
+    assert!(decide(&[v.clone()], &m, &limits, None, 21_999).is_empty());
+    assert_eq!(
+        decide(&[v.clone()], &m, &limits, None, 22_000),
+        vec![RecoveryAction::Replace { instance: "a".into() }]
+    );
+    // A stopped task (agent reachable) is not held back by the fence time.
+    v.health = Health::Stopped { since_ms: 10_000 };
+    assert_eq!(decide(&[v], &m, &limits, None, 11_000).len(), 1);
 }

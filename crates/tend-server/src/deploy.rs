@@ -426,6 +426,8 @@ pub fn assignment(
             reset_after_ms: (recovery.backoff.max_seconds * 1000).max(10_000),
         },
         volume_generation: rec.volume_generation,
+        fence_after_ms: (recovery.on_partition == tend_spec::OnPartition::Fence)
+            .then_some(recovery.fence_after_seconds * 1000),
         service: service.to_string(),
         pod: pod.name.clone(),
         pod_index: rec.index,

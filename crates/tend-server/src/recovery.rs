@@ -17,6 +17,10 @@ use crate::deploy::{engine, pod_of, DeployWork};
 use crate::records::InstanceRecord;
 use crate::Server;
 
+/// Added to `fence_after_seconds` before a fenced instance is replaced: covers the agent's
+/// check interval, the report round trip and clock-rate differences.
+pub const FENCE_MARGIN_MS: u64 = 2_000;
+
 /// Least time between two replacement launches of one service.
 pub const MIN_REPLACEMENT_INTERVAL_MS: u64 = 1_000;
 
@@ -79,6 +83,11 @@ pub async fn tick(server: &Server) -> anyhow::Result<()> {
             max_concurrent: spec.recovery.max_concurrent_replacements,
             min_interval_ms: MIN_REPLACEMENT_INTERVAL_MS,
         };
+        // Fence mode: replace an unreachable instance only once its agent has surely killed it.
+        let fence_ms = match spec.recovery.on_partition {
+            tend_spec::OnPartition::Fence => spec.recovery.fence_after_seconds * 1000 + FENCE_MARGIN_MS,
+            tend_spec::OnPartition::Replace => 0,
+        };
         let work = DeployWork { server: server.clone(), service: svc.clone() };
         let mut views = Vec::new();
         let mut notes: BTreeMap<String, (String, String)> = BTreeMap::new();
@@ -92,7 +101,13 @@ pub async fn tick(server: &Server) -> anyhow::Result<()> {
                 let _ = work.ensure_launched(&inst).await;
                 let why = rec.pending_reason.clone().unwrap_or_else(|| "waiting for placement".into());
                 notes.insert(inst.clone(), ("replacing".into(), format!("replacement pending: {why}")));
-                views.push(InstanceView { instance: inst, health: Health::Up, replacing: true, busy: false });
+                views.push(InstanceView {
+                    instance: inst,
+                    health: Health::Up,
+                    replacing: true,
+                    busy: false,
+                    min_unreachable_ms: 0,
+                });
                 continue;
             };
             let health = health_of(server, &spec, &svc, &inst, &rec, &agent);
@@ -139,6 +154,7 @@ pub async fn tick(server: &Server) -> anyhow::Result<()> {
                 health,
                 replacing,
                 busy: busy.contains(&inst),
+                min_unreachable_ms: fence_ms,
             });
         }
         let last =

@@ -173,6 +173,21 @@ pub struct RecoveryPolicy {
     /// Delay between relaunches of a crash-looping instance.
     pub backoff: Backoff,
     pub max_concurrent_replacements: u32,
+    /// What happens to an instance cut off from the control plane.
+    pub on_partition: OnPartition,
+    /// With `fence`: an agent out of contact this long kills the instance's tasks itself.
+    pub fence_after_seconds: u64,
+}
+
+/// Partition safety of a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnPartition {
+    /// Availability: replace an unreachable instance after the failure timeout.
+    Replace,
+    /// At most one incarnation: the cut-off agent kills the tasks after `fence_after_seconds`,
+    /// and the control plane replaces them only after that time has surely passed.
+    Fence,
 }
 
 /// Exponential backoff bounds.
@@ -188,6 +203,8 @@ impl Default for RecoveryPolicy {
             failure_timeout_seconds: Some(600),
             backoff: Backoff { initial_seconds: 1, max_seconds: 60 },
             max_concurrent_replacements: 1,
+            on_partition: OnPartition::Replace,
+            fence_after_seconds: 10,
         }
     }
 }
@@ -796,9 +813,17 @@ fn decode_plan(cx: &mut Ctx, name: String, node: &Node, pods: &[&str]) -> Option
 
 fn decode_recovery(cx: &mut Ctx, node: &Node) -> RecoveryPolicy {
     let mut r = RecoveryPolicy::default();
-    let Some(f) =
-        cx.fields(node, "recovery", &["failure_timeout_seconds", "backoff", "max_concurrent_replacements"])
-    else {
+    let Some(f) = cx.fields(
+        node,
+        "recovery",
+        &[
+            "failure_timeout_seconds",
+            "backoff",
+            "max_concurrent_replacements",
+            "on_partition",
+            "fence_after_seconds",
+        ],
+    ) else {
         return r;
     };
     if let Some(n) = f.get("failure_timeout_seconds") {
@@ -845,6 +870,16 @@ fn decode_recovery(cx: &mut Ctx, node: &Node) -> RecoveryPolicy {
         opt(&f, "max_concurrent_replacements", |n| cx.int(n, "max_concurrent_replacements", 1, 10_000))
     {
         r.max_concurrent_replacements = v as u32;
+    }
+    if let Some(n) = f.get("on_partition") {
+        match cx.choice(n, "on_partition", &["replace", "fence"]).as_deref() {
+            Some("fence") => r.on_partition = OnPartition::Fence,
+            Some(_) => r.on_partition = OnPartition::Replace,
+            None => {}
+        }
+    }
+    if let Some(v) = opt(&f, "fence_after_seconds", |n| cx.int(n, "fence_after_seconds", 1, 3600)) {
+        r.fence_after_seconds = v as u64;
     }
     r
 }
