@@ -52,6 +52,8 @@ struct AgentState {
     ctx: Arc<PodCtx>,
     pods: Pods,
     adoptable: std::sync::Mutex<HashMap<(String, String), checkpoint::Checkpoint>>,
+    /// Volume generations deleted as asked, reported until the control plane stops asking.
+    released: std::sync::Mutex<Vec<tend_api::VolumeRelease>>,
     /// When the control plane last acknowledged a status report (ms since the epoch).
     last_contact: std::sync::atomic::AtomicU64,
 }
@@ -99,6 +101,7 @@ pub async fn run(
         pods: Pods::default(),
         adoptable: std::sync::Mutex::new(adoptable),
         last_contact: std::sync::atomic::AtomicU64::new(pod::now_ms()),
+        released: std::sync::Mutex::new(Vec::new()),
     });
     let app = axum::Router::new().route("/v1/logs", get(logs)).with_state(state.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -149,7 +152,8 @@ async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterRe
 }
 
 async fn post_status(st: &AgentState, seq: u64) -> anyhow::Result<()> {
-    let report = StatusReport { seq, tasks: st.ctx.board.snapshot() };
+    let released = st.released.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let report = StatusReport { seq, tasks: st.ctx.board.snapshot(), released_volumes: released };
     let r = st
         .http
         .post(format!("{}/v1/agent/{}/status", st.cfg.server, st.cfg.id))
@@ -287,6 +291,41 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
             st.ctx.board.forget(&service, &instance);
         }
     }
+    // Delete the volumes of replaced instances, once nothing of theirs runs here.
+    {
+        let running = st.pods.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut released = st.released.lock().unwrap_or_else(|e| e.into_inner());
+        released.retain(|r| desired.release_volumes.contains(r));
+        for r in &desired.release_volumes {
+            let busy = running
+                .get(&(r.service.clone(), r.instance.clone()))
+                .is_some_and(|h| h.volume_generation == r.generation);
+            if busy || released.contains(r) {
+                continue;
+            }
+            let dir = st
+                .ctx
+                .data_dir
+                .join("volumes")
+                .join(&r.service)
+                .join(&r.instance)
+                .join(r.generation.to_string());
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {
+                    tracing::info!(service = %r.service, instance = %r.instance, generation = r.generation, "deleted the volumes of a replaced instance")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot delete released volumes; will retry");
+                    continue;
+                }
+            }
+            released.push(r.clone());
+        }
+        if !released.is_empty() {
+            st.ctx.board.changed.notify_one();
+        }
+    }
     // Start what is desired and not running.
     let mut running = st.pods.running.lock().unwrap_or_else(|e| e.into_inner());
     for a in desired.assignments {
@@ -297,6 +336,7 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
         let (tx, rx) = watch::channel(false);
         let incarnation = a.incarnation;
         let fence_after_ms = a.fence_after_ms;
+        let volume_generation = a.volume_generation;
         let found = st.adoptable.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
         let join = match found {
             Some(ck) if ck.assignment.incarnation == a.incarnation => {
@@ -311,7 +351,7 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
                 tokio::spawn(pod::run_pod(st.ctx.clone(), a, rx))
             }
         };
-        running.insert(key, PodHandle { incarnation, cancel: tx, join, fence_after_ms });
+        running.insert(key, PodHandle { incarnation, cancel: tx, join, fence_after_ms, volume_generation });
     }
     drop(running);
     // Checkpointed incarnations that are not desired any more: stale, killed.

@@ -568,4 +568,5 @@ pub struct PodHandle {
     pub join: tokio::task::JoinHandle<()>,
     /// Fence mode: kill after this long without contact with the control plane.
     pub fence_after_ms: Option<u64>,
+    pub volume_generation: u64,
 }

@@ -61,6 +61,17 @@ pub struct DesiredState {
     /// Long-poll index: pass it back as `?index=` to wait for the next change.
     pub index: u64,
     pub assignments: Vec<Assignment>,
+    /// Volumes of replaced instances to delete on this agent (confirmed in status reports).
+    #[serde(default)]
+    pub release_volumes: Vec<VolumeRelease>,
+}
+
+/// One generation of an instance's volumes, released after a replacement.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct VolumeRelease {
+    pub service: String,
+    pub instance: String,
+    pub generation: u64,
 }
 
 /// One incarnation of a pod instance on an agent.
@@ -202,6 +213,9 @@ pub struct TaskStatus {
 pub struct StatusReport {
     pub seq: u64,
     pub tasks: Vec<TaskStatus>,
+    /// Volume generations this agent has deleted as asked.
+    #[serde(default)]
+    pub released_volumes: Vec<VolumeRelease>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

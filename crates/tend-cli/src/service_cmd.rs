@@ -323,15 +323,24 @@ pub async fn pod_status(
     if let Some(r) = &p.recovery {
         println!("  recovery: {r}");
     }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     for t in &p.tasks {
         let code = t.exit_code.map(|c| format!(" exit {c}")).unwrap_or_default();
         let msg = t.message.clone().map(|m| format!(" — {m}")).unwrap_or_default();
+        let next = t
+            .next_restart_ms
+            .map(|n| format!(" next attempt in {:.1} s", n.saturating_sub(now) as f64 / 1000.0))
+            .unwrap_or_default();
         println!(
-            "  task {:<10} {:?}{code} ready={} pid={}{msg}",
+            "  task {:<10} {:?}{code} ready={} pid={} restarts={}{next}{msg}",
             t.task,
             t.state,
             t.ready,
-            t.pid.map_or("-".into(), |p| p.to_string())
+            t.pid.map_or("-".into(), |p| p.to_string()),
+            t.restarts
         );
     }
     if info {

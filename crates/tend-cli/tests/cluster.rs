@@ -469,6 +469,7 @@ name: r
 pods:
   w:
     volumes: [ { name: data, path: data, size_mb: 1 } ]
+    on_replace: echo bootstrap from peers, replacing $TEND_REPLACED_AGENT > data/hook
     tasks:
       t: { cmd: 'echo $$ $TEND_INCARNATION ${TEND_REPLACING:-0} ${TEND_REPLACED_AGENT:-none} >> data/pids; exec sleep 600' }
 recovery: { failure_timeout_seconds: 1, backoff: { initial_seconds: 1, max_seconds: 2 } }
@@ -534,6 +535,14 @@ fn a_lost_agent_is_replaced_elsewhere_and_its_stale_task_killed_when_it_returns(
     assert_eq!(lines.lines().count(), 1, "fresh volume: {lines}");
     assert!(lines.trim().ends_with(&format!("2 1 {old_agent}")), "replacement env: {lines}");
     assert!(kill(old_pid, None).is_ok(), "the old task ran on while its agent was frozen");
+    assert_eq!(
+        c.volume_file(&new, "hook").trim(),
+        format!("bootstrap from peers, replacing {old_agent}"),
+        "the on_replace hook ran first"
+    );
+    let old_zone = &old_agent[..1];
+    let old_volume = c.dir.path().join(format!("agent-{old_zone}/volumes/r/w-0/1"));
+    assert!(old_volume.exists(), "the old volume stays while its agent is away");
     let events = c.api(&["events", "--service", "r"]).unwrap().to_string();
     assert!(events.contains("replacing w-0") && events.contains("fresh volumes"), "{events}");
     // The agent comes back: the stale incarnation is killed, the new one keeps running.
@@ -548,7 +557,14 @@ fn a_lost_agent_is_replaced_elsewhere_and_its_stale_task_killed_when_it_returns(
         (p["incarnation"].clone(), p["agent"].clone()),
         (new["incarnation"].clone(), new["agent"].clone())
     );
-    assert!(kill(Pid::from_raw(p["tasks"][0]["pid"].as_u64().unwrap() as i32), None).is_ok());
+    let t = p["tasks"].as_array().unwrap().iter().find(|t| t["task"] == "t").unwrap().clone();
+    assert!(kill(Pid::from_raw(t["pid"].as_u64().unwrap() as i32), None).is_ok());
+    // Its agent back, the old volume is deleted, and the control plane hears of it.
+    c.wait_for(Duration::from_secs(20), "the old volume deleted and confirmed", |c| {
+        !old_volume.exists()
+            && c.api(&["events", "--service", "r"])
+                .is_ok_and(|e| e.to_string().contains("deleted the old volumes of w-0 (generation 1)"))
+    });
 }
 
 #[test]

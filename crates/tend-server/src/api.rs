@@ -207,7 +207,7 @@ async fn status(
     Path(id): Path<String>,
     JsonBody(r): JsonBody<StatusReport>,
 ) -> ApiResult<StatusAck> {
-    if !s.on_status(&id, r.tasks).await {
+    if !s.on_status(&id, r.tasks, r.released_volumes).await {
         return Err(not_found("agent", &id));
     }
     Ok(Json(StatusAck { seq: r.seq }))

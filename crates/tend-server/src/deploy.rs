@@ -419,7 +419,7 @@ pub fn assignment(
         env.insert("TEND_REPLACED_AGENT".into(), agent.clone());
         env.insert("TEND_REPLACED_HOST".into(), host.clone());
     }
-    Assignment {
+    let mut asg = Assignment {
         backoff: tend_api::Backoff {
             initial_ms: recovery.backoff.initial_seconds * 1000,
             max_ms: recovery.backoff.max_seconds * 1000,
@@ -463,7 +463,26 @@ pub fn assignment(
                 skip: t.goal == Goal::Once && rec.once_done.contains(&t.name),
             })
             .collect(),
+    };
+    // The failure listener: a replacement runs the pod's hook before its tasks.
+    if let (Some(cmd), Some(_)) = (&pod.on_replace, &rec.replaced_from) {
+        asg.tasks.insert(
+            0,
+            TaskLaunch {
+                name: "on-replace".into(),
+                goal: "finish".into(),
+                cmd: cmd.clone(),
+                env: BTreeMap::new(),
+                memory_mb: 64,
+                kill_grace_period_seconds: 10,
+                essential: false,
+                health_check: None,
+                readiness_check: None,
+                skip: false,
+            },
+        );
     }
+    asg
 }
 
 /// Everything `agent` must run now.
@@ -506,7 +525,21 @@ pub async fn wait_desired(
         .await;
     }
     let gen = *rx.borrow();
-    Ok(DesiredState { index: gen, assignments: desired_for(server, agent).await? })
+    let mut release_volumes = Vec::new();
+    for svc in server.service_names() {
+        for (instance, rec) in server.instances(&svc).await? {
+            for (a, generation) in &rec.release {
+                if a == agent {
+                    release_volumes.push(tend_api::VolumeRelease {
+                        service: svc.clone(),
+                        instance: instance.clone(),
+                        generation: *generation,
+                    });
+                }
+            }
+        }
+    }
+    Ok(DesiredState { index: gen, assignments: desired_for(server, agent).await?, release_volumes })
 }
 
 /// Shared handle type for the API.

@@ -385,7 +385,12 @@ impl Server {
     }
 
     /// Handles an agent's status report: remember it, note `once` successes, wake waiters.
-    pub async fn on_status(&self, agent: &str, tasks: Vec<TaskStatus>) -> bool {
+    pub async fn on_status(
+        &self,
+        agent: &str,
+        tasks: Vec<TaskStatus>,
+        released: Vec<tend_api::VolumeRelease>,
+    ) -> bool {
         let now = self.now_ms();
         {
             let mut agents = self.inner.agents.write().unwrap_or_else(|e| e.into_inner());
@@ -428,6 +433,40 @@ impl Server {
                         }
                     }
                 }
+            }
+        }
+        // Old volumes the agent confirms deleted: forget them.
+        for r in released {
+            let key = instance_key(&r.service, &r.instance);
+            let Ok(Some(kv)) = self.inner.store.get(&key).await else { continue };
+            let Ok(mut rec) = serde_json::from_slice::<InstanceRecord>(&kv.value) else { continue };
+            let before = rec.release.len();
+            rec.release.retain(|(a, g)| !(a == agent && *g == r.generation));
+            if rec.release.len() == before {
+                continue;
+            }
+            let Ok(v) = serde_json::to_vec(&rec) else { continue };
+            let done = self
+                .inner
+                .store
+                .txn(
+                    tend_store::Txn::new()
+                        .when(tend_store::Compare::mod_revision_eq(&key, kv.mod_revision))
+                        .then(tend_store::TxnOp::put(&key, v)),
+                )
+                .await
+                .is_ok_and(|r| r.succeeded);
+            if done {
+                self.event(
+                    Some(&r.service),
+                    "volume",
+                    format!(
+                        "agent {agent} deleted the old volumes of {} (generation {})",
+                        r.instance, r.generation
+                    ),
+                )
+                .await;
+                self.inner.desired_gen.send_modify(|g| *g += 1);
             }
         }
         self.inner.status_gen.send_modify(|g| *g += 1);

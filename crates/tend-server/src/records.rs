@@ -79,6 +79,9 @@ pub struct InstanceRecord {
     /// Set on an incarnation that replaces a failed one: (old agent, old host).
     #[serde(default)]
     pub replaced_from: Option<(String, String)>,
+    /// Old volume generations to delete, by agent, until that agent confirms.
+    #[serde(default)]
+    pub release: Vec<(String, u64)>,
 }
 
 /// Something that happened, for `tend events` and debugging.

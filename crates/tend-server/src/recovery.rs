@@ -254,6 +254,10 @@ pub async fn replace(server: &Server, svc: &str, inst: &str, why: &str) -> Resul
         Ok(p) => Ok(p),
         Err(_) => work.place(&spec, pod, inst, None).await?,
     };
+    if !pod.volumes.is_empty() && !old_agent.is_empty() {
+        // The old volumes are deleted only once their agent confirms it did.
+        rec.release.push((old_agent.clone(), rec.volume_generation));
+    }
     rec.incarnation += 1;
     rec.config = ids.get(&pod.name).cloned().unwrap_or_default();
     rec.launched_ms = server.now_ms();

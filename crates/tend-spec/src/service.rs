@@ -37,6 +37,10 @@ pub struct PodSpec {
     pub env: BTreeMap<String, String>,
     #[serde(serialize_with = "named_vec")]
     pub tasks: Vec<TaskSpec>,
+    /// Run in the sandbox before the tasks of a replacement incarnation (with TEND_REPLACING=1,
+    /// TEND_REPLACED_AGENT, TEND_REPLACED_HOST), e.g. to bootstrap from the surviving replicas.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_replace: Option<String>,
 }
 
 /// Where instances of a pod may go.
@@ -342,7 +346,12 @@ fn opt<'a, T>(f: &Fields<'a>, name: &str, read: impl FnOnce(&'a Node) -> Option<
 
 fn decode_pod(cx: &mut Ctx, name: String, node: &Node) -> Option<PodSpec> {
     let what = format!("pod `{name}`");
-    let f = cx.fields(node, &what, &["count", "placement", "artifacts", "volumes", "env", "tasks"])?;
+    let f = cx.fields(
+        node,
+        &what,
+        &["count", "placement", "artifacts", "volumes", "env", "tasks", "on_replace"],
+    )?;
+    let on_replace = f.get("on_replace").and_then(|n| cx.nonempty_string(n, "on_replace"));
     let count = opt(&f, "count", |n| cx.int(n, "count", 0, 10_000)).map(|c| c as u32).unwrap_or(1);
     let placement = f.get("placement").map(|n| decode_placement(cx, n)).unwrap_or_default();
     let artifacts = match f.get("artifacts") {
@@ -415,7 +424,7 @@ fn decode_pod(cx: &mut Ctx, name: String, node: &Node) -> Option<PodSpec> {
             }
         }
     }
-    Some(PodSpec { name, count, placement, artifacts, volumes, env, tasks })
+    Some(PodSpec { name, count, placement, artifacts, volumes, env, tasks, on_replace })
 }
 
 /// The environment variable a named port is published as.
