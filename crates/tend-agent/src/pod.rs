@@ -267,9 +267,7 @@ pub async fn run_adopted(
     cancel: watch::Receiver<bool>,
 ) {
     let sandbox = ctx.sandbox(&a);
-    let mut running = Vec::new();
-    for t in a.tasks.iter().filter(|t| t.goal == "running") {
-        let env = task_env(&ctx, &a, t, &sandbox);
+    supervise_running(&ctx, &a, &sandbox, &cancel, |t| {
         let adopt = ck.tasks.get(&t.name).and_then(|c| {
             (proc_start_time(c.pid) == Some(c.start_time)).then(|| {
                 (Proc::Adopted { pid: Pid::from_raw(c.pid as i32), start_time: c.start_time }, c.restarts)
@@ -283,25 +281,39 @@ pub async fn run_adopted(
                 Some("exited while the agent was down; restarting in place".into()),
             );
             s.restarts = ck.tasks.get(&t.name).map_or(0, |c| c.restarts);
-            board_set(&ctx.board, s);
+            ctx.board.set(s);
         }
+        adopt
+    })
+    .await;
+}
+
+/// Supervises every long-running task of an incarnation side by side, until they all end;
+/// `adopt` may hand over a process found running for a task.
+async fn supervise_running(
+    ctx: &Arc<PodCtx>,
+    a: &Assignment,
+    sandbox: &Path,
+    cancel: &watch::Receiver<bool>,
+    mut adopt: impl FnMut(&TaskLaunch) -> Option<(Proc, u32)>,
+) {
+    let mut running = Vec::new();
+    for t in a.tasks.iter().filter(|t| t.goal == "running") {
+        let env = task_env(ctx, a, t, sandbox);
+        let adopted = adopt(t);
         running.push(tokio::spawn(supervise(
             ctx.clone(),
             a.clone(),
             t.clone(),
-            sandbox.clone(),
+            sandbox.to_path_buf(),
             env,
-            adopt,
+            adopted,
             cancel.clone(),
         )));
     }
     for h in running {
         let _ = h.await;
     }
-}
-
-fn board_set(board: &Board, s: TaskStatus) {
-    board.set(s);
 }
 
 pub async fn run_pod(ctx: Arc<PodCtx>, a: Assignment, mut cancel: watch::Receiver<bool>) {
@@ -363,22 +375,7 @@ pub async fn run_pod(ctx: Arc<PodCtx>, a: Assignment, mut cancel: watch::Receive
         }
     }
     // Long-running tasks, side by side, each restarted in place when it stops.
-    let mut running = Vec::new();
-    for t in a.tasks.iter().filter(|t| t.goal == "running") {
-        let env = task_env(&ctx, &a, t, &sandbox);
-        running.push(tokio::spawn(supervise(
-            ctx.clone(),
-            a.clone(),
-            t.clone(),
-            sandbox.clone(),
-            env,
-            None,
-            cancel.clone(),
-        )));
-    }
-    for h in running {
-        let _ = h.await;
-    }
+    supervise_running(&ctx, &a, &sandbox, &cancel, |_| None).await;
 }
 
 fn fail_rest(board: &Board, a: &Assignment, failed: &TaskLaunch) {

@@ -384,6 +384,33 @@ impl Server {
         Ok(out)
     }
 
+    /// Changes an instance record with compare-and-swap; `f` says whether it changed anything.
+    /// Returns whether a change was written (a concurrent change makes it skip: the caller's
+    /// next report or tick retries).
+    pub async fn update_instance(
+        &self,
+        service: &str,
+        instance: &str,
+        f: impl FnOnce(&mut InstanceRecord) -> bool,
+    ) -> bool {
+        let key = instance_key(service, instance);
+        let Ok(Some(kv)) = self.inner.store.get(&key).await else { return false };
+        let Ok(mut rec) = serde_json::from_slice::<InstanceRecord>(&kv.value) else { return false };
+        if !f(&mut rec) {
+            return false;
+        }
+        let Ok(v) = serde_json::to_vec(&rec) else { return false };
+        self.inner
+            .store
+            .txn(
+                tend_store::Txn::new()
+                    .when(tend_store::Compare::mod_revision_eq(&key, kv.mod_revision))
+                    .then(tend_store::TxnOp::put(&key, v)),
+            )
+            .await
+            .is_ok_and(|r| r.succeeded)
+    }
+
     /// Handles an agent's status report: remember it, note `once` successes, wake waiters.
     pub async fn on_status(
         &self,
@@ -415,57 +442,30 @@ impl Server {
             }
         }
         for (service, instance, task) in done {
-            let key = instance_key(&service, &instance);
-            if let Ok(Some(kv)) = self.inner.store.get(&key).await {
-                if let Ok(mut rec) = serde_json::from_slice::<InstanceRecord>(&kv.value) {
-                    if !rec.once_done.contains(&task) {
-                        rec.once_done.push(task);
-                        if let Ok(v) = serde_json::to_vec(&rec) {
-                            let _ = self
-                                .inner
-                                .store
-                                .txn(
-                                    tend_store::Txn::new()
-                                        .when(tend_store::Compare::mod_revision_eq(&key, kv.mod_revision))
-                                        .then(tend_store::TxnOp::put(&key, v)),
-                                )
-                                .await;
-                        }
-                    }
+            self.update_instance(&service, &instance, |rec| {
+                let new = !rec.once_done.contains(&task);
+                if new {
+                    rec.once_done.push(task.clone());
                 }
-            }
+                new
+            })
+            .await;
         }
         // Old volumes the agent confirms deleted: forget them.
         for r in released {
-            let key = instance_key(&r.service, &r.instance);
-            let Ok(Some(kv)) = self.inner.store.get(&key).await else { continue };
-            let Ok(mut rec) = serde_json::from_slice::<InstanceRecord>(&kv.value) else { continue };
-            let before = rec.release.len();
-            rec.release.retain(|(a, g)| !(a == agent && *g == r.generation));
-            if rec.release.len() == before {
-                continue;
-            }
-            let Ok(v) = serde_json::to_vec(&rec) else { continue };
-            let done = self
-                .inner
-                .store
-                .txn(
-                    tend_store::Txn::new()
-                        .when(tend_store::Compare::mod_revision_eq(&key, kv.mod_revision))
-                        .then(tend_store::TxnOp::put(&key, v)),
-                )
-                .await
-                .is_ok_and(|r| r.succeeded);
-            if done {
-                self.event(
-                    Some(&r.service),
-                    "volume",
-                    format!(
-                        "agent {agent} deleted the old volumes of {} (generation {})",
-                        r.instance, r.generation
-                    ),
-                )
+            let changed = self
+                .update_instance(&r.service, &r.instance, |rec| {
+                    let before = rec.release.len();
+                    rec.release.retain(|(a, g)| !(a == agent && *g == r.generation));
+                    rec.release.len() != before
+                })
                 .await;
+            if changed {
+                let msg = format!(
+                    "agent {agent} deleted the old volumes of {} (generation {})",
+                    r.instance, r.generation
+                );
+                self.event(Some(&r.service), "volume", msg).await;
                 self.inner.desired_gen.send_modify(|g| *g += 1);
             }
         }

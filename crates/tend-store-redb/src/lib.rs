@@ -72,6 +72,33 @@ fn meta_i64(v: Option<redb::AccessGuard<'_, &[u8]>>) -> i64 {
     v.and_then(|g| <[u8; 8]>::try_from(g.value()).ok()).map(i64::from_le_bytes).unwrap_or(0)
 }
 
+/// One key of the kv table, decoded.
+fn table_get(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<KeyValue>, StoreError> {
+    match t.get(key).map_err(io)? {
+        Some(v) => Ok(Some(decode_kv(key, v.value())?)),
+        None => Ok(None),
+    }
+}
+
+/// Every key of the kv table under `prefix`, in key order, decoded.
+fn table_range(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    prefix: &str,
+) -> Result<Vec<KeyValue>, StoreError> {
+    let mut out = Vec::new();
+    for item in t.range(prefix..).map_err(io)? {
+        let (k, v) = item.map_err(io)?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        out.push(decode_kv(k.value(), v.value())?);
+    }
+    Ok(out)
+}
+
 /// KvAccess over the tables of one redb write transaction.
 struct WriteAccess<'t> {
     kv: redb::Table<'t, &'static str, &'static [u8]>,
@@ -81,21 +108,10 @@ struct WriteAccess<'t> {
 
 impl KvAccess for WriteAccess<'_> {
     fn get(&mut self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        match self.kv.get(key).map_err(io)? {
-            Some(v) => Ok(Some(decode_kv(key, v.value())?)),
-            None => Ok(None),
-        }
+        table_get(&self.kv, key)
     }
     fn range(&mut self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.kv.range(prefix..).map_err(io)? {
-            let (k, v) = item.map_err(io)?;
-            if !k.value().starts_with(prefix) {
-                break;
-            }
-            out.push(decode_kv(k.value(), v.value())?);
-        }
-        Ok(out)
+        table_range(&self.kv, prefix)
     }
     fn put(&mut self, kv: &KeyValue) -> Result<(), StoreError> {
         self.kv.insert(kv.key.as_str(), encode_kv(kv).as_slice()).map_err(io)?;
@@ -125,21 +141,10 @@ struct ReadAccess {
 
 impl KvAccess for ReadAccess {
     fn get(&mut self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        match self.kv.get(key).map_err(io)? {
-            Some(v) => Ok(Some(decode_kv(key, v.value())?)),
-            None => Ok(None),
-        }
+        table_get(&self.kv, key)
     }
     fn range(&mut self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.kv.range(prefix..).map_err(io)? {
-            let (k, v) = item.map_err(io)?;
-            if !k.value().starts_with(prefix) {
-                break;
-            }
-            out.push(decode_kv(k.value(), v.value())?);
-        }
-        Ok(out)
+        table_range(&self.kv, prefix)
     }
     fn put(&mut self, _: &KeyValue) -> Result<(), StoreError> {
         Err(StoreError::InvalidRequest("write in a read-only transaction".into()))
@@ -488,11 +493,7 @@ impl StateStore for RedbStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         self.expire_due().await?;
         let r = self.shared.db.begin_read().map_err(io)?;
-        let kv = r.open_table(KV).map_err(io)?;
-        match kv.get(key).map_err(io)? {
-            Some(v) => Ok(Some(decode_kv(key, v.value())?)),
-            None => Ok(None),
-        }
+        table_get(&r.open_table(KV).map_err(io)?, key)
     }
 
     async fn range(&self, prefix: &str) -> Result<RangeResponse, StoreError> {
