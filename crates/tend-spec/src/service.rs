@@ -23,6 +23,38 @@ pub struct ServiceSpec {
     #[serde(serialize_with = "named_vec")]
     pub plans: Vec<PlanSpec>,
     pub recovery: RecoveryPolicy,
+    /// Recurring maintenance jobs, run per pod instance.
+    #[serde(serialize_with = "named_vec", skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobSpec>,
+}
+
+/// A recurring maintenance job, run on every instance of one pod.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JobSpec {
+    #[serde(skip)]
+    pub name: String,
+    pub pod: String,
+    pub cmd: String,
+    pub interval_seconds: u64,
+    pub initial_delay_seconds: u64,
+    /// low | medium | high | highest (priority factors 1, 2, 3, 100).
+    pub weight: String,
+    pub timeout_seconds: u64,
+    /// Wait after a failed run before trying again.
+    pub backoff_seconds: u64,
+    /// After each run, pause `pacing_ratio × its duration` before the next on the same scope.
+    pub pacing_ratio: f64,
+    pub warn_after_seconds: u64,
+    pub error_after_seconds: u64,
+    /// Leases to hold while running: N slots per scope.
+    pub concurrency: Vec<ConcurrencySpec>,
+}
+
+/// A lease scope of a job: `cluster`, `agent`, or `attribute:<name>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ConcurrencySpec {
+    pub scope: String,
+    pub slots: u32,
 }
 
 /// A pod type: `count` instances, each with its own reservation and volumes.
@@ -239,6 +271,11 @@ impl Named for PlanSpec {
         &self.name
     }
 }
+impl Named for JobSpec {
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
 impl Named for PhaseSpec {
     fn name(&self) -> &str {
         &self.name
@@ -265,7 +302,7 @@ impl ServiceSpec {
 /// Decodes a service spec, collecting every problem; None if there was any.
 pub fn decode_service(root: &Node, cx: &mut Ctx) -> Option<ServiceSpec> {
     let before = cx.diags.len();
-    let f = cx.fields(root, "the service spec", &["version", "name", "pods", "plans", "recovery"])?;
+    let f = cx.fields(root, "the service spec", &["version", "name", "pods", "plans", "recovery", "jobs"])?;
     let version = match cx.require(&f, "version", "the service spec", "1") {
         Some(n) => match cx.int(n, "version", 0, u32::MAX as i128) {
             Some(v) if v as u32 == SPEC_VERSION => Some(SPEC_VERSION),
@@ -334,10 +371,18 @@ pub fn decode_service(root: &Node, cx: &mut Ctx) -> Option<ServiceSpec> {
         );
     }
     let recovery = f.get("recovery").map(|n| decode_recovery(cx, n)).unwrap_or_default();
+    let jobs = match f.get("jobs") {
+        Some(n) => cx
+            .named(n, "`jobs`", "job")
+            .into_iter()
+            .filter_map(|(name, _, v)| decode_job(cx, name, v, &pod_names))
+            .collect(),
+        None => Vec::new(),
+    };
     if cx.diags.len() > before {
         return None;
     }
-    Some(ServiceSpec { version: version?, name: name?, pods, plans, recovery })
+    Some(ServiceSpec { version: version?, name: name?, pods, plans, recovery, jobs })
 }
 
 fn opt<'a, T>(f: &Fields<'a>, name: &str, read: impl FnOnce(&'a Node) -> Option<T>) -> Option<T> {
@@ -891,4 +936,111 @@ fn decode_recovery(cx: &mut Ctx, node: &Node) -> RecoveryPolicy {
         r.fence_after_seconds = v as u64;
     }
     r
+}
+
+fn decode_job(cx: &mut Ctx, name: String, node: &Node, pods: &[&str]) -> Option<JobSpec> {
+    let what = format!("job `{name}`");
+    let f = cx.fields(
+        node,
+        &what,
+        &[
+            "pod",
+            "cmd",
+            "interval_seconds",
+            "initial_delay_seconds",
+            "weight",
+            "timeout_seconds",
+            "backoff_seconds",
+            "pacing_ratio",
+            "warn_after_seconds",
+            "error_after_seconds",
+            "concurrency",
+        ],
+    )?;
+    let pod = cx.require(&f, "pod", &what, pods.first().copied().unwrap_or("data")).and_then(|n| {
+        let s = cx.nonempty_string(n, "pod")?;
+        if !pods.contains(&s.as_str()) {
+            let hint = match did_you_mean(&s, pods.iter().copied()) {
+                Some(m) => format!("did you mean `{m}`?"),
+                None => format!("the service's pods are: {}", pods.join(", ")),
+            };
+            cx.at("unknown-pod", n, format!("{what} runs on pod `{s}`, which is not defined"), Some(hint));
+            return None;
+        }
+        Some(s)
+    });
+    let cmd = cx.require(&f, "cmd", &what, "./repair.sh").and_then(|n| cx.nonempty_string(n, "cmd"));
+    let interval = cx
+        .require(&f, "interval_seconds", &what, "86400")
+        .and_then(|n| cx.int(n, "interval_seconds", 1, 365 * 86_400));
+    let secs = |cx: &mut Ctx, key: &str, default: u64, min: i128| {
+        opt(&f, key, |n| cx.int(n, key, min, 3650 * 86_400)).map(|v| v as u64).unwrap_or(default)
+    };
+    let interval_seconds = interval.unwrap_or(1) as u64;
+    let initial_delay_seconds = secs(cx, "initial_delay_seconds", 0, 0);
+    let timeout_seconds = secs(cx, "timeout_seconds", 3600, 1);
+    let backoff_seconds = secs(cx, "backoff_seconds", 1800, 0);
+    let warn_after_seconds = secs(cx, "warn_after_seconds", 8 * interval_seconds, 1);
+    let error_after_seconds = secs(cx, "error_after_seconds", 10 * interval_seconds, 1);
+    if warn_after_seconds > error_after_seconds {
+        cx.at(
+            "invalid-value",
+            f.key("warn_after_seconds").unwrap_or(node),
+            format!("{what}: warn_after_seconds ({warn_after_seconds}) is larger than error_after_seconds ({error_after_seconds})"),
+            Some("the warning comes before the error".into()),
+        );
+    }
+    let weight = f
+        .get("weight")
+        .and_then(|n| cx.choice(n, "weight", &["low", "medium", "high", "highest"]))
+        .unwrap_or_else(|| "low".into());
+    let pacing_ratio = opt(&f, "pacing_ratio", |n| cx.number(n, "pacing_ratio", true, 100.0)).unwrap_or(0.0);
+    let mut concurrency = Vec::new();
+    if let Some(n) = f.get("concurrency") {
+        for item in cx.list(n, "concurrency") {
+            let Some(cf) = cx.fields(item, "a concurrency lease", &["scope", "slots"]) else { continue };
+            let scope = cx.require(&cf, "scope", "a concurrency lease", "cluster").and_then(|n| {
+                let s = cx.nonempty_string(n, "scope")?;
+                let ok = s == "cluster"
+                    || s == "agent"
+                    || s.strip_prefix("attribute:").is_some_and(|a| !a.is_empty());
+                if !ok {
+                    cx.at(
+                        "invalid-value",
+                        n,
+                        format!("`{s}` is not a lease scope"),
+                        Some("use `cluster`, `agent` or `attribute:<name>` (e.g. attribute:zone)".into()),
+                    );
+                    return None;
+                }
+                Some(s)
+            });
+            let slots = opt(&cf, "slots", |n| cx.int(n, "slots", 1, 10_000)).unwrap_or(1) as u32;
+            if let Some(scope) = scope {
+                if concurrency.iter().any(|c: &ConcurrencySpec| c.scope == scope) {
+                    cx.at("duplicate-name", item, format!("scope `{scope}` is given twice in {what}"), None);
+                } else {
+                    concurrency.push(ConcurrencySpec { scope, slots });
+                }
+            }
+        }
+    }
+    if concurrency.is_empty() {
+        concurrency.push(ConcurrencySpec { scope: "cluster".into(), slots: 1 });
+    }
+    interval?;
+    Some(JobSpec {
+        name,
+        pod: pod?,
+        cmd: cmd?,
+        interval_seconds,
+        initial_delay_seconds,
+        weight,
+        timeout_seconds,
+        backoff_seconds,
+        pacing_ratio,
+        warn_after_seconds,
+        error_after_seconds,
+        concurrency,
+    })
 }

@@ -144,3 +144,17 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn jobs_parse_with_defaults() {
+    let text = "version: 1\nname: s\npods:\n  data:\n    tasks: { t: { cmd: ./t } }\njobs:\n  repair:\n    pod: data\n    cmd: ./repair.sh\n    interval_seconds: 3600\n  backup:\n    pod: data\n    cmd: ./backup.sh\n    interval_seconds: 60\n    weight: highest\n    pacing_ratio: 0.5\n    concurrency: [ { scope: cluster, slots: 2 }, { scope: 'attribute:zone', slots: 1 } ]\n";
+    let s = load_service("s.yml", text).unwrap_or_else(|r| panic!("{r}"));
+    let repair = &s.jobs[0];
+    assert_eq!(
+        (repair.name.as_str(), repair.weight.as_str(), repair.warn_after_seconds, repair.error_after_seconds),
+        ("repair", "low", 8 * 3600, 10 * 3600)
+    );
+    assert_eq!(repair.concurrency, vec![tend_spec::ConcurrencySpec { scope: "cluster".into(), slots: 1 }]);
+    let backup = &s.jobs[1];
+    assert_eq!((backup.weight.as_str(), backup.pacing_ratio, backup.concurrency.len()), ("highest", 0.5, 2));
+}
