@@ -9,6 +9,7 @@
 pub mod artifacts;
 pub mod checkpoint;
 pub mod checks;
+pub mod jobs;
 pub mod pod;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -24,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Json;
 use serde::Deserialize;
-use tend_api::{AgentResources, DesiredState, RegisterRequest, RegisterResponse, StatusReport};
+use tend_api::{AgentResources, Assignment, DesiredState, RegisterRequest, RegisterResponse, StatusReport};
 use tokio::sync::watch;
 
 use crate::artifacts::Fetcher;
@@ -52,6 +53,7 @@ struct AgentState {
     ctx: Arc<PodCtx>,
     pods: Pods,
     adoptable: std::sync::Mutex<HashMap<(String, String), checkpoint::Checkpoint>>,
+    jobs: Arc<jobs::JobRunner>,
     /// Volume generations deleted as asked, reported until the control plane stops asking.
     released: std::sync::Mutex<Vec<tend_api::VolumeRelease>>,
     /// When the control plane last acknowledged a status report (ms since the epoch).
@@ -102,6 +104,7 @@ pub async fn run(
         adoptable: std::sync::Mutex::new(adoptable),
         last_contact: std::sync::atomic::AtomicU64::new(pod::now_ms()),
         released: std::sync::Mutex::new(Vec::new()),
+        jobs: Arc::new(jobs::JobRunner::default()),
     });
     let app = axum::Router::new().route("/v1/logs", get(logs)).with_state(state.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -153,7 +156,12 @@ async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterRe
 
 async fn post_status(st: &AgentState, seq: u64) -> anyhow::Result<()> {
     let released = st.released.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let report = StatusReport { seq, tasks: st.ctx.board.snapshot(), released_volumes: released };
+    let report = StatusReport {
+        seq,
+        tasks: st.ctx.board.snapshot(),
+        released_volumes: released,
+        job_results: st.jobs.results(),
+    };
     let r = st
         .http
         .post(format!("{}/v1/agent/{}/status", st.cfg.server, st.cfg.id))
@@ -337,6 +345,7 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
         let incarnation = a.incarnation;
         let fence_after_ms = a.fence_after_ms;
         let volume_generation = a.volume_generation;
+        let assignment = a.clone();
         let found = st.adoptable.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
         let join = match found {
             Some(ck) if ck.assignment.incarnation == a.incarnation => {
@@ -351,8 +360,16 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
                 tokio::spawn(pod::run_pod(st.ctx.clone(), a, rx))
             }
         };
-        running.insert(key, PodHandle { incarnation, cancel: tx, join, fence_after_ms, volume_generation });
+        running.insert(
+            key,
+            PodHandle { incarnation, cancel: tx, join, fence_after_ms, volume_generation, assignment },
+        );
     }
+    // Maintenance job runs, in the sandbox of the incarnation running here.
+    let assignments: HashMap<(String, String), Assignment> =
+        running.iter().map(|(k, h)| (k.clone(), h.assignment.clone())).collect();
+    st.jobs
+        .sync(&st.ctx, &desired.job_runs, |s, i| assignments.get(&(s.to_string(), i.to_string())).cloned());
     drop(running);
     // Checkpointed incarnations that are not desired any more: stale, killed.
     let stale: Vec<checkpoint::Checkpoint> =

@@ -566,4 +566,6 @@ pub struct PodHandle {
     /// Fence mode: kill after this long without contact with the control plane.
     pub fence_after_ms: Option<u64>,
     pub volume_generation: u64,
+    /// What this incarnation runs (job runs use its sandbox and environment).
+    pub assignment: Assignment,
 }

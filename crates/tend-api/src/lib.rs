@@ -64,6 +64,35 @@ pub struct DesiredState {
     /// Volumes of replaced instances to delete on this agent (confirmed in status reports).
     #[serde(default)]
     pub release_volumes: Vec<VolumeRelease>,
+    /// Maintenance job runs to execute (each once), in the sandbox of their instance.
+    #[serde(default)]
+    pub job_runs: Vec<JobRun>,
+}
+
+/// A maintenance job run on one pod instance.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobRun {
+    pub run_id: String,
+    pub service: String,
+    pub instance: String,
+    pub job: String,
+    pub cmd: String,
+    pub timeout_seconds: u64,
+}
+
+/// What became of a job run on its agent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobResult {
+    pub run_id: String,
+    /// running | succeeded | failed | timed_out
+    pub state: String,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub output_tail: String,
+    pub started_ms: u64,
+    #[serde(default)]
+    pub ended_ms: Option<u64>,
 }
 
 /// One generation of an instance's volumes, released after a replacement.
@@ -216,6 +245,9 @@ pub struct StatusReport {
     /// Volume generations this agent has deleted as asked.
     #[serde(default)]
     pub released_volumes: Vec<VolumeRelease>,
+    /// Job runs this agent executes or executed, until they are no longer desired.
+    #[serde(default)]
+    pub job_results: Vec<JobResult>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

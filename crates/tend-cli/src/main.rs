@@ -70,6 +70,9 @@ enum Command {
     /// Tasks.
     #[command(subcommand)]
     Task(TaskCmd),
+    /// Maintenance jobs: status, history, on-demand runs, time windows.
+    #[command(subcommand)]
+    Job(JobCmd),
     /// What happened, in order.
     Events {
         #[arg(long)]
@@ -162,6 +165,61 @@ enum PodCmd {
         instance: String,
         #[arg(long)]
         service: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCmd {
+    /// Every job-instance: status (COMPLETED, ON_TIME, LATE, OVERDUE, BLOCKED + why), alarm.
+    List {
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// The job-instances of one job.
+    Status {
+        job: String,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Runs of a job.
+    History {
+        job: String,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Queue an on-demand run (highest priority), for one instance or all.
+    Run {
+        job: String,
+        #[arg(long = "pod")]
+        instance: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Time windows in which jobs must not start.
+    #[command(subcommand)]
+    Window(WindowCmd),
+}
+
+#[derive(Subcommand)]
+enum WindowCmd {
+    /// Add a window, e.g. --start 22:00 --end 06:00 --timezone +02:00 [--job repair] [--pod data].
+    Add {
+        #[arg(long)]
+        start: String,
+        #[arg(long)]
+        end: String,
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long = "pod")]
+        pods: Vec<String>,
+        #[arg(long)]
+        id: Option<String>,
+    },
+    List,
+    Remove {
+        id: String,
     },
 }
 
@@ -277,6 +335,23 @@ async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result
         Command::Task(TaskCmd::Logs { instance, task, service, stderr, tail_bytes }) => {
             sc::task_logs(&client::Client::new(&conn)?, service, &instance, &task, stderr, tail_bytes, json)
                 .await
+        }
+        Command::Job(cmd) => {
+            let c = client::Client::new(&conn)?;
+            match cmd {
+                JobCmd::List { service } => sc::job_list(&c, service, None, json).await,
+                JobCmd::Status { job, service } => sc::job_list(&c, service, Some(job), json).await,
+                JobCmd::History { job, service } => sc::job_history(&c, service, &job, json).await,
+                JobCmd::Run { job, instance, service } => {
+                    sc::job_run(&c, service, &job, instance, json).await
+                }
+                JobCmd::Window(WindowCmd::Add { start, end, timezone, job, pods, id }) => {
+                    let body = serde_json::json!({ "start": start, "end": end, "timezone": timezone, "job": job, "pods": pods, "id": id });
+                    sc::window_add(&c, body, json).await
+                }
+                JobCmd::Window(WindowCmd::List) => sc::window_list(&c, json).await,
+                JobCmd::Window(WindowCmd::Remove { id }) => sc::window_remove(&c, &id, json).await,
+            }
         }
         Command::Events { service } => sc::events(&client::Client::new(&conn)?, service, json).await,
         Command::Spec(_) | Command::Workflow(_) => Err(anyhow::anyhow!("internal: command dispatched twice")),

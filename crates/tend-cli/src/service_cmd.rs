@@ -433,3 +433,127 @@ pub async fn events(client: &Client, service: Option<String>, json: bool) -> any
     }
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn job_list(
+    client: &Client,
+    service: Option<String>,
+    job: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let service = client.pick_service(service).await?;
+    let mut all: Vec<serde_json::Value> = client.get(&format!("/v1/services/{service}/jobs")).await?;
+    if let Some(j) = &job {
+        all.retain(|x| x["job"] == j.as_str());
+    }
+    if json {
+        return json_out(&all);
+    }
+    println!("{:<12} {:<14} {:<10} {:>9} {:<8} REASON", "JOB", "INSTANCE", "STATUS", "PRIORITY", "ALARM");
+    for x in all {
+        println!(
+            "{:<12} {:<14} {:<10} {:>9} {:<8} {}{}",
+            x["job"].as_str().unwrap_or(""),
+            x["instance"].as_str().unwrap_or(""),
+            x["status"].as_str().unwrap_or(""),
+            x["priority"].as_i64().map_or("-".into(), |p| if p == i64::MAX {
+                "on-demand".into()
+            } else {
+                p.to_string()
+            }),
+            x["alarm"].as_str().unwrap_or("-"),
+            x["reason"].as_str().unwrap_or(""),
+            if x["running"] == true { " (running)" } else { "" }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn job_history(
+    client: &Client,
+    service: Option<String>,
+    job: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let service = client.pick_service(service).await?;
+    let runs: Vec<serde_json::Value> =
+        client.get(&format!("/v1/services/{service}/jobs/{job}/history")).await?;
+    if json {
+        return json_out(&runs);
+    }
+    println!(
+        "{:<24} {:<14} {:<10} {:>10} {:<6} {:>6}",
+        "RUN", "INSTANCE", "STATUS", "DURATION", "AGENT", "TOKEN"
+    );
+    for r in runs {
+        let dur = match (r["start_ms"].as_u64(), r["end_ms"].as_u64()) {
+            (Some(s), Some(e)) => format!("{} ms", e.saturating_sub(s)),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<24} {:<14} {:<10} {:>10} {:<6} {:>6}",
+            r["run_id"].as_str().unwrap_or(""),
+            r["instance"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+            dur,
+            r["agent"].as_str().unwrap_or(""),
+            r["token"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn job_run(
+    client: &Client,
+    service: Option<String>,
+    job: &str,
+    instance: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let service = client.pick_service(service).await?;
+    let v: serde_json::Value = client
+        .post(&format!("/v1/services/{service}/jobs/{job}/run"), &serde_json::json!({ "instance": instance }))
+        .await?;
+    if json {
+        return json_out(&v);
+    }
+    println!("on-demand run of {job} queued for {}", v["queued"]);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn window_add(client: &Client, body: serde_json::Value, json: bool) -> anyhow::Result<ExitCode> {
+    let v: serde_json::Value = client.post("/v1/jobs/windows", &body).await?;
+    if json {
+        return json_out(&v);
+    }
+    println!("window {} added", v["id"].as_str().unwrap_or(""));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn window_list(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    let v: Vec<serde_json::Value> = client.get("/v1/jobs/windows").await?;
+    if json {
+        return json_out(&v);
+    }
+    for w in v {
+        let hm = |m: u64| format!("{:02}:{:02}", m / 60, m % 60);
+        println!(
+            "{:<16} {}–{} (UTC{:+} min) job={} pods={}",
+            w["id"].as_str().unwrap_or(""),
+            hm(w["start"].as_u64().unwrap_or(0)),
+            hm(w["end"].as_u64().unwrap_or(0)),
+            w["utc_offset_minutes"].as_i64().unwrap_or(0),
+            w["job"].as_str().unwrap_or("*"),
+            w["pods"]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn window_remove(client: &Client, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let v: serde_json::Value = client.delete(&format!("/v1/jobs/windows/{id}")).await?;
+    if json {
+        return json_out(&v);
+    }
+    println!("window {id} removed");
+    Ok(ExitCode::SUCCESS)
+}

@@ -665,3 +665,96 @@ fn a_control_plane_killed_mid_recovery_resumes_it_without_a_duplicate() {
     let replaced = c.api(&["events", "--service", "r"]).unwrap().to_string().matches("replacing w-0").count();
     assert_eq!(replaced, 1, "one replacement event");
 }
+
+const JOBS: &str = "version: 1
+name: m
+pods:
+  data:
+    count: 3
+    placement: { unique_per_agent: true }
+    tasks:
+      t: { cmd: 'exec sleep 600' }
+jobs:
+  repair:
+    pod: data
+    cmd: 'echo repairing $TEND_INSTANCE; sleep 0.4'
+    interval_seconds: 2
+    concurrency: [ { scope: cluster, slots: 1 } ]
+  flaky:
+    pod: data
+    cmd: 'echo disk full >&2; exit 4'
+    interval_seconds: 1
+    backoff_seconds: 600
+    warn_after_seconds: 1
+    error_after_seconds: 3600
+    concurrency: [ { scope: agent, slots: 1 } ]
+";
+
+#[test]
+fn maintenance_jobs_respect_leases_windows_backoff_and_alarms() {
+    let c = Cluster::start();
+    let spec = c.write_spec("m.yml", JOBS);
+    c.deploy(&spec, true).unwrap();
+    let history = |job: &str| {
+        c.api(&["job", "history", job, "--service", "m"]).unwrap().as_array().cloned().unwrap_or_default()
+    };
+    c.wait_for(Duration::from_secs(40), "6 successful repair runs", |_| {
+        history("repair").iter().filter(|r| r["status"] == "succeeded").count() >= 6
+    });
+    // concurrency cluster/1: runs never overlap (checked from history).
+    let mut runs: Vec<(u64, u64)> = history("repair")
+        .iter()
+        .filter(|r| r["status"] == "succeeded")
+        .map(|r| (r["start_ms"].as_u64().unwrap(), r["end_ms"].as_u64().unwrap()))
+        .collect();
+    runs.sort();
+    for w in runs.windows(2) {
+        assert!(w[1].0 >= w[0].1, "overlapping runs {w:?}");
+    }
+    let instances: std::collections::BTreeSet<String> =
+        history("repair").iter().map(|r| r["instance"].as_str().unwrap().to_string()).collect();
+    assert_eq!(instances.len(), 3, "every instance is repaired");
+    // A failing job: one failure per instance, then backoff; the warning alarm is raised.
+    c.wait_for(Duration::from_secs(20), "flaky failed everywhere and blocked by backoff", |c| {
+        let jobs = c.api(&["job", "status", "flaky", "--service", "m"]).unwrap();
+        jobs.as_array().is_some_and(|a| {
+            a.len() == 3
+                && a.iter().all(|j| {
+                    j["status"] == "BLOCKED" && j["reason"].as_str().unwrap_or("").contains("backoff")
+                })
+        })
+    });
+    let flaky = history("flaky");
+    assert_eq!(flaky.len(), 3, "no retry during the backoff: {flaky:?}");
+    assert!(flaky
+        .iter()
+        .all(|r| r["status"] == "failed" && r["output_tail"].as_str().unwrap().contains("disk full")));
+    let (code, alarms) = c.raw("GET", "/v1/jobs/alarms", Some(&c.token()), None);
+    assert_eq!(code, 200);
+    assert!(
+        alarms.as_array().unwrap().iter().any(|a| a["job"] == "flaky" && a["alarm"] == "warning"),
+        "{alarms}"
+    );
+    // A pause-all window blocks new runs and says so.
+    let w = c.api(&["job", "window", "add", "--start", "00:00", "--end", "00:00", "--id", "pause"]).unwrap();
+    assert_eq!(w["id"], "pause");
+    std::thread::sleep(Duration::from_millis(1_500));
+    let before = history("repair").len();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(history("repair").len(), before, "a run started inside the window");
+    let st = c.api(&["job", "status", "repair", "--service", "m"]).unwrap();
+    assert!(st.to_string().contains("run policy window 00:00–00:00 UTC"), "{st}");
+    // Bad window input is refused.
+    assert!(c
+        .api(&["job", "window", "add", "--start", "25:00", "--end", "01:00"])
+        .unwrap_err()
+        .contains("start"));
+    c.api(&["job", "window", "remove", "pause"]).unwrap();
+    // On demand: queued, run first, recorded as such.
+    c.api(&["job", "run", "flaky", "--pod", "data-1", "--service", "m"]).unwrap();
+    c.wait_for(Duration::from_secs(20), "the on-demand run", |_| {
+        history("flaky").iter().any(|r| r["on_demand"] == true)
+    });
+    let err = c.api(&["job", "run", "nope", "--service", "m"]).unwrap_err();
+    assert!(err.contains("no job `nope`"), "{err}");
+}

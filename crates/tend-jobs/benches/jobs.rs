@@ -44,6 +44,7 @@ fn main() {
                 backoff_ms: H / 2,
                 warn_after_ms: 8 * 24 * H,
                 error_after_ms: 10 * 24 * H,
+                granularity_ms: granularity_for(H * (1 + (i % 24) as u64)),
             },
             last_success_ms: Some(now - (i as u64 * 997_331) % (48 * H)),
             last_failure_ms: if i % 13 == 0 { Some(now - H / 4) } else { None },

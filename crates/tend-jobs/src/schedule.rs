@@ -28,8 +28,11 @@ impl Weight {
     }
 }
 
-/// Granularity of "units overdue".
-pub const GRANULARITY_MS: u64 = 60_000;
+/// Granularity of "units overdue" for a job of this interval: a tenth of it, between 1 s and
+/// 1 h (a daily job counts in hours like ecChronos, a job every few seconds in seconds).
+pub fn granularity_for(interval_ms: u64) -> u64 {
+    (interval_ms / 10).clamp(1_000, 3_600_000)
+}
 /// Units overdue are capped here, so priorities never overflow.
 pub const MAX_UNITS: i64 = 1_000_000;
 /// Priority of an on-demand run.
@@ -44,6 +47,8 @@ pub struct JobTiming {
     pub backoff_ms: u64,
     pub warn_after_ms: u64,
     pub error_after_ms: u64,
+    /// Size of one "unit overdue" (see [`granularity_for`]).
+    pub granularity_ms: u64,
 }
 
 /// One job on one pod instance, as known now.
@@ -104,7 +109,7 @@ pub fn priority(j: &JobInstance, now_ms: u64) -> Option<i64> {
     if now_ms < due {
         return None;
     }
-    let units = ((now_ms - due) / GRANULARITY_MS).min(MAX_UNITS as u64) as i64;
+    let units = ((now_ms - due) / j.timing.granularity_ms.max(1)).min(MAX_UNITS as u64) as i64;
     Some((units + 1) * j.timing.weight.factor())
 }
 
@@ -124,8 +129,9 @@ pub fn block(j: &JobInstance, policies: &[RunPolicy], now_ms: u64) -> Option<Blo
     None
 }
 
-/// The run queue: due, unblocked, not running job-instances, highest priority first (ties by
-/// job then instance name, so every control plane orders alike). Returns indices into `jobs`.
+/// The run queue: due, unblocked, not running job-instances, highest priority first; ties go to
+/// the one due longest, then by job and instance name (so every control plane orders alike).
+/// Returns indices into `jobs`.
 pub fn queue(jobs: &[JobInstance], policies: &[RunPolicy], now_ms: u64) -> Vec<(usize, i64)> {
     let mut q: Vec<(usize, i64)> = jobs
         .iter()
@@ -136,6 +142,7 @@ pub fn queue(jobs: &[JobInstance], policies: &[RunPolicy], now_ms: u64) -> Vec<(
         .collect();
     q.sort_by(|(a, pa), (b, pb)| {
         pb.cmp(pa)
+            .then_with(|| due_ms(&jobs[*a]).cmp(&due_ms(&jobs[*b])))
             .then_with(|| jobs[*a].job.cmp(&jobs[*b].job))
             .then_with(|| jobs[*a].instance.cmp(&jobs[*b].instance))
     });

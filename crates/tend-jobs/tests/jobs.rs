@@ -23,6 +23,7 @@ fn timing(weight: Weight) -> JobTiming {
         backoff_ms: 30 * MIN,
         warn_after_ms: 8 * H,
         error_after_ms: 10 * H,
+        granularity_ms: MIN,
     }
 }
 
@@ -312,4 +313,18 @@ async fn leases_hold_across_a_restart_on_redb() {
     assert!(matches!(lm.acquire("cp-restarted", &[scope("cluster", 1)]).await.unwrap(), Acquired::Busy(_)));
     assert!(lm.still_holds(&held).await.unwrap());
     lm.release("cp", &held).await.unwrap();
+}
+
+#[test]
+fn granularity_scales_with_the_interval_and_ties_go_to_the_longest_due() {
+    assert_eq!(granularity_for(2_000), 1_000);
+    assert_eq!(granularity_for(H), 6 * MIN);
+    assert_eq!(granularity_for(24 * H), H);
+    // Equal priority: the one due longest goes first, whatever its name.
+    let mut a = job("repair", "data-0", Weight::Low, Some(10 * H));
+    let mut b = job("repair", "data-9", Weight::Low, Some(10 * H - 30_000));
+    a.timing.granularity_ms = H;
+    b.timing.granularity_ms = H;
+    let q = queue(&[a, b], &[], 11 * H + MIN);
+    assert_eq!(q.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 0]);
 }

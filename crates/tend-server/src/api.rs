@@ -105,6 +105,12 @@ pub fn router(server: Server) -> Router {
         .route("/v1/services/{name}/pods/{instance}/{action}", post(pod_action))
         .route("/v1/services/{name}/pods/{instance}/tasks/{task}/logs", get(task_logs))
         .route("/v1/services/{name}/endpoints", get(endpoints))
+        .route("/v1/services/{name}/jobs", get(list_jobs))
+        .route("/v1/services/{name}/jobs/{job}/history", get(job_history))
+        .route("/v1/services/{name}/jobs/{job}/run", post(run_job))
+        .route("/v1/jobs/windows", get(list_windows).post(add_window))
+        .route("/v1/jobs/windows/{id}", axum::routing::delete(remove_window))
+        .route("/v1/jobs/alarms", get(list_alarms))
         .route("/v1/agents", get(list_agents))
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/events", get(list_events))
@@ -207,6 +213,7 @@ async fn status(
     Path(id): Path<String>,
     JsonBody(r): JsonBody<StatusReport>,
 ) -> ApiResult<StatusAck> {
+    crate::jobs::on_results(&s, &id, r.job_results).await;
     if !s.on_status(&id, r.tasks, r.released_volumes).await {
         return Err(not_found("agent", &id));
     }
@@ -837,6 +844,117 @@ async fn list_events(State(s): State<Arc<Server>>, Query(q): Query<EventQuery>) 
     Ok(Json(out))
 }
 
+// ---------- maintenance jobs ----------
+
+fn job_of(s: &Server, name: &str, job: &str) -> Result<tend_spec::JobSpec, ApiError> {
+    let rt = s.service(name).ok_or_else(|| not_found("service", name))?;
+    let spec = rt.lock().unwrap_or_else(|e| e.into_inner()).spec.clone();
+    spec.jobs.iter().find(|j| j.name == job).cloned().ok_or_else(|| not_found("job", job))
+}
+
+async fn list_jobs(
+    State(s): State<Arc<Server>>,
+    Path(name): Path<String>,
+) -> ApiResult<Vec<crate::jobs::JobStatusInfo>> {
+    s.service(&name).ok_or_else(|| not_found("service", &name))?;
+    let st = s.inner.jobs.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(Json(st.statuses.get(&name).cloned().unwrap_or_default()))
+}
+
+async fn job_history(
+    State(s): State<Arc<Server>>,
+    Path((name, job)): Path<(String, String)>,
+) -> ApiResult<Vec<serde_json::Value>> {
+    job_of(&s, &name, &job)?;
+    let runs = crate::jobs::job_history(&s, &name, &job).await?;
+    Ok(Json(runs.iter().filter_map(|r| serde_json::to_value(r).ok()).collect()))
+}
+
+#[derive(Deserialize, Default)]
+struct RunJobBody {
+    #[serde(default)]
+    instance: Option<String>,
+}
+
+async fn run_job(
+    State(s): State<Arc<Server>>,
+    Path((name, job)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<serde_json::Value> {
+    let spec_job = job_of(&s, &name, &job)?;
+    let b: RunJobBody = if body.iter().all(|c| c.is_ascii_whitespace()) {
+        RunJobBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?
+    };
+    let instances: Vec<String> = s
+        .instances(&name)
+        .await?
+        .into_iter()
+        .filter(|(i, r)| r.pod == spec_job.pod && b.instance.as_ref().is_none_or(|want| want == i))
+        .map(|(i, _)| i)
+        .collect();
+    if instances.is_empty() {
+        return Err(not_found("pod instance", b.instance.as_deref().unwrap_or(&spec_job.pod)));
+    }
+    for i in &instances {
+        crate::jobs::request_run(&s, &name, &job, i).await?;
+    }
+    s.event(Some(&name), "job", format!("on-demand run of {job} queued for {}", instances.join(", "))).await;
+    Ok(Json(serde_json::json!({ "job": job, "queued": instances })))
+}
+
+#[derive(Deserialize)]
+struct WindowBody {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    job: Option<String>,
+    #[serde(default)]
+    pods: Vec<String>,
+    start: String,
+    end: String,
+    #[serde(default)]
+    timezone: Option<String>,
+}
+
+async fn list_windows(State(s): State<Arc<Server>>) -> ApiResult<Vec<tend_jobs::window::RunPolicy>> {
+    Ok(Json(crate::jobs::policies(&s).await?))
+}
+
+async fn add_window(
+    State(s): State<Arc<Server>>,
+    JsonBody(b): JsonBody<WindowBody>,
+) -> ApiResult<tend_jobs::window::RunPolicy> {
+    use tend_jobs::window::{parse_time, parse_zone};
+    let start = parse_time(&b.start).map_err(|e| bad(format!("start: {e}")))?;
+    let end = parse_time(&b.end).map_err(|e| bad(format!("end: {e}")))?;
+    let zone =
+        parse_zone(b.timezone.as_deref().unwrap_or("UTC")).map_err(|e| bad(format!("timezone: {e}")))?;
+    let id = b.id.unwrap_or_else(|| format!("w{}", s.now_ms()));
+    if !tend_spec::decode::valid_name(&id) {
+        return Err(bad(format!("invalid window id `{id}`")));
+    }
+    let p =
+        tend_jobs::window::RunPolicy { id, job: b.job, pods: b.pods, start, end, utc_offset_minutes: zone };
+    crate::jobs::put_policy(&s, &p).await?;
+    s.event(None, "job", format!("run policy {} added: no job starts in {}", p.id, p.describe())).await;
+    Ok(Json(p))
+}
+
+async fn remove_window(State(s): State<Arc<Server>>, Path(id): Path<String>) -> ApiResult<serde_json::Value> {
+    if !crate::jobs::remove_policy(&s, &id).await? {
+        return Err(not_found("window", &id));
+    }
+    s.event(None, "job", format!("run policy {id} removed")).await;
+    Ok(Json(serde_json::json!({ "removed": id })))
+}
+
+async fn list_alarms(State(s): State<Arc<Server>>) -> ApiResult<Vec<crate::jobs::JobStatusInfo>> {
+    let st = s.inner.jobs.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(Json(st.statuses.values().flatten().filter(|j| j.alarm.is_some()).cloned().collect()))
+}
+
 async fn openapi() -> Json<serde_json::Value> {
     let op = |summary: &str| serde_json::json!({ "summary": summary, "responses": { "200": { "description": "OK" }, "401": { "description": "missing or invalid bearer token" } } });
     Json(serde_json::json!({
@@ -858,6 +976,12 @@ async fn openapi() -> Json<serde_json::Value> {
             "/v1/services/{name}/pods/{instance}": { "get": op("one pod instance") },
             "/v1/services/{name}/pods/{instance}/tasks/{task}/logs": { "get": op("tail of stdout/stderr: ?stream=&tail_bytes=") },
             "/v1/services/{name}/endpoints": { "get": op("address and named ports of every running task") },
+            "/v1/services/{name}/jobs": { "get": op("maintenance job-instances: status, reason, alarm, priority") },
+            "/v1/services/{name}/jobs/{job}/history": { "get": op("runs of a job") },
+            "/v1/services/{name}/jobs/{job}/run": { "post": op("queue an on-demand run, body {instance?}") },
+            "/v1/jobs/windows": { "get": op("run policies"), "post": op("add a window {start, end, timezone?, job?, pods?}") },
+            "/v1/jobs/windows/{id}": { "delete": op("remove a window") },
+            "/v1/jobs/alarms": { "get": op("job-instances with a raised alarm") },
             "/v1/agents": { "get": op("agents with resources and state") },
             "/v1/tasks": { "get": op("every task status, `?service=`") },
             "/v1/events": { "get": op("events, `?since=SEQ&service=`") },

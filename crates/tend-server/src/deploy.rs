@@ -539,7 +539,12 @@ pub async fn wait_desired(
             }
         }
     }
-    Ok(DesiredState { index: gen, assignments: desired_for(server, agent).await?, release_volumes })
+    Ok(DesiredState {
+        index: gen,
+        assignments: desired_for(server, agent).await?,
+        release_volumes,
+        job_runs: crate::jobs::runs_for(server, agent),
+    })
 }
 
 /// Shared handle type for the API.

@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod deploy;
+pub mod jobs;
 pub mod records;
 pub mod recovery;
 
@@ -37,11 +38,19 @@ pub struct ServerConfig {
     pub agent_lost_after_ms: u64,
     /// How often agents report (their heartbeat).
     pub status_interval_ms: u64,
+    /// Maintenance scheduler tick (faster after a tick that started runs).
+    pub job_tick_ms: u64,
 }
 
 impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
-        Self { data_dir: data_dir.into(), listen, agent_lost_after_ms: 5_000, status_interval_ms: 500 }
+        Self {
+            data_dir: data_dir.into(),
+            listen,
+            agent_lost_after_ms: 5_000,
+            status_interval_ms: 500,
+            job_tick_ms: 1_000,
+        }
     }
 }
 
@@ -85,6 +94,8 @@ pub struct Inner {
     pub reconciled: watch::Sender<bool>,
     /// Recovery's view of instances that are down or being replaced.
     pub recovery: Mutex<recovery::RecoveryBoard>,
+    /// The maintenance scheduler's memory (active runs, statuses, alarms).
+    pub jobs: Mutex<jobs::JobsState>,
     pub event_seq: AtomicU64,
     pub artifacts_dir: PathBuf,
 }
@@ -192,6 +203,7 @@ impl Server {
             launch_lock: tokio::sync::Mutex::new(()),
             reconciled: watch::channel(false).0,
             recovery: Mutex::new(recovery::RecoveryBoard::default()),
+            jobs: Mutex::new(jobs::JobsState::default()),
             event_seq: AtomicU64::new(last_event),
             artifacts_dir,
         });
@@ -212,6 +224,8 @@ impl Server {
             .await;
         tokio::spawn(server.clone().reconcile());
         tokio::spawn(recovery::run(server.clone()));
+        let tick = std::time::Duration::from_millis(server.inner.cfg.job_tick_ms.max(50));
+        tokio::spawn(jobs::run(server.clone(), tick));
         Ok(server)
     }
 

@@ -1,0 +1,152 @@
+//! Maintenance job runs on this agent: each run (by id) executes once, in the sandbox and
+//! environment of its pod instance's current incarnation, with a timeout; its result is reported
+//! until the control plane stops listing the run.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tend_api::{Assignment, JobResult, JobRun, TaskLaunch};
+use tokio::io::AsyncReadExt;
+
+use crate::pod::{now_ms, task_env, PodCtx};
+
+/// Bytes of output kept per run.
+pub const OUTPUT_TAIL_BYTES: usize = 4096;
+
+/// Job runs known to this agent.
+#[derive(Default)]
+pub struct JobRunner {
+    results: Mutex<BTreeMap<String, JobResult>>,
+}
+
+impl JobRunner {
+    pub fn results(&self) -> Vec<JobResult> {
+        self.results.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
+    /// Starts desired runs not seen before; forgets runs no longer desired.
+    pub fn sync(
+        self: &Arc<Self>,
+        ctx: &Arc<PodCtx>,
+        runs: &[JobRun],
+        find: impl Fn(&str, &str) -> Option<Assignment>,
+    ) {
+        let mut results = self.results.lock().unwrap_or_else(|e| e.into_inner());
+        results.retain(|id, _| runs.iter().any(|r| &r.run_id == id));
+        for r in runs {
+            if results.contains_key(&r.run_id) {
+                continue;
+            }
+            let started = now_ms();
+            let Some(a) = find(&r.service, &r.instance) else {
+                results.insert(
+                    r.run_id.clone(),
+                    JobResult {
+                        run_id: r.run_id.clone(),
+                        state: "failed".into(),
+                        exit_code: None,
+                        output_tail: format!("{} does not run on this agent", r.instance),
+                        started_ms: started,
+                        ended_ms: Some(started),
+                    },
+                );
+                continue;
+            };
+            results.insert(
+                r.run_id.clone(),
+                JobResult {
+                    run_id: r.run_id.clone(),
+                    state: "running".into(),
+                    exit_code: None,
+                    output_tail: String::new(),
+                    started_ms: started,
+                    ended_ms: None,
+                },
+            );
+            let me = self.clone();
+            let ctx = ctx.clone();
+            let run = r.clone();
+            tokio::spawn(async move {
+                let res = execute(&ctx, &a, &run).await;
+                me.results
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(run.run_id.clone(), JobResult { started_ms: started, ..res });
+                ctx.board.changed.notify_one();
+            });
+        }
+    }
+}
+
+async fn execute(ctx: &PodCtx, a: &Assignment, r: &JobRun) -> JobResult {
+    let sandbox = ctx.sandbox(a);
+    let stub = TaskLaunch {
+        name: format!("job-{}", r.job),
+        goal: "finish".into(),
+        cmd: r.cmd.clone(),
+        env: BTreeMap::new(),
+        memory_mb: 0,
+        kill_grace_period_seconds: 5,
+        essential: false,
+        health_check: None,
+        readiness_check: None,
+        skip: false,
+    };
+    let mut env = task_env(ctx, a, &stub, &sandbox);
+    env.insert("TEND_JOB".into(), r.job.clone());
+    env.insert("TEND_JOB_RUN".into(), r.run_id.clone());
+    let done = |state: &str, code: Option<i32>, out: String| JobResult {
+        run_id: r.run_id.clone(),
+        state: state.into(),
+        exit_code: code,
+        output_tail: out,
+        started_ms: 0,
+        ended_ms: Some(now_ms()),
+    };
+    let mut c = tokio::process::Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(&r.cmd)
+        .current_dir(&sandbox)
+        .envs(&env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match c.spawn() {
+        Ok(ch) => ch,
+        Err(e) => return done("failed", None, format!("cannot start: {e}")),
+    };
+    let pgid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+    let collect = async move {
+        let mut buf = Vec::new();
+        if let Some(o) = out.as_mut() {
+            let _ = o.read_to_end(&mut buf).await;
+        }
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_end(&mut buf).await;
+        }
+        buf
+    };
+    let work = async { tokio::join!(child.wait(), collect) };
+    match tokio::time::timeout(Duration::from_secs(r.timeout_seconds.max(1)), work).await {
+        Ok((status, buf)) => {
+            let tail =
+                String::from_utf8_lossy(&buf[buf.len().saturating_sub(OUTPUT_TAIL_BYTES)..]).into_owned();
+            let code = status.ok().and_then(|s| s.code());
+            if let Some(pg) = pgid {
+                let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+            }
+            done(if code == Some(0) { "succeeded" } else { "failed" }, code, tail)
+        }
+        Err(_) => {
+            if let Some(pg) = pgid {
+                let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+            }
+            done("timed_out", None, format!("killed after its timeout of {} s", r.timeout_seconds))
+        }
+    }
+}
