@@ -19,6 +19,8 @@ pub const OUTPUT_TAIL_BYTES: usize = 4096;
 #[derive(Default)]
 pub struct JobRunner {
     results: Mutex<BTreeMap<String, JobResult>>,
+    /// Process groups of runs under way, by run id.
+    groups: Mutex<BTreeMap<String, i32>>,
 }
 
 impl JobRunner {
@@ -35,6 +37,20 @@ impl JobRunner {
     ) {
         let mut results = self.results.lock().unwrap_or_else(|e| e.into_inner());
         results.retain(|id, _| runs.iter().any(|r| &r.run_id == id));
+        // A run the control plane no longer lists (its lease lost, or the control plane restarted
+        // without it) is killed: a job never runs twice at once.
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.retain(|id, pgid| {
+            let keep = runs.iter().any(|r| &r.run_id == id);
+            if !keep {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(*pgid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            keep
+        });
+        drop(groups);
         for r in runs {
             if results.contains_key(&r.run_id) {
                 continue;
@@ -69,18 +85,21 @@ impl JobRunner {
             let ctx = ctx.clone();
             let run = r.clone();
             tokio::spawn(async move {
-                let res = execute(&ctx, &a, &run).await;
-                me.results
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(run.run_id.clone(), JobResult { started_ms: started, ..res });
+                let res = execute(&ctx, &a, &run, &me).await;
+                me.groups.lock().unwrap_or_else(|e| e.into_inner()).remove(&run.run_id);
+                let mut results = me.results.lock().unwrap_or_else(|e| e.into_inner());
+                // Only while still desired: a run killed as undesired is not reported back.
+                if results.contains_key(&run.run_id) {
+                    results.insert(run.run_id.clone(), JobResult { started_ms: started, ..res });
+                }
+                drop(results);
                 ctx.board.changed.notify_one();
             });
         }
     }
 }
 
-async fn execute(ctx: &PodCtx, a: &Assignment, r: &JobRun) -> JobResult {
+async fn execute(ctx: &PodCtx, a: &Assignment, r: &JobRun, runner: &JobRunner) -> JobResult {
     let sandbox = ctx.sandbox(a);
     let stub = TaskLaunch {
         name: format!("job-{}", r.job),
@@ -120,6 +139,9 @@ async fn execute(ctx: &PodCtx, a: &Assignment, r: &JobRun) -> JobResult {
         Err(e) => return done("failed", None, format!("cannot start: {e}")),
     };
     let pgid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
+    if let Some(pg) = pgid {
+        runner.groups.lock().unwrap_or_else(|e| e.into_inner()).insert(r.run_id.clone(), pg.as_raw());
+    }
     let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
     let collect = async move {
         let mut buf = Vec::new();
