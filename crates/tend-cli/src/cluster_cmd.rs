@@ -33,9 +33,12 @@ pub async fn server(
     data_dir: PathBuf,
     listen: SocketAddr,
     lost_after_seconds: u64,
+    job_lease_ttl_seconds: i64,
 ) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(job_lease_ttl_seconds >= 1, "--job-lease-ttl-seconds must be at least 1");
     let mut cfg = ServerConfig::new(&data_dir, listen);
     cfg.agent_lost_after_ms = lost_after_seconds * 1000;
+    cfg.job_lease_ttl_seconds = job_lease_ttl_seconds;
     let server = Server::open(cfg).await?;
     let s2 = server.clone();
     let serve = tokio::spawn(async move { s2.serve(shutdown_signal()).await });

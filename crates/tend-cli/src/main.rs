@@ -43,6 +43,9 @@ enum Command {
         /// An agent silent for this long is lost.
         #[arg(long, default_value_t = 5)]
         agent_lost_after_seconds: u64,
+        /// TTL of maintenance-run leases (renewed every TTL/10).
+        #[arg(long, default_value_t = 30)]
+        job_lease_ttl_seconds: i64,
     },
     /// Control plane, three local agents and an embedded store in one process, deploying SPEC.
     Dev {
@@ -284,8 +287,8 @@ enum WorkflowCmd {
 async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result<ExitCode> {
     use service_cmd as sc;
     match cmd {
-        Command::Server { data_dir, listen, agent_lost_after_seconds } => {
-            cluster_cmd::server(data_dir, listen, agent_lost_after_seconds).await
+        Command::Server { data_dir, listen, agent_lost_after_seconds, job_lease_ttl_seconds } => {
+            cluster_cmd::server(data_dir, listen, agent_lost_after_seconds, job_lease_ttl_seconds).await
         }
         Command::Dev { spec, data_dir, listen, agents } => {
             cluster_cmd::dev(&spec, data_dir, listen, agents).await

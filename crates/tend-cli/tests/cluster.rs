@@ -758,3 +758,37 @@ fn maintenance_jobs_respect_leases_windows_backoff_and_alarms() {
     let err = c.api(&["job", "run", "nope", "--service", "m"]).unwrap_err();
     assert!(err.contains("no job `nope`"), "{err}");
 }
+
+#[test]
+fn a_control_plane_killed_mid_run_never_runs_a_job_twice_at_once() {
+    if !Command::new("sh").args(["-c", "command -v flock"]).status().is_ok_and(|s| s.success()) {
+        eprintln!("skipped: needs flock (util-linux)");
+        return;
+    }
+    let mut c = Cluster::start();
+    let log = c.dir.path().join("runs.log");
+    let lock = c.dir.path().join("job.lock");
+    let spec = c.write_spec(
+        "once.yml",
+        &format!(
+            "version: 1\nname: once\npods:\n  w:\n    tasks: {{ t: {{ cmd: 'exec sleep 600' }} }}\njobs:\n  long:\n    pod: w\n    cmd: \"flock -n {lock} -c 'echo run $TEND_JOB_RUN >> {log}; sleep 4' || echo OVERLAP >> {log}\"\n    interval_seconds: 1\n",
+            lock = lock.display(),
+            log = log.display()
+        ),
+    );
+    c.deploy(&spec, true).unwrap();
+    c.wait_for(Duration::from_secs(20), "a run under way", |_| {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("run "))
+    });
+    c.kill_server();
+    c.start_server();
+    // After the restart: the old lease keeps others out until it expires, the agent kills the
+    // run the new control plane does not list, then a new run starts and succeeds.
+    c.wait_for(Duration::from_secs(40), "a run succeeding after the restart", |c| {
+        c.api(&["job", "history", "long", "--service", "once"])
+            .is_ok_and(|h| h.as_array().is_some_and(|a| a.iter().any(|r| r["status"] == "succeeded")))
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("OVERLAP"), "two runs at once:\n{text}");
+    assert!(text.lines().count() >= 2, "{text}");
+}

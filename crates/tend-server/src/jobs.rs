@@ -17,8 +17,6 @@ use tend_jobs::window::RunPolicy;
 use crate::deploy::{judge, pod_of};
 use crate::Server;
 
-/// Lease TTL of a run; the holder renews every TTL/10.
-pub const LEASE_TTL_SECONDS: i64 = 30;
 const POLICIES: &str = "jobs/policies/";
 
 fn history_prefix(svc: &str) -> String {
@@ -68,7 +66,11 @@ pub struct JobsState {
 }
 
 fn lm(server: &Server) -> LeaseManager {
-    LeaseManager::new(server.inner.store.clone(), "jobs/leases", LEASE_TTL_SECONDS)
+    LeaseManager::new(
+        server.inner.store.clone(),
+        "jobs/leases",
+        server.inner.cfg.job_lease_ttl_seconds.max(1),
+    )
 }
 
 /// Run policies from the store; an error fails closed (callers block every job).
@@ -362,11 +364,12 @@ pub async fn tick_once(server: &Server) -> anyhow::Result<bool> {
 
 /// Renews the leases of active runs every TTL/10; a run whose lease may have expired is aborted.
 async fn renew(server: &Server, leases: &LeaseManager, now: u64) {
+    let ttl_ms = leases.ttl_seconds() as u64 * 1000;
     let due: Vec<(String, Held, u64)> = {
         let st = server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner());
         st.active
             .iter()
-            .filter(|(_, r)| now.saturating_sub(r.last_renewed_ms) >= (LEASE_TTL_SECONDS as u64 * 1000) / 10)
+            .filter(|(_, r)| now.saturating_sub(r.last_renewed_ms) >= ttl_ms / 10)
             .map(|(id, r)| (id.clone(), r.held.clone(), r.last_renewed_ms))
             .collect()
     };
@@ -380,7 +383,7 @@ async fn renew(server: &Server, leases: &LeaseManager, now: u64) {
                 }
             }
             Err(e)
-                if now.saturating_sub(last_ok) >= LEASE_TTL_SECONDS as u64 * 1000
+                if now.saturating_sub(last_ok) >= ttl_ms
                     || matches!(
                         e,
                         tend_jobs::lease::LeaseError::Lost(_)

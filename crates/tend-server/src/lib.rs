@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub status_interval_ms: u64,
     /// Maintenance scheduler tick (faster after a tick that started runs).
     pub job_tick_ms: u64,
+    /// TTL of a maintenance run's lease; renewed every TTL/10.
+    pub job_lease_ttl_seconds: i64,
 }
 
 impl ServerConfig {
@@ -50,6 +52,7 @@ impl ServerConfig {
             agent_lost_after_ms: 5_000,
             status_interval_ms: 500,
             job_tick_ms: 1_000,
+            job_lease_ttl_seconds: 30,
         }
     }
 }
