@@ -62,6 +62,9 @@ pub struct JobsState {
     first_seen: HashMap<(String, String, String), u64>,
     pace_until: HashMap<(String, String), u64>,
     alarms: HashMap<(String, String, String), Alarm>,
+    /// (last success, last failure, estimate) per job-instance, read from history once and
+    /// dropped whenever a run of it ends: a tick does not read history.
+    summaries: HashMap<(String, String, String), (Option<u64>, Option<u64>, u64)>,
     pub statuses: BTreeMap<String, Vec<JobStatusInfo>>,
 }
 
@@ -138,6 +141,16 @@ pub async fn tick_once(server: &Server) -> anyhow::Result<bool> {
             continue;
         }
         let instances = server.instances(&svc).await?;
+        // On-demand requests of this service, in one read.
+        let wanted: std::collections::HashSet<String> = server
+            .inner
+            .store
+            .range(&format!("jobs/ondemand/{svc}/"))
+            .await?
+            .kvs
+            .into_iter()
+            .map(|kv| kv.key)
+            .collect();
         let mut jis = Vec::new();
         let mut meta = Vec::new(); // (job index, agent, healthy reason)
         for (ji, job) in spec.jobs.iter().enumerate() {
@@ -155,8 +168,7 @@ pub async fn tick_once(server: &Server) -> anyhow::Result<bool> {
                     continue;
                 }
                 let Some(agent) = rec.agent.clone() else { continue };
-                let runs = history::runs(server.inner.store.as_ref(), &history_prefix(&svc), &job.name, inst)
-                    .await?;
+                let summary = summary(server, &svc, &job.name, inst).await?;
                 let created = {
                     let mut st = server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner());
                     *st.first_seen.entry((svc.clone(), job.name.clone(), inst.clone())).or_insert(now)
@@ -169,8 +181,7 @@ pub async fn tick_once(server: &Server) -> anyhow::Result<bool> {
                     .active
                     .values()
                     .any(|r| r.service == svc && r.job == job.name && &r.instance == inst);
-                let on_demand =
-                    server.inner.store.get(&on_demand_key(&svc, &job.name, inst)).await?.is_some();
+                let on_demand = wanted.contains(&on_demand_key(&svc, &job.name, inst));
                 // Health gate: the instance's tasks run and are ready, and recovery is not at work on it.
                 let gate =
                     match (server.task_statuses(&agent, &svc, inst, rec.incarnation), pod_of(&spec, inst)) {
@@ -189,10 +200,10 @@ pub async fn tick_once(server: &Server) -> anyhow::Result<bool> {
                     pod: job.pod.clone(),
                     instance: inst.clone(),
                     timing: timing.clone(),
-                    last_success_ms: history::last_success(&runs),
-                    last_failure_ms: history::last_failure(&runs),
+                    last_success_ms: summary.0,
+                    last_failure_ms: summary.1,
                     created_ms: created,
-                    estimate_ms: history::estimate(&runs),
+                    estimate_ms: summary.2,
                     on_demand,
                     running,
                 });
@@ -410,6 +421,23 @@ async fn renew(server: &Server, leases: &LeaseManager, now: u64) {
     }
 }
 
+/// Last success, last failure and duration estimate of a job-instance (cached).
+async fn summary(
+    server: &Server,
+    svc: &str,
+    job: &str,
+    inst: &str,
+) -> anyhow::Result<(Option<u64>, Option<u64>, u64)> {
+    let key = (svc.to_string(), job.to_string(), inst.to_string());
+    if let Some(s) = server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).summaries.get(&key) {
+        return Ok(*s);
+    }
+    let runs = history::runs(server.inner.store.as_ref(), &history_prefix(svc), job, inst).await?;
+    let s = (history::last_success(&runs), history::last_failure(&runs), history::estimate(&runs));
+    server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).summaries.insert(key, s);
+    Ok(s)
+}
+
 /// Job runs an agent must execute now.
 pub fn runs_for(server: &Server, agent: &str) -> Vec<JobRun> {
     let st = server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner());
@@ -452,6 +480,12 @@ pub async fn on_results(server: &Server, agent: &str, results: Vec<JobResult>) {
             RunRecord { end_ms: Some(end), status, output_tail: res.output_tail.clone(), ..r.record.clone() };
         let written =
             history::record(server.inner.store.as_ref(), &history_prefix(&r.service), &r.held, &record).await;
+        // The history changed: forget the cached summary of this job-instance.
+        server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).summaries.remove(&(
+            r.service.clone(),
+            r.job.clone(),
+            r.instance.clone(),
+        ));
         let holder = format!("cp-{}", server.inner.epoch);
         let _ = lm(server).release(&holder, &r.held).await;
         let duration = end.saturating_sub(r.record.start_ms);
