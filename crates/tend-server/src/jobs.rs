@@ -55,6 +55,9 @@ pub struct JobStatusInfo {
     pub on_demand: bool,
 }
 
+/// (last success, last failure, duration estimate) of a job-instance.
+type Summary = (Option<u64>, Option<u64>, u64);
+
 /// The jobs loop's memory.
 #[derive(Default)]
 pub struct JobsState {
@@ -64,7 +67,7 @@ pub struct JobsState {
     alarms: HashMap<(String, String, String), Alarm>,
     /// (last success, last failure, estimate) per job-instance, read from history once and
     /// dropped whenever a run of it ends: a tick does not read history.
-    summaries: HashMap<(String, String, String), (Option<u64>, Option<u64>, u64)>,
+    summaries: HashMap<(String, String, String), Summary>,
     pub statuses: BTreeMap<String, Vec<JobStatusInfo>>,
 }
 
@@ -422,12 +425,7 @@ async fn renew(server: &Server, leases: &LeaseManager, now: u64) {
 }
 
 /// Last success, last failure and duration estimate of a job-instance (cached).
-async fn summary(
-    server: &Server,
-    svc: &str,
-    job: &str,
-    inst: &str,
-) -> anyhow::Result<(Option<u64>, Option<u64>, u64)> {
+async fn summary(server: &Server, svc: &str, job: &str, inst: &str) -> anyhow::Result<Summary> {
     let key = (svc.to_string(), job.to_string(), inst.to_string());
     if let Some(s) = server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).summaries.get(&key) {
         return Ok(*s);
