@@ -14,27 +14,6 @@ fn tend() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tend"))
 }
 
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &self.0 {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        for c in &mut self.0 {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 fn spawn_rate(n: usize) -> f64 {
     let t = Instant::now();
     for _ in 0..n {
@@ -78,12 +57,13 @@ async fn main() {
     let base = format!("http://127.0.0.1:{port}");
     let spawn = spawn_rate(1000);
     println!("reference: spawn+wait of /bin/true          {spawn:>8.0} /s");
-    let mut procs = Procs(vec![start_server(dir.path(), port)]);
+    let mut procs = tend_testkit::Procs::new(Duration::from_secs(30));
+    procs.children.push(start_server(dir.path(), port));
     wait_port(port).await;
     let token = std::fs::read_to_string(dir.path().join("server/token")).expect("token").trim().to_string();
     for (i, zone) in ["a", "b", "c"].iter().enumerate() {
         let lo = 40_000 + i as u16 * 1000;
-        procs.0.push(
+        procs.children.push(
             tend()
                 .args([
                     "agent",
@@ -153,12 +133,12 @@ async fn main() {
         .and_then(|v| v.as_array().map(|a| a.len()))
         .unwrap_or(0);
     // SIGKILL the control plane with the tasks running, then start it again.
-    let mut server = procs.0.remove(0);
+    let mut server = procs.children.remove(0);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.id() as i32), nix::sys::signal::Signal::SIGKILL)
         .expect("kill");
     server.wait().expect("reap");
     let t = Instant::now();
-    procs.0.insert(0, start_server(dir.path(), port));
+    procs.children.insert(0, start_server(dir.path(), port));
     wait_port(port).await;
     let listening = t.elapsed().as_secs_f64();
     let (mut reconciled, mut complete) = (None, None);

@@ -2,7 +2,7 @@
 //! replacement process running), median and p99 over N kills, beside runit's `runsv` measured the
 //! same way in the same run; then agent loss → replacement running on another agent.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -12,38 +12,9 @@ fn tend() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tend"))
 }
 
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &self.0 {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGCONT);
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-        }
-        for c in &mut self.0 {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Pids of processes whose command line is exactly `sleep <arg>`.
 fn find(arg: &str) -> Vec<i32> {
-    let want = format!("sleep\0{arg}\0");
-    let mut out = Vec::new();
-    if let Ok(d) = std::fs::read_dir("/proc") {
-        for e in d.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes()) {
-                out.push(pid);
-            }
-        }
-    }
-    out
+    tend_testkit::pids_with_cmdline(&["sleep", arg])
 }
 
 /// Kills the one `sleep <arg>` `n` times; returns the latencies until a new one runs.
@@ -106,12 +77,15 @@ fn main() {
         std::fs::create_dir_all(&svc).expect("svc dir");
         std::fs::write(svc.join("run"), "#!/bin/sh\nexec sleep 3602\n").expect("run script");
         Command::new("chmod").arg("+x").arg(svc.join("run")).status().expect("chmod");
-        let runsv = Procs(vec![Command::new("runsv")
-            .arg(&svc)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("runsv")]);
+        let mut runsv = tend_testkit::Procs::new(Duration::from_secs(20));
+        runsv.children.push(
+            Command::new("runsv")
+                .arg(&svc)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("runsv"),
+        );
         let lat = measure("3602", n);
         drop(runsv);
         for p in find("3602") {
@@ -129,14 +103,17 @@ fn main() {
         .expect("port");
     let base = format!("http://127.0.0.1:{port}");
     let data = dir.path().join("server");
-    let mut procs = Procs(vec![tend()
-        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--agent-lost-after-seconds", "2"])
-        .arg("--data-dir")
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("server")]);
+    let mut procs = tend_testkit::Procs::new(Duration::from_secs(20));
+    procs.children.push(
+        tend()
+            .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--agent-lost-after-seconds", "2"])
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("server"),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !(data.join("cluster-token").exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
     {
@@ -145,7 +122,7 @@ fn main() {
     }
     for (i, zone) in ["a", "b", "c"].iter().enumerate() {
         let lo = 45_000 + i as u16 * 500;
-        procs.0.push(
+        procs.children.push(
             tend()
                 .args([
                     "agent",
@@ -206,7 +183,7 @@ fn main() {
     let idx = ["a1", "b1", "c1"].iter().position(|a| *a == agent).expect("agent") + 1;
     let old = find("3601");
     let t = Instant::now();
-    kill(Pid::from_raw(procs.0[idx].id() as i32), Signal::SIGSTOP).expect("stop agent");
+    kill(Pid::from_raw(procs.children[idx].id() as i32), Signal::SIGSTOP).expect("stop agent");
     loop {
         if find("3601").iter().any(|p| !old.contains(p)) {
             break;
@@ -219,5 +196,5 @@ fn main() {
         "agent loss → replacement running on another agent: {total:.2} s = heartbeat timeout 2 s (failure timeout 1 s, counted from the last heartbeat, ran within it) + {:.2} s rest",
         total - 2.0
     );
-    kill(Pid::from_raw(procs.0[idx].id() as i32), Signal::SIGCONT).expect("cont");
+    kill(Pid::from_raw(procs.children[idx].id() as i32), Signal::SIGCONT).expect("cont");
 }

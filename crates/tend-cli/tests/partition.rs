@@ -3,11 +3,8 @@
 //! itself before the control plane starts a replacement elsewhere — never two at once.
 //! Needs root and iproute2; skipped with a message otherwise.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 
 fn sh(cmd: &str) -> bool {
     Command::new("sh")
@@ -31,35 +28,9 @@ impl Drop for Net {
     }
 }
 
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &self.0 {
-            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-        }
-        for c in &mut self.0 {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// Pids of `sleep <arg>` processes.
 fn find(arg: &str) -> Vec<i32> {
-    let want = format!("sleep\0{arg}\0");
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want.as_bytes()) {
-            out.push(pid);
-        }
-    }
-    out
+    tend_testkit::pids_with_cmdline(&["sleep", arg])
 }
 
 fn tend() -> Command {
@@ -95,14 +66,17 @@ fn fence_mode_kills_the_cut_off_task_before_replacing_it() {
     let port = std::net::TcpListener::bind((root_ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
     let url = format!("http://{root_ip}:{port}");
     let data = dir.path().join("server");
-    let mut procs = Procs(vec![tend()
-        .args(["server", "--listen", &format!("{root_ip}:{port}"), "--agent-lost-after-seconds", "3"])
-        .arg("--data-dir")
-        .arg(&data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()]);
+    let mut procs = tend_testkit::Procs::new(Duration::from_secs(15));
+    procs.children.push(
+        tend()
+            .args(["server", "--listen", &format!("{root_ip}:{port}"), "--agent-lost-after-seconds", "3"])
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while !(data.join("cluster-token").exists()
         && std::net::TcpStream::connect((root_ip.as_str(), port)).is_ok())
@@ -142,7 +116,7 @@ fn fence_mode_kills_the_cut_off_task_before_replacing_it() {
         .unwrap()
     };
     // Only the namespaced agent at first, so that the instance lands there.
-    procs.0.push(agent("a1", Some(&net.ns), &ns_ip, 31_000));
+    procs.children.push(agent("a1", Some(&net.ns), &ns_ip, 31_000));
     let token = std::fs::read_to_string(data.join("token")).unwrap().trim().to_string();
     let spec = dir.path().join("f.yml");
     std::fs::write(
@@ -168,7 +142,7 @@ fn fence_mode_kills_the_cut_off_task_before_replacing_it() {
     let old = find("3599");
     assert_eq!(old.len(), 1, "one task running: {old:?}");
     let old = old[0];
-    procs.0.push(agent("b1", None, "127.0.0.1", 31_100));
+    procs.children.push(agent("b1", None, "127.0.0.1", 31_100));
     std::thread::sleep(Duration::from_millis(1500));
     // Partition: the namespaced agent loses the control plane.
     assert!(sh(&format!("ip link set {} down", net.veth)));

@@ -11,23 +11,6 @@ use tend_jobs::window::RunPolicy;
 use tend_model::SystemClock;
 use tend_store::StateStore;
 
-fn fdatasync_rate(dir: &std::path::Path, n: usize) -> f64 {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(dir.join("sync.bin"))
-        .expect("file");
-    let buf = [7u8; 4096];
-    let t = Instant::now();
-    for i in 0..n {
-        f.write_all_at(&buf, ((i % 64) * 4096) as u64).expect("write");
-        f.sync_data().expect("sync");
-    }
-    n as f64 / t.elapsed().as_secs_f64()
-}
-
 fn main() {
     const H: u64 = 3_600_000;
     let now = 1_000 * H;
@@ -93,7 +76,7 @@ fn main() {
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let sync = fdatasync_rate(dir.path(), 1000);
+    let sync = tend_testkit::fdatasync_rate(dir.path(), 1000);
     println!("reference: raw 4 KiB write+fdatasync: {sync:.0} /s");
     rt.block_on(async {
         let store: Arc<dyn StateStore> =

@@ -2,7 +2,6 @@
 //! batched transactions), printed beside the raw fdatasync rate of the same disk in the same run.
 
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,28 +9,12 @@ use tend_model::SystemClock;
 use tend_store::{StateStore, Txn, TxnOp};
 use tend_store_redb::RedbStore;
 
-fn fdatasync_rate(dir: &std::path::Path, n: usize) -> f64 {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(dir.join("sync.bin"))
-        .unwrap();
-    let buf = [7u8; 4096];
-    let t = Instant::now();
-    for i in 0..n {
-        f.write_all_at(&buf, ((i % 64) * 4096) as u64).unwrap();
-        f.sync_data().unwrap();
-    }
-    n as f64 / t.elapsed().as_secs_f64()
-}
-
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 1 } else { 4 };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let sync_rate = fdatasync_rate(dir.path(), 500 * scale);
+    let sync_rate = tend_testkit::fdatasync_rate(dir.path(), 500 * scale);
     println!("reference: raw 4 KiB write+fdatasync       {:>9.0} /s", sync_rate);
     rt.block_on(async {
         let store = RedbStore::open(dir.path().join("bench.redb"), Arc::new(SystemClock)).unwrap();
