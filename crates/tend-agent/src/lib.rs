@@ -311,13 +311,7 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
             if busy || released.contains(r) {
                 continue;
             }
-            let dir = st
-                .ctx
-                .data_dir
-                .join("volumes")
-                .join(&r.service)
-                .join(&r.instance)
-                .join(r.generation.to_string());
+            let dir = st.ctx.volume_generation_dir(&r.service, &r.instance, r.generation);
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {
                     tracing::info!(service = %r.service, instance = %r.instance, generation = r.generation, "deleted the volumes of a replaced instance")
@@ -474,14 +468,8 @@ async fn logs(State(st): State<Arc<AgentState>>, headers: HeaderMap, Query(q): Q
     if !valid(&q.service) || !valid(&q.instance) || !valid(&q.task) {
         return api_error(StatusCode::BAD_REQUEST, "bad_request", "invalid name".into());
     }
-    let path = st
-        .cfg
-        .data_dir
-        .join("sandboxes")
-        .join(&q.service)
-        .join(&q.instance)
-        .join(q.incarnation.to_string())
-        .join(format!("{}.{stream}", q.task));
+    let path =
+        st.ctx.sandbox_dir(&q.service, &q.instance, q.incarnation).join(format!("{}.{stream}", q.task));
     let Ok(bytes) = tokio::fs::read(&path).await else {
         return api_error(StatusCode::NOT_FOUND, "not_found", format!("no {stream} log for that task"));
     };

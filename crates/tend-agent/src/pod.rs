@@ -83,16 +83,19 @@ pub struct PodCtx {
 
 impl PodCtx {
     pub fn sandbox(&self, a: &Assignment) -> PathBuf {
-        self.data_dir.join("sandboxes").join(&a.service).join(&a.instance).join(a.incarnation.to_string())
+        self.sandbox_dir(&a.service, &a.instance, a.incarnation)
+    }
+    /// The sandbox of one incarnation: `sandboxes/<service>/<instance>/<incarnation>`.
+    pub fn sandbox_dir(&self, service: &str, instance: &str, incarnation: u64) -> PathBuf {
+        self.data_dir.join("sandboxes").join(service).join(instance).join(incarnation.to_string())
     }
     /// A volume of the instance, under its generation: a replacement gets fresh ones.
     pub fn volume(&self, a: &Assignment, name: &str) -> PathBuf {
-        self.data_dir
-            .join("volumes")
-            .join(&a.service)
-            .join(&a.instance)
-            .join(a.volume_generation.to_string())
-            .join(name)
+        self.volume_generation_dir(&a.service, &a.instance, a.volume_generation).join(name)
+    }
+    /// All volumes of one generation of an instance: `volumes/<service>/<instance>/<generation>`.
+    pub fn volume_generation_dir(&self, service: &str, instance: &str, generation: u64) -> PathBuf {
+        self.data_dir.join("volumes").join(service).join(instance).join(generation.to_string())
     }
 }
 

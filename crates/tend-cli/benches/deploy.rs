@@ -63,28 +63,15 @@ async fn main() {
     let token = std::fs::read_to_string(dir.path().join("server/token")).expect("token").trim().to_string();
     for (i, zone) in ["a", "b", "c"].iter().enumerate() {
         let lo = 40_000 + i as u16 * 1000;
-        procs.children.push(
-            tend()
-                .args([
-                    "agent",
-                    "run",
-                    "--server",
-                    &base,
-                    "--id",
-                    &format!("{zone}1"),
-                    "--attr",
-                    &format!("zone={zone}"),
-                ])
-                .args(["--cpus", "64", "--memory-mb", "65536", "--ports", &format!("{lo}-{}", lo + 999)])
-                .arg("--cluster-token-file")
-                .arg(dir.path().join("server/cluster-token"))
-                .arg("--data-dir")
-                .arg(dir.path().join(format!("agent-{zone}")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("agent starts"),
-        );
+        procs.children.push(tend_testkit::spawn_agent(
+            env!("CARGO_BIN_EXE_tend"),
+            &base,
+            zone,
+            (lo, lo + 999),
+            &dir.path().join("server/cluster-token"),
+            &dir.path().join(format!("agent-{zone}")),
+            &["--cpus", "64", "--memory-mb", "65536"],
+        ));
     }
     let http = reqwest::Client::new();
     for _ in 0..500 {

@@ -122,28 +122,15 @@ fn main() {
     }
     for (i, zone) in ["a", "b", "c"].iter().enumerate() {
         let lo = 45_000 + i as u16 * 500;
-        procs.children.push(
-            tend()
-                .args([
-                    "agent",
-                    "run",
-                    "--server",
-                    &base,
-                    "--id",
-                    &format!("{zone}1"),
-                    "--attr",
-                    &format!("zone={zone}"),
-                ])
-                .args(["--ports", &format!("{lo}-{}", lo + 99)])
-                .arg("--cluster-token-file")
-                .arg(data.join("cluster-token"))
-                .arg("--data-dir")
-                .arg(dir.path().join(format!("agent-{zone}")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("agent"),
-        );
+        procs.children.push(tend_testkit::spawn_agent(
+            env!("CARGO_BIN_EXE_tend"),
+            &base,
+            zone,
+            (lo, lo + 99),
+            &data.join("cluster-token"),
+            &dir.path().join(format!("agent-{zone}")),
+            &[],
+        ));
     }
     let token = std::fs::read_to_string(data.join("token")).expect("token").trim().to_string();
     let spec = dir.path().join("r.yml");

@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -72,4 +72,38 @@ pub fn fdatasync_rate(dir: &Path, n: usize) -> f64 {
         f.sync_data().expect("fdatasync");
     }
     n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Starts `tend agent run` (binary `tend`) as agent `<zone>1` with attribute `zone=<zone>`,
+/// ports `lo..=hi`, the cluster token from `token_file`, and `extra` arguments; output discarded.
+pub fn spawn_agent(
+    tend: &str,
+    server: &str,
+    zone: &str,
+    ports: (u16, u16),
+    token_file: &Path,
+    data_dir: &Path,
+    extra: &[&str],
+) -> Child {
+    Command::new(tend)
+        .args([
+            "agent",
+            "run",
+            "--server",
+            server,
+            "--id",
+            &format!("{zone}1"),
+            "--attr",
+            &format!("zone={zone}"),
+        ])
+        .args(["--ports", &format!("{}-{}", ports.0, ports.1)])
+        .args(extra)
+        .arg("--cluster-token-file")
+        .arg(token_file)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tend agent starts")
 }
