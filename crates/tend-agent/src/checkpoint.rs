@@ -23,6 +23,22 @@ pub struct TaskCk {
 pub struct Checkpoint {
     pub assignment: Assignment,
     pub tasks: BTreeMap<String, TaskCk>,
+    /// `once`/`finish` tasks that ended, with their exit code: a re-adopted incarnation reports
+    /// them, so that no plan waits on a state that cannot come.
+    #[serde(default)]
+    pub finished: BTreeMap<String, Option<i32>>,
+}
+
+impl Checkpoint {
+    /// Whether every task that must finish before the long-running ones did, successfully: only
+    /// then can the incarnation be re-adopted as it is.
+    pub fn prelude_done(&self) -> bool {
+        self.assignment
+            .tasks
+            .iter()
+            .filter(|t| t.goal != "running" && !t.skip)
+            .all(|t| self.finished.get(&t.name) == Some(&Some(0)))
+    }
 }
 
 /// The checkpoint files of an agent (one per instance).
@@ -43,14 +59,28 @@ impl Checkpoints {
     /// Records that `task` of `a` now runs as `pid`.
     pub fn record(&self, a: &Assignment, task: &str, pid: u32, restarts: u32) {
         let Some(start_time) = crate::pod::proc_start_time(pid) else { return };
+        self.change(a, |ck| {
+            ck.tasks.insert(task.to_string(), TaskCk { pid, start_time, restarts });
+        });
+    }
+
+    /// Records that a `once`/`finish` task of `a` ended with `code`.
+    pub fn record_finished(&self, a: &Assignment, task: &str, code: Option<i32>) {
+        self.change(a, |ck| {
+            ck.tasks.remove(task);
+            ck.finished.insert(task.to_string(), code);
+        });
+    }
+
+    fn change(&self, a: &Assignment, f: impl FnOnce(&mut Checkpoint)) {
         let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let path = self.path(a);
         let mut ck = std::fs::read(&path)
             .ok()
             .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok())
             .filter(|c| c.assignment.incarnation == a.incarnation)
-            .unwrap_or_else(|| Checkpoint { assignment: a.clone(), tasks: BTreeMap::new() });
-        ck.tasks.insert(task.to_string(), TaskCk { pid, start_time, restarts });
+            .unwrap_or_else(|| Checkpoint { assignment: a.clone(), tasks: BTreeMap::new(), finished: BTreeMap::new() });
+        f(&mut ck);
         if let Some(parent) = path.parent() {
             let _ = std::fs::create_dir_all(parent);
         }

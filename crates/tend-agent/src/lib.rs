@@ -9,6 +9,7 @@
 pub mod artifacts;
 pub mod checkpoint;
 pub mod checks;
+pub mod cluster;
 pub mod jobs;
 pub mod pod;
 
@@ -58,6 +59,11 @@ struct AgentState {
     released: std::sync::Mutex<Vec<tend_api::VolumeRelease>>,
     /// When the control plane last acknowledged a status report (ms since the epoch).
     last_contact: std::sync::atomic::AtomicU64,
+    /// The cluster this agent obeys and the highest store revision it acted on.
+    cluster: std::sync::Mutex<cluster::ClusterMemory>,
+    cluster_file: cluster::ClusterFile,
+    /// A refusal to obey, reported to the control plane until it is resolved.
+    conflict: std::sync::Mutex<Option<String>>,
 }
 
 /// Runs an agent until `shutdown` resolves; then stops every task it runs and returns.
@@ -96,7 +102,12 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let agent_url = format!("http://{}", listener.local_addr()?);
+    let cluster_file = cluster::ClusterFile::new(&cfg.data_dir);
+    let memory = cluster_file.load()?;
     let state = Arc::new(AgentState {
+        cluster: std::sync::Mutex::new(memory),
+        cluster_file,
+        conflict: std::sync::Mutex::new(None),
         cfg: cfg.clone(),
         http,
         ctx,
@@ -138,6 +149,7 @@ async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterRe
         agent_url: agent_url.to_string(),
         attributes: st.cfg.attributes.clone(),
         resources: st.cfg.resources.clone(),
+        cluster_id: st.cluster.lock().unwrap_or_else(|e| e.into_inner()).cluster_id.clone(),
     };
     let r = st
         .http
@@ -151,7 +163,17 @@ async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterRe
         let body = r.text().await.unwrap_or_default();
         anyhow::bail!("registration refused ({code}): {body}");
     }
-    Ok(r.json().await?)
+    let reg: RegisterResponse = r.json().await?;
+    // A fresh agent joins the cluster; an adopted one (the operator said so) changes cluster.
+    let mut mem = st.cluster.lock().unwrap_or_else(|e| e.into_inner());
+    if !reg.cluster_id.is_empty() && mem.cluster_id.as_deref() != Some(reg.cluster_id.as_str()) {
+        if let Some(old) = &mem.cluster_id {
+            tracing::warn!(agent = %st.cfg.id, from = %old, to = %reg.cluster_id, "adopted by another cluster");
+        }
+        *mem = cluster::ClusterMemory { cluster_id: Some(reg.cluster_id.clone()), revision: 0 };
+        st.cluster_file.save(&mem)?;
+    }
+    Ok(reg)
 }
 
 async fn post_status(st: &AgentState, seq: u64) -> anyhow::Result<()> {
@@ -160,6 +182,7 @@ async fn post_status(st: &AgentState, seq: u64) -> anyhow::Result<()> {
         seq,
         tasks: st.ctx.board.snapshot(),
         released_volumes: released,
+        conflict: st.conflict.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         job_results: st.jobs.results(),
     };
     let r = st
@@ -188,9 +211,16 @@ async fn main_loop(
         let reg = match register(&st, &agent_url).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(agent = %st.cfg.id, error = %e, "cannot register; retrying");
+                let text = e.to_string();
+                if text.contains("cluster_mismatch") {
+                    // Loud, and nothing is stopped: the tasks keep running.
+                    tracing::error!(agent = %st.cfg.id, error = %text, "the control plane belongs to another cluster; tasks keep running");
+                    backoff = Duration::from_secs(5);
+                } else {
+                    tracing::warn!(agent = %st.cfg.id, error = %e, "cannot register; retrying");
+                }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
@@ -266,7 +296,30 @@ async fn desired_loop(st: &Arc<AgentState>, mut stop: watch::Receiver<bool>) -> 
         };
         failures = 0;
         index = desired.index;
+        let refusal = {
+            let mem = st.cluster.lock().unwrap_or_else(|e| e.into_inner());
+            cluster::refuse(&mem, &desired.cluster_id, desired.revision)
+        };
+        if let Some(why) = refusal {
+            tracing::error!(agent = %st.cfg.id, "{why}");
+            *st.conflict.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        *st.conflict.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        remember_revision(st, desired.revision);
         reconcile(st, desired).await;
+    }
+}
+
+/// Remembers the highest store revision obeyed (before acting on it).
+fn remember_revision(st: &AgentState, revision: u64) {
+    let mut mem = st.cluster.lock().unwrap_or_else(|e| e.into_inner());
+    if revision > mem.revision {
+        mem.revision = revision;
+        if let Err(e) = st.cluster_file.save(&mem) {
+            tracing::warn!(error = %e, "cannot save the cluster memory");
+        }
     }
 }
 
@@ -299,23 +352,23 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
             st.ctx.board.forget(&service, &instance);
         }
     }
-    // Delete the volumes of replaced instances, once nothing of theirs runs here.
+    // Delete the volumes the control plane released (retention ended or a user asked), never
+    // one an incarnation running here uses.
     {
         let running = st.pods.running.lock().unwrap_or_else(|e| e.into_inner());
         let mut released = st.released.lock().unwrap_or_else(|e| e.into_inner());
         released.retain(|r| desired.release_volumes.contains(r));
         for r in &desired.release_volumes {
-            let busy = running
-                .get(&(r.service.clone(), r.instance.clone()))
-                .is_some_and(|h| h.volume_generation == r.generation);
+            let busy = running.values().any(|h| h.volume_id == r.id);
             if busy || released.contains(r) {
                 continue;
             }
-            let dir = st.ctx.volume_generation_dir(&r.service, &r.instance, r.generation);
+            let Some(dir) = st.ctx.volume_set_dir(&r.id) else {
+                tracing::warn!(id = %r.id, "refusing to delete a volume with an invalid id");
+                continue;
+            };
             match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {
-                    tracing::info!(service = %r.service, instance = %r.instance, generation = r.generation, "deleted the volumes of a replaced instance")
-                }
+                Ok(()) => tracing::info!(id = %r.id, dir = %dir.display(), "deleted a released volume"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot delete released volumes; will retry");
@@ -338,11 +391,11 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
         let (tx, rx) = watch::channel(false);
         let incarnation = a.incarnation;
         let fence_after_ms = a.fence_after_ms;
-        let volume_generation = a.volume_generation;
+        let volume_id = a.volume_id.clone();
         let assignment = a.clone();
         let found = st.adoptable.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
         let join = match found {
-            Some(ck) if ck.assignment.incarnation == a.incarnation => {
+            Some(ck) if ck.assignment.incarnation == a.incarnation && ck.prelude_done() => {
                 tracing::info!(service = %a.service, instance = %a.instance, incarnation, "re-adopting");
                 tokio::spawn(pod::run_adopted(st.ctx.clone(), a, ck, rx))
             }
@@ -356,7 +409,7 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
         };
         running.insert(
             key,
-            PodHandle { incarnation, cancel: tx, join, fence_after_ms, volume_generation, assignment },
+            PodHandle { incarnation, cancel: tx, join, fence_after_ms, volume_id, assignment },
         );
     }
     // Maintenance job runs, in the sandbox of the incarnation running here.

@@ -89,13 +89,14 @@ impl PodCtx {
     pub fn sandbox_dir(&self, service: &str, instance: &str, incarnation: u64) -> PathBuf {
         self.data_dir.join("sandboxes").join(service).join(instance).join(incarnation.to_string())
     }
-    /// A volume of the instance, under its generation: a replacement gets fresh ones.
-    pub fn volume(&self, a: &Assignment, name: &str) -> PathBuf {
-        self.volume_generation_dir(&a.service, &a.instance, a.volume_generation).join(name)
+    /// A volume of the instance: `volumes/<volume id>/<name>`. Ids are never reused, so a new
+    /// instance or service never sees another's data.
+    pub fn volume(&self, a: &Assignment, name: &str) -> Option<PathBuf> {
+        Some(self.volume_set_dir(&a.volume_id)?.join(name))
     }
-    /// All volumes of one generation of an instance: `volumes/<service>/<instance>/<generation>`.
-    pub fn volume_generation_dir(&self, service: &str, instance: &str, generation: u64) -> PathBuf {
-        self.data_dir.join("volumes").join(service).join(instance).join(generation.to_string())
+    /// All volumes of one volume set (None: not a valid volume id).
+    pub fn volume_set_dir(&self, id: &str) -> Option<PathBuf> {
+        tend_model::VolumeId::parse(id).map(|id| self.data_dir.join("volumes").join(id.as_str()))
     }
 }
 
@@ -114,6 +115,7 @@ fn status(a: &Assignment, t: &TaskLaunch, state: TaskState, message: Option<Stri
         since_ms: now_ms(),
         restarts: 0,
         next_restart_ms: None,
+        crash_loop: 0,
     }
 }
 
@@ -131,23 +133,32 @@ pub fn task_env(ctx: &PodCtx, a: &Assignment, t: &TaskLaunch, sandbox: &Path) ->
         env.insert(format!("PORT_{}", name.to_ascii_uppercase().replace('-', "_")), port.to_string());
     }
     for v in &a.volumes {
+        let Some(dir) = ctx.volume(a, &v.name) else { continue };
         env.insert(
             format!("TEND_VOLUME_{}", v.name.to_ascii_uppercase().replace('-', "_")),
-            ctx.volume(a, &v.name).display().to_string(),
+            dir.display().to_string(),
         );
     }
     env.extend(t.env.clone());
     env
 }
 
-/// Prepares the sandbox: directories, volume links, artifacts.
+/// Prepares the sandbox: directories, volume links, artifacts. A sandbox left by an earlier
+/// life of the same name (a deleted service) is cleared first: a launch starts clean.
 async fn prepare(ctx: &PodCtx, a: &Assignment) -> Result<PathBuf, String> {
     let sandbox = ctx.sandbox(a);
+    if tokio::fs::symlink_metadata(&sandbox).await.is_ok() {
+        tokio::fs::remove_dir_all(&sandbox)
+            .await
+            .map_err(|e| format!("cannot clear the old sandbox {}: {e}", sandbox.display()))?;
+    }
     tokio::fs::create_dir_all(&sandbox)
         .await
         .map_err(|e| format!("cannot create sandbox {}: {e}", sandbox.display()))?;
     for v in &a.volumes {
-        let dir = ctx.volume(a, &v.name);
+        let dir = ctx
+            .volume(a, &v.name)
+            .ok_or_else(|| format!("invalid volume id `{}` for volume {}", a.volume_id, v.name))?;
         tokio::fs::create_dir_all(&dir)
             .await
             .map_err(|e| format!("cannot create volume {}: {e}", dir.display()))?;
@@ -270,6 +281,13 @@ pub async fn run_adopted(
     cancel: watch::Receiver<bool>,
 ) {
     let sandbox = ctx.sandbox(&a);
+    // Tasks that finished before the restart are reported as they ended (a plan may wait on them).
+    for t in a.tasks.iter().filter(|t| t.goal != "running") {
+        let code = if t.skip { Some(0) } else { ck.finished.get(&t.name).copied().flatten() };
+        let mut s = status(&a, t, TaskState::Exited, Some("finished before the agent restarted".into()));
+        s.exit_code = code;
+        ctx.board.set(s);
+    }
     supervise_running(&ctx, &a, &sandbox, &cancel, |t| {
         let adopt = ck.tasks.get(&t.name).and_then(|c| {
             (proc_start_time(c.pid) == Some(c.start_time)).then(|| {
@@ -301,18 +319,20 @@ async fn supervise_running(
     mut adopt: impl FnMut(&TaskLaunch) -> Option<(Proc, u32)>,
 ) {
     let mut running = Vec::new();
+    // Bumped when an essential task stops: its siblings restart with it.
+    let essential_stops = Arc::new(watch::channel(0u64).0);
     for t in a.tasks.iter().filter(|t| t.goal == "running") {
         let env = task_env(ctx, a, t, sandbox);
         let adopted = adopt(t);
-        running.push(tokio::spawn(supervise(
-            ctx.clone(),
-            a.clone(),
-            t.clone(),
-            sandbox.to_path_buf(),
+        let sup = Supervised {
+            ctx: ctx.clone(),
+            a: a.clone(),
+            t: t.clone(),
+            sandbox: sandbox.to_path_buf(),
             env,
-            adopted,
-            cancel.clone(),
-        )));
+            essential_stops: essential_stops.clone(),
+        };
+        running.push(tokio::spawn(supervise(sup, adopted, cancel.clone())));
     }
     for h in running {
         let _ = h.await;
@@ -354,6 +374,9 @@ pub async fn run_pod(ctx: Arc<PodCtx>, a: Assignment, mut cancel: watch::Receive
                 return;
             }
         };
+        if let Some(pid) = p.pid() {
+            ctx.checkpoints.record(&a, &t.name, pid, 0);
+        }
         let mut s = status(&a, t, TaskState::Running, None);
         s.pid = p.pid();
         board.set(s);
@@ -366,6 +389,7 @@ pub async fn run_pod(ctx: Arc<PodCtx>, a: Assignment, mut cancel: watch::Receive
             }
         };
         let _ = killpg(p.pgid(), Signal::SIGKILL);
+        ctx.checkpoints.record_finished(&a, &t.name, code);
         board.update(&a.service, &a.instance, &t.name, |s| {
             s.state = TaskState::Exited;
             s.exit_code = code;
@@ -405,15 +429,27 @@ fn jitter() -> f64 {
 /// Keeps one long-running task up: spawn, watch (exit, readiness, health, cancellation, log
 /// rotation), and on exit restart it in place after the crash-loop backoff — the agent's own
 /// decision inside the incarnation, reported afterwards.
-async fn supervise(
+/// One long-running task of an incarnation and what it shares with its siblings.
+struct Supervised {
     ctx: Arc<PodCtx>,
     a: Assignment,
     t: TaskLaunch,
     sandbox: PathBuf,
     env: BTreeMap<String, String>,
-    mut adopt: Option<(Proc, u32)>,
-    mut cancel: watch::Receiver<bool>,
-) {
+    essential_stops: Arc<watch::Sender<u64>>,
+}
+
+/// Why a watched task stopped.
+struct Stopped {
+    code: Option<i32>,
+    how: String,
+    /// Stopped because an essential sibling stopped (not a crash of its own).
+    with_sibling: bool,
+}
+
+async fn supervise(sup: Supervised, mut adopt: Option<(Proc, u32)>, mut cancel: watch::Receiver<bool>) {
+    let Supervised { ctx, a, t, sandbox, env, essential_stops } = sup;
+    let mut sibling = essential_stops.subscribe();
     let board = ctx.board.clone();
     let backoff = tend_scheduler::recovery::RestartBackoff {
         initial_ms: a.backoff.initial_ms,
@@ -443,6 +479,7 @@ async fn supervise(
         let mut s = status(&a, &t, TaskState::Running, None);
         s.pid = p.pid();
         s.restarts = restarts;
+        s.crash_loop = crash.consecutive;
         s.message = if adopted {
             Some("re-adopted after an agent restart".into())
         } else {
@@ -450,12 +487,23 @@ async fn supervise(
         };
         board.set(s);
         let started = tokio::time::Instant::now();
-        let Some((code, how)) = watch_task(&board, &a, &t, &sandbox, &env, p, &mut cancel).await else {
+        sibling.borrow_and_update();
+        let Some(Stopped { code, how, with_sibling }) =
+            watch_task(&board, &a, &t, &sandbox, &env, p, &mut cancel, &mut sibling).await
+        else {
             return; // cancelled: no longer desired (reported by watch_task)
         };
+        if t.essential {
+            // An essential task's stop restarts the instance's other tasks too.
+            essential_stops.send_modify(|g| *g += 1);
+        }
         let ran_ms = started.elapsed().as_millis() as u64;
-        let n = crash.on_exit(ran_ms, &backoff);
-        let delay = backoff.delay_ms(n, jitter());
+        let (n, delay) = if with_sibling {
+            (crash.consecutive, 0)
+        } else {
+            let n = crash.on_exit(ran_ms, &backoff);
+            (n, backoff.delay_ms(n, jitter()))
+        };
         last_stop = Some(how.clone());
         let next = now_ms() + delay;
         board.update(&a.service, &a.instance, &t.name, |s| {
@@ -496,7 +544,8 @@ async fn watch_task(
     env: &BTreeMap<String, String>,
     mut p: Proc,
     cancel: &mut watch::Receiver<bool>,
-) -> Option<(Option<i32>, String)> {
+    sibling: &mut watch::Receiver<u64>,
+) -> Option<Stopped> {
     let started = tokio::time::Instant::now();
     let ready_every = t.readiness_check.as_ref().map(|c| Duration::from_secs(c.interval_seconds.max(1)));
     let health_every = t.health_check.as_ref().map(|c| Duration::from_secs(c.interval_seconds.max(1)));
@@ -516,7 +565,11 @@ async fn watch_task(
                     Some(c) => format!("exited with code {c}"),
                     None => "killed by a signal".to_string(),
                 };
-                return Some((code, how));
+                return Some(Stopped { code, how, with_sibling: false });
+            }
+            Ok(()) = sibling.changed() => {
+                let code = kill(&mut p, grace).await;
+                return Some(Stopped { code, how: "stopped with an essential task of its instance".into(), with_sibling: true });
             }
             _ = cancel.changed() => {
                 let code = kill(&mut p, grace).await;
@@ -546,7 +599,8 @@ async fn watch_task(
                         let code = kill(&mut p, grace).await;
                         let n = health_failures;
                         board.update(&a.service, &a.instance, &t.name, |s| s.healthy = Some(false));
-                        return Some((code, format!("unhealthy: health check failed {n} times in a row")));
+                        let how = format!("unhealthy: health check failed {n} times in a row");
+                        return Some(Stopped { code, how, with_sibling: false });
                     }
                 }
             }
@@ -568,7 +622,7 @@ pub struct PodHandle {
     pub join: tokio::task::JoinHandle<()>,
     /// Fence mode: kill after this long without contact with the control plane.
     pub fence_after_ms: Option<u64>,
-    pub volume_generation: u64,
+    pub volume_id: String,
     /// What this incarnation runs (job runs use its sandbox and environment).
     pub assignment: Assignment,
 }

@@ -45,6 +45,10 @@ pub struct RegisterRequest {
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
     pub resources: AgentResources,
+    /// The cluster this agent obeyed last (None: a fresh agent). A control plane of another
+    /// cluster (say, on an empty store) refuses it unless told to adopt agents.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -53,6 +57,9 @@ pub struct RegisterResponse {
     pub status_interval_ms: u64,
     /// Changes each time the control plane starts; agents log re-registrations with it.
     pub server_epoch: String,
+    /// The cluster the agent now belongs to (it remembers it).
+    #[serde(default)]
+    pub cluster_id: String,
 }
 
 /// What an agent must run: every live incarnation placed on it.
@@ -60,8 +67,15 @@ pub struct RegisterResponse {
 pub struct DesiredState {
     /// Long-poll index: pass it back as `?index=` to wait for the next change.
     pub index: u64,
+    /// The cluster and the store revision this state was read at: an agent refuses a desired
+    /// state from another cluster or from an older store than one it already obeyed.
+    #[serde(default)]
+    pub cluster_id: String,
+    #[serde(default)]
+    pub revision: u64,
     pub assignments: Vec<Assignment>,
-    /// Volumes of replaced instances to delete on this agent (confirmed in status reports).
+    /// Volumes to delete on this agent (retention ended or a user asked); confirmed in status
+    /// reports. Never a volume an instance uses.
     #[serde(default)]
     pub release_volumes: Vec<VolumeRelease>,
     /// Maintenance job runs to execute (each once), in the sandbox of their instance.
@@ -95,12 +109,29 @@ pub struct JobResult {
     pub ended_ms: Option<u64>,
 }
 
-/// One generation of an instance's volumes, released after a replacement.
+/// A volume set to delete (by its id, never reused).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct VolumeRelease {
+    pub id: String,
+}
+
+/// A volume set as `tend volume list` shows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VolumeInfo {
+    pub id: String,
     pub service: String,
     pub instance: String,
-    pub generation: u64,
+    pub agent: String,
+    pub names: Vec<String>,
+    pub size_mb: u64,
+    pub created_ms: u64,
+    /// active | retained | deleting
+    pub state: String,
+    /// Since when it is retained or being deleted.
+    pub since_ms: Option<u64>,
+    /// When a retained volume will be deleted (None: kept until a user deletes it).
+    pub until_ms: Option<u64>,
+    pub reason: Option<String>,
 }
 
 /// One incarnation of a pod instance on an agent.
@@ -122,9 +153,10 @@ pub struct Assignment {
     /// Backoff of in-place restarts: the first is immediate, then `initial` doubling to `max`.
     #[serde(default)]
     pub backoff: Backoff,
-    /// Volumes live under this generation: a replacement gets fresh ones.
+    /// The volume set's id: volumes live under `volumes/<id>/` on the agent; a new placement
+    /// gets a new id (fresh volumes), ids are never reused.
     #[serde(default)]
-    pub volume_generation: u64,
+    pub volume_id: String,
     /// Fence mode: kill this incarnation after this long without contact with the control plane.
     #[serde(default)]
     pub fence_after_ms: Option<u64>,
@@ -235,6 +267,10 @@ pub struct TaskStatus {
     /// When the agent will relaunch it (crash loop backoff), if it is waiting to.
     #[serde(default)]
     pub next_restart_ms: Option<u64>,
+    /// Consecutive quick exits before this run (2 or more: a crash loop that has not yet run
+    /// long enough to reset).
+    #[serde(default)]
+    pub crash_loop: u32,
 }
 
 /// An agent's full report of its tasks (also its heartbeat). Idempotent: a full snapshot.
@@ -248,6 +284,9 @@ pub struct StatusReport {
     /// Job runs this agent executes or executed, until they are no longer desired.
     #[serde(default)]
     pub job_results: Vec<JobResult>,
+    /// Set while the agent refuses the control plane's desired state (and why).
+    #[serde(default)]
+    pub conflict: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -268,12 +307,19 @@ pub struct ServiceRequest {
     /// Digests of local artifacts, by the URI written in the spec; they were uploaded first.
     #[serde(default)]
     pub artifacts: BTreeMap<String, String>,
+    /// Accept only if the service's current generation is this (0: it must not exist yet);
+    /// 409 `stale_generation` otherwise.
+    #[serde(default)]
+    pub expected_generation: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ServiceSummary {
     pub name: String,
     pub generation: u64,
+    /// Set when the stored spec cannot be loaded (the service is not run; others are).
+    #[serde(default)]
+    pub error: Option<String>,
     pub pods: Vec<PodSummary>,
     pub plans: Vec<PlanSummary>,
     pub instances: u32,
@@ -357,6 +403,9 @@ pub struct ReservationInfo {
     pub disk_mb: u64,
     pub ports: BTreeMap<String, u16>,
     pub volumes: Vec<String>,
+    /// The volume set (`tend volume list`); its directory on the agent is `volumes/<id>/`.
+    #[serde(default)]
+    pub volume_id: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

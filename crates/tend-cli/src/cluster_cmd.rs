@@ -29,16 +29,22 @@ pub async fn shutdown_signal() {
     }
 }
 
-pub async fn server(
-    data_dir: PathBuf,
-    listen: SocketAddr,
-    lost_after_seconds: u64,
-    job_lease_ttl_seconds: i64,
-) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(job_lease_ttl_seconds >= 1, "--job-lease-ttl-seconds must be at least 1");
+/// Options of `tend server`.
+pub struct ServerOpts {
+    pub lost_after_seconds: u64,
+    pub job_lease_ttl_seconds: i64,
+    pub adopt_agents: bool,
+    pub step_deadline_seconds: u64,
+}
+
+pub async fn server(data_dir: PathBuf, listen: SocketAddr, o: ServerOpts) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(o.job_lease_ttl_seconds >= 1, "--job-lease-ttl-seconds must be at least 1");
+    anyhow::ensure!(o.step_deadline_seconds >= 1, "--step-deadline-seconds must be at least 1");
     let mut cfg = ServerConfig::new(&data_dir, listen);
-    cfg.agent_lost_after_ms = lost_after_seconds * 1000;
-    cfg.job_lease_ttl_seconds = job_lease_ttl_seconds;
+    cfg.agent_lost_after_ms = o.lost_after_seconds * 1000;
+    cfg.job_lease_ttl_seconds = o.job_lease_ttl_seconds;
+    cfg.adopt_agents = o.adopt_agents;
+    cfg.step_deadline_ms = o.step_deadline_seconds * 1000;
     let server = Server::open(cfg).await?;
     let s2 = server.clone();
     let serve = tokio::spawn(async move { s2.serve(shutdown_signal()).await });

@@ -46,6 +46,13 @@ enum Command {
         /// TTL of maintenance-run leases (renewed every TTL/10).
         #[arg(long, default_value_t = 30)]
         job_lease_ttl_seconds: i64,
+        /// Take command of agents that obeyed another cluster (after a lost store): they then
+        /// stop every task this control plane does not know.
+        #[arg(long)]
+        adopt_agents: bool,
+        /// A deploy step waiting on an agent fails after this long, saying what it waited for.
+        #[arg(long, default_value_t = 600)]
+        step_deadline_seconds: u64,
     },
     /// Control plane, three local agents and an embedded store in one process, deploying SPEC.
     Dev {
@@ -76,11 +83,22 @@ enum Command {
     /// Maintenance jobs: status, history, on-demand runs, time windows.
     #[command(subcommand)]
     Job(JobCmd),
+    /// Volumes: in use, retained (with their deadline) and being deleted.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
     /// What happened, in order.
     Events {
         #[arg(long)]
         service: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum VolumeCmd {
+    /// Every volume set: owner, agent, size, state, since, retained until.
+    List,
+    /// Delete a volume set no instance uses (retained ones); refused while in use.
+    Delete { id: String },
 }
 
 #[derive(Subcommand)]
@@ -287,8 +305,28 @@ enum WorkflowCmd {
 async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result<ExitCode> {
     use service_cmd as sc;
     match cmd {
-        Command::Server { data_dir, listen, agent_lost_after_seconds, job_lease_ttl_seconds } => {
-            cluster_cmd::server(data_dir, listen, agent_lost_after_seconds, job_lease_ttl_seconds).await
+        Command::Server {
+            data_dir,
+            listen,
+            agent_lost_after_seconds,
+            job_lease_ttl_seconds,
+            adopt_agents,
+            step_deadline_seconds,
+        } => {
+            let opts = cluster_cmd::ServerOpts {
+                lost_after_seconds: agent_lost_after_seconds,
+                job_lease_ttl_seconds,
+                adopt_agents,
+                step_deadline_seconds,
+            };
+            cluster_cmd::server(data_dir, listen, opts).await
+        }
+        Command::Volume(cmd) => {
+            let c = client::Client::new(&conn)?;
+            match cmd {
+                VolumeCmd::List => sc::volume_list(&c, json).await,
+                VolumeCmd::Delete { id } => sc::volume_delete(&c, &id, json).await,
+            }
         }
         Command::Dev { spec, data_dir, listen, agents } => {
             cluster_cmd::dev(&spec, data_dir, listen, agents).await

@@ -44,7 +44,7 @@ pub async fn submit(client: &Client, file: &Path) -> anyhow::Result<String> {
         let _: serde_json::Value = client.put_bytes(&format!("/v1/artifacts/{sha}"), bytes).await?;
         artifacts.insert(a.uri.clone(), sha);
     }
-    let req = ServiceRequest { spec: text, file: Some(label), artifacts };
+    let req = ServiceRequest { spec: text, file: Some(label), artifacts, expected_generation: None };
     let exists = client.get::<ServiceSummary>(&format!("/v1/services/{}", spec.name)).await.is_ok();
     let summary: ServiceSummary = if exists {
         client.put_json(&format!("/v1/services/{}", spec.name), &req).await?
@@ -217,12 +217,77 @@ pub async fn endpoints(client: &Client, name: Option<String>, json: bool) -> any
     Ok(ExitCode::SUCCESS)
 }
 
+/// Deletes a service; exit 1 when some agent did not confirm the stop in time.
 pub async fn delete(client: &Client, name: &str, force: bool, json: bool) -> anyhow::Result<ExitCode> {
     let v: serde_json::Value = client.delete(&format!("/v1/services/{name}?force={force}")).await?;
+    let confirmed = v["confirmed"].as_bool().unwrap_or(false);
+    if json {
+        json_out(&v)?;
+    } else {
+        let n = &v["stopped_instances"];
+        if confirmed {
+            println!("service `{name}` deleted; {n} instance(s) stopped, confirmed by their agents");
+        } else {
+            let agents: Vec<&str> =
+                v["unconfirmed_agents"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+            println!(
+                "service `{name}` deleted; {n} instance(s) told to stop, not yet confirmed by agent(s) {} (they stop them when they next hear from the control plane)",
+                agents.join(", ")
+            );
+        }
+        let vols: Vec<&str> =
+            v["retained_volumes"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+        if !vols.is_empty() {
+            println!("volumes retained (see `tend volume list`): {}", vols.join(", "));
+        }
+    }
+    Ok(if confirmed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn ago(now_ms: u64, t: u64) -> String {
+    let s = now_ms.saturating_sub(t) / 1000;
+    if s >= 86_400 { format!("{}d ago", s / 86_400) } else if s >= 3600 { format!("{}h ago", s / 3600) } else { format!("{s}s ago") }
+}
+
+fn until(now_ms: u64, t: Option<u64>) -> String {
+    match t {
+        None => "forever".into(),
+        Some(t) if t <= now_ms => "now".into(),
+        Some(t) => {
+            let s = (t - now_ms) / 1000;
+            if s >= 86_400 { format!("in {}d", s / 86_400) } else if s >= 3600 { format!("in {}h", s / 3600) } else { format!("in {s}s") }
+        }
+    }
+}
+
+pub async fn volume_list(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    let vols: Vec<VolumeInfo> = client.get("/v1/volumes").await?;
+    if json {
+        return json_out(&vols);
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    println!("{:<9} {:<12} {:<14} {:<8} {:>8} {:<9} {:<10} {:<10} REASON", "ID", "SERVICE", "INSTANCE", "AGENT", "SIZE_MB", "STATE", "SINCE", "DELETED");
+    for v in vols {
+        let since = v.since_ms.map_or_else(|| ago(now, v.created_ms), |t| ago(now, t));
+        let deleted = match v.state.as_str() {
+            "retained" => until(now, v.until_ms),
+            "deleting" => "now".into(),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<9} {:<12} {:<14} {:<8} {:>8} {:<9} {:<10} {:<10} {}",
+            v.id, v.service, v.instance, v.agent, v.size_mb, v.state, since, deleted, v.reason.unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn volume_delete(client: &Client, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let v: VolumeInfo = client.delete(&format!("/v1/volumes/{id}")).await?;
     if json {
         return json_out(&v);
     }
-    println!("service `{name}` deleted; {} instance(s) stopped", v["stopped_instances"]);
+    println!("volume {} of {}/{} on agent {}: to be deleted by its agent", v.id, v.service, v.instance, v.agent);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -423,8 +488,18 @@ pub async fn task_logs(
 }
 
 pub async fn events(client: &Client, service: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
-    let q = service.map(|s| format!("?service={s}")).unwrap_or_default();
-    let ev: Vec<EventInfo> = client.get(&format!("/v1/events{q}")).await?;
+    // Pages of at most 1000, oldest first, until a short page.
+    let q = service.map(|s| format!("&service={s}")).unwrap_or_default();
+    let mut ev: Vec<EventInfo> = Vec::new();
+    for _ in 0..10_000 {
+        let since = ev.last().map_or(0, |e| e.seq);
+        let page: Vec<EventInfo> = client.get(&format!("/v1/events?since={since}&limit=1000{q}")).await?;
+        let short = page.len() < 1000;
+        ev.extend(page);
+        if short {
+            break;
+        }
+    }
     if json {
         return json_out(&ev);
     }

@@ -2,202 +2,16 @@
 //! deploy with placement, pending reasons, SIGKILL of the control plane mid-deploy, a task killed
 //! mid-step, services side by side, and bad API input rejected with nothing changed.
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::Cluster;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
-
-fn tend() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_tend"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A control plane and three agents (zones a, b, c), killed by pid when dropped.
-struct Cluster {
-    dir: tempfile::TempDir,
-    port: u16,
-    server: Option<Child>,
-    agents: Vec<Child>,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mut c = Cluster { dir, port, server: None, agents: Vec::new() };
-        c.start_server();
-        for i in 0..3 {
-            let child = c.spawn_agent(i);
-            c.agents.push(child);
-        }
-        c.wait_for(Duration::from_secs(20), "3 agents up", |c| {
-            c.api(&["agent", "list"])
-                .map(|v| v.as_array().map_or(0, |a| a.iter().filter(|x| x["state"] == "up").count()) == 3)
-                .unwrap_or(false)
-        });
-        c
-    }
-
-    /// Starts agent `i` (zone a, b or c) with its fixed id, ports and data directory.
-    fn spawn_agent(&self, i: usize) -> Child {
-        let zone = ["a", "b", "c"][i];
-        let lo = 30_000 + i as u16 * 100 + (self.port % 50) * 300;
-        tend()
-            .args([
-                "agent",
-                "run",
-                "--server",
-                &self.url(),
-                "--id",
-                &format!("{zone}1"),
-                "--attr",
-                &format!("zone={zone}"),
-            ])
-            .args(["--cpus", "2", "--memory-mb", "2048", "--ports", &format!("{lo}-{}", lo + 99)])
-            .arg("--cluster-token-file")
-            .arg(self.data().join("cluster-token"))
-            .arg("--data-dir")
-            .arg(self.dir.path().join(format!("agent-{zone}")))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("server")
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn start_server(&mut self) {
-        let child = tend()
-            .args([
-                "server",
-                "--listen",
-                &format!("127.0.0.1:{}", self.port),
-                "--agent-lost-after-seconds",
-                "5",
-            ])
-            .arg("--data-dir")
-            .arg(self.data())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.server = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && self.data().join("token").exists()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("control plane did not start");
-    }
-
-    fn kill_server(&mut self) {
-        if let Some(mut s) = self.server.take() {
-            kill(Pid::from_raw(s.id() as i32), Signal::SIGKILL).unwrap();
-            s.wait().unwrap();
-        }
-    }
-
-    fn token(&self) -> String {
-        std::fs::read_to_string(self.data().join("token")).unwrap().trim().to_string()
-    }
-
-    /// Runs a client command with --json; returns its parsed output (Err: stderr).
-    fn api(&self, args: &[&str]) -> Result<Value, String> {
-        let out = tend()
-            .args(args)
-            .args(["--json", "--addr", &self.url(), "--token", &self.token()])
-            .output()
-            .unwrap();
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        // `service deploy --json` prints one event per line; other commands one document.
-        serde_json::from_str(&text).or_else(|_| Ok(Value::String(text.into_owned())))
-    }
-
-    fn write_spec(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.dir.path().join(name);
-        std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
-        p
-    }
-
-    fn deploy(&self, spec: &Path, wait: bool) -> Result<Value, String> {
-        let mut args = vec!["service", "deploy", spec.to_str().unwrap()];
-        if !wait {
-            args.push("--no-wait");
-        }
-        self.api(&args)
-    }
-
-    fn wait_for(&self, limit: Duration, what: &str, mut f: impl FnMut(&Cluster) -> bool) {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if f(self) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("timed out waiting for {what}");
-    }
-
-    fn pods(&self, service: &str) -> Vec<Value> {
-        self.api(&["pod", "list", "--service", service]).unwrap().as_array().cloned().unwrap_or_default()
-    }
-
-    fn raw(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
-        let mut c = Command::new("curl");
-        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, &format!("{}{path}", self.url())]);
-        if let Some(t) = token {
-            c.args(["-H", &format!("Authorization: Bearer {t}")]);
-        }
-        if let Some(b) = body {
-            c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
-        }
-        let out = c.output().expect("curl is installed");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        // Agents stop their tasks on SIGTERM; then everything is killed by pid.
-        for a in &self.agents {
-            let _ = kill(Pid::from_raw(a.id() as i32), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        for a in &mut self.agents {
-            while Instant::now() < deadline && matches!(a.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = a.kill();
-            let _ = a.wait();
-        }
-        if let Some(s) = &mut self.server {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
-    }
-}
 
 fn data_store_spec() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data-store/service.yml")
@@ -224,10 +38,8 @@ fn deploys_the_data_store_example_respecting_placement() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let agent =
-        pods.iter().find(|p| p["instance"] == "data-1").unwrap()["agent"].as_str().unwrap().to_string();
-    let zone = &agent[..1];
-    let vol = c.dir.path().join(format!("agent-{zone}/volumes/data-store/data-1/1/data/objects/k1"));
+    let data1 = pods.iter().find(|p| p["instance"] == "data-1").unwrap();
+    let vol = c.volume_dir(data1).join("data/objects/k1");
     assert_eq!(std::fs::read_to_string(&vol).unwrap(), "stored");
     // Logs through the API.
     let logs = c.api(&["task", "logs", "meta-data-0", "server", "--service", "data-store"]).unwrap();
@@ -346,11 +158,7 @@ fn sigkill_of_the_control_plane_mid_deploy_resumes_without_duplicates() {
     for p in &after {
         assert_eq!(p["incarnation"], 1, "{p}");
         let inst = p["instance"].as_str().unwrap();
-        let zone = &p["agent"].as_str().unwrap()[..1];
-        let launches = std::fs::read_to_string(
-            c.dir.path().join(format!("agent-{zone}/volumes/slow/{inst}/1/data/launches")),
-        )
-        .unwrap();
+        let launches = std::fs::read_to_string(c.volume_dir(p).join("data/launches")).unwrap();
         assert_eq!(launches.lines().count(), 1, "{inst} launched more than once: {launches}");
     }
     // The instances running before the kill were not restarted: same pids.
@@ -421,27 +229,6 @@ fn two_services_side_by_side_on_the_same_agents() {
 }
 
 #[test]
-fn a_control_plane_that_forgot_a_task_has_it_killed() {
-    let mut c = Cluster::start();
-    let spec = c.write_spec(
-        "f.yml",
-        "version: 1\nname: f\npods:\n  w:\n    tasks: { t: { cmd: 'exec sleep 600' } }\n",
-    );
-    c.deploy(&spec, true).unwrap();
-    let pid = c.pods("f")[0]["tasks"][0]["pid"].as_u64().unwrap() as i32;
-    assert!(kill(Pid::from_raw(pid), None).is_ok(), "task alive");
-    // A control plane whose store lost the service (tokens kept): the agent must stop the task.
-    c.kill_server();
-    std::fs::remove_file(c.data().join("server.redb")).unwrap();
-    c.start_server();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline && kill(Pid::from_raw(pid), None).is_ok() {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(kill(Pid::from_raw(pid), None).is_err(), "the unknown task was not killed");
-}
-
-#[test]
 fn a_failing_health_check_kills_the_task_and_it_is_restarted_in_place() {
     let c = Cluster::start();
     let spec = c.write_spec(
@@ -474,25 +261,6 @@ pods:
       t: { cmd: 'echo $$ $TEND_INCARNATION ${TEND_REPLACING:-0} ${TEND_REPLACED_AGENT:-none} >> data/pids; exec sleep 600' }
 recovery: { failure_timeout_seconds: 1, backoff: { initial_seconds: 1, max_seconds: 2 } }
 ";
-
-impl Cluster {
-    fn volume_file(&self, pod: &Value, file: &str) -> String {
-        let zone = &pod["agent"].as_str().unwrap()[..1];
-        let base = self.dir.path().join(format!("agent-{zone}/volumes/r/w-0"));
-        // The newest generation directory holds the live volume.
-        let mut gens: Vec<u64> = std::fs::read_dir(&base)
-            .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
-            .unwrap_or_default();
-        gens.sort();
-        let g = gens.last().copied().unwrap_or(0);
-        std::fs::read_to_string(base.join(g.to_string()).join("data").join(file)).unwrap_or_default()
-    }
-
-    fn agent_pid(&self, id: &str) -> Pid {
-        let i = ["a1", "b1", "c1"].iter().position(|x| *x == id).unwrap();
-        Pid::from_raw(self.agents[i].id() as i32)
-    }
-}
 
 #[test]
 fn kill_9_of_a_task_restarts_it_in_place_with_its_volume() {
@@ -540,9 +308,9 @@ fn a_lost_agent_is_replaced_elsewhere_and_its_stale_task_killed_when_it_returns(
         format!("bootstrap from peers, replacing {old_agent}"),
         "the on_replace hook ran first"
     );
-    let old_zone = &old_agent[..1];
-    let old_volume = c.dir.path().join(format!("agent-{old_zone}/volumes/r/w-0/1"));
+    let old_volume = c.volume_dir(&pod);
     assert!(old_volume.exists(), "the old volume stays while its agent is away");
+    assert_ne!(new["reservation"]["volume_id"], pod["reservation"]["volume_id"], "a new volume id");
     let events = c.api(&["events", "--service", "r"]).unwrap().to_string();
     assert!(events.contains("replacing w-0") && events.contains("fresh volumes"), "{events}");
     // The agent comes back: the stale incarnation is killed, the new one keeps running.
@@ -559,12 +327,26 @@ fn a_lost_agent_is_replaced_elsewhere_and_its_stale_task_killed_when_it_returns(
     );
     let t = p["tasks"].as_array().unwrap().iter().find(|t| t["task"] == "t").unwrap().clone();
     assert!(kill(Pid::from_raw(t["pid"].as_u64().unwrap() as i32), None).is_ok());
-    // Its agent back, the old volume is deleted, and the control plane hears of it.
+    // Its agent back, the old volume is retained, not deleted: listed with its owner and reason.
+    let old_id = pod["reservation"]["volume_id"].as_str().unwrap().to_string();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(old_volume.join("data/pids").exists(), "tend deleted a replaced instance's volume on its own");
+    let vols = c.api(&["volume", "list"]).unwrap();
+    let old = vols.as_array().unwrap().iter().find(|v| v["id"] == old_id.as_str()).unwrap().clone();
+    assert_eq!((old["state"].as_str(), old["agent"].as_str()), (Some("retained"), Some(old_agent.as_str())), "{old}");
+    assert!(old["reason"].as_str().unwrap().contains("w-0 replaced"), "{old}");
+    assert!(old["until_ms"].as_u64().is_some(), "retained for the default week: {old}");
+    // The live volume cannot be deleted; the retained one can, on request.
+    let live_id = new["reservation"]["volume_id"].as_str().unwrap();
+    let err = c.api(&["volume", "delete", live_id]).unwrap_err();
+    assert!(err.contains("in use"), "{err}");
+    c.api(&["volume", "delete", &old_id]).unwrap();
     c.wait_for(Duration::from_secs(20), "the old volume deleted and confirmed", |c| {
         !old_volume.exists()
             && c.api(&["events", "--service", "r"])
-                .is_ok_and(|e| e.to_string().contains("deleted the old volumes of w-0 (generation 1)"))
+                .is_ok_and(|e| e.to_string().contains(&format!("deleted volume {old_id} of r/w-0")))
     });
+    assert!(c.volume_file(&new, "pids").lines().count() == 1, "the live volume is untouched");
 }
 
 #[test]

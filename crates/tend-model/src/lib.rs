@@ -3,6 +3,12 @@
 //! The pure crates (spec, plan, scheduler) never read the system clock. They take a `&dyn Clock`
 //! or a plain `now_ms` value; the edge crates inject [`SystemClock`], tests inject [`ManualClock`].
 
+pub mod ids;
+pub mod volume;
+
+pub use ids::{InstanceId, VolumeId};
+pub use volume::{Retention, Volume, VolumeState};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 

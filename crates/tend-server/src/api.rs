@@ -16,7 +16,6 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tend_api::*;
-use tend_store::{Txn, TxnOp};
 
 use crate::deploy::{engine, judge};
 use crate::records::*;
@@ -114,6 +113,8 @@ pub fn router(server: Server) -> Router {
         .route("/v1/agents", get(list_agents))
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/events", get(list_events))
+        .route("/v1/volumes", get(list_volumes))
+        .route("/v1/volumes/{id}", axum::routing::delete(delete_volume))
         .route("/v1/artifacts/{sha}", put(upload_artifact))
         .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
         .layer(middleware::from_fn(move |req, next| require(api_token.clone(), req, next)));
@@ -152,6 +153,20 @@ async fn register(
             "resources must offer cpus > 0, memory_mb > 0 and a port range lo..hi with 0 < lo <= hi",
         ));
     }
+    // No amnesia: an agent that obeyed another cluster is not commanded by this one (it would
+    // be told that nothing is desired and stop everything) unless an operator says so.
+    if let Some(theirs) = req.cluster_id.as_deref().filter(|c| !c.is_empty() && *c != s.inner.cluster_id) {
+        if !s.inner.cfg.adopt_agents {
+            let msg = format!(
+                "agent {} belongs to cluster {theirs}, this control plane is cluster {} (a new or lost store?): refusing to command it, its tasks keep running; restart the control plane with --adopt-agents to take it over (it will stop what this cluster does not know)",
+                req.agent_id, s.inner.cluster_id
+            );
+            s.event(None, "agent", msg.clone()).await;
+            return Err(ApiError(StatusCode::CONFLICT, "cluster_mismatch", msg));
+        }
+        let msg = format!("adopting agent {} from cluster {theirs} (--adopt-agents)", req.agent_id);
+        s.event(None, "agent", msg).await;
+    }
     let rec = AgentRecord {
         id: req.agent_id.clone(),
         host: req.host.clone(),
@@ -172,7 +187,7 @@ async fn register(
         let known = agents.contains_key(&rec.id);
         let tasks = agents.get(&rec.id).map(|a| a.tasks.clone()).unwrap_or_default();
         agents
-            .insert(rec.id.clone(), AgentLive { record: rec.clone(), last_seen_ms: Some(s.now_ms()), tasks });
+            .insert(rec.id.clone(), AgentLive { record: rec.clone(), last_seen_ms: Some(s.now_ms()), tasks, conflict: None });
         known
     };
     s.event(
@@ -185,6 +200,7 @@ async fn register(
         agent_id: rec.id,
         status_interval_ms: s.inner.cfg.status_interval_ms,
         server_epoch: s.inner.epoch.clone(),
+        cluster_id: s.inner.cluster_id.clone(),
     }))
 }
 
@@ -213,6 +229,18 @@ async fn status(
     Path(id): Path<String>,
     JsonBody(r): JsonBody<StatusReport>,
 ) -> ApiResult<StatusAck> {
+    let changed = {
+        let mut agents = s.inner.agents.write().unwrap_or_else(|e| e.into_inner());
+        agents.get_mut(&id).is_some_and(|a| std::mem::replace(&mut a.conflict, r.conflict.clone()) != r.conflict)
+    };
+    if changed {
+        let msg = match &r.conflict {
+            Some(c) => format!("agent {id} refuses this control plane: {c}"),
+            None => format!("agent {id} obeys this control plane again"),
+        };
+        tracing::error!(agent = %id, "{msg}");
+        s.event(None, "agent", msg).await;
+    }
     crate::jobs::on_results(&s, &id, r.job_results).await;
     if !s.on_status(&id, r.tasks, r.released_volumes).await {
         return Err(not_found("agent", &id));
@@ -288,6 +316,7 @@ async fn summary(s: &Server, name: &str) -> Result<ServiceSummary, ApiError> {
     Ok(ServiceSummary {
         name: name.to_string(),
         generation,
+        error: None,
         pods: spec
             .pods
             .iter()
@@ -303,15 +332,36 @@ async fn summary(s: &Server, name: &str) -> Result<ServiceSummary, ApiError> {
     })
 }
 
+/// A service whose stored spec cannot be loaded: shown with the reason.
+fn broken_summary(s: &Server, name: &str) -> Option<ServiceSummary> {
+    let broken = s.inner.broken.lock().unwrap_or_else(|e| e.into_inner());
+    let (rec, why) = broken.get(name)?;
+    Some(ServiceSummary {
+        name: name.to_string(),
+        generation: rec.generation,
+        error: Some(why.clone()),
+        pods: Vec::new(),
+        plans: Vec::new(),
+        instances: 0,
+        running: 0,
+    })
+}
+
 async fn list_services(State(s): State<Arc<Server>>) -> ApiResult<Vec<ServiceSummary>> {
     let mut out = Vec::new();
     for n in s.service_names() {
         out.push(summary(&s, &n).await?);
     }
+    let broken: Vec<String> = s.inner.broken.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+    out.extend(broken.iter().filter_map(|n| broken_summary(&s, n)));
+    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(out))
 }
 
 async fn get_service(State(s): State<Arc<Server>>, Path(name): Path<String>) -> ApiResult<ServiceSummary> {
+    if let Some(b) = broken_summary(&s, &name) {
+        return Ok(Json(b));
+    }
     Ok(Json(summary(&s, &name).await?))
 }
 
@@ -357,40 +407,28 @@ async fn submit(
             return Err(bad(format!("artifact `{}` (sha256 {sha}) was not uploaded", a.uri)));
         }
     }
-    let old = s.service(&spec.name);
-    let generation = match &old {
-        Some(rt) => {
-            let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
-            // Volumes of a deployed pod cannot change (their data would be lost or stranded).
-            for p in &spec.pods {
-                if let Some(op) = rt.spec.pod(&p.name) {
-                    if op.volumes != p.volumes {
-                        return Err(ApiError(
-                            StatusCode::CONFLICT,
-                            "unsafe_change",
-                            format!("volumes of pod `{}` cannot change once deployed (data would be lost); deploy a new pod instead", p.name),
-                        ));
-                    }
-                }
-            }
-            rt.record.generation + 1
-        }
-        None => 1,
+    let sub = crate::services::Submission {
+        spec,
+        text: req.spec,
+        file,
+        artifacts: req.artifacts,
+        expected_generation: req.expected_generation,
     };
-    let rec =
-        ServiceRecord { name: spec.name.clone(), spec: req.spec, file, generation, artifacts: req.artifacts };
-    let v = serde_json::to_vec(&rec)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    s.inner.store.put(&service_key(&rec.name), &v).await?;
-    let name = rec.name.clone();
-    s.install(rec, spec, true).await?;
-    Ok((name, if old.is_some() { StatusCode::OK } else { StatusCode::CREATED }))
+    let (name, _generation, existed) = crate::services::submit(s, sub).await.map_err(refusal)?;
+    Ok((name, if existed { StatusCode::OK } else { StatusCode::CREATED }))
+}
+
+fn refusal((code, kind, msg): crate::services::Refusal) -> ApiError {
+    ApiError(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), kind, msg)
 }
 
 #[derive(Deserialize)]
 struct DeleteQuery {
     #[serde(default)]
     force: bool,
+    /// How long to wait for agents to confirm the stop (default 30, at most 300).
+    #[serde(default)]
+    wait_seconds: Option<u64>,
 }
 
 async fn delete_service(
@@ -398,7 +436,9 @@ async fn delete_service(
     Path(name): Path<String>,
     Query(q): Query<DeleteQuery>,
 ) -> ApiResult<serde_json::Value> {
-    let rt = s.service(&name).ok_or_else(|| not_found("service", &name))?;
+    if s.service(&name).is_none() && broken_summary(&s, &name).is_none() {
+        return Err(not_found("service", &name));
+    }
     let instances = s.instances(&name).await?;
     let live = instances.iter().filter(|(_, r)| r.incarnation > 0).count();
     if live > 0 && !q.force {
@@ -408,14 +448,33 @@ async fn delete_service(
             format!("service `{name}` has {live} launched pod instance(s); delete with force to stop them"),
         ));
     }
-    if let Some(d) = rt.lock().unwrap_or_else(|e| e.into_inner()).driver.take() {
-        d.abort();
+    let wait = Duration::from_secs(q.wait_seconds.unwrap_or(30).min(300));
+    let d = crate::services::delete(&s, &name, wait).await.map_err(refusal)?;
+    Ok(Json(serde_json::json!({
+        "deleted": name,
+        "stopped_instances": d.stopped,
+        "confirmed": d.unconfirmed.is_empty(),
+        "unconfirmed_agents": d.unconfirmed,
+        "retained_volumes": d.retained_volumes,
+    })))
+}
+
+// ---------- volumes ----------
+
+async fn list_volumes(State(s): State<Arc<Server>>) -> ApiResult<Vec<VolumeInfo>> {
+    Ok(Json(crate::volumes::all(&s).await?.iter().map(|(r, _)| crate::volumes::info(r)).collect()))
+}
+
+async fn delete_volume(State(s): State<Arc<Server>>, Path(id): Path<String>) -> ApiResult<VolumeInfo> {
+    if tend_model::VolumeId::parse(&id).is_none() {
+        return Err(bad(format!("`{id}` is not a volume id (v followed by digits, see `tend volume list`)")));
     }
-    s.inner.store.txn(Txn::new().then(TxnOp::DeletePrefix { prefix: format!("services/{name}/") })).await?;
-    s.inner.services.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
-    s.inner.desired_gen.send_modify(|g| *g += 1);
-    s.event(Some(&name), "service", format!("service `{name}` deleted ({live} instance(s) stopped)")).await;
-    Ok(Json(serde_json::json!({ "deleted": name, "stopped_instances": live })))
+    match crate::volumes::request_delete(&s, &id).await {
+        Ok(r) => Ok(Json(crate::volumes::info(&r))),
+        Err((404, m)) => Err(ApiError(StatusCode::NOT_FOUND, "not_found", m)),
+        Err((409, m)) => Err(ApiError(StatusCode::CONFLICT, "volume_in_use", m)),
+        Err((_, m)) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)),
+    }
 }
 
 // ---------- plans ----------
@@ -615,6 +674,7 @@ async fn pod_infos(s: &Server, name: &str) -> Result<Vec<PodInfo>, ApiError> {
                     disk_mb: rec.disk_mb,
                     ports: rec.ports.clone(),
                     volumes: rec.volumes.clone(),
+                    volume_id: rec.volume_id.clone(),
                 }),
                 tasks: tasks.unwrap_or_default(),
                 recovery: s
@@ -823,13 +883,20 @@ async fn task_logs(
 struct EventQuery {
     #[serde(default)]
     since: u64,
+    /// At most this many events, oldest first (default 1000, at most 10000): page with `since`.
+    #[serde(default)]
+    limit: Option<usize>,
     #[serde(default)]
     service: Option<String>,
 }
 
 async fn list_events(State(s): State<Arc<Server>>, Query(q): Query<EventQuery>) -> ApiResult<Vec<EventInfo>> {
     let mut out = Vec::new();
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     for kv in s.inner.store.range("events/").await?.kvs {
+        if out.len() >= limit {
+            break;
+        }
         let Ok(e) = serde_json::from_slice::<EventRecord>(&kv.value) else { continue };
         if e.seq > q.since && q.service.as_ref().is_none_or(|svc| e.service.as_ref() == Some(svc)) {
             out.push(EventInfo {

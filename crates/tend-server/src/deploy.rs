@@ -66,10 +66,37 @@ pub struct DeployWork {
     pub service: String,
 }
 
+/// The pod of an instance id (parsed once, strictly: `db-backup-0` is pod `db-backup`).
 pub(crate) fn pod_of<'a>(spec: &'a ServiceSpec, instance: &str) -> Option<(&'a PodSpec, u32)> {
-    let (pod, idx) = instance.rsplit_once('-')?;
-    let idx: u32 = idx.parse().ok()?;
-    spec.pod(pod).map(|p| (p, idx))
+    let id = tend_model::InstanceId::parse(instance)?;
+    spec.pod(&id.pod).map(|p| (p, id.index))
+}
+
+/// What a step still waits for, in words (for deadlines and "why is it stuck").
+pub fn waiting_for(pod: &PodSpec, tasks: &[tend_api::TaskStatus]) -> String {
+    let mut waits = Vec::new();
+    for t in &pod.tasks {
+        match tasks.iter().find(|s| s.task == t.name) {
+            None => waits.push(format!("task `{}` not reported by its agent", t.name)),
+            Some(s) if t.goal == Goal::Running && s.state == TaskState::Running && t.readiness_check.is_some() && !s.ready => {
+                waits.push(format!("task `{}` running but not ready", t.name))
+            }
+            Some(s) if s.state == TaskState::Starting || (t.goal != Goal::Running && s.state == TaskState::Running) => {
+                waits.push(format!("task `{}` {}", t.name, s.message.clone().unwrap_or_else(|| "starting".into())))
+            }
+            Some(s) if t.goal == Goal::Running && s.state != TaskState::Running => waits.push(format!(
+                "task `{}` {}",
+                t.name,
+                s.message.clone().unwrap_or_else(|| "stopped".into())
+            )),
+            _ => {}
+        }
+    }
+    if waits.is_empty() {
+        "tasks to run steadily".into()
+    } else {
+        waits.join("; ")
+    }
 }
 
 /// How long a task without a readiness check must have run to count as deployed.
@@ -170,9 +197,25 @@ impl DeployWork {
         if rec.incarnation > 0 && rec.config == target && rec.agent.is_some() {
             return Ok(()); // Already launched: the intent is on record, the agent acts on it.
         }
+        let mut extra = Vec::new();
         if rec.agent.is_none() {
             match self.place(&spec, pod, instance, None).await? {
                 Ok((agent, ports, needs)) => {
+                    // A new placement gets fresh volumes under a new id, recorded with it.
+                    if !pod.volumes.is_empty() {
+                        let id = crate::volumes::next_id(&self.server).await?;
+                        let vrec = crate::volumes::new_record(
+                            &self.server,
+                            &id,
+                            &self.service,
+                            instance,
+                            &agent,
+                            pod,
+                            spec.recovery.retain_volumes_seconds,
+                        );
+                        extra.push(crate::volumes::put_op(&vrec)?);
+                        rec.volume_id = Some(id.to_string());
+                    }
                     rec.agent = Some(agent);
                     rec.ports = ports;
                     rec.cpus_milli = needs.cpus_milli;
@@ -180,8 +223,6 @@ impl DeployWork {
                     rec.disk_mb = needs.disk_mb;
                     rec.volumes = pod.volumes.iter().map(|v| v.name.clone()).collect();
                     rec.pending_reason = None;
-                    // A new placement gets fresh volumes.
-                    rec.volume_generation = rec.incarnation + 1;
                 }
                 Err(reason) => {
                     if rec.pending_reason.as_deref() != Some(reason.as_str()) {
@@ -202,8 +243,9 @@ impl DeployWork {
         rec.incarnation += 1;
         rec.config = target;
         rec.launched_ms = self.server.now_ms();
+        rec.down_since_ms = None;
         // Intent before action: the store holds "incarnation N of P on A" before any agent sees it.
-        self.write(instance, &rec, rev).await?;
+        self.write_with(instance, &rec, rev, extra).await?;
         let agent = rec.agent.clone().unwrap_or_default();
         self.server
             .event(
@@ -217,15 +259,25 @@ impl DeployWork {
     }
 
     pub(crate) async fn write(&self, instance: &str, rec: &InstanceRecord, rev: i64) -> Result<(), String> {
+        self.write_with(instance, rec, rev, Vec::new()).await
+    }
+
+    /// Writes an instance record (compare-and-swap on its revision) together with `extra`
+    /// operations (its volume records) in one transaction.
+    pub(crate) async fn write_with(
+        &self,
+        instance: &str,
+        rec: &InstanceRecord,
+        rev: i64,
+        extra: Vec<TxnOp>,
+    ) -> Result<(), String> {
         let key = instance_key(&self.service, instance);
         let v = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
-        let r = self
-            .server
-            .inner
-            .store
-            .txn(Txn::new().when(Compare::mod_revision_eq(&key, rev)).then(TxnOp::put(&key, v)))
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut txn = Txn::new().when(Compare::mod_revision_eq(&key, rev)).then(TxnOp::put(&key, v));
+        for op in extra {
+            txn = txn.then(op);
+        }
+        let r = self.server.inner.store.txn(txn).await.map_err(|e| e.to_string())?;
         if !r.succeeded {
             return Err(format!("instance {instance} changed concurrently; will retry"));
         }
@@ -361,10 +413,26 @@ impl StepWork for DeployWork {
         }
         let rec = rec.ok_or("record vanished")?;
         let agent = rec.agent.clone().unwrap_or_default();
-        if let Some(tasks) = self.server.task_statuses(&agent, &self.service, &step.name, rec.incarnation) {
-            if let Err(e) = judge(pod, &tasks, self.server.now_ms()) {
+        let now = self.server.now_ms();
+        let tasks = self.server.task_statuses(&agent, &self.service, &step.name, rec.incarnation);
+        if let Some(tasks) = &tasks {
+            if let Err(e) = judge(pod, tasks, now) {
                 return Err(format!("{} incarnation {} on agent {agent}: {e}", step.name, rec.incarnation));
             }
+        }
+        // Every wait on agents has a deadline, and says what it waited for.
+        let deadline = self.server.inner.cfg.step_deadline_ms;
+        if now.saturating_sub(rec.launched_ms) > deadline {
+            let what = match &tasks {
+                Some(t) => waiting_for(pod, t),
+                None => format!("agent {agent} to report (not heard from)"),
+            };
+            return Err(format!(
+                "{} incarnation {} on agent {agent} not running after {} s: waited for {what}",
+                step.name,
+                rec.incarnation,
+                deadline / 1000
+            ));
         }
         Ok(())
     }
@@ -425,7 +493,7 @@ pub fn assignment(
             max_ms: recovery.backoff.max_seconds * 1000,
             reset_after_ms: (recovery.backoff.max_seconds * 1000).max(10_000),
         },
-        volume_generation: rec.volume_generation,
+        volume_id: rec.volume_id.clone().unwrap_or_default(),
         fence_after_ms: (recovery.on_partition == tend_spec::OnPartition::Fence)
             .then_some(recovery.fence_after_seconds * 1000),
         service: service.to_string(),
@@ -525,22 +593,13 @@ pub async fn wait_desired(
         .await;
     }
     let gen = *rx.borrow();
-    let mut release_volumes = Vec::new();
-    for svc in server.service_names() {
-        for (instance, rec) in server.instances(&svc).await? {
-            for (a, generation) in &rec.release {
-                if a == agent {
-                    release_volumes.push(tend_api::VolumeRelease {
-                        service: svc.clone(),
-                        instance: instance.clone(),
-                        generation: *generation,
-                    });
-                }
-            }
-        }
-    }
+    // Read the revision first: the state below is at least this new.
+    let revision = server.inner.store.revision().await?.max(0) as u64;
+    let release_volumes = crate::volumes::releases_for(server, agent).await?;
     Ok(DesiredState {
         index: gen,
+        cluster_id: server.inner.cluster_id.clone(),
+        revision,
         assignments: desired_for(server, agent).await?,
         release_volumes,
         job_runs: crate::jobs::runs_for(server, agent),

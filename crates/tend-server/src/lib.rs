@@ -12,6 +12,8 @@ pub mod deploy;
 pub mod jobs;
 pub mod records;
 pub mod recovery;
+pub mod services;
+pub mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -42,6 +44,15 @@ pub struct ServerConfig {
     pub job_tick_ms: u64,
     /// TTL of a maintenance run's lease; renewed every TTL/10.
     pub job_lease_ttl_seconds: i64,
+    /// Take command of agents that obeyed another cluster (e.g. after the store was lost):
+    /// they then stop whatever this control plane does not know. Off by default.
+    pub adopt_agents: bool,
+    /// A deploy step waiting on an agent fails after this long, saying what it waited for.
+    pub step_deadline_ms: u64,
+    /// Events kept (the oldest go first).
+    pub events_keep: usize,
+    /// Store revisions of history kept before compaction.
+    pub history_keep_revisions: i64,
 }
 
 impl ServerConfig {
@@ -53,6 +64,10 @@ impl ServerConfig {
             status_interval_ms: 500,
             job_tick_ms: 1_000,
             job_lease_ttl_seconds: 30,
+            adopt_agents: false,
+            step_deadline_ms: 600_000,
+            events_keep: 10_000,
+            history_keep_revisions: 10_000,
         }
     }
 }
@@ -64,6 +79,8 @@ pub struct AgentLive {
     /// None: not heard from since this control plane started.
     pub last_seen_ms: Option<u64>,
     pub tasks: Vec<TaskStatus>,
+    /// Set while the agent refuses this control plane's desired state (and why).
+    pub conflict: Option<String>,
 }
 
 /// A service loaded in memory: its parsed spec, config identities and compiled plans.
@@ -82,6 +99,12 @@ pub struct Inner {
     pub store: Arc<dyn StateStore>,
     pub clock: SharedClock,
     pub epoch: String,
+    /// This cluster's identity, created with its store; agents remember it.
+    pub cluster_id: String,
+    /// Serialises spec changes (each a compare-and-swap on the service record as well).
+    pub spec_lock: tokio::sync::Mutex<()>,
+    /// Services whose stored spec cannot be loaded: not run, shown with the reason.
+    pub broken: Mutex<BTreeMap<String, (ServiceRecord, String)>>,
     pub api_token: String,
     pub cluster_token: String,
     pub agents: RwLock<BTreeMap<String, AgentLive>>,
@@ -167,22 +190,51 @@ pub fn compile_plans(spec: &ServiceSpec) -> anyhow::Result<BTreeMap<String, Plan
 }
 
 impl Server {
-    /// Opens the data directory (store, tokens) and loads services; does not serve yet.
+    /// Opens the data directory (redb store, tokens) with the system clock, and starts.
     pub async fn open(cfg: ServerConfig) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+        let clock: SharedClock = Arc::new(SystemClock);
+        let store: Arc<dyn StateStore> =
+            tend_store_redb::RedbStore::open(cfg.data_dir.join("server.redb"), clock.clone())?;
+        Server::new(cfg, store, clock).await
+    }
+
+    /// Reads the cluster id, or creates it with a store that has none (a new cluster).
+    async fn cluster_id(store: &Arc<dyn StateStore>) -> anyhow::Result<(String, bool)> {
+        if let Some(kv) = store.get(CLUSTER_ID_KEY).await? {
+            return Ok((String::from_utf8_lossy(&kv.value).into_owned(), false));
+        }
+        let id = format!("c-{}", random_hex(8)?);
+        let r = store
+            .txn(
+                tend_store::Txn::new()
+                    .when(tend_store::Compare::absent(CLUSTER_ID_KEY))
+                    .then(tend_store::TxnOp::put(CLUSTER_ID_KEY, id.clone())),
+            )
+            .await?;
+        if !r.succeeded {
+            let kv = store.get(CLUSTER_ID_KEY).await?.context("cluster id vanished")?;
+            return Ok((String::from_utf8_lossy(&kv.value).into_owned(), false));
+        }
+        Ok((id, true))
+    }
+
+    /// Starts a control plane on `store` and `clock`: loads agents and services, then runs
+    /// its loops. Tokens and uploaded artifacts live in `cfg.data_dir`.
+    pub async fn new(cfg: ServerConfig, store: Arc<dyn StateStore>, clock: SharedClock) -> anyhow::Result<Server> {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
         let artifacts_dir = cfg.data_dir.join("artifacts");
         std::fs::create_dir_all(&artifacts_dir)?;
         let api_token = token_file(&cfg.data_dir.join("token"))?;
         let cluster_token = token_file(&cfg.data_dir.join("cluster-token"))?;
-        let clock: SharedClock = Arc::new(SystemClock);
-        let store: Arc<dyn StateStore> =
-            tend_store_redb::RedbStore::open(cfg.data_dir.join("server.redb"), clock.clone())?;
+        let (cluster_id, created) = Self::cluster_id(&store).await?;
         let mut agents = BTreeMap::new();
         for kv in store.range("agents/").await?.kvs {
             let rec: AgentRecord =
                 serde_json::from_slice(&kv.value).with_context(|| format!("corrupt {}", kv.key))?;
-            agents.insert(rec.id.clone(), AgentLive { record: rec, last_seen_ms: None, tasks: Vec::new() });
+            agents.insert(rec.id.clone(), AgentLive { record: rec, last_seen_ms: None, tasks: Vec::new(), conflict: None });
         }
         let last_event = store
             .range("events/")
@@ -193,6 +245,9 @@ impl Server {
             .unwrap_or(0);
         let inner = Arc::new(Inner {
             epoch: random_hex(6)?,
+            cluster_id,
+            spec_lock: tokio::sync::Mutex::new(()),
+            broken: Mutex::new(BTreeMap::new()),
             cfg,
             store,
             clock,
@@ -216,15 +271,36 @@ impl Server {
             if !kv.key.ends_with("/spec") {
                 continue;
             }
-            let rec: ServiceRecord =
-                serde_json::from_slice(&kv.value).with_context(|| format!("corrupt {}", kv.key))?;
-            let spec = tend_spec::load_service(&rec.file, &rec.spec)
-                .map_err(|r| anyhow::anyhow!("stored spec of {}: {r}", rec.name))?;
-            server.install(rec, spec, false).await?;
+            let rec: ServiceRecord = match serde_json::from_slice(&kv.value) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(key = %kv.key, error = %e, "unreadable service record: service not run");
+                    continue;
+                }
+            };
+            // A stored spec that no longer loads puts that service in error; the rest run on.
+            let loaded = tend_spec::load_service(&rec.file, &rec.spec)
+                .map_err(|r| r.to_string())
+                .and_then(|spec| compile_plans(&spec).map(|_| spec).map_err(|e| e.to_string()));
+            match loaded {
+                Ok(spec) => server.install(rec, spec, false).await?,
+                Err(e) => {
+                    let msg = format!("stored spec of `{}` cannot be loaded; service not run: {e}", rec.name);
+                    tracing::error!(service = %rec.name, "{msg}");
+                    server.event(Some(&rec.name), "error", msg.clone()).await;
+                    server.inner.broken.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.name.clone(), (rec, msg));
+                }
+            }
         }
+        let what = if created { "new cluster" } else { "cluster" };
         server
-            .event(None, "control-plane", format!("control plane started (epoch {})", server.inner.epoch))
+            .event(
+                None,
+                "control-plane",
+                format!("control plane started ({what} {}, epoch {})", server.inner.cluster_id, server.inner.epoch),
+            )
             .await;
+        tokio::spawn(server.clone().housekeeping());
         tokio::spawn(server.clone().reconcile());
         tokio::spawn(recovery::run(server.clone()));
         let tick = std::time::Duration::from_millis(server.inner.cfg.job_tick_ms.max(50));
@@ -446,12 +522,10 @@ impl Server {
         let mut done: BTreeSet<(String, String, String)> = BTreeSet::new();
         for t in &tasks {
             if t.state == TaskState::Exited && t.exit_code == Some(0) {
+                let Some(id) = tend_model::InstanceId::parse(&t.instance) else { continue };
                 let once = self.service(&t.service).is_some_and(|rt| {
                     let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
-                    rt.spec.pods.iter().any(|p| {
-                        t.instance.starts_with(&format!("{}-", p.name))
-                            && p.tasks.iter().any(|x| x.name == t.task && x.goal == Goal::Once)
-                    })
+                    rt.spec.pod(&id.pod).is_some_and(|p| p.tasks.iter().any(|x| x.name == t.task && x.goal == Goal::Once))
                 });
                 if once {
                     done.insert((t.service.clone(), t.instance.clone(), t.task.clone()));
@@ -468,25 +542,46 @@ impl Server {
             })
             .await;
         }
-        // Old volumes the agent confirms deleted: forget them.
+        // Volumes the agent confirms deleted (as it was told): their records go.
         for r in released {
-            let changed = self
-                .update_instance(&r.service, &r.instance, |rec| {
-                    let before = rec.release.len();
-                    rec.release.retain(|(a, g)| !(a == agent && *g == r.generation));
-                    rec.release.len() != before
-                })
-                .await;
-            if changed {
-                let msg = format!(
-                    "agent {agent} deleted the old volumes of {} (generation {})",
-                    r.instance, r.generation
-                );
-                self.event(Some(&r.service), "volume", msg).await;
-                self.inner.desired_gen.send_modify(|g| *g += 1);
-            }
+            volumes::on_released(self, agent, &r.id).await;
         }
         self.inner.status_gen.send_modify(|g| *g += 1);
         true
+    }
+}
+
+impl Server {
+    /// Keeps the store bounded: events beyond `events_keep` go (oldest first), and store history
+    /// older than `history_keep_revisions` is compacted. Every 30 s.
+    async fn housekeeping(self) {
+        loop {
+            if let Err(e) = self.trim_events().await {
+                tracing::warn!(error = %e, "cannot trim events");
+            }
+            if let Ok(rev) = self.inner.store.revision().await {
+                let keep = self.inner.cfg.history_keep_revisions.max(1);
+                if rev > keep {
+                    if let Err(e) = self.inner.store.compact(rev - keep).await {
+                        tracing::debug!(error = %e, "compaction skipped");
+                    }
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        }
+    }
+
+    /// Deletes the oldest events beyond the bound.
+    pub async fn trim_events(&self) -> anyhow::Result<usize> {
+        let kvs = self.inner.store.range("events/").await?.kvs;
+        let excess = kvs.len().saturating_sub(self.inner.cfg.events_keep);
+        for chunk in kvs[..excess].chunks(500) {
+            let mut txn = tend_store::Txn::new();
+            for kv in chunk {
+                txn = txn.then(tend_store::TxnOp::delete(&kv.key));
+            }
+            self.inner.store.txn(txn).await?;
+        }
+        Ok(excess)
     }
 }

@@ -23,6 +23,14 @@ pub fn plans_prefix(service: &str) -> String {
 pub fn event_key(seq: u64) -> String {
     format!("events/{seq:020}")
 }
+pub fn volume_key(id: &str) -> String {
+    format!("volumes/{id}")
+}
+pub const VOLUMES_PREFIX: &str = "volumes/";
+/// The cluster's identity: created with the store, remembered by every agent.
+pub const CLUSTER_ID_KEY: &str = "meta/cluster-id";
+/// The counter volume ids are drawn from (never reused).
+pub const VOLUME_SEQ_KEY: &str = "meta/volume-seq";
 
 /// A registered agent.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -73,15 +81,94 @@ pub struct InstanceRecord {
     pub once_done: Vec<String>,
     #[serde(default)]
     pub launched_ms: u64,
-    /// Volumes live under this generation; a replacement starts a new one (fresh volumes).
+    /// The instance's volumes (a `VolumeRecord`); a new placement gets a new id, never reused.
     #[serde(default)]
-    pub volume_generation: u64,
+    pub volume_id: Option<String>,
     /// Set on an incarnation that replaces a failed one: (old agent, old host).
     #[serde(default)]
     pub replaced_from: Option<(String, String)>,
-    /// Old volume generations to delete, by agent, until that agent confirms.
+    /// When the last replacement was launched (the launch-rate limit reads it).
     #[serde(default)]
-    pub release: Vec<(String, u64)>,
+    pub replaced_ms: u64,
+    /// The config that last became ready on this instance, and in which incarnation.
+    #[serde(default)]
+    pub ready_config: Option<String>,
+    #[serde(default)]
+    pub ready_incarnation: u64,
+    /// Since when recovery has seen it down (from the reports it received), persisted so that a
+    /// restarted control plane judges from the same time.
+    #[serde(default)]
+    pub down_since_ms: Option<u64>,
+}
+
+/// A set of volumes of one instance on one agent (see `tend_model::Volume`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VolumeRecord {
+    pub id: String,
+    pub service: String,
+    pub instance: String,
+    pub agent: String,
+    pub names: Vec<(String, u64)>,
+    pub created_ms: u64,
+    /// Retention once unused, in ms (None: forever).
+    pub retain_ms: Option<u64>,
+    /// active | retained | deleting
+    pub state: String,
+    #[serde(default)]
+    pub since_ms: u64,
+    #[serde(default)]
+    pub until_ms: Option<u64>,
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl VolumeRecord {
+    /// The domain value (None: a record this version cannot read).
+    pub fn to_model(&self) -> Option<tend_model::Volume> {
+        use tend_model::{Retention, VolumeState};
+        let state = match self.state.as_str() {
+            "active" => VolumeState::Active,
+            "retained" => {
+                VolumeState::Retained { since_ms: self.since_ms, until_ms: self.until_ms, reason: self.reason.clone() }
+            }
+            "deleting" => VolumeState::Deleting { since_ms: self.since_ms, reason: self.reason.clone() },
+            _ => return None,
+        };
+        Some(tend_model::Volume {
+            id: tend_model::VolumeId::parse(&self.id)?,
+            service: self.service.clone(),
+            instance: tend_model::InstanceId::parse(&self.instance)?,
+            agent: self.agent.clone(),
+            names: self.names.clone(),
+            created_ms: self.created_ms,
+            retention: self.retain_ms.map_or(Retention::Forever, Retention::For),
+            state,
+        })
+    }
+
+    /// Sets the lifecycle state from the domain value.
+    pub fn set_state(&mut self, state: &tend_model::VolumeState) {
+        use tend_model::VolumeState;
+        match state {
+            VolumeState::Active => {
+                self.state = "active".into();
+                self.until_ms = None;
+                self.reason.clear();
+            }
+            VolumeState::Retained { since_ms, until_ms, reason } => {
+                self.state = "retained".into();
+                self.since_ms = *since_ms;
+                self.until_ms = *until_ms;
+                self.reason = reason.clone();
+            }
+            VolumeState::Deleting { since_ms, reason } => {
+                self.state = "deleting".into();
+                self.since_ms = *since_ms;
+                self.until_ms = None;
+                self.reason = reason.clone();
+            }
+        }
+    }
 }
 
 /// Something that happened, for `tend events` and debugging.

@@ -1,19 +1,25 @@
-//! Recovery on the control plane: watches every launched pod instance, feeds the pure
-//! FailureMonitor and replacement limits (`tend_scheduler::recovery`), and replaces failed
-//! instances — a new incarnation, placed elsewhere when possible, with fresh volumes. Restarts in
-//! place are the agents' own business; this loop only reports them.
+//! Recovery on the control plane: watches every launched pod instance, judges it with the pure
+//! rules of `tend_control::recovery` (down-since from reports actually received, persisted;
+//! failed updates blocked, never replaced) and the replacement limits of
+//! `tend_scheduler::recovery`, and replaces failed instances — a new incarnation, placed
+//! elsewhere when possible, with fresh volumes; the old volumes are retained, not deleted.
+//! Restarts in place are the agents' own business; this loop only reports them.
+//!
+//! Level-triggered: a pass reads the store and the latest reports and acts; everything it
+//! remembers between passes is in the store, so a restarted control plane decides the same.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use tend_api::TaskState;
+use tend_control::recovery::{assess, replacing, InstanceFacts, Observed};
 use tend_plan::Status;
 use tend_scheduler::recovery::{
     decide, FailureMonitor, Health, InstanceView, RecoveryAction, ReplacementLimits,
 };
-use tend_spec::Goal;
+use tend_spec::{Goal, PodSpec, ServiceSpec};
 
-use crate::deploy::{engine, pod_of, DeployWork};
+use crate::deploy::{engine, judge, pod_of, DeployWork};
 use crate::records::InstanceRecord;
 use crate::Server;
 
@@ -27,28 +33,38 @@ pub const MIN_REPLACEMENT_INTERVAL_MS: u64 = 1_000;
 /// What recovery shows for one instance.
 #[derive(Clone, Debug, Default)]
 pub struct RecoveryEntry {
-    /// stopped | unreachable | replacing | waiting
+    /// stopped | unreachable | replacing | waiting | blocked
     pub state: String,
     pub message: String,
 }
 
-/// Recovery's memory (rebuilt after a restart from the store and fresh reports).
+/// What the last pass showed (a display cache only: decisions never read it).
 #[derive(Default)]
 pub struct RecoveryBoard {
-    down_since: HashMap<(String, String), u64>,
-    replacing: HashSet<(String, String)>,
-    last_launch: HashMap<String, u64>,
     pub entries: BTreeMap<(String, String), RecoveryEntry>,
 }
 
-/// Runs recovery forever (after start-up reconciliation).
+/// Runs recovery (after start-up reconciliation): a pass whenever an agent reports or what runs
+/// changes, at most every 100 ms, and at least every second (timeouts need the clock).
 pub async fn run(server: Server) {
     server.wait_reconciled().await;
+    let mut status = server.inner.status_gen.subscribe();
+    let mut desired = server.inner.desired_gen.subscribe();
     loop {
         if let Err(e) = tick(&server).await {
-            tracing::warn!(error = %e, "recovery tick failed");
+            tracing::warn!(error = %e, "recovery pass failed");
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        if let Err(e) = crate::volumes::reconcile(&server).await {
+            tracing::warn!(error = %e, "volume pass failed");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = tokio::time::timeout(Duration::from_millis(900), async {
+            tokio::select! {
+                _ = status.changed() => {}
+                _ = desired.changed() => {}
+            }
+        })
+        .await;
     }
 }
 
@@ -56,178 +72,239 @@ fn fmt_secs(ms: u64) -> String {
     format!("{:.1} s", ms as f64 / 1000.0)
 }
 
+/// The reset window of the agents' crash-loop state (as `deploy::assignment` sets it).
+fn reset_after_ms(spec: &ServiceSpec) -> u64 {
+    (spec.recovery.backoff.max_seconds * 1000).max(10_000)
+}
+
+/// What the reports say of an instance's target incarnation.
+fn observe(server: &Server, spec: &ServiceSpec, pod: &PodSpec, svc: &str, inst: &str, rec: &InstanceRecord, agent: &str) -> Observed {
+    let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+    let Some(a) = agents.get(agent) else { return Observed::AgentSilent { last_seen_ms: None } };
+    if !server.agent_up(a) {
+        return Observed::AgentSilent { last_seen_ms: a.last_seen_ms };
+    }
+    let now = server.now_ms();
+    let tasks: Vec<_> = a
+        .tasks
+        .iter()
+        .filter(|t| t.service == svc && t.instance == inst && t.incarnation == rec.incarnation)
+        .cloned()
+        .collect();
+    drop(agents);
+    let mut down: Option<u64> = None;
+    for t in pod.tasks.iter().filter(|t| t.goal == Goal::Running) {
+        let Some(s) = tasks.iter().find(|s| s.task == t.name) else { continue };
+        let stopped = matches!(s.state, TaskState::Exited | TaskState::Killed | TaskState::Failed);
+        // Caught running inside a crash loop: still down until it runs past the reset window.
+        let looping = s.state == TaskState::Running
+            && s.crash_loop >= 2
+            && now.saturating_sub(s.since_ms) < reset_after_ms(spec);
+        if stopped || looping {
+            down = Some(down.map_or(s.since_ms, |d| d.min(s.since_ms)));
+        }
+    }
+    if let Some(since_ms) = down {
+        return Observed::TaskDown { since_ms };
+    }
+    if judge(pod, &tasks, now) == Ok(true) {
+        Observed::Up
+    } else {
+        Observed::Starting
+    }
+}
+
+/// How a service's spec says to recover.
+struct Policy {
+    monitor: FailureMonitor,
+    limits: ReplacementLimits,
+    /// Fence mode: replace an unreachable instance only once its agent has surely killed it.
+    fence_ms: u64,
+}
+
+impl Policy {
+    fn of(spec: &ServiceSpec) -> Policy {
+        Policy {
+            monitor: match spec.recovery.failure_timeout_seconds {
+                Some(s) => FailureMonitor::Timed { timeout_ms: s * 1000 },
+                None => FailureMonitor::Never,
+            },
+            limits: ReplacementLimits {
+                max_concurrent: spec.recovery.max_concurrent_replacements,
+                min_interval_ms: MIN_REPLACEMENT_INTERVAL_MS,
+            },
+            fence_ms: match spec.recovery.on_partition {
+                tend_spec::OnPartition::Fence => spec.recovery.fence_after_seconds * 1000 + FENCE_MARGIN_MS,
+                tend_spec::OnPartition::Replace => 0,
+            },
+        }
+    }
+}
+
+/// Instances a deploy step is working on (a step past its deadline fails, releasing them).
+async fn busy_steps(server: &Server, svc: &str, deploy: Option<&tend_plan::Plan>) -> anyhow::Result<HashSet<String>> {
+    let mut busy = HashSet::new();
+    if let Some(plan) = deploy {
+        let recs = engine(server, svc).records(plan).await?;
+        for (node, r) in plan.steps.iter().zip(recs) {
+            if matches!(r.status(), Status::Prepared | Status::Starting | Status::Started) {
+                busy.insert(node.name.clone());
+            }
+        }
+    }
+    Ok(busy)
+}
+
+/// Writes what the assessment says the store must hold (down-since, ready config), guarded by
+/// the incarnation it judged.
+async fn persist(server: &Server, svc: &str, inst: &str, rec: &InstanceRecord, down: Option<u64>, mark_ready: bool) {
+    if down == rec.down_since_ms && !mark_ready {
+        return;
+    }
+    let incarnation = rec.incarnation;
+    let wrote = server
+        .update_instance(svc, inst, |r| {
+            if r.incarnation != incarnation {
+                return false;
+            }
+            r.down_since_ms = down;
+            if mark_ready {
+                r.ready_config = Some(r.config.clone());
+                r.ready_incarnation = r.incarnation;
+            }
+            true
+        })
+        .await;
+    if wrote && mark_ready && rec.replaced_from.is_some() && rec.ready_incarnation < incarnation {
+        let msg = format!("replacement of {inst} is up (incarnation {incarnation})");
+        server.event(Some(svc), "replace", msg).await;
+    }
+}
+
+/// The line recovery shows for a down instance.
+fn describe(health: &Health, agent: &str, monitor: &FailureMonitor, blocked: Option<&str>, now: u64) -> Option<(String, String)> {
+    let (state, what) = match health {
+        Health::Up => return None,
+        Health::Unreachable { since_ms } => {
+            ("unreachable", format!("agent {agent} unreachable for {}", fmt_secs(now.saturating_sub(*since_ms))))
+        }
+        Health::Stopped { since_ms } => (
+            "stopped",
+            format!("stopped for {}; agent {agent} restarting it in place", fmt_secs(now.saturating_sub(*since_ms))),
+        ),
+    };
+    if let Some(why) = blocked {
+        return Some(("blocked".into(), format!("{what}; {why}")));
+    }
+    let next = match monitor.deadline_ms(health) {
+        Some(d) if d > now => format!("; replaced in {} if still down", fmt_secs(d - now)),
+        Some(_) => "; failed".into(),
+        None => "; failure monitor: never replaced automatically".into(),
+    };
+    Some((state.into(), format!("{what}{next}")))
+}
+
 /// One pass over every service.
 pub async fn tick(server: &Server) -> anyhow::Result<()> {
-    let now = server.now_ms();
     for svc in server.service_names() {
         let Some(rt) = server.service(&svc) else { continue };
-        let (spec, deploy) = {
+        let (spec, deploy, ids) = {
             let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
-            (rt.spec.clone(), rt.plans.get("deploy").cloned())
+            (rt.spec.clone(), rt.plans.get("deploy").cloned(), rt.identities.clone())
         };
-        // A pod instance is touched by one plan at a time: skip those the deploy plan is working on.
-        let mut busy = HashSet::new();
-        if let Some(plan) = &deploy {
-            let recs = engine(server, &svc).records(plan).await?;
-            for (node, r) in plan.steps.iter().zip(recs) {
-                if matches!(r.status(), Status::Prepared | Status::Starting | Status::Started) {
-                    busy.insert(node.name.clone());
-                }
-            }
-        }
-        let monitor = match spec.recovery.failure_timeout_seconds {
-            Some(s) => FailureMonitor::Timed { timeout_ms: s * 1000 },
-            None => FailureMonitor::Never,
-        };
-        let limits = ReplacementLimits {
-            max_concurrent: spec.recovery.max_concurrent_replacements,
-            min_interval_ms: MIN_REPLACEMENT_INTERVAL_MS,
-        };
-        // Fence mode: replace an unreachable instance only once its agent has surely killed it.
-        let fence_ms = match spec.recovery.on_partition {
-            tend_spec::OnPartition::Fence => spec.recovery.fence_after_seconds * 1000 + FENCE_MARGIN_MS,
-            tend_spec::OnPartition::Replace => 0,
-        };
-        let work = DeployWork { server: server.clone(), service: svc.clone() };
-        let mut views = Vec::new();
-        let mut notes: BTreeMap<String, (String, String)> = BTreeMap::new();
-        for (inst, rec) in server.instances(&svc).await? {
-            if rec.incarnation == 0 {
-                continue;
-            }
-            let key = (svc.clone(), inst.clone());
-            let Some(agent) = rec.agent.clone() else {
-                // A replacement still waiting for an agent that fits: try again.
-                let _ = work.ensure_launched(&inst).await;
-                let why = rec.pending_reason.clone().unwrap_or_else(|| "waiting for placement".into());
-                notes.insert(inst.clone(), ("replacing".into(), format!("replacement pending: {why}")));
-                views.push(InstanceView {
-                    instance: inst,
-                    health: Health::Up,
-                    replacing: true,
-                    busy: false,
-                    min_unreachable_ms: 0,
-                });
-                continue;
-            };
-            let health = health_of(server, &spec, &svc, &inst, &rec, &agent);
-            let mut board = server.inner.recovery.lock().unwrap_or_else(|e| e.into_inner());
-            let health = match health {
-                None => {
-                    board.down_since.remove(&key);
-                    if board.replacing.remove(&key) {
-                        notes.insert(inst.clone(), ("recovered".into(), String::new()));
-                    }
-                    Health::Up
-                }
-                Some((unreachable, since)) => {
-                    let since = *board.down_since.entry(key.clone()).or_insert(since);
-                    if unreachable {
-                        Health::Unreachable { since_ms: since }
-                    } else {
-                        Health::Stopped { since_ms: since }
-                    }
-                }
-            };
-            let replacing = board.replacing.contains(&key);
-            drop(board);
-            if let Health::Stopped { since_ms } | Health::Unreachable { since_ms } = &health {
-                let what = if matches!(health, Health::Unreachable { .. }) {
-                    format!("agent {agent} unreachable for {}", fmt_secs(now.saturating_sub(*since_ms)))
-                } else {
-                    format!(
-                        "stopped for {}; agent {agent} restarting it in place",
-                        fmt_secs(now.saturating_sub(*since_ms))
-                    )
-                };
-                let next = match monitor.deadline_ms(&health) {
-                    Some(d) if d > now => format!("; replaced in {} if still down", fmt_secs(d - now)),
-                    Some(_) => "; failed".into(),
-                    None => "; failure monitor: never replaced automatically".into(),
-                };
-                let state =
-                    if matches!(health, Health::Unreachable { .. }) { "unreachable" } else { "stopped" };
-                notes.insert(inst.clone(), (state.into(), format!("{what}{next}")));
-            }
-            views.push(InstanceView {
-                instance: inst.clone(),
-                health,
-                replacing,
-                busy: busy.contains(&inst),
-                min_unreachable_ms: fence_ms,
-            });
-        }
-        let last =
-            server.inner.recovery.lock().unwrap_or_else(|e| e.into_inner()).last_launch.get(&svc).copied();
-        for action in decide(&views, &monitor, &limits, last, now) {
-            match action {
-                RecoveryAction::Replace { instance } => {
-                    let why = notes.get(&instance).map(|n| n.1.clone()).unwrap_or_default();
-                    match replace(server, &svc, &instance, &format!("failure monitor: {why}")).await {
-                        Ok(msg) => {
-                            let mut board = server.inner.recovery.lock().unwrap_or_else(|e| e.into_inner());
-                            board.replacing.insert((svc.clone(), instance.clone()));
-                            board.down_since.remove(&(svc.clone(), instance.clone()));
-                            board.last_launch.insert(svc.clone(), now);
-                            notes.insert(instance, ("replacing".into(), msg));
-                        }
-                        Err(e) => {
-                            tracing::warn!(service = %svc, %instance, error = %e, "replacement failed; will retry")
-                        }
-                    }
-                }
-                RecoveryAction::Wait { instance, reason } => {
-                    let prev = notes.get(&instance).map(|n| n.1.clone()).unwrap_or_default();
-                    notes
-                        .insert(instance, ("waiting".into(), format!("{prev}; replacement waits: {reason}")));
-                }
-            }
-        }
-        // Replacements under way that are not up yet stay listed.
-        let mut board = server.inner.recovery.lock().unwrap_or_else(|e| e.into_inner());
-        for (s, inst) in board.replacing.clone() {
-            if s == svc && !notes.contains_key(&inst) {
-                notes.insert(inst, ("replacing".into(), "replacement launching".into()));
-            }
-        }
-        board.entries.retain(|(s, _), _| s != &svc);
-        for (inst, (state, message)) in notes {
-            if state != "recovered" {
-                board.entries.insert((svc.clone(), inst), RecoveryEntry { state, message });
-            }
-        }
+        service_pass(server, &svc, &spec, &ids, deploy.as_ref()).await?;
     }
     Ok(())
 }
 
-/// None if the instance is up; Some((unreachable, since_ms)) if it is down.
-fn health_of(
+async fn service_pass(
     server: &Server,
-    spec: &tend_spec::ServiceSpec,
     svc: &str,
-    inst: &str,
-    rec: &InstanceRecord,
-    agent: &str,
-) -> Option<(bool, u64)> {
-    let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
-    let a = agents.get(agent)?;
-    if !server.agent_up(a) {
-        return Some((true, a.last_seen_ms.unwrap_or(rec.launched_ms)));
+    spec: &ServiceSpec,
+    targets: &BTreeMap<String, String>,
+    deploy: Option<&tend_plan::Plan>,
+) -> anyhow::Result<()> {
+    let now = server.now_ms();
+    // Gather: facts from the store and the reports, judged by the pure rules.
+    let busy = busy_steps(server, svc, deploy).await?;
+    let policy = Policy::of(spec);
+    let mut views = Vec::new();
+    let mut notes: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut last_launch: Option<u64> = None;
+    for (inst, rec) in server.instances(svc).await? {
+        if rec.incarnation == 0 {
+            continue;
+        }
+        if rec.replaced_from.is_some() && rec.replaced_ms > 0 {
+            last_launch = Some(last_launch.map_or(rec.replaced_ms, |l: u64| l.max(rec.replaced_ms)));
+        }
+        let is_replacing = replacing(rec.replaced_from.is_some(), rec.incarnation, rec.ready_incarnation);
+        let Some(agent) = rec.agent.clone() else {
+            // A replacement still waiting for an agent that fits: try again.
+            let _ = DeployWork { server: server.clone(), service: svc.to_string() }.ensure_launched(&inst).await;
+            let why = rec.pending_reason.clone().unwrap_or_else(|| "waiting for placement".into());
+            notes.insert(inst.clone(), ("replacing".into(), format!("replacement pending: {why}")));
+            views.push(InstanceView { instance: inst, health: Health::Up, replacing: true, busy: false, min_unreachable_ms: 0 });
+            continue;
+        };
+        let Some((pod, _)) = pod_of(spec, &inst) else { continue };
+        // A step holds an instance only until it has launched the target config there; a step
+        // that merely waits on the agent does not hide the instance from recovery.
+        let held = busy.contains(&inst) && targets.get(&pod.name) != Some(&rec.config);
+        let facts = InstanceFacts {
+            incarnation: rec.incarnation,
+            config: rec.config.clone(),
+            ready_config: rec.ready_config.clone(),
+            ready_incarnation: rec.ready_incarnation,
+            down_since_ms: rec.down_since_ms,
+            observed: observe(server, spec, pod, svc, &inst, &rec, &agent),
+        };
+        let a = assess(&facts, now);
+        persist(server, svc, &inst, &rec, a.down_since_ms, a.mark_ready).await;
+        if let Some(note) = describe(&a.health, &agent, &policy.monitor, a.blocked, now) {
+            notes.insert(inst.clone(), note);
+        } else if is_replacing {
+            notes.insert(inst.clone(), ("replacing".into(), "replacement launching".into()));
+        }
+        views.push(InstanceView {
+            instance: inst.clone(),
+            health: a.health,
+            replacing: is_replacing,
+            // A blocked instance is not the failure monitor's to replace.
+            busy: held || a.blocked.is_some(),
+            min_unreachable_ms: policy.fence_ms,
+        });
     }
-    let (pod, _) = pod_of(spec, inst)?;
-    let down = a
-        .tasks
-        .iter()
-        .filter(|t| t.service == svc && t.instance == inst && t.incarnation == rec.incarnation)
-        .find(|t| {
-            pod.tasks.iter().any(|p| p.name == t.task && p.goal == Goal::Running)
-                && matches!(t.state, TaskState::Exited | TaskState::Killed | TaskState::Failed)
-        })?;
-    Some((false, down.since_ms))
+    // Decide, then act.
+    for action in decide(&views, &policy.monitor, &policy.limits, last_launch, now) {
+        match action {
+            RecoveryAction::Replace { instance } => {
+                let why = notes.get(&instance).map(|n| n.1.clone()).unwrap_or_default();
+                match replace(server, svc, &instance, &format!("failure monitor: {why}")).await {
+                    Ok(msg) => {
+                        notes.insert(instance, ("replacing".into(), msg));
+                    }
+                    Err(e) => tracing::warn!(service = %svc, %instance, error = %e, "replacement failed; will retry"),
+                }
+            }
+            RecoveryAction::Wait { instance, reason } => {
+                let prev = notes.get(&instance).map(|n| n.1.clone()).unwrap_or_default();
+                notes.insert(instance, ("waiting".into(), format!("{prev}; replacement waits: {reason}")));
+            }
+        }
+    }
+    let mut board = server.inner.recovery.lock().unwrap_or_else(|e| e.into_inner());
+    board.entries.retain(|(s, _), _| s != svc);
+    for (inst, (state, message)) in notes {
+        board.entries.insert((svc.to_string(), inst), RecoveryEntry { state, message });
+    }
+    Ok(())
 }
 
 /// Replaces an instance: releases its reservation, places it anew (another agent when one fits),
-/// fresh volumes, next incarnation, all written before any agent hears of it.
+/// fresh volumes under a new id, next incarnation, all written before any agent hears of it.
+/// The old volumes are retained (listed, deleted only after their retention), in the same
+/// transaction.
 pub async fn replace(server: &Server, svc: &str, inst: &str, why: &str) -> Result<String, String> {
     let work = DeployWork { server: server.clone(), service: svc.to_string() };
     let _guard = server.inner.launch_lock.lock().await;
@@ -254,24 +331,34 @@ pub async fn replace(server: &Server, svc: &str, inst: &str, why: &str) -> Resul
         Ok(p) => Ok(p),
         Err(_) => work.place(&spec, pod, inst, None).await?,
     };
-    if !pod.volumes.is_empty() && !old_agent.is_empty() {
-        // The old volumes are deleted only once their agent confirms it did.
-        rec.release.push((old_agent.clone(), rec.volume_generation));
+    let mut extra = Vec::new();
+    if let Some(old) = rec.volume_id.take() {
+        let reason = format!("{inst} replaced ({why})");
+        extra.extend(crate::volumes::retain_op(server, &old, &reason).await?);
     }
     rec.incarnation += 1;
     rec.config = ids.get(&pod.name).cloned().unwrap_or_default();
     rec.launched_ms = server.now_ms();
+    rec.replaced_ms = rec.launched_ms;
     rec.replaced_from = Some((old_agent.clone(), old_host));
-    rec.volume_generation = rec.incarnation;
+    rec.down_since_ms = None;
     let msg = match placed {
         Ok((agent, ports, needs)) => {
+            if !pod.volumes.is_empty() {
+                let id = crate::volumes::next_id(server).await?;
+                let retain = spec.recovery.retain_volumes_seconds;
+                let vrec = crate::volumes::new_record(server, &id, svc, inst, &agent, pod, retain);
+                extra.push(crate::volumes::put_op(&vrec)?);
+                rec.volume_id = Some(id.to_string());
+            }
             rec.agent = Some(agent.clone());
             rec.ports = ports;
             rec.cpus_milli = needs.cpus_milli;
             rec.memory_mb = needs.memory_mb;
             rec.disk_mb = needs.disk_mb;
             rec.pending_reason = None;
-            format!("replacing {inst} ({why}): incarnation {} on agent {agent} with fresh volumes (was on {old_agent})", rec.incarnation)
+            let vols = rec.volume_id.as_deref().map(|v| format!(" with fresh volumes {v}")).unwrap_or_default();
+            format!("replacing {inst} ({why}): incarnation {} on agent {agent}{vols} (was on {old_agent}; its volumes are retained)", rec.incarnation)
         }
         Err(reason) => {
             rec.agent = None;
@@ -283,7 +370,7 @@ pub async fn replace(server: &Server, svc: &str, inst: &str, why: &str) -> Resul
             format!("replacing {inst} ({why}): no agent fits yet: {reason}")
         }
     };
-    work.write(inst, &rec, rev).await?;
+    work.write_with(inst, &rec, rev, extra).await?;
     server.event(Some(svc), "replace", msg.clone()).await;
     server.inner.desired_gen.send_modify(|g| *g += 1);
     Ok(msg)
@@ -298,6 +385,7 @@ pub async fn restart_in_place(server: &Server, svc: &str, inst: &str) -> Result<
     rec.incarnation += 1;
     rec.launched_ms = server.now_ms();
     rec.replaced_from = None;
+    rec.down_since_ms = None;
     work.write(inst, &rec, rev).await?;
     let msg =
         format!("restart {inst} in place: incarnation {} on agent {agent}, same volumes", rec.incarnation);

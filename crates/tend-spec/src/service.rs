@@ -213,6 +213,20 @@ pub struct RecoveryPolicy {
     pub on_partition: OnPartition,
     /// With `fence`: an agent out of contact this long kills the instance's tasks itself.
     pub fence_after_seconds: u64,
+    /// How long volumes no instance uses any more (replaced, decommissioned, service deleted)
+    /// are kept before tend deletes them; None: until a user deletes them.
+    #[serde(serialize_with = "forever_or")]
+    pub retain_volumes_seconds: Option<u64>,
+}
+
+/// One week: the default retention of unused volumes.
+pub const DEFAULT_RETAIN_VOLUMES_SECONDS: u64 = 7 * 86_400;
+
+fn forever_or<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(n) => s.serialize_u64(*n),
+        None => s.serialize_str("forever"),
+    }
 }
 
 /// Partition safety of a service.
@@ -241,6 +255,7 @@ impl Default for RecoveryPolicy {
             max_concurrent_replacements: 1,
             on_partition: OnPartition::Replace,
             fence_after_seconds: 10,
+            retain_volumes_seconds: Some(DEFAULT_RETAIN_VOLUMES_SECONDS),
         }
     }
 }
@@ -876,10 +891,27 @@ fn decode_recovery(cx: &mut Ctx, node: &Node) -> RecoveryPolicy {
             "max_concurrent_replacements",
             "on_partition",
             "fence_after_seconds",
+            "retain_volumes_seconds",
         ],
     ) else {
         return r;
     };
+    if let Some(n) = f.get("retain_volumes_seconds") {
+        match &n.kind {
+            NodeKind::Str(s) if s == "forever" => r.retain_volumes_seconds = None,
+            NodeKind::Int(_) => {
+                if let Some(v) = cx.int(n, "retain_volumes_seconds", 0, 10 * 365 * 86_400) {
+                    r.retain_volumes_seconds = Some(v as u64);
+                }
+            }
+            _ => cx.at(
+                "wrong-type",
+                n,
+                format!("retain_volumes_seconds must be a number of seconds or `forever`, found {}", n.describe()),
+                Some("e.g. `retain_volumes_seconds: 604800` (a week) or `forever`".into()),
+            ),
+        }
+    }
     if let Some(n) = f.get("failure_timeout_seconds") {
         match &n.kind {
             NodeKind::Str(s) if s == "never" => r.failure_timeout_seconds = None,

@@ -1,0 +1,80 @@
+//! What an agent remembers of the cluster it obeys: the cluster id and the highest store
+//! revision it acted on. With it an agent refuses to stop its tasks on the word of a control
+//! plane that lost its memory (another cluster id: a new, empty store) or runs on an older copy
+//! of the store (a lower revision).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClusterMemory {
+    pub cluster_id: Option<String>,
+    pub revision: u64,
+}
+
+/// Why a desired state must not be obeyed.
+pub fn refuse(mem: &ClusterMemory, cluster_id: &str, revision: u64) -> Option<String> {
+    if let Some(mine) = &mem.cluster_id {
+        if !cluster_id.is_empty() && cluster_id != mine {
+            return Some(format!(
+                "desired state from cluster {cluster_id}, but this agent belongs to cluster {mine}: refusing it; tasks keep running"
+            ));
+        }
+    }
+    if revision < mem.revision {
+        return Some(format!(
+            "desired state read at store revision {revision}, older than revision {} this agent already obeyed (a store restored from an older copy?): refusing it; tasks keep running",
+            mem.revision
+        ));
+    }
+    None
+}
+
+/// The file the memory lives in.
+pub struct ClusterFile {
+    path: PathBuf,
+}
+
+impl ClusterFile {
+    pub fn new(data_dir: &Path) -> ClusterFile {
+        ClusterFile { path: data_dir.join("cluster.json") }
+    }
+
+    /// The memory on disk (a fresh agent: none). An unreadable file is an error: guessing could
+    /// hand the agent to the wrong control plane.
+    pub fn load(&self) -> anyhow::Result<ClusterMemory> {
+        match std::fs::read(&self.path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| anyhow::anyhow!("{} is unreadable ({e}); fix or remove it", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClusterMemory::default()),
+            Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", self.path.display())),
+        }
+    }
+
+    /// Writes it atomically (temporary file, fsync, rename).
+    pub fn save(&self, mem: &ClusterMemory) -> std::io::Result<()> {
+        use std::io::Write;
+        let tmp = self.path.with_extension("json.part");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(mem).map_err(std::io::Error::other)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_another_cluster_and_an_older_store() {
+        let fresh = ClusterMemory::default();
+        assert_eq!(refuse(&fresh, "c-1", 0), None);
+        let mem = ClusterMemory { cluster_id: Some("c-1".into()), revision: 100 };
+        assert_eq!(refuse(&mem, "c-1", 100), None);
+        assert_eq!(refuse(&mem, "c-1", 250), None);
+        assert!(refuse(&mem, "c-2", 500).unwrap().contains("belongs to cluster c-1"));
+        assert!(refuse(&mem, "c-1", 99).unwrap().contains("older than revision 100"));
+    }
+}

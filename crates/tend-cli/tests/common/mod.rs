@@ -1,0 +1,225 @@
+//! The test harness shared by the end-to-end tests: a control plane and three agents as real
+//! processes on loopback, a client that runs the real `tend` binary, and waits bounded in time.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub fn tend() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_tend"))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A control plane and three agents (zones a, b, c), killed by pid when dropped.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub server: Option<Child>,
+    pub agents: Vec<Child>,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut c = Cluster { dir, port, server: None, agents: Vec::new() };
+        c.start_server();
+        for i in 0..3 {
+            let child = c.spawn_agent(i);
+            c.agents.push(child);
+        }
+        c.wait_for(Duration::from_secs(20), "3 agents up", |c| {
+            c.api(&["agent", "list"])
+                .map(|v| v.as_array().map_or(0, |a| a.iter().filter(|x| x["state"] == "up").count()) == 3)
+                .unwrap_or(false)
+        });
+        c
+    }
+
+    /// Starts agent `i` (zone a, b or c) with its fixed id, ports and data directory.
+    pub fn spawn_agent(&self, i: usize) -> Child {
+        let zone = ["a", "b", "c"][i];
+        let lo = 30_000 + i as u16 * 100 + (self.port % 50) * 300;
+        tend()
+            .args([
+                "agent",
+                "run",
+                "--server",
+                &self.url(),
+                "--id",
+                &format!("{zone}1"),
+                "--attr",
+                &format!("zone={zone}"),
+            ])
+            .args(["--cpus", "2", "--memory-mb", "2048", "--ports", &format!("{lo}-{}", lo + 99)])
+            .arg("--cluster-token-file")
+            .arg(self.data().join("cluster-token"))
+            .arg("--data-dir")
+            .arg(self.dir.path().join(format!("agent-{zone}")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("server")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn start_server(&mut self) {
+        self.start_server_with(&[]);
+    }
+
+    /// Starts the control plane with extra flags (e.g. `--adopt-agents`).
+    pub fn start_server_with(&mut self, extra: &[&str]) {
+        let child = tend()
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{}", self.port),
+                "--agent-lost-after-seconds",
+                "5",
+            ])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(self.data())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self.data().join("token").exists()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("control plane did not start");
+    }
+
+    pub fn kill_server(&mut self) {
+        if let Some(mut s) = self.server.take() {
+            kill(Pid::from_raw(s.id() as i32), Signal::SIGKILL).unwrap();
+            s.wait().unwrap();
+        }
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data().join("token")).unwrap().trim().to_string()
+    }
+
+    /// Runs a client command with --json; returns its parsed output (Err: stderr).
+    pub fn api(&self, args: &[&str]) -> Result<Value, String> {
+        let out = tend()
+            .args(args)
+            .args(["--json", "--addr", &self.url(), "--token", &self.token()])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        // `service deploy --json` prints one event per line; other commands one document.
+        serde_json::from_str(&text).or_else(|_| Ok(Value::String(text.into_owned())))
+    }
+
+    pub fn write_spec(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::File::create(&p).unwrap().write_all(text.as_bytes()).unwrap();
+        p
+    }
+
+    pub fn deploy(&self, spec: &Path, wait: bool) -> Result<Value, String> {
+        let mut args = vec!["service", "deploy", spec.to_str().unwrap()];
+        if !wait {
+            args.push("--no-wait");
+        }
+        self.api(&args)
+    }
+
+    pub fn wait_for(&self, limit: Duration, what: &str, mut f: impl FnMut(&Cluster) -> bool) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if f(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// The directory of a pod instance's volume set on its agent (`volumes/<volume id>`).
+    pub fn volume_dir(&self, pod: &Value) -> PathBuf {
+        let zone = &pod["agent"].as_str().unwrap()[..1];
+        let id = pod["reservation"]["volume_id"].as_str().expect("a volume id");
+        self.dir.path().join(format!("agent-{zone}/volumes/{id}"))
+    }
+
+    pub fn pods(&self, service: &str) -> Vec<Value> {
+        self.api(&["pod", "list", "--service", service]).unwrap().as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn raw(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+        let mut c = Command::new("curl");
+        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, &format!("{}{path}", self.url())]);
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        if let Some(b) = body {
+            c.args(["-H", "Content-Type: application/json", "--data-binary", b]);
+        }
+        let out = c.output().expect("curl is installed");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Agents stop their tasks on SIGTERM; then everything is killed by pid.
+        for a in &self.agents {
+            let _ = kill(Pid::from_raw(a.id() as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for a in &mut self.agents {
+            while Instant::now() < deadline && matches!(a.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        if let Some(s) = &mut self.server {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+    }
+}
+
+impl Cluster {
+    pub fn volume_file(&self, pod: &Value, file: &str) -> String {
+        std::fs::read_to_string(self.volume_dir(pod).join("data").join(file)).unwrap_or_default()
+    }
+
+    pub fn agent_pid(&self, id: &str) -> Pid {
+        let i = ["a1", "b1", "c1"].iter().position(|x| *x == id).unwrap();
+        Pid::from_raw(self.agents[i].id() as i32)
+    }
+}
+

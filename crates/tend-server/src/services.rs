@@ -1,0 +1,151 @@
+//! Service lifecycle on the control plane: accepting a spec (validated completely before
+//! anything is written, serialised, compare-and-swap on the stored generation) and deleting a
+//! service (tasks stopped and confirmed by their agents, volumes retained, never deleted).
+
+use std::time::Duration;
+
+use tend_store::{Compare, Txn, TxnOp};
+
+use crate::records::*;
+use crate::Server;
+
+/// Why a spec change was refused (HTTP status, stable code, message).
+pub type Refusal = (u16, &'static str, String);
+
+/// A spec to accept: already parsed and checked by the caller (artifacts uploaded).
+pub struct Submission {
+    pub spec: tend_spec::ServiceSpec,
+    pub text: String,
+    pub file: String,
+    pub artifacts: std::collections::BTreeMap<String, String>,
+    pub expected_generation: Option<u64>,
+}
+
+/// Accepts a spec as the service's next generation. Spec changes are serialised, and the store
+/// write is a compare-and-swap on the record read: every acknowledged generation is the one that
+/// runs and the one a restarted control plane loads.
+pub async fn submit(s: &Server, sub: Submission) -> Result<(String, u64, bool), Refusal> {
+    let _serial = s.inner.spec_lock.lock().await;
+    let name = sub.spec.name.clone();
+    // Everything that can fail is checked before the write.
+    crate::compile_plans(&sub.spec).map_err(|e| (422, "invalid_spec", format!("plans: {e}")))?;
+    let key = service_key(&name);
+    let current = s.inner.store.get(&key).await.map_err(|e| (503, "store", e.to_string()))?;
+    let old: Option<ServiceRecord> = match &current {
+        Some(kv) => Some(serde_json::from_slice(&kv.value).map_err(|e| (500, "internal", format!("stored record of `{name}`: {e}")))?),
+        None => None,
+    };
+    let current_gen = old.as_ref().map_or(0, |r| r.generation);
+    if let Some(want) = sub.expected_generation {
+        if want != current_gen {
+            return Err((
+                409,
+                "stale_generation",
+                format!("service `{name}` is at generation {current_gen}, not {want}: reload it and try again"),
+            ));
+        }
+    }
+    if let Some(old) = &old {
+        if let Ok(old_spec) = tend_spec::load_service(&old.file, &old.spec) {
+            // Volumes of a deployed pod cannot change (their data would be lost or stranded).
+            for p in &sub.spec.pods {
+                if let Some(op) = old_spec.pod(&p.name) {
+                    if op.volumes != p.volumes {
+                        return Err((409, "unsafe_change", format!("volumes of pod `{}` cannot change once deployed (data would be lost); deploy a new pod instead", p.name)));
+                    }
+                }
+            }
+        }
+    }
+    let generation = current_gen + 1;
+    let rec = ServiceRecord { name: name.clone(), spec: sub.text, file: sub.file, generation, artifacts: sub.artifacts };
+    let v = serde_json::to_vec(&rec).map_err(|e| (500, "internal", e.to_string()))?;
+    let cmp = match &current {
+        Some(kv) => Compare::mod_revision_eq(&key, kv.mod_revision),
+        None => Compare::absent(&key),
+    };
+    let r = s.inner.store.txn(Txn::new().when(cmp).then(TxnOp::put(&key, v))).await.map_err(|e| (503, "store", e.to_string()))?;
+    if !r.succeeded {
+        return Err((409, "stale_generation", format!("service `{name}` changed concurrently; reload it and try again")));
+    }
+    s.inner.broken.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
+    s.install(rec, sub.spec, true).await.map_err(|e| (500, "internal", format!("{e:#}")))?;
+    Ok((name, generation, old.is_some()))
+}
+
+/// What a delete did.
+pub struct Deleted {
+    pub stopped: usize,
+    pub retained_volumes: Vec<String>,
+    /// Agents that had not confirmed the stop within the wait (they stop the tasks when they
+    /// next hear from the control plane).
+    pub unconfirmed: Vec<String>,
+}
+
+/// Deletes a service: its records go and its volumes are retained in one transaction; then
+/// waits (up to `wait`) until every agent reports its tasks stopped.
+pub async fn delete(s: &Server, name: &str, wait: Duration) -> Result<Deleted, Refusal> {
+    let _serial = s.inner.spec_lock.lock().await;
+    let instances = s.instances(name).await.map_err(|e| (500, "internal", e.to_string()))?;
+    let live = instances.iter().filter(|(_, r)| r.incarnation > 0).count();
+    let mut txn = Txn::new().then(TxnOp::DeletePrefix { prefix: format!("services/{name}/") });
+    let mut retained = Vec::new();
+    for (inst, rec) in &instances {
+        if let Some(id) = &rec.volume_id {
+            let reason = format!("service `{name}` deleted ({inst})");
+            if let Some(op) = crate::volumes::retain_op(s, id, &reason).await.map_err(|e| (500, "internal", e))? {
+                txn = txn.then(op);
+                retained.push(id.clone());
+            }
+        }
+    }
+    if let Some(rt) = s.service(name) {
+        if let Some(d) = rt.lock().unwrap_or_else(|e| e.into_inner()).driver.take() {
+            d.abort();
+        }
+    }
+    s.inner.store.txn(txn).await.map_err(|e| (503, "store", e.to_string()))?;
+    s.inner.services.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+    s.inner.broken.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+    s.inner.desired_gen.send_modify(|g| *g += 1);
+    let unconfirmed = wait_stopped(s, name, wait).await;
+    let vols = if retained.is_empty() { String::new() } else { format!("; volumes retained: {}", retained.join(", ")) };
+    let msg = if unconfirmed.is_empty() {
+        format!("service `{name}` deleted: {live} instance(s) stopped, confirmed by their agents{vols}")
+    } else {
+        format!("service `{name}` deleted: {live} instance(s); agents {} have not confirmed the stop yet{vols}", unconfirmed.join(", "))
+    };
+    s.event(Some(name), "service", msg).await;
+    Ok(Deleted { stopped: live, retained_volumes: retained, unconfirmed })
+}
+
+/// Agents still reporting a live task of `service` after `wait` (empty: all confirmed).
+async fn wait_stopped(s: &Server, service: &str, wait: Duration) -> Vec<String> {
+    let mut status = s.inner.status_gen.subscribe();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let pending: Vec<String> = {
+            let agents = s.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+            agents
+                .values()
+                .filter(|a| s.agent_up(a))
+                .filter(|a| {
+                    a.tasks.iter().any(|t| {
+                        t.service == service
+                            && matches!(t.state, tend_api::TaskState::Running | tend_api::TaskState::Starting)
+                    })
+                })
+                .map(|a| a.record.id.clone())
+                .collect()
+        };
+        if pending.is_empty() || tokio::time::Instant::now() >= deadline {
+            // Agents that are down cannot confirm: named too (they stop the tasks on return).
+            let agents = s.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+            let down = agents.values().filter(|a| !s.agent_up(a)).filter(|a| {
+                a.tasks.iter().any(|t| t.service == service && t.state == tend_api::TaskState::Running)
+            });
+            return pending.into_iter().chain(down.map(|a| format!("{} (down)", a.record.id))).collect();
+        }
+        let _ = tokio::time::timeout_at(deadline, status.changed()).await;
+    }
+}

@@ -1,0 +1,229 @@
+//! Volumes on the control plane: ids drawn from a store counter (never reused), records written
+//! in the same transaction as the instance that owns them, the lifecycle reconciler (pure
+//! decisions in `tend_control::volumes`), release to agents and their confirmations.
+
+use std::collections::BTreeSet;
+
+use tend_control::volumes::{decide, refuse_delete, to_release, VolumeAction};
+use tend_model::{Retention, VolumeId, VolumeState};
+use tend_store::{Compare, Txn, TxnOp};
+
+use crate::records::*;
+use crate::Server;
+
+/// Draws the next volume id: a compare-and-swap on the counter, so two callers never get the
+/// same id, and an id whose owner was never written is simply skipped, not reused.
+pub async fn next_id(server: &Server) -> Result<VolumeId, String> {
+    for _ in 0..64 {
+        let cur = server.inner.store.get(VOLUME_SEQ_KEY).await.map_err(|e| e.to_string())?;
+        let (n, cmp) = match &cur {
+            Some(kv) => (
+                std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0),
+                Compare::mod_revision_eq(VOLUME_SEQ_KEY, kv.mod_revision),
+            ),
+            None => (0, Compare::absent(VOLUME_SEQ_KEY)),
+        };
+        let next = n + 1;
+        let r = server
+            .inner
+            .store
+            .txn(Txn::new().when(cmp).then(TxnOp::put(VOLUME_SEQ_KEY, next.to_string())))
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.succeeded {
+            return Ok(VolumeId::from_seq(next));
+        }
+    }
+    Err("volume id counter contended; will retry".into())
+}
+
+/// A fresh, active volume record for an instance placed on `agent`.
+pub fn new_record(
+    server: &Server,
+    id: &VolumeId,
+    service: &str,
+    instance: &str,
+    agent: &str,
+    pod: &tend_spec::PodSpec,
+    retain_seconds: Option<u64>,
+) -> VolumeRecord {
+    VolumeRecord {
+        id: id.to_string(),
+        service: service.into(),
+        instance: instance.into(),
+        agent: agent.into(),
+        names: pod.volumes.iter().map(|v| (v.name.clone(), v.size_mb)).collect(),
+        created_ms: server.now_ms(),
+        retain_ms: retain_seconds.map(|s| s * 1000),
+        state: "active".into(),
+        since_ms: 0,
+        until_ms: None,
+        reason: String::new(),
+    }
+}
+
+/// The put of a volume record inside an instance's transaction.
+pub fn put_op(rec: &VolumeRecord) -> Result<TxnOp, String> {
+    Ok(TxnOp::put(volume_key(&rec.id), serde_json::to_vec(rec).map_err(|e| e.to_string())?))
+}
+
+/// Retains a volume now (in the caller's transaction): `reason` says why no instance uses it.
+pub async fn retain_op(server: &Server, id: &str, reason: &str) -> Result<Option<TxnOp>, String> {
+    let Some(kv) = server.inner.store.get(&volume_key(id)).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let mut rec: VolumeRecord = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;
+    if rec.state != "active" {
+        return Ok(None);
+    }
+    let now = server.now_ms();
+    let retention = rec.retain_ms.map_or(Retention::Forever, Retention::For);
+    rec.set_state(&VolumeState::Retained { since_ms: now, until_ms: retention.until(now), reason: reason.into() });
+    Ok(Some(put_op(&rec)?))
+}
+
+/// Every volume record (unreadable ones are skipped with a warning: never deleted).
+pub async fn all(server: &Server) -> anyhow::Result<Vec<(VolumeRecord, i64)>> {
+    let mut out = Vec::new();
+    for kv in server.inner.store.range(VOLUMES_PREFIX).await?.kvs {
+        match serde_json::from_slice::<VolumeRecord>(&kv.value) {
+            Ok(r) => out.push((r, kv.mod_revision)),
+            Err(e) => tracing::warn!(key = %kv.key, error = %e, "unreadable volume record kept as is"),
+        }
+    }
+    Ok(out)
+}
+
+/// The volume ids instance records reference, across every service (their owners).
+pub async fn in_use(server: &Server) -> anyhow::Result<BTreeSet<VolumeId>> {
+    let mut out = BTreeSet::new();
+    for kv in server.inner.store.range("services/").await?.kvs {
+        if !kv.key.contains("/instances/") {
+            continue;
+        }
+        if let Ok(rec) = serde_json::from_slice::<InstanceRecord>(&kv.value) {
+            if let Some(id) = rec.volume_id.as_deref().and_then(VolumeId::parse) {
+                out.insert(id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One pass of the volume lifecycle: retain unused volumes, mark those whose retention ended.
+pub async fn reconcile(server: &Server) -> anyhow::Result<()> {
+    let records = all(server).await?;
+    let used = in_use(server).await?;
+    let models: Vec<_> = records.iter().filter_map(|(r, _)| r.to_model()).collect();
+    let now = server.now_ms();
+    for action in decide(&models, &used, now) {
+        let (id, state, msg) = match action {
+            VolumeAction::Retain { id, until_ms, reason } => {
+                let msg = format!("volume {id} retained: {reason}");
+                (id, VolumeState::Retained { since_ms: now, until_ms, reason }, msg)
+            }
+            VolumeAction::Delete { id, reason } => {
+                let msg = format!("volume {id} to be deleted: {reason}");
+                (id, VolumeState::Deleting { since_ms: now, reason }, msg)
+            }
+        };
+        let Some((rec, rev)) = records.iter().find(|(r, _)| r.id == id.as_str()) else { continue };
+        let mut rec = rec.clone();
+        rec.set_state(&state);
+        if write(server, &rec, *rev).await? {
+            server.event(Some(&rec.service), "volume", msg).await;
+            server.inner.desired_gen.send_modify(|g| *g += 1);
+        }
+    }
+    Ok(())
+}
+
+async fn write(server: &Server, rec: &VolumeRecord, rev: i64) -> anyhow::Result<bool> {
+    let key = volume_key(&rec.id);
+    let r = server
+        .inner
+        .store
+        .txn(Txn::new().when(Compare::mod_revision_eq(&key, rev)).then(TxnOp::put(&key, serde_json::to_vec(rec)?)))
+        .await?;
+    Ok(r.succeeded)
+}
+
+/// The volumes `agent` must delete now (never one an instance uses).
+pub async fn releases_for(server: &Server, agent: &str) -> anyhow::Result<Vec<tend_api::VolumeRelease>> {
+    let records = all(server).await?;
+    if !records.iter().any(|(r, _)| r.agent == agent && r.state == "deleting") {
+        return Ok(Vec::new());
+    }
+    let used = in_use(server).await?;
+    let models: Vec<_> = records.iter().filter_map(|(r, _)| r.to_model()).collect();
+    Ok(to_release(&models, &used, agent)
+        .into_iter()
+        .map(|id| tend_api::VolumeRelease { id: id.to_string() })
+        .collect())
+}
+
+/// An agent confirmed it deleted a volume it was told to: the record goes.
+pub async fn on_released(server: &Server, agent: &str, id: &str) {
+    let key = volume_key(id);
+    let Ok(Some(kv)) = server.inner.store.get(&key).await else { return };
+    let Ok(rec) = serde_json::from_slice::<VolumeRecord>(&kv.value) else { return };
+    if rec.agent != agent || rec.state != "deleting" {
+        return;
+    }
+    let txn = Txn::new().when(Compare::mod_revision_eq(&key, kv.mod_revision)).then(TxnOp::delete(&key));
+    if server.inner.store.txn(txn).await.is_ok_and(|r| r.succeeded) {
+        let msg = format!(
+            "agent {agent} deleted volume {id} of {}/{} ({}; {} MiB)",
+            rec.service,
+            rec.instance,
+            rec.reason,
+            rec.names.iter().map(|(_, s)| s).sum::<u64>()
+        );
+        server.event(Some(&rec.service), "volume", msg).await;
+        server.inner.desired_gen.send_modify(|g| *g += 1);
+    }
+}
+
+/// A user's request to delete a volume: refused while an instance uses it.
+pub async fn request_delete(server: &Server, id: &str) -> Result<VolumeRecord, (u16, String)> {
+    let records = all(server).await.map_err(|e| (500, e.to_string()))?;
+    let Some((rec, rev)) = records.into_iter().find(|(r, _)| r.id == id) else {
+        return Err((404, format!("no volume `{id}`")));
+    };
+    let used = in_use(server).await.map_err(|e| (500, e.to_string()))?;
+    let model = rec.to_model().ok_or((500, format!("volume record {id} is unreadable")))?;
+    if let Some(why) = refuse_delete(&model, &used) {
+        return Err((409, why));
+    }
+    if rec.state == "deleting" {
+        return Ok(rec);
+    }
+    let mut rec = rec;
+    rec.set_state(&VolumeState::Deleting { since_ms: server.now_ms(), reason: "deleted by a user".into() });
+    match write(server, &rec, rev).await {
+        Ok(true) => {
+            server.event(Some(&rec.service), "volume", format!("volume {id} to be deleted: requested by a user")).await;
+            server.inner.desired_gen.send_modify(|g| *g += 1);
+            Ok(rec)
+        }
+        Ok(false) => Err((409, format!("volume {id} changed concurrently; try again"))),
+        Err(e) => Err((500, e.to_string())),
+    }
+}
+
+/// The wire form of a volume record.
+pub fn info(r: &VolumeRecord) -> tend_api::VolumeInfo {
+    tend_api::VolumeInfo {
+        id: r.id.clone(),
+        service: r.service.clone(),
+        instance: r.instance.clone(),
+        agent: r.agent.clone(),
+        names: r.names.iter().map(|(n, _)| n.clone()).collect(),
+        size_mb: r.names.iter().map(|(_, s)| s).sum(),
+        created_ms: r.created_ms,
+        state: r.state.clone(),
+        since_ms: (r.state != "active").then_some(r.since_ms),
+        until_ms: r.until_ms,
+        reason: (!r.reason.is_empty()).then(|| r.reason.clone()),
+    }
+}
