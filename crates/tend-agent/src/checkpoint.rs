@@ -79,7 +79,11 @@ impl Checkpoints {
             .ok()
             .and_then(|b| serde_json::from_slice::<Checkpoint>(&b).ok())
             .filter(|c| c.assignment.incarnation == a.incarnation)
-            .unwrap_or_else(|| Checkpoint { assignment: a.clone(), tasks: BTreeMap::new(), finished: BTreeMap::new() });
+            .unwrap_or_else(|| Checkpoint {
+                assignment: a.clone(),
+                tasks: BTreeMap::new(),
+                finished: BTreeMap::new(),
+            });
         f(&mut ck);
         if let Some(parent) = path.parent() {
             let _ = std::fs::create_dir_all(parent);

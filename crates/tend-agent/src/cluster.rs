@@ -45,8 +45,9 @@ impl ClusterFile {
     /// hand the agent to the wrong control plane.
     pub fn load(&self) -> anyhow::Result<ClusterMemory> {
         match std::fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| anyhow::anyhow!("{} is unreadable ({e}); fix or remove it", self.path.display())),
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| {
+                anyhow::anyhow!("{} is unreadable ({e}); fix or remove it", self.path.display())
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClusterMemory::default()),
             Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", self.path.display())),
         }

@@ -407,10 +407,8 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
                 tokio::spawn(pod::run_pod(st.ctx.clone(), a, rx))
             }
         };
-        running.insert(
-            key,
-            PodHandle { incarnation, cancel: tx, join, fence_after_ms, volume_id, assignment },
-        );
+        running
+            .insert(key, PodHandle { incarnation, cancel: tx, join, fence_after_ms, volume_id, assignment });
     }
     // Maintenance job runs, in the sandbox of the incarnation running here.
     let assignments: HashMap<(String, String), Assignment> =

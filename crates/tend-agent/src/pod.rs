@@ -489,7 +489,7 @@ async fn supervise(sup: Supervised, mut adopt: Option<(Proc, u32)>, mut cancel: 
         let started = tokio::time::Instant::now();
         sibling.borrow_and_update();
         let Some(Stopped { code, how, with_sibling }) =
-            watch_task(&board, &a, &t, &sandbox, &env, p, &mut cancel, &mut sibling).await
+            watch_task(&board, (&a, &t), &sandbox, &env, p, &mut cancel, &mut sibling).await
         else {
             return; // cancelled: no longer desired (reported by watch_task)
         };
@@ -538,8 +538,7 @@ async fn supervise(sup: Supervised, mut adopt: Option<(Proc, u32)>, mut cancel: 
 /// unhealthy); None when it was cancelled (already reported).
 async fn watch_task(
     board: &Board,
-    a: &Assignment,
-    t: &TaskLaunch,
+    (a, t): (&Assignment, &TaskLaunch),
     sandbox: &Path,
     env: &BTreeMap<String, String>,
     mut p: Proc,

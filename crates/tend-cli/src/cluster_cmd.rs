@@ -148,6 +148,7 @@ pub async fn dev(
     data_dir: PathBuf,
     addr: SocketAddr,
     agents: usize,
+    adopt_agents: bool,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         addr.ip().is_loopback(),
@@ -159,7 +160,8 @@ pub async fn dev(
         eprint!("{}", r.render());
         return Ok(ExitCode::from(1));
     }
-    let cfg = ServerConfig::new(&data_dir, addr);
+    let mut cfg = ServerConfig::new(&data_dir, addr);
+    cfg.adopt_agents = adopt_agents;
     let server = Server::open(cfg).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut srv_stop = stop_rx.clone();

@@ -64,6 +64,10 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value_t = 3)]
         agents: usize,
+        /// Take command of agents (in DIR/agents) that obeyed another cluster, e.g. after
+        /// DIR/server.redb was lost: they stop what this control plane does not know.
+        #[arg(long)]
+        adopt_agents: bool,
     },
     /// Run an agent, or list agents.
     #[command(subcommand)]
@@ -328,8 +332,8 @@ async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result
                 VolumeCmd::Delete { id } => sc::volume_delete(&c, &id, json).await,
             }
         }
-        Command::Dev { spec, data_dir, listen, agents } => {
-            cluster_cmd::dev(&spec, data_dir, listen, agents).await
+        Command::Dev { spec, data_dir, listen, agents, adopt_agents } => {
+            cluster_cmd::dev(&spec, data_dir, listen, agents, adopt_agents).await
         }
         Command::Agent(AgentCmd::Run(a)) => cluster_cmd::agent(*a).await,
         Command::Agent(AgentCmd::List) => sc::agent_list(&client::Client::new(&conn)?, json).await,

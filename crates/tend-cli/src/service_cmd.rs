@@ -228,15 +228,19 @@ pub async fn delete(client: &Client, name: &str, force: bool, json: bool) -> any
         if confirmed {
             println!("service `{name}` deleted; {n} instance(s) stopped, confirmed by their agents");
         } else {
-            let agents: Vec<&str> =
-                v["unconfirmed_agents"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+            let agents: Vec<&str> = v["unconfirmed_agents"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
             println!(
                 "service `{name}` deleted; {n} instance(s) told to stop, not yet confirmed by agent(s) {} (they stop them when they next hear from the control plane)",
                 agents.join(", ")
             );
         }
-        let vols: Vec<&str> =
-            v["retained_volumes"].as_array().map(|a| a.iter().filter_map(|x| x.as_str()).collect()).unwrap_or_default();
+        let vols: Vec<&str> = v["retained_volumes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+            .unwrap_or_default();
         if !vols.is_empty() {
             println!("volumes retained (see `tend volume list`): {}", vols.join(", "));
         }
@@ -246,7 +250,13 @@ pub async fn delete(client: &Client, name: &str, force: bool, json: bool) -> any
 
 fn ago(now_ms: u64, t: u64) -> String {
     let s = now_ms.saturating_sub(t) / 1000;
-    if s >= 86_400 { format!("{}d ago", s / 86_400) } else if s >= 3600 { format!("{}h ago", s / 3600) } else { format!("{s}s ago") }
+    if s >= 86_400 {
+        format!("{}d ago", s / 86_400)
+    } else if s >= 3600 {
+        format!("{}h ago", s / 3600)
+    } else {
+        format!("{s}s ago")
+    }
 }
 
 fn until(now_ms: u64, t: Option<u64>) -> String {
@@ -255,7 +265,13 @@ fn until(now_ms: u64, t: Option<u64>) -> String {
         Some(t) if t <= now_ms => "now".into(),
         Some(t) => {
             let s = (t - now_ms) / 1000;
-            if s >= 86_400 { format!("in {}d", s / 86_400) } else if s >= 3600 { format!("in {}h", s / 3600) } else { format!("in {s}s") }
+            if s >= 86_400 {
+                format!("in {}d", s / 86_400)
+            } else if s >= 3600 {
+                format!("in {}h", s / 3600)
+            } else {
+                format!("in {s}s")
+            }
         }
     }
 }
@@ -265,8 +281,14 @@ pub async fn volume_list(client: &Client, json: bool) -> anyhow::Result<ExitCode
     if json {
         return json_out(&vols);
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    println!("{:<9} {:<12} {:<14} {:<8} {:>8} {:<9} {:<10} {:<10} REASON", "ID", "SERVICE", "INSTANCE", "AGENT", "SIZE_MB", "STATE", "SINCE", "DELETED");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    println!(
+        "{:<9} {:<12} {:<14} {:<8} {:>8} {:<9} {:<10} {:<10} REASON",
+        "ID", "SERVICE", "INSTANCE", "AGENT", "SIZE_MB", "STATE", "SINCE", "DELETED"
+    );
     for v in vols {
         let since = v.since_ms.map_or_else(|| ago(now, v.created_ms), |t| ago(now, t));
         let deleted = match v.state.as_str() {
@@ -276,7 +298,15 @@ pub async fn volume_list(client: &Client, json: bool) -> anyhow::Result<ExitCode
         };
         println!(
             "{:<9} {:<12} {:<14} {:<8} {:>8} {:<9} {:<10} {:<10} {}",
-            v.id, v.service, v.instance, v.agent, v.size_mb, v.state, since, deleted, v.reason.unwrap_or_default()
+            v.id,
+            v.service,
+            v.instance,
+            v.agent,
+            v.size_mb,
+            v.state,
+            since,
+            deleted,
+            v.reason.unwrap_or_default()
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -287,7 +317,10 @@ pub async fn volume_delete(client: &Client, id: &str, json: bool) -> anyhow::Res
     if json {
         return json_out(&v);
     }
-    println!("volume {} of {}/{} on agent {}: to be deleted by its agent", v.id, v.service, v.instance, v.agent);
+    println!(
+        "volume {} of {}/{} on agent {}: to be deleted by its agent",
+        v.id, v.service, v.instance, v.agent
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -333,7 +333,11 @@ fn a_lost_agent_is_replaced_elsewhere_and_its_stale_task_killed_when_it_returns(
     assert!(old_volume.join("data/pids").exists(), "tend deleted a replaced instance's volume on its own");
     let vols = c.api(&["volume", "list"]).unwrap();
     let old = vols.as_array().unwrap().iter().find(|v| v["id"] == old_id.as_str()).unwrap().clone();
-    assert_eq!((old["state"].as_str(), old["agent"].as_str()), (Some("retained"), Some(old_agent.as_str())), "{old}");
+    assert_eq!(
+        (old["state"].as_str(), old["agent"].as_str()),
+        (Some("retained"), Some(old_agent.as_str())),
+        "{old}"
+    );
     assert!(old["reason"].as_str().unwrap().contains("w-0 replaced"), "{old}");
     assert!(old["until_ms"].as_u64().is_some(), "retained for the default week: {old}");
     // The live volume cannot be deleted; the retained one can, on request.

@@ -23,7 +23,8 @@ fn alive(pid: i32) -> bool {
 }
 
 fn task_pid(pod: &Value, task: &str) -> i32 {
-    pod["tasks"].as_array().unwrap().iter().find(|t| t["task"] == task).unwrap()["pid"].as_u64().unwrap() as i32
+    pod["tasks"].as_array().unwrap().iter().find(|t| t["task"] == task).unwrap()["pid"].as_u64().unwrap()
+        as i32
 }
 
 const COUNTER: &str = "version: 1
@@ -42,7 +43,8 @@ fn a_bad_config_update_is_blocked_not_replaced_and_keeps_its_volume() {
     let good = c.write_spec("db.yml", COUNTER);
     c.deploy(&good, true).unwrap();
     let before = c.pods("db")[0].clone();
-    let bad = c.write_spec("db-bad.yml", &COUNTER.replace("echo run >> data/count; exec sleep 600", "exit 3"));
+    let bad =
+        c.write_spec("db-bad.yml", &COUNTER.replace("echo run >> data/count; exec sleep 600", "exit 3"));
     c.deploy(&bad, false).unwrap();
     // (Following the update's own generation is issue 11's: wait on the plan instead.)
     c.wait_for(Duration::from_secs(30), "the update step failed as crash-looping", |c| {
@@ -69,7 +71,8 @@ fn a_bad_config_update_is_blocked_not_replaced_and_keeps_its_volume() {
 #[test]
 fn a_restarted_control_plane_judges_a_silent_agent_from_its_own_time() {
     let mut c = Cluster::start();
-    let spec = c.write_spec("db.yml", &COUNTER.replace("failure_timeout_seconds: 2", "failure_timeout_seconds: 12"));
+    let spec =
+        c.write_spec("db.yml", &COUNTER.replace("failure_timeout_seconds: 2", "failure_timeout_seconds: 12"));
     c.deploy(&spec, true).unwrap();
     let before = c.pods("db")[0].clone();
     // The instance is older than its failure timeout when its agent goes silent.
@@ -85,7 +88,17 @@ fn a_restarted_control_plane_judges_a_silent_agent_from_its_own_time() {
     });
     let p = c.pods("db")[0].clone();
     assert_eq!(p["incarnation"], 1, "replaced right after the restart: {p}");
-    let secs: f64 = p["recovery"].as_str().unwrap().split("unreachable for ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    let secs: f64 = p["recovery"]
+        .as_str()
+        .unwrap()
+        .split("unreachable for ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(secs < 12.0, "counted from before the restart: {p}");
     // And replaced once the failure timeout has passed since then.
     c.wait_for(Duration::from_secs(40), "replacement elsewhere", |c| c.pods("db")[0]["incarnation"] == 2);
@@ -120,7 +133,10 @@ fn a_deleted_service_keeps_its_volumes_retained_and_a_new_one_starts_clean() {
 #[test]
 fn an_empty_store_cannot_wipe_the_cluster_unless_told_to_adopt() {
     let mut c = Cluster::start();
-    let spec = c.write_spec("f.yml", "version: 1\nname: f\npods:\n  w:\n    tasks: { t: { cmd: 'exec sleep 600' } }\n");
+    let spec = c.write_spec(
+        "f.yml",
+        "version: 1\nname: f\npods:\n  w:\n    tasks: { t: { cmd: 'exec sleep 600' } }\n",
+    );
     c.deploy(&spec, true).unwrap();
     let pid = task_pid(&c.pods("f")[0], "t");
     // The store is lost (tokens kept): a new cluster, which must not command the old agents.
@@ -172,7 +188,9 @@ pods:
     kill(Pid::from_raw(c.agents[0].id() as i32), Signal::SIGKILL).unwrap();
     let _ = c.agents[0].wait();
     c.agents[0] = c.spawn_agent(0);
-    c.wait_for(Duration::from_secs(30), "deploy complete after the agent restart", |c| plan(c, "o")["status"] == "complete");
+    c.wait_for(Duration::from_secs(30), "deploy complete after the agent restart", |c| {
+        plan(c, "o")["status"] == "complete"
+    });
     let p = c.pods("o")[0].clone();
     assert_eq!(p["incarnation"], 1, "{p}");
     assert_eq!(task_pid(&p, "server"), pid, "re-adopted, not relaunched");
@@ -206,22 +224,30 @@ fn concurrent_spec_updates_are_serialised_and_stale_ones_refused() {
             let body = serde_json::json!({ "spec": base.replace("VALUE", &i.to_string()) }).to_string();
             Command::new("curl")
                 .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", &url])
-                .args(["-H", &format!("Authorization: Bearer {token}"), "-H", "Content-Type: application/json"])
+                .args([
+                    "-H",
+                    &format!("Authorization: Bearer {token}"),
+                    "-H",
+                    "Content-Type: application/json",
+                ])
                 .args(["--data-binary", &body])
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
         })
         .collect();
-    let codes: Vec<String> =
-        children.into_iter().map(|ch| String::from_utf8_lossy(&ch.wait_with_output().unwrap().stdout).into_owned()).collect();
+    let codes: Vec<String> = children
+        .into_iter()
+        .map(|ch| String::from_utf8_lossy(&ch.wait_with_output().unwrap().stdout).into_owned())
+        .collect();
     let accepted = codes.iter().filter(|c| c.as_str() == "200").count() as u64;
     assert!(codes.iter().all(|c| c == "200" || c == "409"), "{codes:?}");
     let status = c.api(&["service", "status", "s"]).unwrap();
     let generation = status["generation"].as_u64().or_else(|| status[0]["generation"].as_u64()).unwrap();
     assert_eq!(generation, 1 + accepted, "every acknowledged update is a generation: {codes:?}");
     // A stale expected generation is refused and changes nothing.
-    let body = serde_json::json!({ "spec": base.replace("VALUE", "stale"), "expected_generation": 1 }).to_string();
+    let body =
+        serde_json::json!({ "spec": base.replace("VALUE", "stale"), "expected_generation": 1 }).to_string();
     let (code, v) = c.raw("PUT", "/v1/services/s", Some(&token), Some(&body));
     assert_eq!((code, v["error"]["code"].as_str()), (409, Some("stale_generation")), "{v}");
     // What runs is what was acknowledged last, and it survives a restart.
@@ -235,7 +261,10 @@ fn concurrent_spec_updates_are_serialised_and_stale_ones_refused() {
 #[test]
 fn a_stored_spec_that_no_longer_loads_stops_only_its_service() {
     let mut c = Cluster::start();
-    let spec = c.write_spec("f.yml", "version: 1\nname: f\npods:\n  w:\n    tasks: { t: { cmd: 'exec sleep 600' } }\n");
+    let spec = c.write_spec(
+        "f.yml",
+        "version: 1\nname: f\npods:\n  w:\n    tasks: { t: { cmd: 'exec sleep 600' } }\n",
+    );
     c.deploy(&spec, true).unwrap();
     c.kill_server();
     // A record as an older or newer tend may have written it: its spec does not load here.
@@ -273,7 +302,11 @@ fn a_non_essential_task_restarts_alone_and_an_essential_one_takes_the_others_wit
     kill(Pid::from_raw(side), Signal::SIGKILL).unwrap();
     c.wait_for(Duration::from_secs(20), "side restarted alone", |c| {
         let p = &c.pods("e")[0];
-        p["tasks"].as_array().unwrap().iter().any(|t| t["task"] == "side" && t["restarts"] == 1 && t["state"] == "running")
+        p["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["task"] == "side" && t["restarts"] == 1 && t["state"] == "running")
     });
     assert_eq!(task_pid(&c.pods("e")[0], "main"), main, "a non-essential stop restarted the essential task");
     let side2 = task_pid(&c.pods("e")[0], "side");

@@ -45,7 +45,9 @@ pub fn decide(volumes: &[Volume], in_use: &BTreeSet<VolumeId>, now_ms: Millis) -
 pub fn to_release<'a>(volumes: &'a [Volume], in_use: &BTreeSet<VolumeId>, agent: &str) -> Vec<&'a VolumeId> {
     volumes
         .iter()
-        .filter(|v| v.agent == agent && matches!(v.state, VolumeState::Deleting { .. }) && !in_use.contains(&v.id))
+        .filter(|v| {
+            v.agent == agent && matches!(v.state, VolumeState::Deleting { .. }) && !in_use.contains(&v.id)
+        })
         .map(|v| &v.id)
         .collect()
 }

@@ -40,9 +40,23 @@ fn a_failed_update_is_blocked_not_replaced() {
         false,
     );
     // A first deploy that never became ready is not replaced either.
-    check(facts("A", None, None, Observed::TaskDown { since_ms: 900 }), 5_000, Health::Stopped { since_ms: 900 }, true, Some(900), false);
+    check(
+        facts("A", None, None, Observed::TaskDown { since_ms: 900 }),
+        5_000,
+        Health::Stopped { since_ms: 900 },
+        true,
+        Some(900),
+        false,
+    );
     // The config that ran healthy and then stopped: a candidate for replacement.
-    check(facts("A", Some("A"), None, Observed::TaskDown { since_ms: 900 }), 5_000, Health::Stopped { since_ms: 900 }, false, Some(900), false);
+    check(
+        facts("A", Some("A"), None, Observed::TaskDown { since_ms: 900 }),
+        5_000,
+        Health::Stopped { since_ms: 900 },
+        false,
+        Some(900),
+        false,
+    );
 }
 
 #[test]
@@ -78,8 +92,22 @@ fn a_lost_agent_is_unreachable_from_its_last_report_or_from_now() {
 
 #[test]
 fn down_since_survives_a_task_caught_starting_and_clears_only_when_up() {
-    check(facts("A", Some("A"), Some(1_000), Observed::Starting), 3_000, Health::Stopped { since_ms: 1_000 }, false, Some(1_000), false);
-    check(facts("A", Some("A"), Some(1_000), Observed::TaskDown { since_ms: 2_500 }), 3_000, Health::Stopped { since_ms: 1_000 }, false, Some(1_000), false);
+    check(
+        facts("A", Some("A"), Some(1_000), Observed::Starting),
+        3_000,
+        Health::Stopped { since_ms: 1_000 },
+        false,
+        Some(1_000),
+        false,
+    );
+    check(
+        facts("A", Some("A"), Some(1_000), Observed::TaskDown { since_ms: 2_500 }),
+        3_000,
+        Health::Stopped { since_ms: 1_000 },
+        false,
+        Some(1_000),
+        false,
+    );
     check(facts("A", Some("A"), Some(1_000), Observed::Up), 3_000, Health::Up, false, None, false);
     check(facts("A", None, None, Observed::Starting), 3_000, Health::Up, false, None, false);
 }
@@ -120,7 +148,7 @@ fn volume_lifecycle_decisions() {
         vol(1, "a1", Retention::For(day), VolumeState::Active), // in use
         vol(2, "a1", Retention::For(day), VolumeState::Active), // orphan
         vol(3, "a1", Retention::For(day), retained(Some(day))), // not yet
-        vol(4, "a2", Retention::For(day), retained(Some(10))), // due
+        vol(4, "a2", Retention::For(day), retained(Some(10))),  // due
         vol(5, "a2", Retention::Forever, retained(None)),       // forever
         vol(6, "a2", Retention::For(day), VolumeState::Deleting { since_ms: 0, reason: "user".into() }),
     ];
@@ -129,7 +157,11 @@ fn volume_lifecycle_decisions() {
     assert_eq!(
         got,
         vec![
-            VolumeAction::Retain { id: VolumeId::from_seq(2), until_ms: Some(1_000 + day), reason: RULE_UNUSED_IS_RETAINED.into() },
+            VolumeAction::Retain {
+                id: VolumeId::from_seq(2),
+                until_ms: Some(1_000 + day),
+                reason: RULE_UNUSED_IS_RETAINED.into()
+            },
             VolumeAction::Delete { id: VolumeId::from_seq(4), reason: RULE_RETENTION_ENDED.into() },
         ]
     );

@@ -186,8 +186,10 @@ async fn register(
         let mut agents = s.inner.agents.write().unwrap_or_else(|e| e.into_inner());
         let known = agents.contains_key(&rec.id);
         let tasks = agents.get(&rec.id).map(|a| a.tasks.clone()).unwrap_or_default();
-        agents
-            .insert(rec.id.clone(), AgentLive { record: rec.clone(), last_seen_ms: Some(s.now_ms()), tasks, conflict: None });
+        agents.insert(
+            rec.id.clone(),
+            AgentLive { record: rec.clone(), last_seen_ms: Some(s.now_ms()), tasks, conflict: None },
+        );
         known
     };
     s.event(
@@ -231,7 +233,9 @@ async fn status(
 ) -> ApiResult<StatusAck> {
     let changed = {
         let mut agents = s.inner.agents.write().unwrap_or_else(|e| e.into_inner());
-        agents.get_mut(&id).is_some_and(|a| std::mem::replace(&mut a.conflict, r.conflict.clone()) != r.conflict)
+        agents
+            .get_mut(&id)
+            .is_some_and(|a| std::mem::replace(&mut a.conflict, r.conflict.clone()) != r.conflict)
     };
     if changed {
         let msg = match &r.conflict {
@@ -352,7 +356,8 @@ async fn list_services(State(s): State<Arc<Server>>) -> ApiResult<Vec<ServiceSum
     for n in s.service_names() {
         out.push(summary(&s, &n).await?);
     }
-    let broken: Vec<String> = s.inner.broken.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+    let broken: Vec<String> =
+        s.inner.broken.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
     out.extend(broken.iter().filter_map(|n| broken_summary(&s, n)));
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(Json(out))

@@ -78,11 +78,23 @@ pub fn waiting_for(pod: &PodSpec, tasks: &[tend_api::TaskStatus]) -> String {
     for t in &pod.tasks {
         match tasks.iter().find(|s| s.task == t.name) {
             None => waits.push(format!("task `{}` not reported by its agent", t.name)),
-            Some(s) if t.goal == Goal::Running && s.state == TaskState::Running && t.readiness_check.is_some() && !s.ready => {
+            Some(s)
+                if t.goal == Goal::Running
+                    && s.state == TaskState::Running
+                    && t.readiness_check.is_some()
+                    && !s.ready =>
+            {
                 waits.push(format!("task `{}` running but not ready", t.name))
             }
-            Some(s) if s.state == TaskState::Starting || (t.goal != Goal::Running && s.state == TaskState::Running) => {
-                waits.push(format!("task `{}` {}", t.name, s.message.clone().unwrap_or_else(|| "starting".into())))
+            Some(s)
+                if s.state == TaskState::Starting
+                    || (t.goal != Goal::Running && s.state == TaskState::Running) =>
+            {
+                waits.push(format!(
+                    "task `{}` {}",
+                    t.name,
+                    s.message.clone().unwrap_or_else(|| "starting".into())
+                ))
             }
             Some(s) if t.goal == Goal::Running && s.state != TaskState::Running => waits.push(format!(
                 "task `{}` {}",

@@ -222,7 +222,11 @@ impl Server {
 
     /// Starts a control plane on `store` and `clock`: loads agents and services, then runs
     /// its loops. Tokens and uploaded artifacts live in `cfg.data_dir`.
-    pub async fn new(cfg: ServerConfig, store: Arc<dyn StateStore>, clock: SharedClock) -> anyhow::Result<Server> {
+    pub async fn new(
+        cfg: ServerConfig,
+        store: Arc<dyn StateStore>,
+        clock: SharedClock,
+    ) -> anyhow::Result<Server> {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
         let artifacts_dir = cfg.data_dir.join("artifacts");
@@ -234,7 +238,10 @@ impl Server {
         for kv in store.range("agents/").await?.kvs {
             let rec: AgentRecord =
                 serde_json::from_slice(&kv.value).with_context(|| format!("corrupt {}", kv.key))?;
-            agents.insert(rec.id.clone(), AgentLive { record: rec, last_seen_ms: None, tasks: Vec::new(), conflict: None });
+            agents.insert(
+                rec.id.clone(),
+                AgentLive { record: rec, last_seen_ms: None, tasks: Vec::new(), conflict: None },
+            );
         }
         let last_event = store
             .range("events/")
@@ -288,7 +295,12 @@ impl Server {
                     let msg = format!("stored spec of `{}` cannot be loaded; service not run: {e}", rec.name);
                     tracing::error!(service = %rec.name, "{msg}");
                     server.event(Some(&rec.name), "error", msg.clone()).await;
-                    server.inner.broken.lock().unwrap_or_else(|e| e.into_inner()).insert(rec.name.clone(), (rec, msg));
+                    server
+                        .inner
+                        .broken
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(rec.name.clone(), (rec, msg));
                 }
             }
         }
@@ -297,7 +309,10 @@ impl Server {
             .event(
                 None,
                 "control-plane",
-                format!("control plane started ({what} {}, epoch {})", server.inner.cluster_id, server.inner.epoch),
+                format!(
+                    "control plane started ({what} {}, epoch {})",
+                    server.inner.cluster_id, server.inner.epoch
+                ),
             )
             .await;
         tokio::spawn(server.clone().housekeeping());
@@ -525,7 +540,9 @@ impl Server {
                 let Some(id) = tend_model::InstanceId::parse(&t.instance) else { continue };
                 let once = self.service(&t.service).is_some_and(|rt| {
                     let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
-                    rt.spec.pod(&id.pod).is_some_and(|p| p.tasks.iter().any(|x| x.name == t.task && x.goal == Goal::Once))
+                    rt.spec
+                        .pod(&id.pod)
+                        .is_some_and(|p| p.tasks.iter().any(|x| x.name == t.task && x.goal == Goal::Once))
                 });
                 if once {
                     done.insert((t.service.clone(), t.instance.clone(), t.task.clone()));

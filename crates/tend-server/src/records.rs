@@ -128,9 +128,11 @@ impl VolumeRecord {
         use tend_model::{Retention, VolumeState};
         let state = match self.state.as_str() {
             "active" => VolumeState::Active,
-            "retained" => {
-                VolumeState::Retained { since_ms: self.since_ms, until_ms: self.until_ms, reason: self.reason.clone() }
-            }
+            "retained" => VolumeState::Retained {
+                since_ms: self.since_ms,
+                until_ms: self.until_ms,
+                reason: self.reason.clone(),
+            },
             "deleting" => VolumeState::Deleting { since_ms: self.since_ms, reason: self.reason.clone() },
             _ => return None,
         };

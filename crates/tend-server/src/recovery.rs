@@ -8,7 +8,7 @@
 //! Level-triggered: a pass reads the store and the latest reports and acts; everything it
 //! remembers between passes is in the store, so a restarted control plane decides the same.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use tend_api::TaskState;
@@ -77,21 +77,48 @@ fn reset_after_ms(spec: &ServiceSpec) -> u64 {
     (spec.recovery.backoff.max_seconds * 1000).max(10_000)
 }
 
-/// What the reports say of an instance's target incarnation.
-fn observe(server: &Server, spec: &ServiceSpec, pod: &PodSpec, svc: &str, inst: &str, rec: &InstanceRecord, agent: &str) -> Observed {
-    let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
-    let Some(a) = agents.get(agent) else { return Observed::AgentSilent { last_seen_ms: None } };
-    if !server.agent_up(a) {
-        return Observed::AgentSilent { last_seen_ms: a.last_seen_ms };
+/// The reports of one service, gathered once per pass: each agent's liveness, and the task
+/// statuses by (agent, instance).
+struct Reports {
+    agents: BTreeMap<String, (bool, Option<u64>)>,
+    tasks: HashMap<(String, String), Vec<tend_api::TaskStatus>>,
+}
+
+impl Reports {
+    fn gather(server: &Server, svc: &str) -> Reports {
+        let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+        let mut tasks: HashMap<(String, String), Vec<tend_api::TaskStatus>> = HashMap::new();
+        for (id, a) in agents.iter().filter(|(_, a)| server.agent_up(a)) {
+            for t in a.tasks.iter().filter(|t| t.service == svc) {
+                tasks.entry((id.clone(), t.instance.clone())).or_default().push(t.clone());
+            }
+        }
+        let agents =
+            agents.iter().map(|(id, a)| (id.clone(), (server.agent_up(a), a.last_seen_ms))).collect();
+        Reports { agents, tasks }
     }
-    let now = server.now_ms();
-    let tasks: Vec<_> = a
+}
+
+/// What the reports say of an instance's target incarnation.
+fn observe(
+    reports: &Reports,
+    now: u64,
+    (spec, pod): (&ServiceSpec, &PodSpec),
+    inst: &str,
+    rec: &InstanceRecord,
+    agent: &str,
+) -> Observed {
+    let Some((up, last_seen_ms)) = reports.agents.get(agent) else {
+        return Observed::AgentSilent { last_seen_ms: None };
+    };
+    if !up {
+        return Observed::AgentSilent { last_seen_ms: *last_seen_ms };
+    }
+    let tasks: Vec<tend_api::TaskStatus> = reports
         .tasks
-        .iter()
-        .filter(|t| t.service == svc && t.instance == inst && t.incarnation == rec.incarnation)
-        .cloned()
-        .collect();
-    drop(agents);
+        .get(&(agent.to_string(), inst.to_string()))
+        .map(|ts| ts.iter().filter(|t| t.incarnation == rec.incarnation).cloned().collect())
+        .unwrap_or_default();
     let mut down: Option<u64> = None;
     for t in pod.tasks.iter().filter(|t| t.goal == Goal::Running) {
         let Some(s) = tasks.iter().find(|s| s.task == t.name) else { continue };
@@ -142,7 +169,11 @@ impl Policy {
 }
 
 /// Instances a deploy step is working on (a step past its deadline fails, releasing them).
-async fn busy_steps(server: &Server, svc: &str, deploy: Option<&tend_plan::Plan>) -> anyhow::Result<HashSet<String>> {
+async fn busy_steps(
+    server: &Server,
+    svc: &str,
+    deploy: Option<&tend_plan::Plan>,
+) -> anyhow::Result<HashSet<String>> {
     let mut busy = HashSet::new();
     if let Some(plan) = deploy {
         let recs = engine(server, svc).records(plan).await?;
@@ -157,7 +188,14 @@ async fn busy_steps(server: &Server, svc: &str, deploy: Option<&tend_plan::Plan>
 
 /// Writes what the assessment says the store must hold (down-since, ready config), guarded by
 /// the incarnation it judged.
-async fn persist(server: &Server, svc: &str, inst: &str, rec: &InstanceRecord, down: Option<u64>, mark_ready: bool) {
+async fn persist(
+    server: &Server,
+    svc: &str,
+    inst: &str,
+    rec: &InstanceRecord,
+    down: Option<u64>,
+    mark_ready: bool,
+) {
     if down == rec.down_since_ms && !mark_ready {
         return;
     }
@@ -182,15 +220,25 @@ async fn persist(server: &Server, svc: &str, inst: &str, rec: &InstanceRecord, d
 }
 
 /// The line recovery shows for a down instance.
-fn describe(health: &Health, agent: &str, monitor: &FailureMonitor, blocked: Option<&str>, now: u64) -> Option<(String, String)> {
+fn describe(
+    health: &Health,
+    agent: &str,
+    monitor: &FailureMonitor,
+    blocked: Option<&str>,
+    now: u64,
+) -> Option<(String, String)> {
     let (state, what) = match health {
         Health::Up => return None,
-        Health::Unreachable { since_ms } => {
-            ("unreachable", format!("agent {agent} unreachable for {}", fmt_secs(now.saturating_sub(*since_ms))))
-        }
+        Health::Unreachable { since_ms } => (
+            "unreachable",
+            format!("agent {agent} unreachable for {}", fmt_secs(now.saturating_sub(*since_ms))),
+        ),
         Health::Stopped { since_ms } => (
             "stopped",
-            format!("stopped for {}; agent {agent} restarting it in place", fmt_secs(now.saturating_sub(*since_ms))),
+            format!(
+                "stopped for {}; agent {agent} restarting it in place",
+                fmt_secs(now.saturating_sub(*since_ms))
+            ),
         ),
     };
     if let Some(why) = blocked {
@@ -227,6 +275,7 @@ async fn service_pass(
     let now = server.now_ms();
     // Gather: facts from the store and the reports, judged by the pure rules.
     let busy = busy_steps(server, svc, deploy).await?;
+    let reports = Reports::gather(server, svc);
     let policy = Policy::of(spec);
     let mut views = Vec::new();
     let mut notes: BTreeMap<String, (String, String)> = BTreeMap::new();
@@ -241,10 +290,17 @@ async fn service_pass(
         let is_replacing = replacing(rec.replaced_from.is_some(), rec.incarnation, rec.ready_incarnation);
         let Some(agent) = rec.agent.clone() else {
             // A replacement still waiting for an agent that fits: try again.
-            let _ = DeployWork { server: server.clone(), service: svc.to_string() }.ensure_launched(&inst).await;
+            let _ =
+                DeployWork { server: server.clone(), service: svc.to_string() }.ensure_launched(&inst).await;
             let why = rec.pending_reason.clone().unwrap_or_else(|| "waiting for placement".into());
             notes.insert(inst.clone(), ("replacing".into(), format!("replacement pending: {why}")));
-            views.push(InstanceView { instance: inst, health: Health::Up, replacing: true, busy: false, min_unreachable_ms: 0 });
+            views.push(InstanceView {
+                instance: inst,
+                health: Health::Up,
+                replacing: true,
+                busy: false,
+                min_unreachable_ms: 0,
+            });
             continue;
         };
         let Some((pod, _)) = pod_of(spec, &inst) else { continue };
@@ -257,7 +313,7 @@ async fn service_pass(
             ready_config: rec.ready_config.clone(),
             ready_incarnation: rec.ready_incarnation,
             down_since_ms: rec.down_since_ms,
-            observed: observe(server, spec, pod, svc, &inst, &rec, &agent),
+            observed: observe(&reports, now, (spec, pod), &inst, &rec, &agent),
         };
         let a = assess(&facts, now);
         persist(server, svc, &inst, &rec, a.down_since_ms, a.mark_ready).await;
@@ -284,7 +340,9 @@ async fn service_pass(
                     Ok(msg) => {
                         notes.insert(instance, ("replacing".into(), msg));
                     }
-                    Err(e) => tracing::warn!(service = %svc, %instance, error = %e, "replacement failed; will retry"),
+                    Err(e) => {
+                        tracing::warn!(service = %svc, %instance, error = %e, "replacement failed; will retry")
+                    }
                 }
             }
             RecoveryAction::Wait { instance, reason } => {
@@ -357,7 +415,8 @@ pub async fn replace(server: &Server, svc: &str, inst: &str, why: &str) -> Resul
             rec.memory_mb = needs.memory_mb;
             rec.disk_mb = needs.disk_mb;
             rec.pending_reason = None;
-            let vols = rec.volume_id.as_deref().map(|v| format!(" with fresh volumes {v}")).unwrap_or_default();
+            let vols =
+                rec.volume_id.as_deref().map(|v| format!(" with fresh volumes {v}")).unwrap_or_default();
             format!("replacing {inst} ({why}): incarnation {} on agent {agent}{vols} (was on {old_agent}; its volumes are retained)", rec.incarnation)
         }
         Err(reason) => {

@@ -32,7 +32,10 @@ pub async fn submit(s: &Server, sub: Submission) -> Result<(String, u64, bool), 
     let key = service_key(&name);
     let current = s.inner.store.get(&key).await.map_err(|e| (503, "store", e.to_string()))?;
     let old: Option<ServiceRecord> = match &current {
-        Some(kv) => Some(serde_json::from_slice(&kv.value).map_err(|e| (500, "internal", format!("stored record of `{name}`: {e}")))?),
+        Some(kv) => Some(
+            serde_json::from_slice(&kv.value)
+                .map_err(|e| (500, "internal", format!("stored record of `{name}`: {e}")))?,
+        ),
         None => None,
     };
     let current_gen = old.as_ref().map_or(0, |r| r.generation);
@@ -41,7 +44,9 @@ pub async fn submit(s: &Server, sub: Submission) -> Result<(String, u64, bool), 
             return Err((
                 409,
                 "stale_generation",
-                format!("service `{name}` is at generation {current_gen}, not {want}: reload it and try again"),
+                format!(
+                    "service `{name}` is at generation {current_gen}, not {want}: reload it and try again"
+                ),
             ));
         }
     }
@@ -58,15 +63,30 @@ pub async fn submit(s: &Server, sub: Submission) -> Result<(String, u64, bool), 
         }
     }
     let generation = current_gen + 1;
-    let rec = ServiceRecord { name: name.clone(), spec: sub.text, file: sub.file, generation, artifacts: sub.artifacts };
+    let rec = ServiceRecord {
+        name: name.clone(),
+        spec: sub.text,
+        file: sub.file,
+        generation,
+        artifacts: sub.artifacts,
+    };
     let v = serde_json::to_vec(&rec).map_err(|e| (500, "internal", e.to_string()))?;
     let cmp = match &current {
         Some(kv) => Compare::mod_revision_eq(&key, kv.mod_revision),
         None => Compare::absent(&key),
     };
-    let r = s.inner.store.txn(Txn::new().when(cmp).then(TxnOp::put(&key, v))).await.map_err(|e| (503, "store", e.to_string()))?;
+    let r = s
+        .inner
+        .store
+        .txn(Txn::new().when(cmp).then(TxnOp::put(&key, v)))
+        .await
+        .map_err(|e| (503, "store", e.to_string()))?;
     if !r.succeeded {
-        return Err((409, "stale_generation", format!("service `{name}` changed concurrently; reload it and try again")));
+        return Err((
+            409,
+            "stale_generation",
+            format!("service `{name}` changed concurrently; reload it and try again"),
+        ));
     }
     s.inner.broken.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
     s.install(rec, sub.spec, true).await.map_err(|e| (500, "internal", format!("{e:#}")))?;
@@ -93,7 +113,9 @@ pub async fn delete(s: &Server, name: &str, wait: Duration) -> Result<Deleted, R
     for (inst, rec) in &instances {
         if let Some(id) = &rec.volume_id {
             let reason = format!("service `{name}` deleted ({inst})");
-            if let Some(op) = crate::volumes::retain_op(s, id, &reason).await.map_err(|e| (500, "internal", e))? {
+            if let Some(op) =
+                crate::volumes::retain_op(s, id, &reason).await.map_err(|e| (500, "internal", e))?
+            {
                 txn = txn.then(op);
                 retained.push(id.clone());
             }
@@ -109,11 +131,18 @@ pub async fn delete(s: &Server, name: &str, wait: Duration) -> Result<Deleted, R
     s.inner.broken.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
     s.inner.desired_gen.send_modify(|g| *g += 1);
     let unconfirmed = wait_stopped(s, name, wait).await;
-    let vols = if retained.is_empty() { String::new() } else { format!("; volumes retained: {}", retained.join(", ")) };
+    let vols = if retained.is_empty() {
+        String::new()
+    } else {
+        format!("; volumes retained: {}", retained.join(", "))
+    };
     let msg = if unconfirmed.is_empty() {
         format!("service `{name}` deleted: {live} instance(s) stopped, confirmed by their agents{vols}")
     } else {
-        format!("service `{name}` deleted: {live} instance(s); agents {} have not confirmed the stop yet{vols}", unconfirmed.join(", "))
+        format!(
+            "service `{name}` deleted: {live} instance(s); agents {} have not confirmed the stop yet{vols}",
+            unconfirmed.join(", ")
+        )
     };
     s.event(Some(name), "service", msg).await;
     Ok(Deleted { stopped: live, retained_volumes: retained, unconfirmed })

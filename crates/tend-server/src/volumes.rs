@@ -78,7 +78,11 @@ pub async fn retain_op(server: &Server, id: &str, reason: &str) -> Result<Option
     }
     let now = server.now_ms();
     let retention = rec.retain_ms.map_or(Retention::Forever, Retention::For);
-    rec.set_state(&VolumeState::Retained { since_ms: now, until_ms: retention.until(now), reason: reason.into() });
+    rec.set_state(&VolumeState::Retained {
+        since_ms: now,
+        until_ms: retention.until(now),
+        reason: reason.into(),
+    });
     Ok(Some(put_op(&rec)?))
 }
 
@@ -143,7 +147,11 @@ async fn write(server: &Server, rec: &VolumeRecord, rev: i64) -> anyhow::Result<
     let r = server
         .inner
         .store
-        .txn(Txn::new().when(Compare::mod_revision_eq(&key, rev)).then(TxnOp::put(&key, serde_json::to_vec(rec)?)))
+        .txn(
+            Txn::new()
+                .when(Compare::mod_revision_eq(&key, rev))
+                .then(TxnOp::put(&key, serde_json::to_vec(rec)?)),
+        )
         .await?;
     Ok(r.succeeded)
 }
@@ -202,7 +210,13 @@ pub async fn request_delete(server: &Server, id: &str) -> Result<VolumeRecord, (
     rec.set_state(&VolumeState::Deleting { since_ms: server.now_ms(), reason: "deleted by a user".into() });
     match write(server, &rec, rev).await {
         Ok(true) => {
-            server.event(Some(&rec.service), "volume", format!("volume {id} to be deleted: requested by a user")).await;
+            server
+                .event(
+                    Some(&rec.service),
+                    "volume",
+                    format!("volume {id} to be deleted: requested by a user"),
+                )
+                .await;
             server.inner.desired_gen.send_modify(|g| *g += 1);
             Ok(rec)
         }

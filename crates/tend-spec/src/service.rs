@@ -907,7 +907,10 @@ fn decode_recovery(cx: &mut Ctx, node: &Node) -> RecoveryPolicy {
             _ => cx.at(
                 "wrong-type",
                 n,
-                format!("retain_volumes_seconds must be a number of seconds or `forever`, found {}", n.describe()),
+                format!(
+                    "retain_volumes_seconds must be a number of seconds or `forever`, found {}",
+                    n.describe()
+                ),
                 Some("e.g. `retain_volumes_seconds: 604800` (a week) or `forever`".into()),
             ),
         }

@@ -222,4 +222,3 @@ impl Cluster {
         Pid::from_raw(self.agents[i].id() as i32)
     }
 }
-

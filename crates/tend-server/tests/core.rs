@@ -1,0 +1,80 @@
+//! The control plane in-process on the memory store and a manual clock: start-up on a store
+//! (cluster id kept), bounded events, serialised spec changes with expected generations.
+
+use std::sync::Arc;
+
+use tend_model::{ManualClock, SharedClock};
+use tend_server::services::{submit, Submission};
+use tend_server::{Server, ServerConfig};
+use tend_store::memory::MemoryStore;
+use tend_store::StateStore;
+
+const SPEC: &str = "version: 1\nname: s\npods:\n  w:\n    tasks: { t: { cmd: 'exec sleep 600' } }\n";
+
+async fn server(store: Arc<dyn StateStore>, dir: &std::path::Path, events_keep: usize) -> Server {
+    let clock: SharedClock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let mut cfg = ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap());
+    cfg.events_keep = events_keep;
+    Server::new(cfg, store, clock).await.unwrap()
+}
+
+fn submission(text: &str, expected: Option<u64>) -> Submission {
+    Submission {
+        spec: tend_spec::load_service("s.yml", text).unwrap(),
+        text: text.into(),
+        file: "s.yml".into(),
+        artifacts: Default::default(),
+        expected_generation: expected,
+    }
+}
+
+#[tokio::test]
+async fn the_cluster_id_is_created_once_and_kept_by_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
+    let a = server(store.clone(), dir.path(), 100).await.inner.cluster_id.clone();
+    let b = server(store, dir.path(), 100).await.inner.cluster_id.clone();
+    assert_eq!(a, b);
+    let other: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
+    assert_ne!(server(other, dir.path(), 100).await.inner.cluster_id, a, "an empty store is a new cluster");
+}
+
+#[tokio::test]
+async fn events_are_kept_to_their_bound_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
+    let s = server(store.clone(), dir.path(), 10).await;
+    for i in 0..40 {
+        s.event(None, "test", format!("event {i}")).await;
+    }
+    assert!(s.trim_events().await.unwrap() >= 30);
+    let left = store.range("events/").await.unwrap().kvs;
+    assert_eq!(left.len(), 10);
+    assert!(String::from_utf8_lossy(&left[9].value).contains("event 39"), "the newest are kept");
+}
+
+#[tokio::test]
+async fn spec_changes_are_serialised_and_a_stale_expected_generation_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
+    let s = server(store.clone(), dir.path(), 100).await;
+    let (_, g1, existed) = submit(&s, submission(SPEC, Some(0))).await.unwrap();
+    assert_eq!((g1, existed), (1, false));
+    // 12 concurrent updates: each acknowledged one is its own generation.
+    let mut handles = Vec::new();
+    for i in 0..12 {
+        let s = s.clone();
+        let text = SPEC.replace("600", &format!("60{i}"));
+        handles.push(tokio::spawn(async move { submit(&s, submission(&text, None)).await }));
+    }
+    let mut gens = Vec::new();
+    for h in handles {
+        gens.push(h.await.unwrap().unwrap().1);
+    }
+    gens.sort();
+    assert_eq!(gens, (2..=13).collect::<Vec<_>>());
+    let err = submit(&s, submission(SPEC, Some(5))).await.unwrap_err();
+    assert_eq!((err.0, err.1), (409, "stale_generation"));
+    let stored = store.get("services/s/spec").await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&stored.value).contains("\"generation\":13"));
+}
