@@ -242,13 +242,24 @@ async fn main_loop(
 
 async fn report_loop(st: Arc<AgentState>, interval: Duration) {
     let mut seq = 0u64;
+    let mut retry = Duration::from_millis(25);
     loop {
         seq += 1;
-        if let Err(e) = post_status(&st, seq).await {
-            tracing::debug!(error = %e, "status report failed; the next one carries the same state");
-        }
+        // After a failure (a restarting control plane) retry soon, backing off to the interval:
+        // a restarted control plane reconciles as soon as every agent has reported.
+        let wait = match post_status(&st, seq).await {
+            Ok(()) => {
+                retry = Duration::from_millis(25);
+                interval
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "status report failed; the next one carries the same state");
+                retry = (retry * 2).min(interval);
+                retry
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = st.ctx.board.changed.notified() => {
                 // Coalesce bursts of changes.
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -290,10 +301,16 @@ async fn desired_loop(st: &Arc<AgentState>, mut stop: watch::Receiver<bool>) -> 
                 if failures > 3 {
                     return Err(e.into());
                 }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // The control plane may be restarting: report as soon as it is back, so that
+                // it reconciles without waiting for the next periodic report.
+                st.ctx.board.changed.notify_one();
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        if failures > 0 {
+            st.ctx.board.changed.notify_one();
+        }
         failures = 0;
         index = desired.index;
         let refusal = {

@@ -115,10 +115,17 @@ async fn main() {
     let pids = |pods: &Value| -> Vec<Value> {
         pods.as_array().map(|a| a.iter().map(|p| p["tasks"][0]["pid"].clone()).collect()).unwrap_or_default()
     };
-    let events_before = get(&http, &base, &token, "/v1/events")
-        .await
-        .and_then(|v| v.as_array().map(|a| a.len()))
-        .unwrap_or(0);
+    // Events are paged (at most 1000 a request): remember the last sequence number seen.
+    let mut last_seq = 0u64;
+    loop {
+        let page = get(&http, &base, &token, &format!("/v1/events?since={last_seq}&limit=1000")).await;
+        let Some(seq) =
+            page.as_ref().and_then(|v| v.as_array()).and_then(|a| a.last()).and_then(|e| e["seq"].as_u64())
+        else {
+            break;
+        };
+        last_seq = seq;
+    }
     // SIGKILL the control plane with the tasks running, then start it again.
     let mut server = procs.children.remove(0);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(server.id() as i32), nix::sys::signal::Signal::SIGKILL)
@@ -131,8 +138,8 @@ async fn main() {
     let (mut reconciled, mut complete) = (None, None);
     while complete.is_none() {
         assert!(t.elapsed() < Duration::from_secs(300), "plan did not complete after restart");
-        if let Some(ev) = get(&http, &base, &token, "/v1/events").await {
-            for e in ev.as_array().into_iter().flatten().skip(events_before) {
+        if let Some(ev) = get(&http, &base, &token, &format!("/v1/events?since={last_seq}")).await {
+            for e in ev.as_array().into_iter().flatten() {
                 let m = e["message"].as_str().unwrap_or("");
                 if m.starts_with("reconciled") && reconciled.is_none() {
                     reconciled = Some(t.elapsed().as_secs_f64());

@@ -33,3 +33,71 @@ fn every_rust_file_starts_with_a_module_doc_line() {
         .collect();
     assert!(offenders.is_empty(), "files without a leading `//!` doc line:\n{}", offenders.join("\n"));
 }
+
+/// The `[dependencies]` names of a crate's manifest.
+fn dependencies(krate: &str) -> Vec<String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let text = std::fs::read_to_string(root.join("crates").join(krate).join("Cargo.toml")).unwrap();
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            inside = line == "[dependencies]";
+        } else if inside && !line.is_empty() && !line.starts_with('#') {
+            if let Some(name) = line.split(['=', '.', ' ']).next() {
+                out.push(name.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Architecture invariant: the pure crates know no runtime, clock source, database, socket or
+/// process crate. (tend-plan and tend-jobs are generic over the store trait; tend-store holds the
+/// trait and an in-memory backend, and uses tokio only for its watch channels.)
+#[test]
+fn pure_crates_depend_on_no_edge() {
+    let edges = [
+        "tokio",
+        "redb",
+        "axum",
+        "reqwest",
+        "nix",
+        "tend-store-redb",
+        "tend-server",
+        "tend-agent",
+        "etcd-client",
+    ];
+    for krate in ["tend-model", "tend-spec", "tend-plan", "tend-scheduler", "tend-control", "tend-jobs"] {
+        let bad: Vec<String> =
+            dependencies(krate).into_iter().filter(|d| edges.contains(&d.as_str())).collect();
+        assert!(bad.is_empty(), "{krate} depends on edge crates {bad:?}");
+    }
+    // The control plane's decisions are separate from its HTTP edge and from storage.
+    let control = dependencies("tend-control");
+    assert!(!control.iter().any(|d| d == "tend-store" || d == "tend-api"), "tend-control: {control:?}");
+}
+
+/// Architecture invariant: only the edges read the system clock. `SystemTime::now` and
+/// `Instant::now` may appear in the pure crates' sources only in `tend-model` (which defines
+/// `SystemClock` for the edges to construct).
+#[test]
+fn pure_crates_never_read_the_system_clock() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut offenders = Vec::new();
+    for krate in ["tend-spec", "tend-plan", "tend-scheduler", "tend-control", "tend-jobs"] {
+        let mut files = Vec::new();
+        rust_files(&root.join("crates").join(krate).join("src"), &mut files);
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap_or_default();
+            if text.contains("SystemTime::now")
+                || text.contains("Instant::now")
+                || text.contains("SystemClock")
+            {
+                offenders.push(f.strip_prefix(&root).unwrap_or(&f).display().to_string());
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "pure crates reading the clock:\n{}", offenders.join("\n"));
+}

@@ -186,10 +186,7 @@ async fn register(
         let mut agents = s.inner.agents.write().unwrap_or_else(|e| e.into_inner());
         let known = agents.contains_key(&rec.id);
         let tasks = agents.get(&rec.id).map(|a| a.tasks.clone()).unwrap_or_default();
-        agents.insert(
-            rec.id.clone(),
-            AgentLive { record: rec.clone(), last_seen_ms: Some(s.now_ms()), tasks, conflict: None },
-        );
+        agents.insert(rec.id.clone(), AgentLive::new(rec.clone(), Some(s.now_ms()), tasks));
         known
     };
     s.event(

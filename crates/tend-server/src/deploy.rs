@@ -204,6 +204,7 @@ impl DeployWork {
         let mut rec = current.map(|(r, _)| r).unwrap_or_else(|| InstanceRecord {
             pod: pod.name.clone(),
             index,
+            created_ms: self.server.now_ms(),
             ..Default::default()
         });
         if rec.incarnation > 0 && rec.config == target && rec.agent.is_some() {

@@ -172,7 +172,11 @@ pub async fn tick_once(server: &Server) -> anyhow::Result<bool> {
                 }
                 let Some(agent) = rec.agent.clone() else { continue };
                 let summary = summary(server, &svc, &job.name, inst).await?;
-                let created = {
+                // From the store (the instance's creation), so a restarted control plane counts
+                // the same; records from before `created_ms` fall back to first sight.
+                let created = if rec.created_ms > 0 {
+                    rec.created_ms
+                } else {
                     let mut st = server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner());
                     *st.first_seen.entry((svc.clone(), job.name.clone(), inst.clone())).or_insert(now)
                 };
@@ -191,12 +195,15 @@ pub async fn tick_once(server: &Server) -> anyhow::Result<bool> {
                         (Some(tasks), Some((pod, _))) if judge(pod, &tasks, now) == Ok(true) => None,
                         _ => Some(format!("{inst} is not running and ready")),
                     };
+                // ...and recovery is not at work on it (from the record: down, or being replaced).
                 let gate = gate.or_else(|| {
-                    let board = server.inner.recovery.lock().unwrap_or_else(|e| e.into_inner());
-                    board
-                        .entries
-                        .get(&(svc.clone(), inst.clone()))
-                        .map(|e| format!("recovery is busy with {inst} ({})", e.state))
+                    let replacing = tend_control::recovery::replacing(
+                        rec.replaced_from.is_some(),
+                        rec.incarnation,
+                        rec.ready_incarnation,
+                    );
+                    (rec.down_since_ms.is_some() || replacing)
+                        .then(|| format!("recovery is busy with {inst} (down or being replaced)"))
                 });
                 jis.push(JobInstance {
                     job: job.name.clone(),

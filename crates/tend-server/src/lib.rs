@@ -81,6 +81,36 @@ pub struct AgentLive {
     pub tasks: Vec<TaskStatus>,
     /// Set while the agent refuses this control plane's desired state (and why).
     pub conflict: Option<String>,
+    /// Positions in `tasks` by (service, instance): lookups stay O(1) as agents grow.
+    pub index: std::collections::HashMap<(String, String), Vec<usize>>,
+}
+
+impl AgentLive {
+    pub fn new(record: AgentRecord, last_seen_ms: Option<u64>, tasks: Vec<TaskStatus>) -> AgentLive {
+        let mut a =
+            AgentLive { record, last_seen_ms, tasks: Vec::new(), conflict: None, index: Default::default() };
+        a.set_tasks(tasks);
+        a
+    }
+
+    /// Replaces the reported tasks (a full snapshot) and rebuilds the index.
+    pub fn set_tasks(&mut self, tasks: Vec<TaskStatus>) {
+        self.index.clear();
+        for (i, t) in tasks.iter().enumerate() {
+            self.index.entry((t.service.clone(), t.instance.clone())).or_default().push(i);
+        }
+        self.tasks = tasks;
+    }
+
+    /// The reported tasks of one instance (every incarnation reported).
+    pub fn instance_tasks<'a>(
+        &'a self,
+        service: &str,
+        instance: &str,
+    ) -> impl Iterator<Item = &'a TaskStatus> + 'a {
+        let idx = self.index.get(&(service.to_string(), instance.to_string()));
+        idx.into_iter().flatten().filter_map(move |i| self.tasks.get(*i))
+    }
 }
 
 /// A service loaded in memory: its parsed spec, config identities and compiled plans.
@@ -238,10 +268,7 @@ impl Server {
         for kv in store.range("agents/").await?.kvs {
             let rec: AgentRecord =
                 serde_json::from_slice(&kv.value).with_context(|| format!("corrupt {}", kv.key))?;
-            agents.insert(
-                rec.id.clone(),
-                AgentLive { record: rec, last_seen_ms: None, tasks: Vec::new(), conflict: None },
-            );
+            agents.insert(rec.id.clone(), AgentLive::new(rec, None, Vec::new()));
         }
         let last_event = store
             .range("events/")
@@ -471,13 +498,7 @@ impl Server {
         if !self.agent_up(a) {
             return None;
         }
-        Some(
-            a.tasks
-                .iter()
-                .filter(|t| t.service == service && t.instance == instance && t.incarnation == incarnation)
-                .cloned()
-                .collect(),
-        )
+        Some(a.instance_tasks(service, instance).filter(|t| t.incarnation == incarnation).cloned().collect())
     }
 
     /// All instance records of a service.
@@ -531,7 +552,7 @@ impl Server {
             let mut agents = self.inner.agents.write().unwrap_or_else(|e| e.into_inner());
             let Some(a) = agents.get_mut(agent) else { return false };
             a.last_seen_ms = Some(now);
-            a.tasks = tasks.clone();
+            a.set_tasks(tasks.clone());
         }
         // Record `once` tasks that succeeded, so that later incarnations skip them.
         let mut done: BTreeSet<(String, String, String)> = BTreeSet::new();

@@ -99,6 +99,9 @@ pub struct InstanceRecord {
     /// restarted control plane judges from the same time.
     #[serde(default)]
     pub down_since_ms: Option<u64>,
+    /// When the instance was first placed (jobs count their first run from it).
+    #[serde(default)]
+    pub created_ms: u64,
 }
 
 /// A set of volumes of one instance on one agent (see `tend_model::Volume`).
