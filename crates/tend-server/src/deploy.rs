@@ -8,7 +8,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tend_api::{ArtifactRef, Assignment, CheckSpec, DesiredState, TaskLaunch, TaskState, VolumeRef};
 use tend_plan::{Applied, ApplyReason, CheckResult, Engine, NoObserver, StepNode, StepWork};
-use tend_scheduler::{AgentSnapshot, Cluster, Decision, Request, Resources, Rules};
 use tend_spec::{Goal, PodSpec, Probe, ServiceSpec};
 use tend_store::{Compare, Txn, TxnOp};
 
@@ -192,83 +191,10 @@ impl DeployWork {
         }
     }
 
-    /// Places (if needed) and launches the target incarnation, writing the intent first.
+    /// Places (if needed) and launches the target incarnation, writing the intent first
+    /// (batched with other launches: `launch.rs`).
     pub(crate) async fn ensure_launched(&self, instance: &str) -> Result<(), String> {
-        let _guard = self.server.inner.launch_lock.lock().await;
-        let (spec, ids) = self.spec().ok_or("service is gone")?;
-        let (pod, index) =
-            pod_of(&spec, instance).ok_or_else(|| format!("no pod for instance {instance}"))?;
-        let target = ids.get(&pod.name).cloned().unwrap_or_default();
-        let current = self.record(instance).await?;
-        let rev = current.as_ref().map_or(0, |(_, r)| *r);
-        let mut rec = current.map(|(r, _)| r).unwrap_or_else(|| InstanceRecord {
-            pod: pod.name.clone(),
-            index,
-            created_ms: self.server.now_ms(),
-            ..Default::default()
-        });
-        if rec.incarnation > 0 && rec.config == target && rec.agent.is_some() {
-            return Ok(()); // Already launched: the intent is on record, the agent acts on it.
-        }
-        let mut extra = Vec::new();
-        if rec.agent.is_none() {
-            match self.place(&spec, pod, instance, None).await? {
-                Ok((agent, ports, needs)) => {
-                    // A new placement gets fresh volumes under a new id, recorded with it.
-                    if !pod.volumes.is_empty() {
-                        let id = crate::volumes::next_id(&self.server).await?;
-                        let vrec = crate::volumes::new_record(
-                            &self.server,
-                            &id,
-                            &self.service,
-                            instance,
-                            &agent,
-                            pod,
-                            spec.recovery.retain_volumes_seconds,
-                        );
-                        extra.push(crate::volumes::put_op(&vrec)?);
-                        rec.volume_id = Some(id.to_string());
-                    }
-                    rec.agent = Some(agent);
-                    rec.ports = ports;
-                    rec.cpus_milli = needs.cpus_milli;
-                    rec.memory_mb = needs.memory_mb;
-                    rec.disk_mb = needs.disk_mb;
-                    rec.volumes = pod.volumes.iter().map(|v| v.name.clone()).collect();
-                    rec.pending_reason = None;
-                }
-                Err(reason) => {
-                    if rec.pending_reason.as_deref() != Some(reason.as_str()) {
-                        rec.pending_reason = Some(reason.clone());
-                        self.write(instance, &rec, rev).await?;
-                        self.server
-                            .event(
-                                Some(&self.service),
-                                "pending",
-                                format!("{instance} cannot be placed: {reason}"),
-                            )
-                            .await;
-                    }
-                    return Ok(());
-                }
-            }
-        }
-        rec.incarnation += 1;
-        rec.config = target;
-        rec.launched_ms = self.server.now_ms();
-        rec.down_since_ms = None;
-        // Intent before action: the store holds "incarnation N of P on A" before any agent sees it.
-        self.write_with(instance, &rec, rev, extra).await?;
-        let agent = rec.agent.clone().unwrap_or_default();
-        self.server
-            .event(
-                Some(&self.service),
-                "launch",
-                format!("launch incarnation {} of {instance} on agent {agent}", rec.incarnation),
-            )
-            .await;
-        self.server.inner.desired_gen.send_modify(|g| *g += 1);
-        Ok(())
+        crate::launch::ensure_launched(&self.server, &self.service, instance).await
     }
 
     pub(crate) async fn write(&self, instance: &str, rec: &InstanceRecord, rev: i64) -> Result<(), String> {
@@ -297,91 +223,15 @@ impl DeployWork {
         Ok(())
     }
 
-    /// Pure placement over a snapshot of live agents and every reservation in the cluster.
+    /// Pure placement over a snapshot of live agents (minus `avoid`) and every reservation.
     pub(crate) async fn place(
         &self,
-        spec: &ServiceSpec,
         pod: &PodSpec,
         instance: &str,
         avoid: Option<&str>,
-    ) -> Result<Result<(String, BTreeMap<String, u16>, Resources), String>, String> {
-        let mut snapshot: BTreeMap<String, AgentSnapshot> = {
-            let agents = self.server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
-            agents
-                .values()
-                .map(|a| {
-                    let r = &a.record;
-                    (
-                        r.id.clone(),
-                        AgentSnapshot {
-                            id: r.id.clone(),
-                            attributes: r.attributes.clone(),
-                            capacity: Resources {
-                                cpus_milli: r.cpus_milli,
-                                memory_mb: r.memory_mb,
-                                disk_mb: r.disk_mb,
-                            },
-                            reserved: Resources::default(),
-                            port_range: (r.port_lo, r.port_hi),
-                            used_ports: Default::default(),
-                            schedulable: self.server.agent_up(a) && Some(r.id.as_str()) != avoid,
-                        },
-                    )
-                })
-                .collect()
-        };
-        let group = format!("{}/{}", self.service, pod.name);
-        let mut existing = Vec::new();
-        for svc in self.server.service_names() {
-            for (_, rec) in self.server.instances(&svc).await.map_err(|e| e.to_string())? {
-                let Some(agent) = &rec.agent else { continue };
-                if let Some(a) = snapshot.get_mut(agent) {
-                    a.reserved = a.reserved.plus(&Resources {
-                        cpus_milli: rec.cpus_milli,
-                        memory_mb: rec.memory_mb,
-                        disk_mb: rec.disk_mb,
-                    });
-                    a.used_ports.extend(rec.ports.values().copied());
-                }
-                if svc == self.service && rec.pod == pod.name {
-                    existing.push(agent.clone());
-                }
-            }
-        }
-        let mut cluster = Cluster::new(snapshot.into_values().collect());
-        cluster.set_rules(&group, Rules::from_spec(&pod.placement));
-        for a in existing {
-            cluster.count_existing(&group, &a);
-        }
-        let needs = Resources {
-            cpus_milli: pod.tasks.iter().map(|t| (t.cpus * 1000.0).round() as u64).sum(),
-            memory_mb: pod.tasks.iter().map(|t| t.memory_mb).sum(),
-            disk_mb: pod.volumes.iter().map(|v| v.size_mb).sum(),
-        };
-        let ports: Vec<(String, u16)> =
-            pod.tasks.iter().flat_map(|t| t.ports.iter().map(|(n, p)| (n.clone(), *p))).collect();
-        let req = Request {
-            instance: instance.to_string(),
-            group,
-            needs,
-            fixed_ports: ports.iter().filter(|(_, p)| *p != 0).map(|(_, p)| *p).collect(),
-            dynamic_ports: ports.iter().filter(|(_, p)| *p == 0).count(),
-        };
-        let _ = spec;
-        Ok(match cluster.place(&req) {
-            Decision::Placed { agent, ports: got, .. } => {
-                // Fixed ports come first in `got`, then dynamic ones in declaration order.
-                let mut fixed = got.iter().take(req.fixed_ports.len());
-                let mut dynamic = got.iter().skip(req.fixed_ports.len());
-                let mut named = BTreeMap::new();
-                for (n, p) in &ports {
-                    let v = if *p != 0 { fixed.next() } else { dynamic.next() };
-                    named.insert(n.clone(), v.copied().unwrap_or(*p));
-                }
-                Ok((agent, named, needs))
-            }
-            Decision::Pending { reason, .. } => Err(reason),
-        })
+    ) -> Result<Result<crate::launch::Placed, String>, String> {
+        let mut snap = crate::launch::Snapshot::take(&self.server, avoid).await?;
+        Ok(snap.place(&self.service, pod, instance))
     }
 }
 
@@ -412,6 +262,9 @@ impl StepWork for DeployWork {
     async fn progress(&self, step: &StepNode) -> Result<(), String> {
         let mut status = self.server.inner.status_gen.subscribe();
         let _ = tokio::time::timeout(Duration::from_millis(500), status.changed()).await;
+        // Reports arrive in bursts (every agent, every few ms while tasks start): look at most
+        // every 25 ms, so that hundreds of waiting steps do not re-read the store per report.
+        tokio::time::sleep(Duration::from_millis(25)).await;
         let (spec, ids) = self.spec().ok_or("service is gone")?;
         let (pod, _) = pod_of(&spec, &step.name).ok_or_else(|| format!("no pod for {}", step.name))?;
         let rec = self.record(&step.name).await?.map(|(r, _)| r);

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod deploy;
 pub mod jobs;
+pub mod launch;
 pub mod records;
 pub mod recovery;
 pub mod services;
@@ -145,6 +146,8 @@ pub struct Inner {
     pub status_gen: watch::Sender<u64>,
     /// Serialises placement and launch decisions.
     pub launch_lock: tokio::sync::Mutex<()>,
+    /// Launch requests batched under the lock.
+    pub launches: launch::LaunchQueue,
     /// True once every known agent has reported since this control plane started (or was
     /// declared lost): plans wait for it, so that they judge tasks by fresh reports.
     pub reconciled: watch::Sender<bool>,
@@ -293,6 +296,7 @@ impl Server {
             desired_gen: watch::channel(SystemClock.now_ms()).0,
             status_gen: watch::channel(1).0,
             launch_lock: tokio::sync::Mutex::new(()),
+            launches: launch::LaunchQueue::default(),
             reconciled: watch::channel(false).0,
             recovery: Mutex::new(recovery::RecoveryBoard::default()),
             jobs: Mutex::new(jobs::JobsState::default()),

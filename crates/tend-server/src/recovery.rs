@@ -385,9 +385,9 @@ pub async fn replace(server: &Server, svc: &str, inst: &str, why: &str) -> Resul
     };
     work.write(inst, &released, rev).await?;
     let (_, rev) = work.record(inst).await?.ok_or("record vanished")?;
-    let placed = match work.place(&spec, pod, inst, Some(&old_agent)).await? {
+    let placed = match work.place(pod, inst, Some(&old_agent)).await? {
         Ok(p) => Ok(p),
-        Err(_) => work.place(&spec, pod, inst, None).await?,
+        Err(_) => work.place(pod, inst, None).await?,
     };
     let mut extra = Vec::new();
     if let Some(old) = rec.volume_id.take() {

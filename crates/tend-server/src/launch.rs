@@ -1,0 +1,269 @@
+//! Launching incarnations, in batches. Deploy steps that start together (a parallel phase of
+//! 500 instances) each ask for a launch; whoever holds the launch lock takes every queued request,
+//! places them all against one snapshot of agents and reservations, writes every intent (record,
+//! volume set) concurrently so the store commits them together, then wakes the agents once.
+//! Each launch is still its own compare-and-swap transaction written before any agent hears of it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use tend_scheduler::{AgentSnapshot, Cluster, Decision, Request, Resources, Rules};
+use tend_spec::{PodSpec, ServiceSpec};
+use tend_store::TxnOp;
+
+use crate::deploy::{pod_of, DeployWork};
+use crate::records::InstanceRecord;
+use crate::Server;
+
+/// Launch requests waiting for the lock, and results of requests another holder processed.
+#[derive(Default)]
+pub struct LaunchQueue {
+    pending: std::sync::Mutex<Vec<(String, String)>>,
+    done: std::sync::Mutex<HashMap<(String, String), Result<(), String>>>,
+}
+
+/// A placement: agent, named ports, reserved resources.
+pub type Placed = (String, BTreeMap<String, u16>, Resources);
+
+/// One snapshot of the cluster for placement: live agents (minus `avoid`), every reservation.
+pub struct Snapshot {
+    cluster: Cluster,
+    /// Existing instances per placement group, counted once per group on first use.
+    existing: HashMap<String, Vec<String>>,
+    counted: HashSet<String>,
+}
+
+impl Snapshot {
+    pub async fn take(server: &Server, avoid: Option<&str>) -> Result<Snapshot, String> {
+        let mut agents: BTreeMap<String, AgentSnapshot> = {
+            let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+            agents
+                .values()
+                .map(|a| {
+                    let r = &a.record;
+                    let snap = AgentSnapshot {
+                        id: r.id.clone(),
+                        attributes: r.attributes.clone(),
+                        capacity: Resources {
+                            cpus_milli: r.cpus_milli,
+                            memory_mb: r.memory_mb,
+                            disk_mb: r.disk_mb,
+                        },
+                        reserved: Resources::default(),
+                        port_range: (r.port_lo, r.port_hi),
+                        used_ports: Default::default(),
+                        schedulable: server.agent_up(a) && Some(r.id.as_str()) != avoid,
+                    };
+                    (r.id.clone(), snap)
+                })
+                .collect()
+        };
+        let mut existing: HashMap<String, Vec<String>> = HashMap::new();
+        for svc in server.service_names() {
+            for (_, rec) in server.instances(&svc).await.map_err(|e| e.to_string())? {
+                let Some(agent) = &rec.agent else { continue };
+                if let Some(a) = agents.get_mut(agent) {
+                    let r = Resources {
+                        cpus_milli: rec.cpus_milli,
+                        memory_mb: rec.memory_mb,
+                        disk_mb: rec.disk_mb,
+                    };
+                    a.reserved = a.reserved.plus(&r);
+                    a.used_ports.extend(rec.ports.values().copied());
+                }
+                existing.entry(format!("{svc}/{}", rec.pod)).or_default().push(agent.clone());
+            }
+        }
+        Ok(Snapshot {
+            cluster: Cluster::new(agents.into_values().collect()),
+            existing,
+            counted: HashSet::new(),
+        })
+    }
+
+    /// Places one instance of `pod` (and reserves it in this snapshot); Err: why it is pending.
+    pub fn place(&mut self, service: &str, pod: &PodSpec, instance: &str) -> Result<Placed, String> {
+        let group = format!("{service}/{}", pod.name);
+        if self.counted.insert(group.clone()) {
+            self.cluster.set_rules(&group, Rules::from_spec(&pod.placement));
+            for a in self.existing.get(&group).into_iter().flatten() {
+                self.cluster.count_existing(&group, a);
+            }
+        }
+        let needs = Resources {
+            cpus_milli: pod.tasks.iter().map(|t| (t.cpus * 1000.0).round() as u64).sum(),
+            memory_mb: pod.tasks.iter().map(|t| t.memory_mb).sum(),
+            disk_mb: pod.volumes.iter().map(|v| v.size_mb).sum(),
+        };
+        let ports: Vec<(String, u16)> =
+            pod.tasks.iter().flat_map(|t| t.ports.iter().map(|(n, p)| (n.clone(), *p))).collect();
+        let req = Request {
+            instance: instance.to_string(),
+            group,
+            needs,
+            fixed_ports: ports.iter().filter(|(_, p)| *p != 0).map(|(_, p)| *p).collect(),
+            dynamic_ports: ports.iter().filter(|(_, p)| *p == 0).count(),
+        };
+        match self.cluster.place(&req) {
+            Decision::Placed { agent, ports: got, .. } => {
+                // Fixed ports come first in `got`, then dynamic ones in declaration order.
+                let mut fixed = got.iter().take(req.fixed_ports.len());
+                let mut dynamic = got.iter().skip(req.fixed_ports.len());
+                let mut named = BTreeMap::new();
+                for (n, p) in &ports {
+                    let v = if *p != 0 { fixed.next() } else { dynamic.next() };
+                    named.insert(n.clone(), v.copied().unwrap_or(*p));
+                }
+                Ok((agent, named, needs))
+            }
+            Decision::Pending { reason, .. } => Err(reason),
+        }
+    }
+}
+
+/// Places (if needed) and launches the target incarnation of `instance`, writing the intent
+/// first; batched with every other launch queued meanwhile.
+pub async fn ensure_launched(server: &Server, service: &str, instance: &str) -> Result<(), String> {
+    let key = (service.to_string(), instance.to_string());
+    let q = &server.inner.launches;
+    q.pending.lock().unwrap_or_else(|e| e.into_inner()).push(key.clone());
+    let _guard = server.inner.launch_lock.lock().await;
+    if let Some(r) = q.done.lock().unwrap_or_else(|e| e.into_inner()).remove(&key) {
+        return r; // Launched by the holder before us, in its batch.
+    }
+    let mut batch: Vec<(String, String)> =
+        std::mem::take(&mut *q.pending.lock().unwrap_or_else(|e| e.into_inner()));
+    batch.push(key.clone());
+    let mut seen = HashSet::new();
+    batch.retain(|k| seen.insert(k.clone()));
+    let results = launch_batch(server, &batch).await;
+    let mut mine = Ok(());
+    let mut done = q.done.lock().unwrap_or_else(|e| e.into_inner());
+    for (k, r) in results {
+        if k == key {
+            mine = r;
+        } else {
+            done.insert(k, r);
+        }
+    }
+    mine
+}
+
+/// What a batch decided for one instance.
+enum Plan {
+    Nothing,
+    Pending { rec: InstanceRecord, rev: i64, reason: String },
+    Launch { rec: InstanceRecord, rev: i64, extra: Vec<TxnOp> },
+}
+
+/// Decides a batch against one snapshot, then writes every intent concurrently.
+async fn launch_batch(
+    server: &Server,
+    batch: &[(String, String)],
+) -> Vec<((String, String), Result<(), String>)> {
+    let mut snapshot = None;
+    let mut plans = Vec::new();
+    for (svc, inst) in batch {
+        let work = DeployWork { server: server.clone(), service: svc.clone() };
+        let plan = decide(&work, inst, &mut snapshot).await;
+        plans.push(((svc.clone(), inst.clone()), work, plan));
+    }
+    let writes = plans.into_iter().map(|(key, work, plan)| async move {
+        let r = match plan {
+            Ok(Plan::Nothing) => Ok(false),
+            Ok(Plan::Pending { rec, rev, reason }) => {
+                let r = work.write(&key.1, &rec, rev).await;
+                if r.is_ok() {
+                    let msg = format!("{} cannot be placed: {reason}", key.1);
+                    work.server.event(Some(&key.0), "pending", msg).await;
+                }
+                r.map(|_| false)
+            }
+            Ok(Plan::Launch { rec, rev, extra }) => {
+                // Intent before action: the store holds "incarnation N of P on A" before any agent sees it.
+                let r = work.write_with(&key.1, &rec, rev, extra).await;
+                if r.is_ok() {
+                    let agent = rec.agent.clone().unwrap_or_default();
+                    let msg = format!("launch incarnation {} of {} on agent {agent}", rec.incarnation, key.1);
+                    work.server.event(Some(&key.0), "launch", msg).await;
+                }
+                r.map(|_| true)
+            }
+            Err(e) => Err(e),
+        };
+        (key, r)
+    });
+    let results: Vec<((String, String), Result<bool, String>)> = futures::future::join_all(writes).await;
+    if results.iter().any(|(_, r)| matches!(r, Ok(true))) {
+        server.inner.desired_gen.send_modify(|g| *g += 1);
+    }
+    results.into_iter().map(|(k, r)| (k, r.map(|_| ()))).collect()
+}
+
+/// Decides one instance: nothing to do, pending (with the reason), or the next incarnation.
+async fn decide(work: &DeployWork, instance: &str, snapshot: &mut Option<Snapshot>) -> Result<Plan, String> {
+    let (spec, ids) = work.spec().ok_or("service is gone")?;
+    let (pod, index) = pod_of(&spec, instance).ok_or_else(|| format!("no pod for instance {instance}"))?;
+    let target = ids.get(&pod.name).cloned().unwrap_or_default();
+    let current = work.record(instance).await?;
+    let rev = current.as_ref().map_or(0, |(_, r)| *r);
+    let mut rec = current.map(|(r, _)| r).unwrap_or_else(|| InstanceRecord {
+        pod: pod.name.clone(),
+        index,
+        created_ms: work.server.now_ms(),
+        ..Default::default()
+    });
+    if rec.incarnation > 0 && rec.config == target && rec.agent.is_some() {
+        return Ok(Plan::Nothing); // Already launched: the intent is on record, the agent acts on it.
+    }
+    let mut extra = Vec::new();
+    if rec.agent.is_none() {
+        if snapshot.is_none() {
+            *snapshot = Some(Snapshot::take(&work.server, None).await?);
+        }
+        let snap = snapshot.as_mut().ok_or("no snapshot")?;
+        match snap.place(&work.service, pod, instance) {
+            Ok(placed) => extra = reserve(work, &spec, pod, instance, &mut rec, placed).await?,
+            Err(reason) => {
+                if rec.pending_reason.as_deref() == Some(reason.as_str()) {
+                    return Ok(Plan::Nothing);
+                }
+                rec.pending_reason = Some(reason.clone());
+                return Ok(Plan::Pending { rec, rev, reason });
+            }
+        }
+    }
+    rec.incarnation += 1;
+    rec.config = target;
+    rec.launched_ms = work.server.now_ms();
+    rec.down_since_ms = None;
+    Ok(Plan::Launch { rec, rev, extra })
+}
+
+/// Records a placement in the instance record; a new placement gets a fresh volume set under a
+/// new id, written in the same transaction (returned as extra operations).
+async fn reserve(
+    work: &DeployWork,
+    spec: &ServiceSpec,
+    pod: &PodSpec,
+    instance: &str,
+    rec: &mut InstanceRecord,
+    (agent, ports, needs): Placed,
+) -> Result<Vec<TxnOp>, String> {
+    let mut extra = Vec::new();
+    if !pod.volumes.is_empty() {
+        let id = crate::volumes::next_id(&work.server).await?;
+        let retain = spec.recovery.retain_volumes_seconds;
+        let vrec =
+            crate::volumes::new_record(&work.server, &id, &work.service, instance, &agent, pod, retain);
+        extra.push(crate::volumes::put_op(&vrec)?);
+        rec.volume_id = Some(id.to_string());
+    }
+    rec.agent = Some(agent);
+    rec.ports = ports;
+    rec.cpus_milli = needs.cpus_milli;
+    rec.memory_mb = needs.memory_mb;
+    rec.disk_mb = needs.disk_mb;
+    rec.volumes = pod.volumes.iter().map(|v| v.name.clone()).collect();
+    rec.pending_reason = None;
+    Ok(extra)
+}
