@@ -448,7 +448,15 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
 /// it elsewhere without two incarnations ever running at once.
 async fn fence_loop(st: Arc<AgentState>) {
     loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Every 100 ms while some incarnation runs in fence mode; otherwise once a second.
+        let fenced = st
+            .pods
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|h| h.fence_after_ms.is_some());
+        tokio::time::sleep(Duration::from_millis(if fenced { 100 } else { 1000 })).await;
         let silent = pod::now_ms().saturating_sub(st.last_contact.load(std::sync::atomic::Ordering::SeqCst));
         let fenced: Vec<((String, String), PodHandle)> = {
             let mut running = st.pods.running.lock().unwrap_or_else(|e| e.into_inner());

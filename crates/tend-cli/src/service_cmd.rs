@@ -266,9 +266,9 @@ fn until(now_ms: u64, t: Option<u64>) -> String {
         Some(t) => {
             let s = (t - now_ms) / 1000;
             if s >= 86_400 {
-                format!("in {}d", s / 86_400)
+                format!("in {}d{}h", s / 86_400, s % 86_400 / 3600)
             } else if s >= 3600 {
-                format!("in {}h", s / 3600)
+                format!("in {}h{}m", s / 3600, s % 3600 / 60)
             } else {
                 format!("in {s}s")
             }

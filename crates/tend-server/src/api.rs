@@ -161,7 +161,9 @@ async fn register(
                 "agent {} belongs to cluster {theirs}, this control plane is cluster {} (a new or lost store?): refusing to command it, its tasks keep running; restart the control plane with --adopt-agents to take it over (it will stop what this cluster does not know)",
                 req.agent_id, s.inner.cluster_id
             );
-            s.event(None, "agent", msg.clone()).await;
+            if s.inner.refused.lock().unwrap_or_else(|e| e.into_inner()).insert(req.agent_id.clone()) {
+                s.event(None, "agent", msg.clone()).await;
+            }
             return Err(ApiError(StatusCode::CONFLICT, "cluster_mismatch", msg));
         }
         let msg = format!("adopting agent {} from cluster {theirs} (--adopt-agents)", req.agent_id);

@@ -134,6 +134,8 @@ pub struct Inner {
     pub cluster_id: String,
     /// Serialises spec changes (each a compare-and-swap on the service record as well).
     pub spec_lock: tokio::sync::Mutex<()>,
+    /// Agents refused for belonging to another cluster (their refusal is recorded once).
+    pub refused: Mutex<BTreeSet<String>>,
     /// Services whose stored spec cannot be loaded: not run, shown with the reason.
     pub broken: Mutex<BTreeMap<String, (ServiceRecord, String)>>,
     pub api_token: String,
@@ -144,6 +146,9 @@ pub struct Inner {
     pub desired_gen: watch::Sender<u64>,
     /// Bumped whenever an agent reports.
     pub status_gen: watch::Sender<u64>,
+    /// Bumped when a report says something new (a task changed), not on a bare heartbeat:
+    /// recovery wakes on it, so an idle cluster costs one resync a second.
+    pub tasks_gen: watch::Sender<u64>,
     /// Serialises placement and launch decisions.
     pub launch_lock: tokio::sync::Mutex<()>,
     /// Launch requests batched under the lock.
@@ -227,6 +232,9 @@ impl Server {
     pub async fn open(cfg: ServerConfig) -> anyhow::Result<Server> {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+        // An address file left by a control plane that died describes nobody: `serve` writes
+        // the new one once it listens.
+        let _ = std::fs::remove_file(cfg.data_dir.join("address"));
         let clock: SharedClock = Arc::new(SystemClock);
         let store: Arc<dyn StateStore> =
             tend_store_redb::RedbStore::open(cfg.data_dir.join("server.redb"), clock.clone())?;
@@ -285,6 +293,7 @@ impl Server {
             cluster_id,
             spec_lock: tokio::sync::Mutex::new(()),
             broken: Mutex::new(BTreeMap::new()),
+            refused: Mutex::new(BTreeSet::new()),
             cfg,
             store,
             clock,
@@ -295,6 +304,7 @@ impl Server {
             // Starts at the wall clock so that an index from before a restart is always older.
             desired_gen: watch::channel(SystemClock.now_ms()).0,
             status_gen: watch::channel(1).0,
+            tasks_gen: watch::channel(1).0,
             launch_lock: tokio::sync::Mutex::new(()),
             launches: launch::LaunchQueue::default(),
             reconciled: watch::channel(false).0,
@@ -555,7 +565,11 @@ impl Server {
         {
             let mut agents = self.inner.agents.write().unwrap_or_else(|e| e.into_inner());
             let Some(a) = agents.get_mut(agent) else { return false };
+            let was_silent = !self.agent_up(a);
             a.last_seen_ms = Some(now);
+            if was_silent || a.tasks != tasks {
+                self.inner.tasks_gen.send_modify(|g| *g += 1);
+            }
             a.set_tasks(tasks.clone());
         }
         // Record `once` tasks that succeeded, so that later incarnations skip them.

@@ -44,11 +44,11 @@ pub struct RecoveryBoard {
     pub entries: BTreeMap<(String, String), RecoveryEntry>,
 }
 
-/// Runs recovery (after start-up reconciliation): a pass whenever an agent reports or what runs
-/// changes, at most every 100 ms, and at least every second (timeouts need the clock).
+/// Runs recovery (after start-up reconciliation): a pass whenever a report says something new or
+/// what runs changes, at most every 100 ms, and at least every second (timeouts need the clock).
 pub async fn run(server: Server) {
     server.wait_reconciled().await;
-    let mut status = server.inner.status_gen.subscribe();
+    let mut status = server.inner.tasks_gen.subscribe();
     let mut desired = server.inner.desired_gen.subscribe();
     loop {
         if let Err(e) = tick(&server).await {
