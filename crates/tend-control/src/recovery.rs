@@ -12,6 +12,10 @@ use tend_scheduler::recovery::Health;
 pub const RULE_FAILED_UPDATE_NOT_REPLACED: &str =
     "new config never became ready on this instance; fix the spec or roll back (not replaced: replacing would not fix a config and would leave its data behind)";
 
+/// Added to `fence_after_seconds` before a fenced instance is replaced: covers the agent's
+/// check interval, the report round trip and clock-rate differences between machines.
+pub const FENCE_MARGIN_MS: Millis = 2_000;
+
 /// What the reports say of an instance right now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observed {

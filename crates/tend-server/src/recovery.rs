@@ -23,9 +23,7 @@ use crate::deploy::{engine, judge, pod_of, DeployWork};
 use crate::records::InstanceRecord;
 use crate::Server;
 
-/// Added to `fence_after_seconds` before a fenced instance is replaced: covers the agent's
-/// check interval, the report round trip and clock-rate differences.
-pub const FENCE_MARGIN_MS: u64 = 2_000;
+pub use tend_control::recovery::FENCE_MARGIN_MS;
 
 /// Least time between two replacement launches of one service.
 pub const MIN_REPLACEMENT_INTERVAL_MS: u64 = 1_000;
