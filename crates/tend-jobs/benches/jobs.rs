@@ -1,6 +1,8 @@
 //! Maintenance scheduling bench: the cost of one scheduler tick over 10,000 job-instances
 //! (priorities, windows, backoff, queue order, statuses), and lease acquire+release per second
 //! on the durable redb store beside the raw fdatasync rate of the same disk.
+// A benchmark is an edge: it measures with the real clock.
+#![allow(clippy::disallowed_methods)]
 
 use std::sync::Arc;
 use std::time::Instant;
