@@ -121,7 +121,9 @@ impl World {
         for action in decide(&[view], &monitor, &limits, self.replaced_ms, now) {
             if let RecoveryAction::Replace { .. } = action {
                 // Placed on the next agent that is up, new incarnation, intent in the store.
-                let next = (1..3).map(|d| (agent + d) % 3).find(|i| self.last_seen[*i].is_some_and(|t| now - t <= LOST_AFTER));
+                let next = (1..3)
+                    .map(|d| (agent + d) % 3)
+                    .find(|i| self.last_seen[*i].is_some_and(|t| now - t <= LOST_AFTER));
                 if let Some(next) = next {
                     self.incarnation += 1;
                     self.placed_on = next;
