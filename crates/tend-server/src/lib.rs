@@ -50,8 +50,9 @@ pub struct ServerConfig {
     pub adopt_agents: bool,
     /// A deploy step waiting on an agent fails after this long, saying what it waited for.
     pub step_deadline_ms: u64,
-    /// Events kept (the oldest go first).
+    /// Events kept (the oldest go first), and for at most this long.
     pub events_keep: usize,
+    pub events_keep_ms: u64,
     /// Store revisions of history kept before compaction.
     pub history_keep_revisions: i64,
 }
@@ -68,7 +69,8 @@ impl ServerConfig {
             adopt_agents: false,
             step_deadline_ms: 600_000,
             events_keep: 10_000,
-            history_keep_revisions: 10_000,
+            events_keep_ms: 7 * 86_400_000,
+            history_keep_revisions: 1_000,
         }
     }
 }
@@ -608,8 +610,9 @@ impl Server {
 }
 
 impl Server {
-    /// Keeps the store bounded: events beyond `events_keep` go (oldest first), and store history
-    /// older than `history_keep_revisions` is compacted. Every 30 s.
+    /// Keeps the store bounded: events beyond `events_keep` or older than `events_keep_ms` go
+    /// (oldest first), and store history
+    /// older than `history_keep_revisions` is compacted. Every 10 s.
     async fn housekeeping(self) {
         loop {
             if let Err(e) = self.trim_events().await {
@@ -623,14 +626,23 @@ impl Server {
                     }
                 }
             }
-            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
         }
     }
 
     /// Deletes the oldest events beyond the bound.
     pub async fn trim_events(&self) -> anyhow::Result<usize> {
         let kvs = self.inner.store.range("events/").await?.kvs;
-        let excess = kvs.len().saturating_sub(self.inner.cfg.events_keep);
+        // Beyond the count, and older than the age bound (events are in time order).
+        let by_count = kvs.len().saturating_sub(self.inner.cfg.events_keep);
+        let cutoff = self.now_ms().saturating_sub(self.inner.cfg.events_keep_ms);
+        let by_age = kvs
+            .iter()
+            .take_while(|kv| {
+                serde_json::from_slice::<EventRecord>(&kv.value).is_ok_and(|e| e.time_ms < cutoff)
+            })
+            .count();
+        let excess = by_count.max(by_age);
         for chunk in kvs[..excess].chunks(500) {
             let mut txn = tend_store::Txn::new();
             for kv in chunk {

@@ -48,21 +48,28 @@ pub async fn run(server: Server) {
     server.wait_reconciled().await;
     let mut status = server.inner.tasks_gen.subscribe();
     let mut desired = server.inner.desired_gen.subscribe();
+    // The volume lifecycle moves in days: its pass runs when what runs changed, else every 10 s.
+    let mut volumes_due = true;
+    let mut last_volumes = tokio::time::Instant::now();
     loop {
         if let Err(e) = tick(&server).await {
             tracing::warn!(error = %e, "recovery pass failed");
         }
-        if let Err(e) = crate::volumes::reconcile(&server).await {
-            tracing::warn!(error = %e, "volume pass failed");
+        if volumes_due || last_volumes.elapsed() >= Duration::from_secs(10) {
+            if let Err(e) = crate::volumes::reconcile(&server).await {
+                tracing::warn!(error = %e, "volume pass failed");
+            }
+            last_volumes = tokio::time::Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let _ = tokio::time::timeout(Duration::from_millis(900), async {
+        volumes_due = tokio::time::timeout(Duration::from_millis(900), async {
             tokio::select! {
-                _ = status.changed() => {}
-                _ = desired.changed() => {}
+                _ = status.changed() => false,
+                _ = desired.changed() => true,
             }
         })
-        .await;
+        .await
+        .unwrap_or(false);
     }
 }
 

@@ -54,6 +54,30 @@ async fn events_are_kept_to_their_bound_oldest_first() {
 }
 
 #[tokio::test]
+async fn events_older_than_their_age_bound_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
+    let clock = ManualClock::new(1_700_000_000_000);
+    let mut cfg = ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
+    cfg.events_keep_ms = 60_000;
+    let s = Server::new(cfg, store.clone(), Arc::new(clock.clone())).await.unwrap();
+    s.event(None, "test", "old".into()).await;
+    clock.advance_ms(120_000);
+    s.event(None, "test", "new".into()).await;
+    s.trim_events().await.unwrap();
+    let left: Vec<String> = store
+        .range("events/")
+        .await
+        .unwrap()
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
+        .collect();
+    assert!(left.iter().all(|e| !e.contains("\"old\"")), "{left:?}");
+    assert!(left.iter().any(|e| e.contains("\"new\"")), "{left:?}");
+}
+
+#[tokio::test]
 async fn spec_changes_are_serialised_and_a_stale_expected_generation_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
