@@ -36,7 +36,7 @@ impl Checkpoint {
         self.assignment
             .tasks
             .iter()
-            .filter(|t| t.goal != "running" && !t.skip)
+            .filter(|t| t.goal != tend_api::TaskGoal::Running && !t.skip)
             .all(|t| self.finished.get(&t.name) == Some(&Some(0)))
     }
 }

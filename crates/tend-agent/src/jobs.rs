@@ -61,7 +61,7 @@ impl JobRunner {
                     r.run_id.clone(),
                     JobResult {
                         run_id: r.run_id.clone(),
-                        state: "failed".into(),
+                        state: tend_api::RunState::Failed,
                         exit_code: None,
                         output_tail: format!("{} does not run on this agent", r.instance),
                         started_ms: started,
@@ -74,7 +74,7 @@ impl JobRunner {
                 r.run_id.clone(),
                 JobResult {
                     run_id: r.run_id.clone(),
-                    state: "running".into(),
+                    state: tend_api::RunState::Running,
                     exit_code: None,
                     output_tail: String::new(),
                     started_ms: started,
@@ -103,7 +103,7 @@ async fn execute(ctx: &PodCtx, a: &Assignment, r: &JobRun, runner: &JobRunner) -
     let sandbox = ctx.sandbox(a);
     let stub = TaskLaunch {
         name: format!("job-{}", r.job),
-        goal: "finish".into(),
+        goal: tend_api::TaskGoal::Finish,
         cmd: r.cmd.clone(),
         env: BTreeMap::new(),
         memory_mb: 0,
@@ -116,9 +116,9 @@ async fn execute(ctx: &PodCtx, a: &Assignment, r: &JobRun, runner: &JobRunner) -
     let mut env = task_env(ctx, a, &stub, &sandbox);
     env.insert("TEND_JOB".into(), r.job.clone());
     env.insert("TEND_JOB_RUN".into(), r.run_id.clone());
-    let done = |state: &str, code: Option<i32>, out: String| JobResult {
+    let done = |state: tend_api::RunState, code: Option<i32>, out: String| JobResult {
         run_id: r.run_id.clone(),
-        state: state.into(),
+        state,
         exit_code: code,
         output_tail: out,
         started_ms: 0,
@@ -136,7 +136,7 @@ async fn execute(ctx: &PodCtx, a: &Assignment, r: &JobRun, runner: &JobRunner) -
         .kill_on_drop(true);
     let mut child = match c.spawn() {
         Ok(ch) => ch,
-        Err(e) => return done("failed", None, format!("cannot start: {e}")),
+        Err(e) => return done(tend_api::RunState::Failed, None, format!("cannot start: {e}")),
     };
     let pgid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
     if let Some(pg) = pgid {
@@ -162,13 +162,21 @@ async fn execute(ctx: &PodCtx, a: &Assignment, r: &JobRun, runner: &JobRunner) -
             if let Some(pg) = pgid {
                 let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
             }
-            done(if code == Some(0) { "succeeded" } else { "failed" }, code, tail)
+            done(
+                if code == Some(0) { tend_api::RunState::Succeeded } else { tend_api::RunState::Failed },
+                code,
+                tail,
+            )
         }
         Err(_) => {
             if let Some(pg) = pgid {
                 let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
             }
-            done("timed_out", None, format!("killed after its timeout of {} s", r.timeout_seconds))
+            done(
+                tend_api::RunState::TimedOut,
+                None,
+                format!("killed after its timeout of {} s", r.timeout_seconds),
+            )
         }
     }
 }

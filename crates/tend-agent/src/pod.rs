@@ -282,7 +282,7 @@ pub async fn run_adopted(
 ) {
     let sandbox = ctx.sandbox(&a);
     // Tasks that finished before the restart are reported as they ended (a plan may wait on them).
-    for t in a.tasks.iter().filter(|t| t.goal != "running") {
+    for t in a.tasks.iter().filter(|t| t.goal != tend_api::TaskGoal::Running) {
         let code = if t.skip { Some(0) } else { ck.finished.get(&t.name).copied().flatten() };
         let mut s = status(&a, t, TaskState::Exited, Some("finished before the agent restarted".into()));
         s.exit_code = code;
@@ -321,7 +321,7 @@ async fn supervise_running(
     let mut running = Vec::new();
     // Bumped when an essential task stops: its siblings restart with it.
     let essential_stops = Arc::new(watch::channel(0u64).0);
-    for t in a.tasks.iter().filter(|t| t.goal == "running") {
+    for t in a.tasks.iter().filter(|t| t.goal == tend_api::TaskGoal::Running) {
         let env = task_env(ctx, a, t, sandbox);
         let adopted = adopt(t);
         let sup = Supervised {
@@ -358,7 +358,7 @@ pub async fn run_pod(ctx: Arc<PodCtx>, a: Assignment, mut cancel: watch::Receive
         _ = cancel.changed() => return,
     };
     // Tasks that must finish first (goal once / finish), one after the other.
-    for t in a.tasks.iter().filter(|t| t.goal != "running") {
+    for t in a.tasks.iter().filter(|t| t.goal != tend_api::TaskGoal::Running) {
         if t.skip {
             let mut s = status(&a, t, TaskState::Exited, Some("completed in an earlier incarnation".into()));
             s.exit_code = Some(0);
@@ -406,7 +406,7 @@ pub async fn run_pod(ctx: Arc<PodCtx>, a: Assignment, mut cancel: watch::Receive
 }
 
 fn fail_rest(board: &Board, a: &Assignment, failed: &TaskLaunch) {
-    for t in a.tasks.iter().filter(|t| t.goal == "running") {
+    for t in a.tasks.iter().filter(|t| t.goal == tend_api::TaskGoal::Running) {
         board.set(status(
             a,
             t,

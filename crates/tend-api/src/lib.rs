@@ -98,8 +98,7 @@ pub struct JobRun {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct JobResult {
     pub run_id: String,
-    /// running | succeeded | failed | timed_out
-    pub state: String,
+    pub state: RunState,
     #[serde(default)]
     pub exit_code: Option<i32>,
     #[serde(default)]
@@ -194,11 +193,29 @@ pub struct VolumeRef {
     pub size_mb: u64,
 }
 
+/// What a task is for: kept running, run once per instance, or run to completion per incarnation.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskGoal {
+    Running,
+    Once,
+    Finish,
+}
+
+/// Where a maintenance run is on its agent.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    Running,
+    Succeeded,
+    Failed,
+    TimedOut,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TaskLaunch {
     pub name: String,
-    /// running | once | finish
-    pub goal: String,
+    pub goal: TaskGoal,
     pub cmd: String,
     pub env: BTreeMap<String, String>,
     pub memory_mb: u64,

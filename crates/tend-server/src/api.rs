@@ -17,9 +17,10 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tend_api::*;
 
+use crate::agents::AgentProtocol;
 use crate::deploy::{engine, judge};
 use crate::records::*;
-use crate::{AgentLive, Server};
+use crate::Server;
 
 /// An API error: HTTP status, stable code, message.
 pub struct ApiError(pub StatusCode, pub &'static str, pub String);
@@ -140,69 +141,7 @@ async fn register(
     State(s): State<Arc<Server>>,
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> ApiResult<RegisterResponse> {
-    if !tend_spec::decode::valid_name(&req.agent_id) {
-        return Err(bad(format!("invalid agent id `{}`: use lowercase letters, digits, `-`", req.agent_id)));
-    }
-    let r = &req.resources;
-    if !(r.cpus.is_finite() && r.cpus > 0.0)
-        || r.memory_mb == 0
-        || r.port_range[0] > r.port_range[1]
-        || r.port_range[0] == 0
-    {
-        return Err(bad(
-            "resources must offer cpus > 0, memory_mb > 0 and a port range lo..hi with 0 < lo <= hi",
-        ));
-    }
-    // No amnesia: an agent that obeyed another cluster is not commanded by this one (it would
-    // be told that nothing is desired and stop everything) unless an operator says so.
-    if let Some(theirs) = req.cluster_id.as_deref().filter(|c| !c.is_empty() && *c != s.inner.cluster_id) {
-        if !s.inner.cfg.adopt_agents {
-            let msg = format!(
-                "agent {} belongs to cluster {theirs}, this control plane is cluster {} (a new or lost store?): refusing to command it, its tasks keep running; restart the control plane with --adopt-agents to take it over (it will stop what this cluster does not know)",
-                req.agent_id, s.inner.cluster_id
-            );
-            if s.inner.refused.lock().unwrap_or_else(|e| e.into_inner()).insert(req.agent_id.clone()) {
-                s.event(None, "agent", msg.clone()).await;
-            }
-            return Err(ApiError(StatusCode::CONFLICT, "cluster_mismatch", msg));
-        }
-        let msg = format!("adopting agent {} from cluster {theirs} (--adopt-agents)", req.agent_id);
-        s.event(None, "agent", msg).await;
-    }
-    let rec = AgentRecord {
-        id: req.agent_id.clone(),
-        host: req.host.clone(),
-        agent_url: req.agent_url.clone(),
-        attributes: req.attributes.clone(),
-        cpus_milli: (r.cpus * 1000.0).round() as u64,
-        memory_mb: r.memory_mb,
-        disk_mb: r.disk_mb,
-        port_lo: r.port_range[0],
-        port_hi: r.port_range[1],
-        registered_ms: s.now_ms(),
-    };
-    let v = serde_json::to_vec(&rec)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    s.inner.store.put(&agent_key(&rec.id), &v).await?;
-    let known = {
-        let mut agents = s.inner.agents.write().unwrap_or_else(|e| e.into_inner());
-        let known = agents.contains_key(&rec.id);
-        let tasks = agents.get(&rec.id).map(|a| a.tasks.clone()).unwrap_or_default();
-        agents.insert(rec.id.clone(), AgentLive::new(rec.clone(), Some(s.now_ms()), tasks));
-        known
-    };
-    s.event(
-        None,
-        "agent",
-        format!("agent {} {} ({})", rec.id, if known { "re-registered" } else { "joined" }, rec.host),
-    )
-    .await;
-    Ok(Json(RegisterResponse {
-        agent_id: rec.id,
-        status_interval_ms: s.inner.cfg.status_interval_ms,
-        server_epoch: s.inner.epoch.clone(),
-        cluster_id: s.inner.cluster_id.clone(),
-    }))
+    Ok(Json(AgentProtocol::register(&*s, req).await.map_err(refusal)?))
 }
 
 #[derive(Deserialize)]
@@ -218,11 +157,8 @@ async fn desired(
     Path(id): Path<String>,
     Query(q): Query<DesiredQuery>,
 ) -> ApiResult<DesiredState> {
-    if !s.inner.agents.read().unwrap_or_else(|e| e.into_inner()).contains_key(&id) {
-        return Err(not_found("agent", &id));
-    }
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(20_000).min(60_000));
-    Ok(Json(crate::deploy::wait_desired(&s, &id, q.index, wait).await?))
+    Ok(Json(AgentProtocol::desired(&*s, &id, q.index, wait).await.map_err(refusal)?))
 }
 
 async fn status(
@@ -230,25 +166,7 @@ async fn status(
     Path(id): Path<String>,
     JsonBody(r): JsonBody<StatusReport>,
 ) -> ApiResult<StatusAck> {
-    let changed = {
-        let mut agents = s.inner.agents.write().unwrap_or_else(|e| e.into_inner());
-        agents
-            .get_mut(&id)
-            .is_some_and(|a| std::mem::replace(&mut a.conflict, r.conflict.clone()) != r.conflict)
-    };
-    if changed {
-        let msg = match &r.conflict {
-            Some(c) => format!("agent {id} refuses this control plane: {c}"),
-            None => format!("agent {id} obeys this control plane again"),
-        };
-        tracing::error!(agent = %id, "{msg}");
-        s.event(None, "agent", msg).await;
-    }
-    crate::jobs::on_results(&s, &id, r.job_results).await;
-    if !s.on_status(&id, r.tasks, r.released_volumes).await {
-        return Err(not_found("agent", &id));
-    }
-    Ok(Json(StatusAck { seq: r.seq }))
+    Ok(Json(AgentProtocol::status(&*s, &id, r).await.map_err(refusal)?))
 }
 
 fn valid_sha(sha: &str) -> bool {

@@ -382,11 +382,10 @@ pub fn assignment(
             .map(|t| TaskLaunch {
                 name: t.name.clone(),
                 goal: match t.goal {
-                    Goal::Running => "running",
-                    Goal::Once => "once",
-                    Goal::Finish => "finish",
-                }
-                .into(),
+                    Goal::Running => tend_api::TaskGoal::Running,
+                    Goal::Once => tend_api::TaskGoal::Once,
+                    Goal::Finish => tend_api::TaskGoal::Finish,
+                },
                 cmd: t.cmd.clone(),
                 env: t.env.clone(),
                 memory_mb: t.memory_mb,
@@ -404,7 +403,7 @@ pub fn assignment(
             0,
             TaskLaunch {
                 name: "on-replace".into(),
-                goal: "finish".into(),
+                goal: tend_api::TaskGoal::Finish,
                 cmd: cmd.clone(),
                 env: BTreeMap::new(),
                 memory_mb: 64,

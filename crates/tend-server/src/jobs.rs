@@ -464,7 +464,7 @@ pub fn runs_for(server: &Server, agent: &str) -> Vec<JobRun> {
 /// lease released, and pacing applied.
 pub async fn on_results(server: &Server, agent: &str, results: Vec<JobResult>) {
     for res in results {
-        if res.state == "running" {
+        if res.state == tend_api::RunState::Running {
             continue;
         }
         let run = {
@@ -476,10 +476,10 @@ pub async fn on_results(server: &Server, agent: &str, results: Vec<JobResult>) {
         };
         let Some(r) = run else { continue };
         let end = res.ended_ms.unwrap_or_else(|| server.now_ms());
-        let status = match res.state.as_str() {
-            "succeeded" => RunStatus::Succeeded,
-            "timed_out" => RunStatus::TimedOut,
-            _ => RunStatus::Failed,
+        let status = match res.state {
+            tend_api::RunState::Succeeded => RunStatus::Succeeded,
+            tend_api::RunState::TimedOut => RunStatus::TimedOut,
+            tend_api::RunState::Failed | tend_api::RunState::Running => RunStatus::Failed,
         };
         let record =
             RunRecord { end_ms: Some(end), status, output_tail: res.output_tail.clone(), ..r.record.clone() };

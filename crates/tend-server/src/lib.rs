@@ -7,6 +7,7 @@
 //! so at most one incarnation of an instance is live, and a restarted control plane resumes from
 //! the store instead of guessing.
 
+pub mod agents;
 pub mod api;
 pub mod deploy;
 pub mod jobs;

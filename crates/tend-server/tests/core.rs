@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tend_model::{ManualClock, SharedClock};
+use tend_model::{Clock, ManualClock, SharedClock};
 use tend_server::services::{submit, Submission};
 use tend_server::{Server, ServerConfig};
 use tend_store::memory::MemoryStore;
@@ -101,4 +101,94 @@ async fn spec_changes_are_serialised_and_a_stale_expected_generation_is_refused(
     assert_eq!((err.0, err.1), (409, "stale_generation"));
     let stored = store.get("services/s/spec").await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&stored.value).contains("\"generation\":13"));
+}
+
+fn register_req(id: &str, cluster: Option<&str>) -> tend_api::RegisterRequest {
+    tend_api::RegisterRequest {
+        agent_id: id.into(),
+        host: "127.0.0.1".into(),
+        agent_url: "http://127.0.0.1:1".into(),
+        attributes: Default::default(),
+        resources: tend_api::AgentResources {
+            cpus: 4.0,
+            memory_mb: 4096,
+            disk_mb: 10_000,
+            port_range: [20_000, 20_100],
+        },
+        cluster_id: cluster.map(str::to_string),
+    }
+}
+
+/// The whole control plane driven in-process through the agent protocol (no sockets): an agent
+/// joins, a service with a volume is deployed, the agent reports its task running, the plan
+/// completes; an agent of another cluster is refused.
+#[tokio::test]
+async fn an_in_process_agent_deploys_a_service_through_the_protocol() {
+    use tend_server::agents::AgentProtocol;
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
+    let clock = ManualClock::new(1_700_000_000_000);
+    let s = Server::new(
+        ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap()),
+        store,
+        Arc::new(clock.clone()),
+    )
+    .await
+    .unwrap();
+    let reg = s.register(register_req("a1", None)).await.unwrap();
+    assert_eq!(reg.cluster_id, s.inner.cluster_id);
+    let err = s.register(register_req("a2", Some("c-elsewhere"))).await.unwrap_err();
+    assert_eq!((err.0, err.1), (409, "cluster_mismatch"));
+    let text = "version: 1\nname: s\npods:\n  w:\n    volumes: [ { name: d, path: d, size_mb: 1 } ]\n    tasks: { t: { cmd: 'exec sleep 600' } }\n";
+    submit(&s, submission(text, None)).await.unwrap();
+    // The agent long-polls until the intent is written.
+    let mut desired = s.desired("a1", 0, std::time::Duration::from_secs(5)).await.unwrap();
+    for _ in 0..50 {
+        if !desired.assignments.is_empty() {
+            break;
+        }
+        desired = s.desired("a1", desired.index, std::time::Duration::from_secs(1)).await.unwrap();
+    }
+    let a = desired.assignments.first().expect("an assignment").clone();
+    assert_eq!((a.instance.as_str(), a.incarnation), ("w-0", 1));
+    assert!(tend_model::VolumeId::parse(&a.volume_id).is_some(), "{}", a.volume_id);
+    assert_eq!(desired.cluster_id, s.inner.cluster_id);
+    // It reports the task running (for 2 s by the manual clock): the plan completes.
+    let status = tend_api::TaskStatus {
+        service: "s".into(),
+        instance: "w-0".into(),
+        incarnation: 1,
+        task: "t".into(),
+        state: tend_api::TaskState::Running,
+        ready: true,
+        healthy: None,
+        exit_code: None,
+        pid: Some(42),
+        message: None,
+        since_ms: clock.now_ms() - 2_000,
+        restarts: 0,
+        next_restart_ms: None,
+        crash_loop: 0,
+    };
+    let report = |seq| tend_api::StatusReport {
+        seq,
+        tasks: vec![status.clone()],
+        released_volumes: Vec::new(),
+        job_results: Vec::new(),
+        conflict: None,
+    };
+    let mut complete = false;
+    for seq in 1..100 {
+        s.status("a1", report(seq)).await.unwrap();
+        let rt = s.service("s").unwrap();
+        let plan = rt.lock().unwrap().plans.get("deploy").cloned().unwrap();
+        let view = tend_server::deploy::engine(&s, "s").view(&plan).await.unwrap();
+        if view.status.as_str() == "complete" {
+            complete = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(complete, "the deploy plan did not complete");
+    assert!(s.status("nobody", report(1)).await.is_err(), "an unknown agent's report is refused");
 }

@@ -1,0 +1,138 @@
+//! The control plane's side of the agent protocol — register, long-poll the desired state, report
+//! status — as one trait implemented by `Server`. The HTTP routes (`api.rs`) are a thin edge over
+//! it; an in-process caller (a test, a simulator) drives the same control plane without sockets.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tend_api::{DesiredState, RegisterRequest, RegisterResponse, StatusAck, StatusReport};
+
+use crate::records::*;
+use crate::services::Refusal;
+use crate::{AgentLive, Server};
+
+/// What agents ask of the control plane.
+#[async_trait]
+pub trait AgentProtocol: Send + Sync {
+    /// An agent joins (or re-joins after a restart of either side).
+    async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, Refusal>;
+    /// The incarnations `agent` must run, once the state passes `index` (or after `wait`).
+    async fn desired(&self, agent: &str, index: u64, wait: Duration) -> Result<DesiredState, Refusal>;
+    /// A full status report (also the heartbeat).
+    async fn status(&self, agent: &str, report: StatusReport) -> Result<StatusAck, Refusal>;
+}
+
+fn bad(msg: impl Into<String>) -> Refusal {
+    (400, "bad_request", msg.into())
+}
+
+fn unknown(agent: &str) -> Refusal {
+    (404, "not_found", format!("no agent `{agent}`"))
+}
+
+#[async_trait]
+impl AgentProtocol for Server {
+    async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, Refusal> {
+        if !tend_spec::decode::valid_name(&req.agent_id) {
+            return Err(bad(format!(
+                "invalid agent id `{}`: use lowercase letters, digits, `-`",
+                req.agent_id
+            )));
+        }
+        let r = &req.resources;
+        if !(r.cpus.is_finite() && r.cpus > 0.0)
+            || r.memory_mb == 0
+            || r.port_range[0] > r.port_range[1]
+            || r.port_range[0] == 0
+        {
+            return Err(bad(
+                "resources must offer cpus > 0, memory_mb > 0 and a port range lo..hi with 0 < lo <= hi",
+            ));
+        }
+        self.check_cluster(&req).await?;
+        let rec = AgentRecord {
+            id: req.agent_id.clone(),
+            host: req.host.clone(),
+            agent_url: req.agent_url.clone(),
+            attributes: req.attributes.clone(),
+            cpus_milli: (r.cpus * 1000.0).round() as u64,
+            memory_mb: r.memory_mb,
+            disk_mb: r.disk_mb,
+            port_lo: r.port_range[0],
+            port_hi: r.port_range[1],
+            registered_ms: self.now_ms(),
+        };
+        let v = serde_json::to_vec(&rec).map_err(|e| (500, "internal", e.to_string()))?;
+        self.inner.store.put(&agent_key(&rec.id), &v).await.map_err(|e| (503, "store", e.to_string()))?;
+        let known = {
+            let mut agents = self.inner.agents.write().unwrap_or_else(|e| e.into_inner());
+            let known = agents.contains_key(&rec.id);
+            let tasks = agents.get(&rec.id).map(|a| a.tasks.clone()).unwrap_or_default();
+            agents.insert(rec.id.clone(), AgentLive::new(rec.clone(), Some(self.now_ms()), tasks));
+            known
+        };
+        let what = if known { "re-registered" } else { "joined" };
+        self.event(None, "agent", format!("agent {} {what} ({})", rec.id, rec.host)).await;
+        Ok(RegisterResponse {
+            agent_id: rec.id,
+            status_interval_ms: self.inner.cfg.status_interval_ms,
+            server_epoch: self.inner.epoch.clone(),
+            cluster_id: self.inner.cluster_id.clone(),
+        })
+    }
+
+    async fn desired(&self, agent: &str, index: u64, wait: Duration) -> Result<DesiredState, Refusal> {
+        if !self.inner.agents.read().unwrap_or_else(|e| e.into_inner()).contains_key(agent) {
+            return Err(unknown(agent));
+        }
+        crate::deploy::wait_desired(self, agent, index, wait)
+            .await
+            .map_err(|e| (500, "internal", format!("{e:#}")))
+    }
+
+    async fn status(&self, agent: &str, r: StatusReport) -> Result<StatusAck, Refusal> {
+        let changed = {
+            let mut agents = self.inner.agents.write().unwrap_or_else(|e| e.into_inner());
+            agents
+                .get_mut(agent)
+                .is_some_and(|a| std::mem::replace(&mut a.conflict, r.conflict.clone()) != r.conflict)
+        };
+        if changed {
+            let msg = match &r.conflict {
+                Some(c) => format!("agent {agent} refuses this control plane: {c}"),
+                None => format!("agent {agent} obeys this control plane again"),
+            };
+            tracing::error!(%agent, "{msg}");
+            self.event(None, "agent", msg).await;
+        }
+        crate::jobs::on_results(self, agent, r.job_results).await;
+        if !self.on_status(agent, r.tasks, r.released_volumes).await {
+            return Err(unknown(agent));
+        }
+        Ok(StatusAck { seq: r.seq })
+    }
+}
+
+impl Server {
+    /// No amnesia: an agent that obeyed another cluster is not commanded by this one (it would
+    /// be told that nothing is desired and stop everything) unless an operator says so.
+    async fn check_cluster(&self, req: &RegisterRequest) -> Result<(), Refusal> {
+        let Some(theirs) = req.cluster_id.as_deref().filter(|c| !c.is_empty() && *c != self.inner.cluster_id)
+        else {
+            return Ok(());
+        };
+        if self.inner.cfg.adopt_agents {
+            let msg = format!("adopting agent {} from cluster {theirs} (--adopt-agents)", req.agent_id);
+            self.event(None, "agent", msg).await;
+            return Ok(());
+        }
+        let msg = format!(
+            "agent {} belongs to cluster {theirs}, this control plane is cluster {} (a new or lost store?): refusing to command it, its tasks keep running; restart the control plane with --adopt-agents to take it over (it will stop what this cluster does not know)",
+            req.agent_id, self.inner.cluster_id
+        );
+        if self.inner.refused.lock().unwrap_or_else(|e| e.into_inner()).insert(req.agent_id.clone()) {
+            self.event(None, "agent", msg.clone()).await;
+        }
+        Err((409, "cluster_mismatch", msg))
+    }
+}
