@@ -437,6 +437,9 @@ pub struct AgentInfo {
     pub state: String,
     pub last_seen_ms_ago: Option<u64>,
     pub tasks: usize,
+    /// Set while the agent refuses this control plane's desired state (and why).
+    #[serde(default)]
+    pub conflict: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

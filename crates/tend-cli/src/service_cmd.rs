@@ -172,14 +172,11 @@ pub async fn list(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
     println!("{:<20} {:>10} {:>9} {:>8}  PLANS", "SERVICE", "GENERATION", "INSTANCES", "RUNNING");
     for s in all {
         let plans: Vec<String> = s.plans.iter().map(|p| format!("{}={}", p.name, p.status)).collect();
-        println!(
-            "{:<20} {:>10} {:>9} {:>8}  {}",
-            s.name,
-            s.generation,
-            s.instances,
-            s.running,
-            plans.join(" ")
-        );
+        let plans = match &s.error {
+            Some(e) => format!("ERROR: {e}"),
+            None => plans.join(" "),
+        };
+        println!("{:<20} {:>10} {:>9} {:>8}  {plans}", s.name, s.generation, s.instances, s.running);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -199,6 +196,10 @@ pub async fn status(client: &Client, name: Option<String>, json: bool) -> anyhow
     }
     for p in &s.plans {
         println!("  plan {:<13} {}", p.name, p.status);
+    }
+    if let Some(e) = &s.error {
+        println!("  ERROR: {e}");
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -495,6 +496,9 @@ pub async fn agent_list(client: &Client, json: bool) -> anyhow::Result<ExitCode>
             a.tasks,
             attrs.join(",")
         );
+        if let Some(c) = &a.conflict {
+            println!("           REFUSES THIS CONTROL PLANE: {c}");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

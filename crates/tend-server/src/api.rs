@@ -708,6 +708,7 @@ async fn list_agents(State(s): State<Arc<Server>>) -> ApiResult<Vec<AgentInfo>> 
                     state: if s.agent_up(a) { "up".into() } else { "lost".into() },
                     last_seen_ms_ago: a.last_seen_ms.map(|t| now.saturating_sub(t)),
                     tasks: a.tasks.len(),
+                    conflict: a.conflict.clone(),
                 }
             })
             .collect(),
