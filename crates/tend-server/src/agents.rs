@@ -1,5 +1,5 @@
 //! The control plane's side of the agent protocol — register, long-poll the desired state, report
-//! status — as one trait implemented by `Server`. The HTTP routes (`api.rs`) are a thin edge over
+//! status — as one trait implemented by `Server`. The HTTP routes (`api/`) are a thin edge over
 //! it; an in-process caller (a test, a simulator) drives the same control plane without sockets.
 
 use std::time::Duration;

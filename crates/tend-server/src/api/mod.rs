@@ -1,0 +1,219 @@
+//! The v1 HTTP/JSON API: services, plans, pods, agents, tasks, events, artifacts, and the agent
+//! endpoints. Bearer tokens guard everything but health and the OpenAPI document; every error is
+//! `{ "error": { "code", "message" } }` and changes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tend_api::*;
+
+use crate::agents::AgentProtocol;
+
+mod jobs;
+mod pods;
+mod services;
+
+use self::jobs::*;
+use self::pods::*;
+use self::services::*;
+use crate::deploy::{engine, judge};
+use crate::records::*;
+use crate::Server;
+
+/// An API error: HTTP status, stable code, message.
+pub struct ApiError(pub StatusCode, pub &'static str, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorDetail { code: self.1.into(), message: self.2 } };
+        (self.0, Json(body)).into_response()
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("{e:#}"))
+    }
+}
+
+impl From<tend_store::StoreError> for ApiError {
+    fn from(e: tend_store::StoreError) -> Self {
+        ApiError(StatusCode::SERVICE_UNAVAILABLE, "store", e.to_string())
+    }
+}
+
+fn not_found(what: &str, name: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "not_found", format!("no {what} `{name}`"))
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, "bad_request", msg.into())
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// JSON bodies with a JSON error on bad input (axum's default answers in plain text).
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(e) => Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("invalid JSON body: {}", e.body_text()),
+            )),
+        }
+    }
+}
+
+async fn require(token: String, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+    if !ok {
+        return ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required".into())
+            .into_response();
+    }
+    next.run(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The whole API.
+pub fn router(server: Server) -> Router {
+    let s = Arc::new(server);
+    let api_token = s.inner.api_token.clone();
+    let cluster_token = s.inner.cluster_token.clone();
+    let user = Router::new()
+        .route("/v1/services", get(list_services).post(create_service))
+        .route("/v1/services/{name}", get(get_service).put(replace_service).delete(delete_service))
+        .route("/v1/services/{name}/plans", get(list_plans))
+        .route("/v1/services/{name}/plans/{plan}", get(get_plan))
+        .route("/v1/services/{name}/plans/{plan}/{action}", post(plan_action))
+        .route("/v1/services/{name}/pods", get(list_pods))
+        .route("/v1/services/{name}/pods/{instance}", get(get_pod))
+        .route("/v1/services/{name}/pods/{instance}/{action}", post(pod_action))
+        .route("/v1/services/{name}/pods/{instance}/tasks/{task}/logs", get(task_logs))
+        .route("/v1/services/{name}/endpoints", get(endpoints))
+        .route("/v1/services/{name}/jobs", get(list_jobs))
+        .route("/v1/services/{name}/jobs/{job}/history", get(job_history))
+        .route("/v1/services/{name}/jobs/{job}/run", post(run_job))
+        .route("/v1/jobs/windows", get(list_windows).post(add_window))
+        .route("/v1/jobs/windows/{id}", axum::routing::delete(remove_window))
+        .route("/v1/jobs/alarms", get(list_alarms))
+        .route("/v1/agents", get(list_agents))
+        .route("/v1/tasks", get(list_tasks))
+        .route("/v1/events", get(list_events))
+        .route("/v1/volumes", get(list_volumes))
+        .route("/v1/volumes/{id}", axum::routing::delete(delete_volume))
+        .route("/v1/artifacts/{sha}", put(upload_artifact))
+        .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
+        .layer(middleware::from_fn(move |req, next| require(api_token.clone(), req, next)));
+    let agents = Router::new()
+        .route("/v1/agent/register", post(register))
+        .route("/v1/agent/{id}/desired", get(desired))
+        .route("/v1/agent/{id}/status", post(status))
+        .route("/v1/agent/artifacts/{sha}", get(download_artifact))
+        .route("/v1/artifacts/{sha}", get(download_artifact))
+        .layer(middleware::from_fn(move |req, next| require(cluster_token.clone(), req, next)));
+    Router::new()
+        .route("/v1/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/v1/openapi.json", get(openapi))
+        .merge(user)
+        .merge(agents)
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
+        .with_state(s)
+}
+
+// ---------- agents ----------
+
+async fn register(
+    State(s): State<Arc<Server>>,
+    JsonBody(req): JsonBody<RegisterRequest>,
+) -> ApiResult<RegisterResponse> {
+    Ok(Json(AgentProtocol::register(&*s, req).await.map_err(refusal)?))
+}
+
+#[derive(Deserialize)]
+struct DesiredQuery {
+    #[serde(default)]
+    index: u64,
+    #[serde(default)]
+    wait_ms: Option<u64>,
+}
+
+async fn desired(
+    State(s): State<Arc<Server>>,
+    Path(id): Path<String>,
+    Query(q): Query<DesiredQuery>,
+) -> ApiResult<DesiredState> {
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(20_000).min(60_000));
+    Ok(Json(AgentProtocol::desired(&*s, &id, q.index, wait).await.map_err(refusal)?))
+}
+
+async fn status(
+    State(s): State<Arc<Server>>,
+    Path(id): Path<String>,
+    JsonBody(r): JsonBody<StatusReport>,
+) -> ApiResult<StatusAck> {
+    Ok(Json(AgentProtocol::status(&*s, &id, r).await.map_err(refusal)?))
+}
+
+fn valid_sha(sha: &str) -> bool {
+    sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+async fn download_artifact(
+    State(s): State<Arc<Server>>,
+    Path(sha): Path<String>,
+) -> Result<Vec<u8>, ApiError> {
+    if !valid_sha(&sha) {
+        return Err(bad("an artifact is named by its sha256 (64 lowercase hex characters)"));
+    }
+    tokio::fs::read(s.inner.artifacts_dir.join(&sha)).await.map_err(|_| not_found("artifact", &sha))
+}
+
+async fn upload_artifact(
+    State(s): State<Arc<Server>>,
+    Path(sha): Path<String>,
+    body: Bytes,
+) -> ApiResult<serde_json::Value> {
+    if !valid_sha(&sha) {
+        return Err(bad("an artifact is named by its sha256 (64 lowercase hex characters)"));
+    }
+    let actual = hex::encode(Sha256::digest(&body));
+    if actual != sha {
+        return Err(bad(format!("body has sha256 {actual}, not {sha}")));
+    }
+    let path = s.inner.artifacts_dir.join(&sha);
+    let tmp = s.inner.artifacts_dir.join(format!(".{sha}.part"));
+    tokio::fs::write(&tmp, &body)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    tokio::fs::rename(&tmp, &path)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(Json(serde_json::json!({ "sha256": sha, "bytes": body.len() })))
+}
+
+fn refusal((code, kind, msg): crate::services::Refusal) -> ApiError {
+    ApiError(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), kind, msg)
+}

@@ -1,0 +1,418 @@
+//! Plan, pod, task, endpoint and agent routes.
+
+use super::*;
+
+// ---------- plans ----------
+
+/// The recovery plan: one step per instance that is down or being replaced.
+pub(super) fn recovery_plan(s: &Server, name: &str) -> PlanInfo {
+    let board = s.inner.recovery.lock().unwrap_or_else(|e| e.into_inner());
+    let steps: Vec<StepInfo> = board
+        .entries
+        .iter()
+        .filter(|((svc, _), _)| svc == name)
+        .map(|((_, inst), e)| StepInfo {
+            name: inst.clone(),
+            status: e.state.clone(),
+            message: Some(e.message.clone()),
+        })
+        .collect();
+    let status = if steps.is_empty() { "complete" } else { "in_progress" };
+    PlanInfo {
+        service: name.into(),
+        name: "recovery".into(),
+        status: status.into(),
+        interrupted: false,
+        phases: vec![PhaseInfo { name: "recovery".into(), status: status.into(), interrupted: false, steps }],
+    }
+}
+
+pub(super) async fn plan_info(s: &Server, name: &str, plan: &str) -> Result<PlanInfo, ApiError> {
+    let rt = s.service(name).ok_or_else(|| not_found("service", name))?;
+    if plan == "recovery" && !rt.lock().unwrap_or_else(|e| e.into_inner()).plans.contains_key("recovery") {
+        return Ok(recovery_plan(s, name));
+    }
+    let p = rt
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .plans
+        .get(plan)
+        .cloned()
+        .ok_or_else(|| not_found("plan", plan))?;
+    let v = engine(s, name)
+        .view(&p)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let instances: BTreeMap<String, InstanceRecord> = s.instances(name).await?.into_iter().collect();
+    Ok(PlanInfo {
+        service: name.into(),
+        name: v.name,
+        status: v.status.as_str().into(),
+        interrupted: v.interrupted,
+        phases: v
+            .phases
+            .into_iter()
+            .map(|ph| PhaseInfo {
+                name: ph.name,
+                status: ph.status.as_str().into(),
+                interrupted: ph.interrupted,
+                steps: ph
+                    .steps
+                    .into_iter()
+                    .map(|(step, r)| {
+                        let message = r.last_error.clone().or_else(|| {
+                            instances
+                                .get(&step)
+                                .and_then(|i| i.pending_reason.clone().map(|p| format!("pending: {p}")))
+                        });
+                        StepInfo { name: step, status: r.status().as_str().into(), message }
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+pub(super) async fn list_plans(
+    State(s): State<Arc<Server>>,
+    Path(name): Path<String>,
+) -> ApiResult<Vec<PlanInfo>> {
+    let rt = s.service(&name).ok_or_else(|| not_found("service", &name))?;
+    let names: Vec<String> = rt.lock().unwrap_or_else(|e| e.into_inner()).plans.keys().cloned().collect();
+    let mut out = Vec::new();
+    for p in names {
+        out.push(plan_info(&s, &name, &p).await?);
+    }
+    if !out.iter().any(|p| p.name == "recovery") {
+        out.push(recovery_plan(&s, &name));
+    }
+    Ok(Json(out))
+}
+
+pub(super) async fn get_plan(
+    State(s): State<Arc<Server>>,
+    Path((name, plan)): Path<(String, String)>,
+) -> ApiResult<PlanInfo> {
+    Ok(Json(plan_info(&s, &name, &plan).await?))
+}
+
+pub(super) async fn plan_action(
+    State(s): State<Arc<Server>>,
+    Path((name, plan, action)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult<PlanInfo> {
+    let a: PlanAction = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        PlanAction::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?
+    };
+    let rt = s.service(&name).ok_or_else(|| not_found("service", &name))?;
+    let (p, trigger) = {
+        let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+        (rt.plans.get(&plan).cloned().ok_or_else(|| not_found("plan", &plan))?, rt.trigger.clone())
+    };
+    let e = engine(&s, &name);
+    let target = match (&a.phase, &a.step) {
+        (_, Some(step)) => tend_plan::Target::Step(step.clone()),
+        (Some(ph), None) => tend_plan::Target::Phase(ph.clone()),
+        (None, None) => tend_plan::Target::Plan,
+    };
+    let map = |e: tend_plan::EngineError| match e {
+        tend_plan::EngineError::NotFound { .. } => {
+            ApiError(StatusCode::NOT_FOUND, "not_found", e.to_string())
+        }
+        other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string()),
+    };
+    match action.as_str() {
+        "interrupt" => e.interrupt(&p, a.phase.as_deref()).await.map_err(map)?,
+        "continue" => e.proceed(&p, a.phase.as_deref()).await.map_err(map)?,
+        "force-complete" => {
+            e.force_complete(&p, &target).await.map_err(map)?;
+        }
+        "restart" => {
+            e.restart(&p, &target).await.map_err(map)?;
+        }
+        other => {
+            return Err(bad(format!(
+                "unknown plan action `{other}`: use interrupt, continue, force-complete or restart"
+            )));
+        }
+    }
+    s.event(Some(&name), "plan", format!("plan {plan}: {action} {target:?}")).await;
+    trigger.notify_one();
+    Ok(Json(plan_info(&s, &name, &plan).await?))
+}
+
+// ---------- pods, tasks, endpoints ----------
+
+pub(super) fn pod_state(
+    rec: &InstanceRecord,
+    tasks: Option<&Vec<TaskStatus>>,
+    pod: Option<&tend_spec::PodSpec>,
+    now_ms: u64,
+) -> String {
+    if rec.agent.is_none() {
+        return "pending".into();
+    }
+    if rec.incarnation == 0 {
+        return "reserved".into();
+    }
+    let (Some(tasks), Some(pod)) = (tasks, pod) else { return "unknown".into() };
+    match judge(pod, tasks, now_ms) {
+        Ok(true) => "running".into(),
+        Ok(false) => "launching".into(),
+        Err(_) => "failed".into(),
+    }
+}
+
+pub(super) async fn pod_infos(s: &Server, name: &str) -> Result<Vec<PodInfo>, ApiError> {
+    let rt = s.service(name).ok_or_else(|| not_found("service", name))?;
+    let (spec, ids) = {
+        let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+        (rt.spec.clone(), rt.identities.clone())
+    };
+    let mut recs: BTreeMap<String, InstanceRecord> = s.instances(name).await?.into_iter().collect();
+    let mut out = Vec::new();
+    for p in &spec.pods {
+        for i in 0..p.count {
+            let inst = format!("{}-{i}", p.name);
+            let inst_key = inst.clone();
+            let rec = recs.remove(&inst).unwrap_or(InstanceRecord {
+                pod: p.name.clone(),
+                index: i,
+                ..Default::default()
+            });
+            let tasks = rec.agent.as_ref().and_then(|a| s.task_statuses(a, name, &inst, rec.incarnation));
+            out.push(PodInfo {
+                service: name.into(),
+                state: pod_state(&rec, tasks.as_ref(), Some(p), s.now_ms()),
+                instance: inst,
+                pod: p.name.clone(),
+                index: i,
+                agent: rec.agent.clone(),
+                incarnation: rec.incarnation,
+                config: rec.config.clone(),
+                target_config: ids.get(&p.name).cloned().unwrap_or_default(),
+                pending_reason: rec.pending_reason.clone(),
+                ports: rec.ports.clone(),
+                reservation: rec.agent.as_ref().map(|a| ReservationInfo {
+                    agent: a.clone(),
+                    cpus: rec.cpus_milli as f64 / 1000.0,
+                    memory_mb: rec.memory_mb,
+                    disk_mb: rec.disk_mb,
+                    ports: rec.ports.clone(),
+                    volumes: rec.volumes.clone(),
+                    volume_id: rec.volume_id.clone(),
+                }),
+                tasks: tasks.unwrap_or_default(),
+                recovery: s
+                    .inner
+                    .recovery
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entries
+                    .get(&(name.to_string(), inst_key.clone()))
+                    .map(|e| format!("{}: {}", e.state, e.message)),
+            });
+        }
+    }
+    Ok(out)
+}
+
+pub(super) async fn list_pods(
+    State(s): State<Arc<Server>>,
+    Path(name): Path<String>,
+) -> ApiResult<Vec<PodInfo>> {
+    Ok(Json(pod_infos(&s, &name).await?))
+}
+
+pub(super) async fn get_pod(
+    State(s): State<Arc<Server>>,
+    Path((name, instance)): Path<(String, String)>,
+) -> ApiResult<PodInfo> {
+    pod_infos(&s, &name)
+        .await?
+        .into_iter()
+        .find(|p| p.instance == instance)
+        .map(Json)
+        .ok_or_else(|| not_found("pod instance", &instance))
+}
+
+pub(super) async fn pod_action(
+    State(s): State<Arc<Server>>,
+    Path((name, instance, action)): Path<(String, String, String)>,
+) -> ApiResult<serde_json::Value> {
+    let exists = pod_infos(&s, &name).await?.iter().any(|p| p.instance == instance);
+    if !exists {
+        return Err(not_found("pod instance", &instance));
+    }
+    let conflict = |m: String| ApiError(StatusCode::CONFLICT, "not_launched", m);
+    let msg = match action.as_str() {
+        "restart" => crate::recovery::restart_in_place(&s, &name, &instance).await.map_err(conflict)?,
+        "replace" => {
+            crate::recovery::replace(&s, &name, &instance, "operator request").await.map_err(conflict)?
+        }
+        other => return Err(bad(format!("unknown pod action `{other}`: use restart or replace"))),
+    };
+    Ok(Json(serde_json::json!({ "instance": instance, "action": action, "message": msg })))
+}
+
+pub(super) async fn endpoints(
+    State(s): State<Arc<Server>>,
+    Path(name): Path<String>,
+) -> ApiResult<Vec<Endpoint>> {
+    let pods = pod_infos(&s, &name).await?;
+    let hosts: BTreeMap<String, String> = s
+        .inner
+        .agents
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .map(|a| (a.record.id.clone(), a.record.host.clone()))
+        .collect();
+    let mut out = Vec::new();
+    for p in pods {
+        let Some(agent) = &p.agent else { continue };
+        for t in p.tasks.iter().filter(|t| t.state == TaskState::Running) {
+            out.push(Endpoint {
+                instance: p.instance.clone(),
+                task: t.task.clone(),
+                host: hosts.get(agent).cloned().unwrap_or_default(),
+                ports: p.ports.clone(),
+                ready: t.ready,
+            });
+        }
+    }
+    Ok(Json(out))
+}
+
+pub(super) async fn list_agents(State(s): State<Arc<Server>>) -> ApiResult<Vec<AgentInfo>> {
+    let mut reserved: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for svc in s.service_names() {
+        for (_, rec) in s.instances(&svc).await? {
+            if let Some(a) = rec.agent {
+                let e = reserved.entry(a).or_default();
+                e.0 += rec.cpus_milli;
+                e.1 += rec.memory_mb;
+            }
+        }
+    }
+    let now = s.now_ms();
+    let agents = s.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+    Ok(Json(
+        agents
+            .values()
+            .map(|a| {
+                let r = &a.record;
+                let (c, m) = reserved.get(&r.id).copied().unwrap_or_default();
+                AgentInfo {
+                    id: r.id.clone(),
+                    host: r.host.clone(),
+                    attributes: r.attributes.clone(),
+                    resources: AgentResources {
+                        cpus: r.cpus_milli as f64 / 1000.0,
+                        memory_mb: r.memory_mb,
+                        disk_mb: r.disk_mb,
+                        port_range: [r.port_lo, r.port_hi],
+                    },
+                    reserved_cpus: c as f64 / 1000.0,
+                    reserved_memory_mb: m,
+                    state: if s.agent_up(a) { "up".into() } else { "lost".into() },
+                    last_seen_ms_ago: a.last_seen_ms.map(|t| now.saturating_sub(t)),
+                    tasks: a.tasks.len(),
+                    conflict: a.conflict.clone(),
+                }
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+pub(super) struct TaskQuery {
+    #[serde(default)]
+    service: Option<String>,
+}
+
+pub(super) async fn list_tasks(
+    State(s): State<Arc<Server>>,
+    Query(q): Query<TaskQuery>,
+) -> ApiResult<Vec<TaskStatus>> {
+    let agents = s.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+    Ok(Json(
+        agents
+            .values()
+            .filter(|a| s.agent_up(a))
+            .flat_map(|a| a.tasks.iter())
+            .filter(|t| q.service.as_ref().is_none_or(|svc| &t.service == svc))
+            .cloned()
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize)]
+pub(super) struct LogsQuery {
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
+    tail_bytes: Option<u64>,
+}
+
+pub(super) async fn task_logs(
+    State(s): State<Arc<Server>>,
+    Path((name, instance, task)): Path<(String, String, String)>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<LogChunk> {
+    let stream = q.stream.unwrap_or_else(|| "stdout".into());
+    if stream != "stdout" && stream != "stderr" {
+        return Err(bad("stream must be stdout or stderr"));
+    }
+    let kv = s
+        .inner
+        .store
+        .get(&instance_key(&name, &instance))
+        .await?
+        .ok_or_else(|| not_found("pod instance", &instance))?;
+    let rec: InstanceRecord = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let agent = rec.agent.ok_or_else(|| {
+        ApiError(StatusCode::CONFLICT, "not_placed", format!("{instance} is not placed yet"))
+    })?;
+    let url = s
+        .inner
+        .agents
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&agent)
+        .map(|a| a.record.agent_url.clone())
+        .ok_or_else(|| not_found("agent", &agent))?;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("{url}/v1/logs"))
+        .bearer_auth(&s.inner.cluster_token)
+        .query(&[
+            ("service", name.as_str()),
+            ("instance", instance.as_str()),
+            ("task", task.as_str()),
+            ("stream", stream.as_str()),
+            ("incarnation", &rec.incarnation.to_string()),
+            ("tail_bytes", &q.tail_bytes.unwrap_or(64 * 1024).to_string()),
+        ])
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| ApiError(StatusCode::BAD_GATEWAY, "agent_unreachable", format!("agent {agent}: {e}")))?;
+    if !r.status().is_success() {
+        let code = if r.status() == reqwest::StatusCode::NOT_FOUND {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        let body: Option<ErrorBody> = r.json().await.ok();
+        return Err(ApiError(
+            code,
+            "agent_error",
+            body.map(|b| b.error.message).unwrap_or_else(|| "agent error".into()),
+        ));
+    }
+    Ok(Json(r.json().await.map_err(|e| ApiError(StatusCode::BAD_GATEWAY, "agent_error", e.to_string()))?))
+}

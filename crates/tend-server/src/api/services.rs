@@ -1,0 +1,233 @@
+//! Service routes: create, update, delete, status; volumes; events.
+
+use super::*;
+
+// ---------- services ----------
+
+pub(super) async fn summary(s: &Server, name: &str) -> Result<ServiceSummary, ApiError> {
+    let rt = s.service(name).ok_or_else(|| not_found("service", name))?;
+    let (spec, ids, generation, plans) = {
+        let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+        (rt.spec.clone(), rt.identities.clone(), rt.record.generation, rt.plans.clone())
+    };
+    let mut plan_summaries = Vec::new();
+    for (pname, plan) in &plans {
+        let v = engine(s, name)
+            .view(plan)
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        plan_summaries.push(PlanSummary { name: pname.clone(), status: v.status.as_str().into() });
+    }
+    let pods = s.instances(name).await?;
+    let mut running = 0;
+    for (inst, rec) in &pods {
+        let Some(agent) = &rec.agent else { continue };
+        if let (Some(tasks), Some(pod)) =
+            (s.task_statuses(agent, name, inst, rec.incarnation), spec.pod(&rec.pod))
+        {
+            if judge(pod, &tasks, s.now_ms()) == Ok(true) {
+                running += 1;
+            }
+        }
+    }
+    Ok(ServiceSummary {
+        name: name.to_string(),
+        generation,
+        error: None,
+        pods: spec
+            .pods
+            .iter()
+            .map(|p| PodSummary {
+                name: p.name.clone(),
+                count: p.count,
+                config: ids.get(&p.name).cloned().unwrap_or_default(),
+            })
+            .collect(),
+        plans: plan_summaries,
+        instances: spec.pods.iter().map(|p| p.count).sum(),
+        running,
+    })
+}
+
+/// A service whose stored spec cannot be loaded: shown with the reason.
+pub(super) fn broken_summary(s: &Server, name: &str) -> Option<ServiceSummary> {
+    let broken = s.inner.broken.lock().unwrap_or_else(|e| e.into_inner());
+    let (rec, why) = broken.get(name)?;
+    Some(ServiceSummary {
+        name: name.to_string(),
+        generation: rec.generation,
+        error: Some(why.clone()),
+        pods: Vec::new(),
+        plans: Vec::new(),
+        instances: 0,
+        running: 0,
+    })
+}
+
+pub(super) async fn list_services(State(s): State<Arc<Server>>) -> ApiResult<Vec<ServiceSummary>> {
+    let mut out = Vec::new();
+    for n in s.service_names() {
+        out.push(summary(&s, &n).await?);
+    }
+    let broken: Vec<String> =
+        s.inner.broken.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+    out.extend(broken.iter().filter_map(|n| broken_summary(&s, n)));
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(out))
+}
+
+pub(super) async fn get_service(
+    State(s): State<Arc<Server>>,
+    Path(name): Path<String>,
+) -> ApiResult<ServiceSummary> {
+    if let Some(b) = broken_summary(&s, &name) {
+        return Ok(Json(b));
+    }
+    Ok(Json(summary(&s, &name).await?))
+}
+
+pub(super) async fn create_service(
+    State(s): State<Arc<Server>>,
+    JsonBody(req): JsonBody<ServiceRequest>,
+) -> Result<(StatusCode, Json<ServiceSummary>), ApiError> {
+    let (name, status) = submit(&s, req, None).await?;
+    Ok((status, Json(summary(&s, &name).await?)))
+}
+
+pub(super) async fn replace_service(
+    State(s): State<Arc<Server>>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<ServiceRequest>,
+) -> ApiResult<ServiceSummary> {
+    let (name, _) = submit(&s, req, Some(&name)).await?;
+    Ok(Json(summary(&s, &name).await?))
+}
+
+/// Validates and stores a service spec (create or replace); nothing changes on any error.
+pub(super) async fn submit(
+    s: &Server,
+    req: ServiceRequest,
+    expect: Option<&str>,
+) -> Result<(String, StatusCode), ApiError> {
+    let file = req.file.clone().unwrap_or_else(|| "spec.yml".into());
+    let spec = tend_spec::load_service(&file, &req.spec)
+        .map_err(|r| ApiError(StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec", r.render()))?;
+    if let Some(e) = expect {
+        if e != spec.name {
+            return Err(bad(format!("the spec names service `{}`, the URL `{e}`", spec.name)));
+        }
+    }
+    for a in spec.pods.iter().flat_map(|p| p.artifacts.iter()) {
+        if a.uri.contains("://") {
+            continue;
+        }
+        let Some(sha) = req.artifacts.get(&a.uri) else {
+            return Err(bad(format!("artifact `{}` is a local path: upload it (PUT /v1/artifacts/<sha256>) and name its digest in `artifacts`", a.uri)));
+        };
+        if !valid_sha(sha) || !s.inner.artifacts_dir.join(sha).is_file() {
+            return Err(bad(format!("artifact `{}` (sha256 {sha}) was not uploaded", a.uri)));
+        }
+    }
+    let sub = crate::services::Submission {
+        spec,
+        text: req.spec,
+        file,
+        artifacts: req.artifacts,
+        expected_generation: req.expected_generation,
+    };
+    let (name, _generation, existed) = crate::services::submit(s, sub).await.map_err(refusal)?;
+    Ok((name, if existed { StatusCode::OK } else { StatusCode::CREATED }))
+}
+
+#[derive(Deserialize)]
+pub(super) struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+    /// How long to wait for agents to confirm the stop (default 30, at most 300).
+    #[serde(default)]
+    wait_seconds: Option<u64>,
+}
+
+pub(super) async fn delete_service(
+    State(s): State<Arc<Server>>,
+    Path(name): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<serde_json::Value> {
+    if s.service(&name).is_none() && broken_summary(&s, &name).is_none() {
+        return Err(not_found("service", &name));
+    }
+    let instances = s.instances(&name).await?;
+    let live = instances.iter().filter(|(_, r)| r.incarnation > 0).count();
+    if live > 0 && !q.force {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "tasks_running",
+            format!("service `{name}` has {live} launched pod instance(s); delete with force to stop them"),
+        ));
+    }
+    let wait = Duration::from_secs(q.wait_seconds.unwrap_or(30).min(300));
+    let d = crate::services::delete(&s, &name, wait).await.map_err(refusal)?;
+    Ok(Json(serde_json::json!({
+        "deleted": name,
+        "stopped_instances": d.stopped,
+        "confirmed": d.unconfirmed.is_empty(),
+        "unconfirmed_agents": d.unconfirmed,
+        "retained_volumes": d.retained_volumes,
+    })))
+}
+
+// ---------- volumes ----------
+
+pub(super) async fn list_volumes(State(s): State<Arc<Server>>) -> ApiResult<Vec<VolumeInfo>> {
+    Ok(Json(crate::volumes::all(&s).await?.iter().map(|(r, _)| crate::volumes::info(r)).collect()))
+}
+
+pub(super) async fn delete_volume(
+    State(s): State<Arc<Server>>,
+    Path(id): Path<String>,
+) -> ApiResult<VolumeInfo> {
+    if tend_model::VolumeId::parse(&id).is_none() {
+        return Err(bad(format!("`{id}` is not a volume id (v followed by digits, see `tend volume list`)")));
+    }
+    match crate::volumes::request_delete(&s, &id).await {
+        Ok(r) => Ok(Json(crate::volumes::info(&r))),
+        Err((404, m)) => Err(ApiError(StatusCode::NOT_FOUND, "not_found", m)),
+        Err((409, m)) => Err(ApiError(StatusCode::CONFLICT, "volume_in_use", m)),
+        Err((_, m)) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)),
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct EventQuery {
+    #[serde(default)]
+    since: u64,
+    /// At most this many events, oldest first (default 1000, at most 10000): page with `since`.
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    service: Option<String>,
+}
+
+pub(super) async fn list_events(
+    State(s): State<Arc<Server>>,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<Vec<EventInfo>> {
+    let mut out = Vec::new();
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    for kv in s.inner.store.range("events/").await?.kvs {
+        if out.len() >= limit {
+            break;
+        }
+        let Ok(e) = serde_json::from_slice::<EventRecord>(&kv.value) else { continue };
+        if e.seq > q.since && q.service.as_ref().is_none_or(|svc| e.service.as_ref() == Some(svc)) {
+            out.push(EventInfo {
+                seq: e.seq,
+                time_ms: e.time_ms,
+                service: e.service,
+                kind: e.kind,
+                message: e.message,
+            });
+        }
+    }
+    Ok(Json(out))
+}
