@@ -92,6 +92,15 @@ impl PodCtx {
     /// A volume of the instance: `volumes/<volume id>/<name>`. Ids are never reused, so a new
     /// instance or service never sees another's data.
     pub fn volume(&self, a: &Assignment, name: &str) -> Option<PathBuf> {
+        if let (true, Some(generation)) = (a.volume_id.is_empty(), a.legacy_volume_generation) {
+            // Placed before volume ids: the old layout, which holds its data.
+            let valid = |s: &str| !s.is_empty() && !s.contains('/') && s != ".." && s != ".";
+            if !valid(&a.service) || !valid(&a.instance) {
+                return None;
+            }
+            let dir = self.data_dir.join("volumes").join(&a.service).join(&a.instance);
+            return Some(dir.join(generation.to_string()).join(name));
+        }
         Some(self.volume_set_dir(&a.volume_id)?.join(name))
     }
     /// All volumes of one volume set (None: not a valid volume id).

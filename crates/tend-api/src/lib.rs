@@ -156,6 +156,10 @@ pub struct Assignment {
     /// gets a new id (fresh volumes), ids are never reused.
     #[serde(default)]
     pub volume_id: String,
+    /// Instances placed by tend before volume ids keep the old layout
+    /// `volumes/<service>/<instance>/<generation>` (set only when `volume_id` is empty).
+    #[serde(default)]
+    pub legacy_volume_generation: Option<u64>,
     /// Fence mode: kill this incarnation after this long without contact with the control plane.
     #[serde(default)]
     pub fence_after_ms: Option<u64>,

@@ -360,6 +360,8 @@ pub fn assignment(
             reset_after_ms: (recovery.backoff.max_seconds * 1000).max(10_000),
         },
         volume_id: rec.volume_id.clone().unwrap_or_default(),
+        legacy_volume_generation: (rec.volume_id.is_none() && rec.volume_generation > 0)
+            .then_some(rec.volume_generation),
         fence_after_ms: (recovery.on_partition == tend_spec::OnPartition::Fence)
             .then_some(recovery.fence_after_seconds * 1000),
         service: service.to_string(),

@@ -84,6 +84,11 @@ pub struct InstanceRecord {
     /// The instance's volumes (a `VolumeRecord`); a new placement gets a new id, never reused.
     #[serde(default)]
     pub volume_id: Option<String>,
+    /// Written by tend before volume ids: the volume generation of the old layout
+    /// (`volumes/<service>/<instance>/<generation>`), kept so that an upgraded control plane
+    /// still gives such an instance its data. Never written for new placements.
+    #[serde(default)]
+    pub volume_generation: u64,
     /// Set on an incarnation that replaces a failed one: (old agent, old host).
     #[serde(default)]
     pub replaced_from: Option<(String, String)>,
