@@ -175,7 +175,7 @@ pub fn judge(pod: &PodSpec, tasks: &[tend_api::TaskStatus], now_ms: u64) -> Resu
 }
 
 impl DeployWork {
-    pub(crate) fn spec(&self) -> Option<(ServiceSpec, BTreeMap<String, String>)> {
+    pub(crate) fn spec(&self) -> Option<(Arc<ServiceSpec>, Arc<BTreeMap<String, String>>)> {
         let rt = self.server.service(&self.service)?;
         let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
         Some((rt.spec.clone(), rt.identities.clone()))

@@ -121,8 +121,9 @@ impl AgentLive {
 /// A service loaded in memory: its parsed spec, config identities and compiled plans.
 pub struct ServiceRt {
     pub record: ServiceRecord,
-    pub spec: ServiceSpec,
-    pub identities: BTreeMap<String, String>,
+    /// Shared: loops and requests take it without copying it.
+    pub spec: Arc<ServiceSpec>,
+    pub identities: Arc<BTreeMap<String, String>>,
     pub plans: BTreeMap<String, Plan>,
     pub trigger: Arc<Notify>,
     pub driver: Option<tokio::task::JoinHandle<()>>,
@@ -423,14 +424,14 @@ impl Server {
                 d.abort();
             }
             rt.record = rec;
-            rt.spec = spec;
-            rt.identities = ids;
+            rt.spec = Arc::new(spec);
+            rt.identities = Arc::new(ids);
             rt.plans = plans;
         } else {
             let rt = ServiceRt {
                 record: rec,
-                spec,
-                identities: ids,
+                spec: Arc::new(spec),
+                identities: Arc::new(ids),
                 plans,
                 trigger: Arc::new(Notify::new()),
                 driver: None,
