@@ -174,8 +174,11 @@ pub fn judge(pod: &PodSpec, tasks: &[tend_api::TaskStatus], now_ms: u64) -> Resu
     Ok(all)
 }
 
+/// Config identities by pod, shared.
+pub type Identities = Arc<BTreeMap<String, String>>;
+
 impl DeployWork {
-    pub(crate) fn spec(&self) -> Option<(Arc<ServiceSpec>, Arc<BTreeMap<String, String>>)> {
+    pub(crate) fn spec(&self) -> Option<(Arc<ServiceSpec>, Identities)> {
         let rt = self.server.service(&self.service)?;
         let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
         Some((rt.spec.clone(), rt.identities.clone()))
