@@ -247,6 +247,16 @@ async fn report_loop(st: Arc<AgentState>, interval: Duration) {
         seq += 1;
         // After a failure (a restarting control plane) retry soon, backing off to the interval:
         // a restarted control plane reconciles as soon as every agent has reported.
+        // In fence mode the heartbeat must come well within the fence time: at most a quarter.
+        let fence_min = st
+            .pods
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(|h| h.fence_after_ms)
+            .min();
+        let interval = fence_min.map_or(interval, |f| interval.min(Duration::from_millis((f / 4).max(100))));
         let wait = match post_status(&st, seq).await {
             Ok(()) => {
                 retry = Duration::from_millis(25);

@@ -65,7 +65,7 @@ impl ServerConfig {
             data_dir: data_dir.into(),
             listen,
             agent_lost_after_ms: 5_000,
-            status_interval_ms: 500,
+            status_interval_ms: 1_000,
             job_tick_ms: 1_000,
             job_lease_ttl_seconds: 30,
             adopt_agents: false,

@@ -62,7 +62,7 @@ pub async fn run(server: Server) {
             last_volumes = tokio::time::Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        volumes_due = tokio::time::timeout(Duration::from_millis(900), async {
+        volumes_due = tokio::time::timeout(Duration::from_millis(1900), async {
             tokio::select! {
                 _ = status.changed() => false,
                 _ = desired.changed() => true,
