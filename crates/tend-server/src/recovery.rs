@@ -42,8 +42,9 @@ pub struct RecoveryBoard {
     pub entries: BTreeMap<(String, String), RecoveryEntry>,
 }
 
-/// Runs recovery (after start-up reconciliation): a pass whenever a report says something new or
-/// what runs changes, at most every 100 ms, and at least every second (timeouts need the clock).
+/// Runs recovery (after start-up reconciliation): a pass whenever a report says something new,
+/// what runs changes or a deadline comes (failure, fence, rate limit, an agent about to count as
+/// lost), at most every 100 ms, and at least every 2 s.
 pub async fn run(server: Server) {
     server.wait_reconciled().await;
     let mut status = server.inner.tasks_gen.subscribe();
@@ -52,9 +53,15 @@ pub async fn run(server: Server) {
     let mut volumes_due = true;
     let mut last_volumes = tokio::time::Instant::now();
     loop {
-        if let Err(e) = tick(&server).await {
-            tracing::warn!(error = %e, "recovery pass failed");
-        }
+        let next = match tick(&server).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "recovery pass failed");
+                None
+            }
+        };
+        // Wake for the next deadline, else resync every 2 s.
+        let wait_ms = next.map_or(2_000, |t| t.saturating_sub(server.now_ms()).clamp(100, 2_000));
         if volumes_due || last_volumes.elapsed() >= Duration::from_secs(10) {
             if let Err(e) = crate::volumes::reconcile(&server).await {
                 tracing::warn!(error = %e, "volume pass failed");
@@ -62,14 +69,15 @@ pub async fn run(server: Server) {
             last_volumes = tokio::time::Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        volumes_due = tokio::time::timeout(Duration::from_millis(1900), async {
-            tokio::select! {
-                _ = status.changed() => false,
-                _ = desired.changed() => true,
-            }
-        })
-        .await
-        .unwrap_or(false);
+        volumes_due =
+            tokio::time::timeout(Duration::from_millis(wait_ms.saturating_sub(100).max(1)), async {
+                tokio::select! {
+                    _ = status.changed() => false,
+                    _ = desired.changed() => true,
+                }
+            })
+            .await
+            .unwrap_or(false);
     }
 }
 
@@ -257,17 +265,32 @@ fn describe(
     Some((state.into(), format!("{what}{next}")))
 }
 
-/// One pass over every service.
-pub async fn tick(server: &Server) -> anyhow::Result<()> {
+/// One pass over every service. Returns the earliest moment a decision could change with time
+/// alone (a failure or fence deadline, the rate limit, an agent about to count as lost).
+pub async fn tick(server: &Server) -> anyhow::Result<Option<u64>> {
+    let mut next: Option<u64> = None;
     for svc in server.service_names() {
         let Some(rt) = server.service(&svc) else { continue };
         let (spec, deploy, ids) = {
             let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
             (rt.spec.clone(), rt.plans.get("deploy").cloned(), rt.identities.clone())
         };
-        service_pass(server, &svc, &spec, &ids, deploy.as_ref()).await?;
+        let n = service_pass(server, &svc, &spec, &ids, deploy.as_ref()).await?;
+        next = earliest(next, n);
     }
-    Ok(())
+    let lost_after = server.inner.cfg.agent_lost_after_ms;
+    let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+    for a in agents.values().filter(|a| server.agent_up(a)) {
+        next = earliest(next, a.last_seen_ms.map(|t| t + lost_after + 1));
+    }
+    Ok(next)
+}
+
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
 }
 
 async fn service_pass(
@@ -276,8 +299,9 @@ async fn service_pass(
     spec: &ServiceSpec,
     targets: &BTreeMap<String, String>,
     deploy: Option<&tend_plan::Plan>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<u64>> {
     let now = server.now_ms();
+    let mut next: Option<u64> = None;
     // Gather: facts from the store and the reports, judged by the pure rules.
     let busy = busy_steps(server, svc, deploy).await?;
     let reports = Reports::gather(server, svc);
@@ -327,6 +351,11 @@ async fn service_pass(
         } else if is_replacing {
             notes.insert(inst.clone(), ("replacing".into(), "replacement launching".into()));
         }
+        if let Health::Stopped { since_ms } | Health::Unreachable { since_ms } = a.health {
+            next = earliest(next, policy.monitor.deadline_ms(&a.health).filter(|d| *d > now));
+            let fenced = since_ms + policy.fence_ms;
+            next = earliest(next, (fenced > now).then_some(fenced));
+        }
         views.push(InstanceView {
             instance: inst.clone(),
             health: a.health,
@@ -335,6 +364,9 @@ async fn service_pass(
             busy: held || a.blocked.is_some(),
             min_unreachable_ms: policy.fence_ms,
         });
+    }
+    if let Some(t) = last_launch.map(|t| t + MIN_REPLACEMENT_INTERVAL_MS).filter(|t| *t > now) {
+        next = earliest(next, Some(t));
     }
     // Decide, then act.
     for action in decide(&views, &policy.monitor, &policy.limits, last_launch, now) {
@@ -361,7 +393,7 @@ async fn service_pass(
     for (inst, (state, message)) in notes {
         board.entries.insert((svc.to_string(), inst), RecoveryEntry { state, message });
     }
-    Ok(())
+    Ok(next)
 }
 
 /// Replaces an instance: releases its reservation, places it anew (another agent when one fits),
