@@ -330,3 +330,29 @@ fn a_non_essential_task_restarts_alone_and_an_essential_one_takes_the_others_wit
     });
     assert!(!alive(side2), "the side task's old process survived its essential sibling's stop");
 }
+
+#[test]
+fn a_restarted_control_plane_keeps_pacing_maintenance_jobs() {
+    let mut c = Cluster::start();
+    let spec = c.write_spec(
+        "p.yml",
+        "version: 1\nname: p\npods:\n  w:\n    tasks: { t: { cmd: 'exec sleep 600' } }\njobs:\n  paced:\n    pod: w\n    cmd: 'sleep 1'\n    interval_seconds: 1\n    pacing_ratio: 30\n",
+    );
+    c.deploy(&spec, true).unwrap();
+    let runs = |c: &Cluster| {
+        c.api(&["job", "history", "paced", "--service", "p"])
+            .map(|h| h.as_array().map_or(0, |a| a.len()))
+            .unwrap_or(0)
+    };
+    c.wait_for(Duration::from_secs(30), "a first run finished", |c| {
+        c.api(&["job", "history", "paced", "--service", "p"])
+            .is_ok_and(|h| h.as_array().is_some_and(|a| a.iter().any(|r| r["status"] == "succeeded")))
+    });
+    // Paced for ~30 s after that run; a restart must not forget it.
+    c.kill_server();
+    c.start_server();
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(runs(&c), 1, "a run started during the pacing pause after the restart");
+    let jobs = c.api(&["job", "list", "--service", "p"]).unwrap().to_string();
+    assert!(jobs.contains("pacing until"), "{jobs}");
+}

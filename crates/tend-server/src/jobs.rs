@@ -18,6 +18,32 @@ use crate::deploy::{judge, pod_of};
 use crate::Server;
 
 const POLICIES: &str = "jobs/policies/";
+/// Pacing deadlines by (service, job), in the store: a restarted control plane paces the same.
+const PACE: &str = "jobs/pace/";
+
+/// Forgets a deleted service's pacing (its store keys go with the service's).
+pub fn forget_service(server: &Server, svc: &str) {
+    server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).pace_until.retain(|(s, _), _| s != svc);
+}
+
+/// The store prefix of a service's pacing deadlines.
+pub fn pace_prefix(svc: &str) -> String {
+    format!("{PACE}{svc}/")
+}
+
+/// Until when runs of a job are paced (0: not), from memory or, after a restart, the store.
+async fn pace_until(server: &Server, svc: &str, job: &str) -> u64 {
+    let key = (svc.to_string(), job.to_string());
+    if let Some(t) = server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).pace_until.get(&key) {
+        return *t;
+    }
+    let stored = match server.inner.store.get(&format!("{PACE}{svc}/{job}")).await {
+        Ok(kv) => kv.and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok()).unwrap_or(0),
+        Err(_) => return 0,
+    };
+    server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).pace_until.insert(key, stored);
+    stored
+}
 
 fn history_prefix(svc: &str) -> String {
     format!("jobs/history/{svc}")
@@ -233,16 +259,9 @@ pub async fn tick_once(server: &Server) -> anyhow::Result<bool> {
                     blocked.insert(i, Block::HealthGate(g.clone()));
                     continue;
                 }
-                let paced = server
-                    .inner
-                    .jobs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .pace_until
-                    .get(&(svc.clone(), job.name.clone()))
-                    .copied();
-                if paced.is_some_and(|t| now < t) && !jis[i].on_demand {
-                    blocked.insert(i, Block::LeaseBusy(format!("pacing until {}", paced.unwrap_or(0))));
+                let paced = pace_until(server, &svc, &job.name).await;
+                if now < paced && !jis[i].on_demand {
+                    blocked.insert(i, Block::LeaseBusy(format!("pacing until {paced}")));
                     continue;
                 }
                 let scopes: Vec<Scope> = job
@@ -496,6 +515,10 @@ pub async fn on_results(server: &Server, agent: &str, results: Vec<JobResult>) {
         let duration = end.saturating_sub(r.record.start_ms);
         if r.pacing_ratio > 0.0 {
             let until = end + (duration as f64 * r.pacing_ratio) as u64;
+            let key = format!("{PACE}{}/{}", r.service, r.job);
+            if let Err(e) = server.inner.store.put(&key, until.to_string().as_bytes()).await {
+                tracing::warn!(error = %e, "cannot record pacing; kept in memory");
+            }
             server
                 .inner
                 .jobs

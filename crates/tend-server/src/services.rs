@@ -108,7 +108,9 @@ pub async fn delete(s: &Server, name: &str, wait: Duration) -> Result<Deleted, R
     let _serial = s.inner.spec_lock.lock().await;
     let instances = s.instances(name).await.map_err(|e| (500, "internal", e.to_string()))?;
     let live = instances.iter().filter(|(_, r)| r.incarnation > 0).count();
-    let mut txn = Txn::new().then(TxnOp::DeletePrefix { prefix: format!("services/{name}/") });
+    let mut txn = Txn::new()
+        .then(TxnOp::DeletePrefix { prefix: format!("services/{name}/") })
+        .then(TxnOp::DeletePrefix { prefix: crate::jobs::pace_prefix(name) });
     let mut retained = Vec::new();
     for (inst, rec) in &instances {
         if let Some(id) = &rec.volume_id {
@@ -128,6 +130,7 @@ pub async fn delete(s: &Server, name: &str, wait: Duration) -> Result<Deleted, R
     }
     s.inner.store.txn(txn).await.map_err(|e| (503, "store", e.to_string()))?;
     s.inner.services.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+    crate::jobs::forget_service(s, name);
     s.inner.broken.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
     s.inner.desired_gen.send_modify(|g| *g += 1);
     let unconfirmed = wait_stopped(s, name, wait).await;
