@@ -114,6 +114,18 @@ pub struct VolumeRelease {
     pub id: String,
 }
 
+/// Where a volume set is in its life.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeLife {
+    /// Used by the instance that owns it.
+    Active,
+    /// No instance uses it: kept until `until_ms` (or until a user deletes it).
+    Retained,
+    /// Its agent deletes it.
+    Deleting,
+}
+
 /// A volume set as `tend volume list` shows it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct VolumeInfo {
@@ -124,8 +136,7 @@ pub struct VolumeInfo {
     pub names: Vec<String>,
     pub size_mb: u64,
     pub created_ms: u64,
-    /// active | retained | deleting
-    pub state: String,
+    pub state: VolumeLife,
     /// Since when it is retained or being deleted.
     pub since_ms: Option<u64>,
     /// When a retained volume will be deleted (None: kept until a user deletes it).

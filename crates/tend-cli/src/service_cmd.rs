@@ -292,10 +292,10 @@ pub async fn volume_list(client: &Client, json: bool) -> anyhow::Result<ExitCode
     );
     for v in vols {
         let since = v.since_ms.map_or_else(|| ago(now, v.created_ms), |t| ago(now, t));
-        let deleted = match v.state.as_str() {
-            "retained" => until(now, v.until_ms),
-            "deleting" => "now".into(),
-            _ => "-".into(),
+        let (state, deleted) = match v.state {
+            VolumeLife::Retained => ("retained", until(now, v.until_ms)),
+            VolumeLife::Deleting => ("deleting", "now".into()),
+            VolumeLife::Active => ("active", "-".into()),
         };
         println!(
             "{:<9} {:<12} {:<14} {:<8} {:>8} {:<9} {:<10} {:<10} {}",
@@ -304,7 +304,7 @@ pub async fn volume_list(client: &Client, json: bool) -> anyhow::Result<ExitCode
             v.instance,
             v.agent,
             v.size_mb,
-            v.state,
+            state,
             since,
             deleted,
             v.reason.unwrap_or_default()

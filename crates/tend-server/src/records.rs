@@ -109,6 +109,15 @@ pub struct InstanceRecord {
     pub created_ms: u64,
 }
 
+/// The lifecycle state as stored (the domain's `VolumeState` without its data).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeRecordState {
+    Active,
+    Retained,
+    Deleting,
+}
+
 /// A set of volumes of one instance on one agent (see `tend_model::Volume`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct VolumeRecord {
@@ -120,8 +129,7 @@ pub struct VolumeRecord {
     pub created_ms: u64,
     /// Retention once unused, in ms (None: forever).
     pub retain_ms: Option<u64>,
-    /// active | retained | deleting
-    pub state: String,
+    pub state: VolumeRecordState,
     #[serde(default)]
     pub since_ms: u64,
     #[serde(default)]
@@ -134,15 +142,16 @@ impl VolumeRecord {
     /// The domain value (None: a record this version cannot read).
     pub fn to_model(&self) -> Option<tend_model::Volume> {
         use tend_model::{Retention, VolumeState};
-        let state = match self.state.as_str() {
-            "active" => VolumeState::Active,
-            "retained" => VolumeState::Retained {
+        let state = match self.state {
+            VolumeRecordState::Active => VolumeState::Active,
+            VolumeRecordState::Retained => VolumeState::Retained {
                 since_ms: self.since_ms,
                 until_ms: self.until_ms,
                 reason: self.reason.clone(),
             },
-            "deleting" => VolumeState::Deleting { since_ms: self.since_ms, reason: self.reason.clone() },
-            _ => return None,
+            VolumeRecordState::Deleting => {
+                VolumeState::Deleting { since_ms: self.since_ms, reason: self.reason.clone() }
+            }
         };
         Some(tend_model::Volume {
             id: tend_model::VolumeId::parse(&self.id)?,
@@ -161,18 +170,18 @@ impl VolumeRecord {
         use tend_model::VolumeState;
         match state {
             VolumeState::Active => {
-                self.state = "active".into();
+                self.state = VolumeRecordState::Active;
                 self.until_ms = None;
                 self.reason.clear();
             }
             VolumeState::Retained { since_ms, until_ms, reason } => {
-                self.state = "retained".into();
+                self.state = VolumeRecordState::Retained;
                 self.since_ms = *since_ms;
                 self.until_ms = *until_ms;
                 self.reason = reason.clone();
             }
             VolumeState::Deleting { since_ms, reason } => {
-                self.state = "deleting".into();
+                self.state = VolumeRecordState::Deleting;
                 self.since_ms = *since_ms;
                 self.until_ms = None;
                 self.reason = reason.clone();

@@ -55,7 +55,7 @@ pub fn new_record(
         names: pod.volumes.iter().map(|v| (v.name.clone(), v.size_mb)).collect(),
         created_ms: server.now_ms(),
         retain_ms: retain_seconds.map(|s| s * 1000),
-        state: "active".into(),
+        state: VolumeRecordState::Active,
         since_ms: 0,
         until_ms: None,
         reason: String::new(),
@@ -73,7 +73,7 @@ pub async fn retain_op(server: &Server, id: &str, reason: &str) -> Result<Option
         return Ok(None);
     };
     let mut rec: VolumeRecord = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;
-    if rec.state != "active" {
+    if rec.state != VolumeRecordState::Active {
         return Ok(None);
     }
     let now = server.now_ms();
@@ -159,7 +159,7 @@ async fn write(server: &Server, rec: &VolumeRecord, rev: i64) -> anyhow::Result<
 /// The volumes `agent` must delete now (never one an instance uses).
 pub async fn releases_for(server: &Server, agent: &str) -> anyhow::Result<Vec<tend_api::VolumeRelease>> {
     let records = all(server).await?;
-    if !records.iter().any(|(r, _)| r.agent == agent && r.state == "deleting") {
+    if !records.iter().any(|(r, _)| r.agent == agent && r.state == VolumeRecordState::Deleting) {
         return Ok(Vec::new());
     }
     let used = in_use(server).await?;
@@ -175,7 +175,7 @@ pub async fn on_released(server: &Server, agent: &str, id: &str) {
     let key = volume_key(id);
     let Ok(Some(kv)) = server.inner.store.get(&key).await else { return };
     let Ok(rec) = serde_json::from_slice::<VolumeRecord>(&kv.value) else { return };
-    if rec.agent != agent || rec.state != "deleting" {
+    if rec.agent != agent || rec.state != VolumeRecordState::Deleting {
         return;
     }
     let txn = Txn::new().when(Compare::mod_revision_eq(&key, kv.mod_revision)).then(TxnOp::delete(&key));
@@ -203,7 +203,7 @@ pub async fn request_delete(server: &Server, id: &str) -> Result<VolumeRecord, (
     if let Some(why) = refuse_delete(&model, &used) {
         return Err((409, why));
     }
-    if rec.state == "deleting" {
+    if rec.state == VolumeRecordState::Deleting {
         return Ok(rec);
     }
     let mut rec = rec;
@@ -235,8 +235,12 @@ pub fn info(r: &VolumeRecord) -> tend_api::VolumeInfo {
         names: r.names.iter().map(|(n, _)| n.clone()).collect(),
         size_mb: r.names.iter().map(|(_, s)| s).sum(),
         created_ms: r.created_ms,
-        state: r.state.clone(),
-        since_ms: (r.state != "active").then_some(r.since_ms),
+        state: match r.state {
+            VolumeRecordState::Active => tend_api::VolumeLife::Active,
+            VolumeRecordState::Retained => tend_api::VolumeLife::Retained,
+            VolumeRecordState::Deleting => tend_api::VolumeLife::Deleting,
+        },
+        since_ms: (r.state != VolumeRecordState::Active).then_some(r.since_ms),
         until_ms: r.until_ms,
         reason: (!r.reason.is_empty()).then(|| r.reason.clone()),
     }
