@@ -33,6 +33,14 @@ impl Checkpoint {
     /// Whether every task that must finish before the long-running ones did, successfully: only
     /// then can the incarnation be re-adopted as it is.
     pub fn prelude_done(&self) -> bool {
+        // Long-running tasks start only after the prelude succeeded: one recorded proves it
+        // (checkpoints written before `finished` existed have only those).
+        let running = |n: &String| {
+            self.assignment.tasks.iter().any(|t| &t.name == n && t.goal == tend_api::TaskGoal::Running)
+        };
+        if self.tasks.keys().any(running) {
+            return true;
+        }
         self.assignment
             .tasks
             .iter()

@@ -143,13 +143,15 @@ pub async fn run(
 }
 
 async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterResponse> {
+    let memory = st.cluster.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let req = RegisterRequest {
         agent_id: st.cfg.id.clone(),
         host: st.cfg.host.clone(),
         agent_url: agent_url.to_string(),
         attributes: st.cfg.attributes.clone(),
         resources: st.cfg.resources.clone(),
-        cluster_id: st.cluster.lock().unwrap_or_else(|e| e.into_inner()).cluster_id.clone(),
+        cluster_id: memory.cluster_id,
+        revision: Some(memory.revision),
     };
     let r = st
         .http
@@ -171,6 +173,11 @@ async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterRe
             tracing::warn!(agent = %st.cfg.id, from = %old, to = %reg.cluster_id, "adopted by another cluster");
         }
         *mem = cluster::ClusterMemory { cluster_id: Some(reg.cluster_id.clone()), revision: 0 };
+        st.cluster_file.save(&mem)?;
+    } else if mem.revision > reg.revision {
+        // Accepted although it obeyed a newer store: an operator adopted it (--adopt-agents).
+        tracing::warn!(agent = %st.cfg.id, from = mem.revision, to = reg.revision, "adopted by a control plane with an older store");
+        mem.revision = reg.revision;
         st.cluster_file.save(&mem)?;
     }
     Ok(reg)
@@ -212,7 +219,7 @@ async fn main_loop(
             Ok(r) => r,
             Err(e) => {
                 let text = e.to_string();
-                if text.contains("cluster_mismatch") {
+                if text.contains("cluster_mismatch") || text.contains("store_behind") {
                     // Loud, and nothing is stopped: the tasks keep running.
                     tracing::error!(agent = %st.cfg.id, error = %text, "the control plane belongs to another cluster; tasks keep running");
                     backoff = Duration::from_secs(5);
@@ -386,7 +393,14 @@ async fn reconcile(st: &Arc<AgentState>, desired: DesiredState) {
         let mut released = st.released.lock().unwrap_or_else(|e| e.into_inner());
         released.retain(|r| desired.release_volumes.contains(r));
         for r in &desired.release_volumes {
-            let busy = running.values().any(|h| h.volume_id == r.id);
+            // Busy too: an incarnation from before a restart, not yet adopted or killed.
+            let busy = running.values().any(|h| h.volume_id == r.id)
+                || st
+                    .adoptable
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .any(|c| c.assignment.volume_id == r.id);
             if busy || released.contains(r) {
                 continue;
             }

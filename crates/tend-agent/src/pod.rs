@@ -103,9 +103,10 @@ impl PodCtx {
         }
         Some(self.volume_set_dir(&a.volume_id)?.join(name))
     }
-    /// All volumes of one volume set (None: not a valid volume id).
+    /// All volumes of one volume set: `volume-sets/<id>` (None: not a valid volume id). Apart
+    /// from the old layout `volumes/<service>/…`, so that no service name can collide with an id.
     pub fn volume_set_dir(&self, id: &str) -> Option<PathBuf> {
-        tend_model::VolumeId::parse(id).map(|id| self.data_dir.join("volumes").join(id.as_str()))
+        tend_model::VolumeId::parse(id).map(|id| self.data_dir.join("volume-sets").join(id.as_str()))
     }
 }
 
@@ -502,8 +503,9 @@ async fn supervise(sup: Supervised, mut adopt: Option<(Proc, u32)>, mut cancel: 
         else {
             return; // cancelled: no longer desired (reported by watch_task)
         };
-        if t.essential {
-            // An essential task's stop restarts the instance's other tasks too.
+        if t.essential && !with_sibling {
+            // An essential task's own stop restarts the instance's other tasks too (a stop
+            // caused by a sibling does not: two essential tasks never restart each other).
             essential_stops.send_modify(|g| *g += 1);
         }
         let ran_ms = started.elapsed().as_millis() as u64;

@@ -38,7 +38,7 @@ fn volumes_live_under_their_id_or_in_the_old_layout() {
     let d = dir.path();
     let check =
         |a: Assignment, expected: Option<std::path::PathBuf>| assert_eq!(c.volume(&a, "data"), expected);
-    check(assignment("v000007", None, "db-0"), Some(d.join("volumes/v000007/data")));
+    check(assignment("v000007", None, "db-0"), Some(d.join("volume-sets/v000007/data")));
     check(assignment("", Some(2), "db-0"), Some(d.join("volumes/db/db-0/2/data")));
     // An id that is not one, or a name that would climb out, gives no path at all.
     check(assignment("../v1", None, "db-0"), None);

@@ -49,6 +49,10 @@ pub struct RegisterRequest {
     /// cluster (say, on an empty store) refuses it unless told to adopt agents.
     #[serde(default)]
     pub cluster_id: Option<String>,
+    /// The highest store revision the agent obeyed: a control plane whose store is older (a
+    /// restored backup) refuses it rather than command it from the past.
+    #[serde(default)]
+    pub revision: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -60,6 +64,10 @@ pub struct RegisterResponse {
     /// The cluster the agent now belongs to (it remembers it).
     #[serde(default)]
     pub cluster_id: String,
+    /// The store's revision when the agent was accepted (an agent adopted by an operator from a
+    /// newer store starts over from it).
+    #[serde(default)]
+    pub revision: u64,
 }
 
 /// What an agent must run: every live incarnation placed on it.
@@ -163,7 +171,7 @@ pub struct Assignment {
     /// Backoff of in-place restarts: the first is immediate, then `initial` doubling to `max`.
     #[serde(default)]
     pub backoff: Backoff,
-    /// The volume set's id: volumes live under `volumes/<id>/` on the agent; a new placement
+    /// The volume set's id: volumes live under `volume-sets/<id>/` on the agent; a new placement
     /// gets a new id (fresh volumes), ids are never reused.
     #[serde(default)]
     pub volume_id: String,
@@ -435,7 +443,7 @@ pub struct ReservationInfo {
     pub disk_mb: u64,
     pub ports: BTreeMap<String, u16>,
     pub volumes: Vec<String>,
-    /// The volume set (`tend volume list`); its directory on the agent is `volumes/<id>/`.
+    /// The volume set (`tend volume list`); its directory on the agent is `volume-sets/<id>/`.
     #[serde(default)]
     pub volume_id: Option<String>,
 }

@@ -40,8 +40,11 @@ pub struct InstanceFacts {
     /// The config that last became ready on this instance, and in which incarnation.
     pub ready_config: Option<String>,
     pub ready_incarnation: u64,
-    /// Down-since as persisted in the store.
+    /// Since when a task is down, as persisted in the store (the control plane's time).
     pub down_since_ms: Option<Millis>,
+    /// Since when its agent is silent, as persisted (never taken from a task's stop: the fence
+    /// wait counts from the agent's last report only).
+    pub unreachable_since_ms: Option<Millis>,
     pub observed: Observed,
 }
 
@@ -53,6 +56,8 @@ pub struct Assessment {
     pub blocked: Option<&'static str>,
     /// The down-since the store must hold (write when it differs from the record's).
     pub down_since_ms: Option<Millis>,
+    /// The unreachable-since the store must hold.
+    pub unreachable_since_ms: Option<Millis>,
     /// The target incarnation became ready: record its config as ready.
     pub mark_ready: bool,
 }
@@ -60,6 +65,7 @@ pub struct Assessment {
 /// Judges one instance at `now_ms`.
 pub fn assess(f: &InstanceFacts, now_ms: Millis) -> Assessment {
     let ready_now = f.ready_config.as_deref() == Some(f.config.as_str());
+    let mut unreachable = None;
     let (health, down_since) = match &f.observed {
         Observed::Up => (Health::Up, None),
         Observed::Starting => match f.down_since_ms {
@@ -68,14 +74,17 @@ pub fn assess(f: &InstanceFacts, now_ms: Millis) -> Assessment {
             None => (Health::Up, None),
         },
         Observed::TaskDown { since_ms } => {
-            let since = f.down_since_ms.unwrap_or(*since_ms);
+            // A stop time from the agent's clock is never later than this control plane's now.
+            let since = f.down_since_ms.unwrap_or((*since_ms).min(now_ms));
             (Health::Stopped { since_ms: since }, Some(since))
         }
         Observed::AgentSilent { last_seen_ms } => {
             // From the last report actually received; a control plane that never heard the
-            // agent can only vouch for its own time.
-            let since = f.down_since_ms.or(*last_seen_ms).unwrap_or(now_ms);
-            (Health::Unreachable { since_ms: since }, Some(since))
+            // agent can only vouch for its own time. Never from an earlier task stop: the fence
+            // wait must count from the agent's last contact.
+            let since = f.unreachable_since_ms.or(*last_seen_ms).unwrap_or(now_ms);
+            unreachable = Some(since);
+            (Health::Unreachable { since_ms: since }, f.down_since_ms)
         }
     };
     let blocked = match health {
@@ -83,7 +92,7 @@ pub fn assess(f: &InstanceFacts, now_ms: Millis) -> Assessment {
         _ => None,
     };
     let mark_ready = f.observed == Observed::Up && (!ready_now || f.ready_incarnation != f.incarnation);
-    Assessment { health, blocked, down_since_ms: down_since, mark_ready }
+    Assessment { health, blocked, down_since_ms: down_since, unreachable_since_ms: unreachable, mark_ready }
 }
 
 /// Whether a replacement of an instance is still under way: it was launched as a replacement

@@ -48,7 +48,10 @@ struct World {
     incarnation: u64,
     placed_on: usize,
     down_since: Option<u64>,
+    unreachable_since: Option<u64>,
     replaced_ms: Option<u64>,
+    /// A crash the agent is recovering from (seen as a task down while it lasts).
+    crashed_at: Option<u64>,
     // The control plane's memory: last report received per agent.
     last_seen: Vec<Option<u64>>,
 }
@@ -94,8 +97,12 @@ impl World {
         let up = self.last_seen[agent].is_some_and(|t| now - t <= LOST_AFTER);
         let observed =
             if up { Observed::Up } else { Observed::AgentSilent { last_seen_ms: self.last_seen[agent] } };
-        // Reachable but not yet reported as running counts as starting; running is up.
+        // Reachable but not yet reported as running counts as starting; running is up; a
+        // recent crash is a task down.
         let observed = match observed {
+            Observed::Up if self.crashed_at.is_some_and(|c| now < c + 3 * REPORT_EVERY) => {
+                Observed::TaskDown { since_ms: self.crashed_at.unwrap_or(now) }
+            }
             Observed::Up if self.agents[agent].running != Some(self.incarnation) => Observed::Starting,
             o => o,
         };
@@ -105,10 +112,12 @@ impl World {
             ready_config: Some("c".into()),
             ready_incarnation: self.incarnation,
             down_since_ms: self.down_since,
+            unreachable_since_ms: self.unreachable_since,
             observed,
         };
         let a = assess(&facts, now);
         self.down_since = a.down_since_ms;
+        self.unreachable_since = a.unreachable_since_ms;
         let view = InstanceView {
             instance: "db-0".into(),
             health: a.health,
@@ -128,6 +137,8 @@ impl World {
                     self.incarnation += 1;
                     self.placed_on = next;
                     self.down_since = None;
+                    self.unreachable_since = None;
+                    self.crashed_at = None;
                     self.replaced_ms = Some(now);
                 }
             }
@@ -152,7 +163,9 @@ proptest! {
             incarnation: 1,
             placed_on: 0,
             down_since: None,
+            unreachable_since: None,
             replaced_ms: None,
+            crashed_at: None,
             last_seen: vec![Some(0); 3],
         };
         let mut replaced = 0;

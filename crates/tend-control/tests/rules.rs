@@ -16,6 +16,7 @@ fn facts(config: &str, ready: Option<&str>, down: Option<u64>, observed: Observe
         ready_config: ready.map(str::to_string),
         ready_incarnation: if ready.is_some() { 2 } else { 0 },
         down_since_ms: down,
+        unreachable_since_ms: None,
         observed,
     }
 }
@@ -61,33 +62,39 @@ fn a_failed_update_is_blocked_not_replaced() {
 
 #[test]
 fn a_lost_agent_is_unreachable_from_its_last_report_or_from_now() {
+    let silent = |last_seen_ms, persisted: Option<u64>| {
+        let mut f = facts("A", Some("A"), None, Observed::AgentSilent { last_seen_ms });
+        f.unreachable_since_ms = persisted;
+        f
+    };
+    let check = |f: InstanceFacts, now: u64, since: u64| {
+        let a = assess(&f, now);
+        assert_eq!(a.health, Health::Unreachable { since_ms: since }, "{f:?}");
+        assert_eq!((a.unreachable_since_ms, a.down_since_ms, a.blocked), (Some(since), None, None), "{f:?}");
+    };
     // Seen by this control plane: from the last report received.
-    check(
-        facts("A", Some("A"), None, Observed::AgentSilent { last_seen_ms: Some(1_000) }),
-        9_000,
-        Health::Unreachable { since_ms: 1_000 },
-        false,
-        Some(1_000),
-        false,
-    );
+    check(silent(Some(1_000), None), 9_000, 1_000);
     // A restarted control plane that never heard the agent: from its own time, not the launch.
-    check(
-        facts("A", Some("A"), None, Observed::AgentSilent { last_seen_ms: None }),
-        9_000,
-        Health::Unreachable { since_ms: 9_000 },
-        false,
-        Some(9_000),
-        false,
-    );
-    // ...unless the store holds an earlier down-since (persisted by the previous leader).
-    check(
-        facts("A", Some("A"), Some(4_000), Observed::AgentSilent { last_seen_ms: None }),
-        9_000,
-        Health::Unreachable { since_ms: 4_000 },
-        false,
-        Some(4_000),
-        false,
-    );
+    check(silent(None, None), 9_000, 9_000);
+    // ...unless the store holds an earlier unreachable-since (persisted by the previous leader).
+    check(silent(None, Some(4_000)), 9_000, 4_000);
+}
+
+#[test]
+fn a_silent_agent_counts_from_its_last_report_never_from_an_earlier_task_stop() {
+    // A task stopped at 0 (crash loop); the agent went silent after its report at 55 s.
+    let f = facts("A", Some("A"), Some(0), Observed::AgentSilent { last_seen_ms: Some(55_000) });
+    let a = assess(&f, 58_000);
+    assert_eq!(a.health, Health::Unreachable { since_ms: 55_000 });
+    assert_eq!((a.down_since_ms, a.unreachable_since_ms), (Some(0), Some(55_000)));
+    // After a control-plane restart: the persisted unreachable-since, else its own time.
+    let mut f = facts("A", Some("A"), Some(0), Observed::AgentSilent { last_seen_ms: None });
+    assert_eq!(assess(&f, 60_000).health, Health::Unreachable { since_ms: 60_000 });
+    f.unreachable_since_ms = Some(55_000);
+    assert_eq!(assess(&f, 60_000).health, Health::Unreachable { since_ms: 55_000 });
+    // An agent clock ahead of ours cannot put a stop in our future.
+    let f = facts("A", Some("A"), None, Observed::TaskDown { since_ms: 99_000 });
+    assert_eq!(assess(&f, 60_000).health, Health::Stopped { since_ms: 60_000 });
 }
 
 #[test]

@@ -78,6 +78,8 @@ impl AgentProtocol for Server {
             status_interval_ms: self.inner.cfg.status_interval_ms,
             server_epoch: self.inner.epoch.clone(),
             cluster_id: self.inner.cluster_id.clone(),
+            revision: self.inner.store.revision().await.map_err(|e| (503, "store", e.to_string()))?.max(0)
+                as u64,
         })
     }
 
@@ -114,12 +116,31 @@ impl AgentProtocol for Server {
 }
 
 impl Server {
+    /// An agent of this cluster that obeyed a newer store than this one (restored from an older
+    /// copy) is not commanded from the past unless an operator says so.
+    async fn check_revision(&self, req: &RegisterRequest) -> Result<(), Refusal> {
+        let Some(theirs) = req.revision else { return Ok(()) };
+        let ours =
+            self.inner.store.revision().await.map_err(|e| (503, "store", e.to_string()))?.max(0) as u64;
+        if theirs <= ours || self.inner.cfg.adopt_agents {
+            return Ok(());
+        }
+        let msg = format!(
+            "agent {} obeyed store revision {theirs}, this control plane's store is at {ours} (restored from an older copy?): refusing to command it, its tasks keep running; restart the control plane with --adopt-agents to take it over",
+            req.agent_id
+        );
+        if self.inner.refused.lock().unwrap_or_else(|e| e.into_inner()).insert(req.agent_id.clone()) {
+            self.event(None, "agent", msg.clone()).await;
+        }
+        Err((409, "store_behind", msg))
+    }
+
     /// No amnesia: an agent that obeyed another cluster is not commanded by this one (it would
     /// be told that nothing is desired and stop everything) unless an operator says so.
     async fn check_cluster(&self, req: &RegisterRequest) -> Result<(), Refusal> {
         let Some(theirs) = req.cluster_id.as_deref().filter(|c| !c.is_empty() && *c != self.inner.cluster_id)
         else {
-            return Ok(());
+            return self.check_revision(req).await;
         };
         if self.inner.cfg.adopt_agents {
             let msg = format!("adopting agent {} from cluster {theirs} (--adopt-agents)", req.agent_id);

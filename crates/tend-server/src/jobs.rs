@@ -228,7 +228,7 @@ pub async fn tick_once(server: &Server) -> anyhow::Result<bool> {
                         rec.incarnation,
                         rec.ready_incarnation,
                     );
-                    (rec.down_since_ms.is_some() || replacing)
+                    (rec.down_since_ms.is_some() || rec.unreachable_since_ms.is_some() || replacing)
                         .then(|| format!("recovery is busy with {inst} (down or being replaced)"))
                 });
                 jis.push(JobInstance {

@@ -15,10 +15,13 @@ use crate::records::InstanceRecord;
 use crate::Server;
 
 /// Launch requests waiting for the lock, and results of requests another holder processed.
+/// Each request has its own id, so a result is only ever taken by the waiter that asked (a
+/// cancelled waiter's result is never handed to a later request for the same instance).
 #[derive(Default)]
 pub struct LaunchQueue {
-    pending: std::sync::Mutex<Vec<(String, String)>>,
-    done: std::sync::Mutex<HashMap<(String, String), Result<(), String>>>,
+    next: std::sync::atomic::AtomicU64,
+    pending: std::sync::Mutex<Vec<(u64, (String, String))>>,
+    done: std::sync::Mutex<HashMap<u64, Result<(), String>>>,
 }
 
 /// A placement: agent, named ports, reserved resources.
@@ -125,27 +128,28 @@ impl Snapshot {
 pub async fn ensure_launched(server: &Server, service: &str, instance: &str) -> Result<(), String> {
     let key = (service.to_string(), instance.to_string());
     let q = &server.inner.launches;
-    q.pending.lock().unwrap_or_else(|e| e.into_inner()).push(key.clone());
+    let id = q.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    q.pending.lock().unwrap_or_else(|e| e.into_inner()).push((id, key.clone()));
     let _guard = server.inner.launch_lock.lock().await;
-    if let Some(r) = q.done.lock().unwrap_or_else(|e| e.into_inner()).remove(&key) {
+    if let Some(r) = q.done.lock().unwrap_or_else(|e| e.into_inner()).remove(&id) {
         return r; // Launched by the holder before us, in its batch.
     }
-    let mut batch: Vec<(String, String)> =
+    let waiting: Vec<(u64, (String, String))> =
         std::mem::take(&mut *q.pending.lock().unwrap_or_else(|e| e.into_inner()));
-    batch.push(key.clone());
     let mut seen = HashSet::new();
-    batch.retain(|k| seen.insert(k.clone()));
-    let results = launch_batch(server, &batch).await;
-    let mut mine = Ok(());
+    let batch: Vec<(String, String)> = waiting
+        .iter()
+        .map(|(_, k)| k.clone())
+        .chain(std::iter::once(key.clone()))
+        .filter(|k| seen.insert(k.clone()))
+        .collect();
+    let results: HashMap<(String, String), Result<(), String>> =
+        launch_batch(server, &batch).await.into_iter().collect();
     let mut done = q.done.lock().unwrap_or_else(|e| e.into_inner());
-    for (k, r) in results {
-        if k == key {
-            mine = r;
-        } else {
-            done.insert(k, r);
-        }
+    for (other, k) in waiting.into_iter().filter(|(other, _)| *other != id) {
+        done.insert(other, results.get(&k).cloned().unwrap_or(Ok(())));
     }
-    mine
+    results.get(&key).cloned().unwrap_or(Ok(()))
 }
 
 /// What a batch decided for one instance.
@@ -236,6 +240,7 @@ async fn decide(work: &DeployWork, instance: &str, snapshot: &mut Option<Snapsho
     rec.config = target;
     rec.launched_ms = work.server.now_ms();
     rec.down_since_ms = None;
+    rec.unreachable_since_ms = None;
     Ok(Plan::Launch { rec, rev, extra })
 }
 

@@ -104,6 +104,10 @@ pub struct InstanceRecord {
     /// restarted control plane judges from the same time.
     #[serde(default)]
     pub down_since_ms: Option<u64>,
+    /// Since when its agent is silent (from the last report received, or this control plane's
+    /// start), persisted apart from `down_since_ms`: the fence wait counts from it alone.
+    #[serde(default)]
+    pub unreachable_since_ms: Option<u64>,
     /// When the instance was first placed (jobs count their first run from it).
     #[serde(default)]
     pub created_ms: u64,

@@ -206,10 +206,10 @@ async fn persist(
     svc: &str,
     inst: &str,
     rec: &InstanceRecord,
-    down: Option<u64>,
+    (down, unreachable): (Option<u64>, Option<u64>),
     mark_ready: bool,
 ) {
-    if down == rec.down_since_ms && !mark_ready {
+    if down == rec.down_since_ms && unreachable == rec.unreachable_since_ms && !mark_ready {
         return;
     }
     let incarnation = rec.incarnation;
@@ -219,6 +219,7 @@ async fn persist(
                 return false;
             }
             r.down_since_ms = down;
+            r.unreachable_since_ms = unreachable;
             if mark_ready {
                 r.ready_config = Some(r.config.clone());
                 r.ready_incarnation = r.incarnation;
@@ -275,8 +276,11 @@ pub async fn tick(server: &Server) -> anyhow::Result<Option<u64>> {
             let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
             (rt.spec.clone(), rt.plans.get("deploy").cloned(), rt.identities.clone())
         };
-        let n = service_pass(server, &svc, &spec, &ids, deploy.as_ref()).await?;
-        next = earliest(next, n);
+        // One service's trouble (an unreadable record) does not stop recovery of the others.
+        match service_pass(server, &svc, &spec, &ids, deploy.as_ref()).await {
+            Ok(n) => next = earliest(next, n),
+            Err(e) => tracing::warn!(service = %svc, error = %e, "recovery pass of a service failed"),
+        }
     }
     let lost_after = server.inner.cfg.agent_lost_after_ms;
     let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
@@ -342,10 +346,11 @@ async fn service_pass(
             ready_config: rec.ready_config.clone(),
             ready_incarnation: rec.ready_incarnation,
             down_since_ms: rec.down_since_ms,
+            unreachable_since_ms: rec.unreachable_since_ms,
             observed: observe(&reports, now, (spec, pod), &inst, &rec, &agent),
         };
         let a = assess(&facts, now);
-        persist(server, svc, &inst, &rec, a.down_since_ms, a.mark_ready).await;
+        persist(server, svc, &inst, &rec, (a.down_since_ms, a.unreachable_since_ms), a.mark_ready).await;
         if let Some(note) = describe(&a.health, &agent, &policy.monitor, a.blocked, now) {
             notes.insert(inst.clone(), note);
         } else if is_replacing {
@@ -437,6 +442,7 @@ pub async fn replace(server: &Server, svc: &str, inst: &str, why: &str) -> Resul
     rec.replaced_ms = rec.launched_ms;
     rec.replaced_from = Some((old_agent.clone(), old_host));
     rec.down_since_ms = None;
+    rec.unreachable_since_ms = None;
     let msg = match placed {
         Ok((agent, ports, needs)) => {
             if !pod.volumes.is_empty() {
@@ -482,6 +488,7 @@ pub async fn restart_in_place(server: &Server, svc: &str, inst: &str) -> Result<
     rec.launched_ms = server.now_ms();
     rec.replaced_from = None;
     rec.down_since_ms = None;
+    rec.unreachable_since_ms = None;
     work.write(inst, &rec, rev).await?;
     let msg =
         format!("restart {inst} in place: incarnation {} on agent {agent}, same volumes", rec.incarnation);

@@ -106,6 +106,8 @@ pub struct Deleted {
 /// waits (up to `wait`) until every agent reports its tasks stopped.
 pub async fn delete(s: &Server, name: &str, wait: Duration) -> Result<Deleted, Refusal> {
     let _serial = s.inner.spec_lock.lock().await;
+    // No launch decided before the delete may be written after it.
+    let _launches = s.inner.launch_lock.lock().await;
     let instances = s.instances(name).await.map_err(|e| (500, "internal", e.to_string()))?;
     let live = instances.iter().filter(|(_, r)| r.incarnation > 0).count();
     let mut txn = Txn::new()

@@ -105,10 +105,12 @@ pub async fn in_use(server: &Server) -> anyhow::Result<BTreeSet<VolumeId>> {
         if !kv.key.contains("/instances/") {
             continue;
         }
-        if let Ok(rec) = serde_json::from_slice::<InstanceRecord>(&kv.value) {
-            if let Some(id) = rec.volume_id.as_deref().and_then(VolumeId::parse) {
-                out.insert(id);
-            }
+        // An instance record this version cannot read may own a volume: fail the pass rather
+        // than take its volume for unused.
+        let rec: InstanceRecord = serde_json::from_slice(&kv.value)
+            .map_err(|e| anyhow::anyhow!("unreadable instance record {}: {e}", kv.key))?;
+        if let Some(id) = rec.volume_id.as_deref().and_then(VolumeId::parse) {
+            out.insert(id);
         }
     }
     Ok(out)

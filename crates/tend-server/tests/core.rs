@@ -116,6 +116,7 @@ fn register_req(id: &str, cluster: Option<&str>) -> tend_api::RegisterRequest {
             port_range: [20_000, 20_100],
         },
         cluster_id: cluster.map(str::to_string),
+        revision: None,
     }
 }
 
@@ -139,6 +140,11 @@ async fn an_in_process_agent_deploys_a_service_through_the_protocol() {
     assert_eq!(reg.cluster_id, s.inner.cluster_id);
     let err = s.register(register_req("a2", Some("c-elsewhere"))).await.unwrap_err();
     assert_eq!((err.0, err.1), (409, "cluster_mismatch"));
+    // An agent of this cluster that obeyed a newer store (this one restored from an older copy).
+    let mut ahead = register_req("a3", Some(&s.inner.cluster_id.clone()));
+    ahead.revision = Some(1_000_000);
+    let err = s.register(ahead).await.unwrap_err();
+    assert_eq!((err.0, err.1), (409, "store_behind"));
     let text = "version: 1\nname: s\npods:\n  w:\n    volumes: [ { name: d, path: d, size_mb: 1 } ]\n    tasks: { t: { cmd: 'exec sleep 600' } }\n";
     submit(&s, submission(text, None)).await.unwrap();
     // The agent long-polls until the intent is written.

@@ -168,7 +168,7 @@ impl Cluster {
     pub fn volume_dir(&self, pod: &Value) -> PathBuf {
         let zone = &pod["agent"].as_str().unwrap()[..1];
         let id = pod["reservation"]["volume_id"].as_str().expect("a volume id");
-        self.dir.path().join(format!("agent-{zone}/volumes/{id}"))
+        self.dir.path().join(format!("agent-{zone}/volume-sets/{id}"))
     }
 
     pub fn pods(&self, service: &str) -> Vec<Value> {
