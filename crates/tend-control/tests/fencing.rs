@@ -1,6 +1,8 @@
 //! Property: in fence mode there are never two live incarnations of an instance, whatever the
-//! partitions (either direction), control-plane restarts (memory lost, store kept) and clock-rate
-//! differences between the agents. A small world of three agents and one instance is driven in
+//! partitions (either direction), task crashes, control-plane restarts (memory lost, store kept)
+//! and clock-rate differences between the agents. A replacement is placed in two phases: released
+//! first, placed once the old agent reported nothing running or stayed silent for the fence time
+//! (as `tend-server`'s `launch.rs` does); placing at once finds two live incarnations. A small world of three agents and one instance is driven in
 //! 100 ms ticks; the control plane's decisions are the real pure ones (`assess`, `decide`).
 
 use proptest::prelude::*;
@@ -19,6 +21,9 @@ enum Ev {
     Links { agent: usize, up: bool, down: bool },
     /// The control plane restarts: its memory of reports is gone, the store is kept.
     Restart,
+    /// The running task crashes; its agent restarts it in place (seen as a task down while the
+    /// control plane hears of it).
+    Crash,
 }
 
 fn ev() -> impl Strategy<Value = Ev> {
@@ -26,6 +31,7 @@ fn ev() -> impl Strategy<Value = Ev> {
         4 => (1u8..60).prop_map(Ev::Run),
         2 => (0usize..3, any::<bool>(), any::<bool>()).prop_map(|(agent, up, down)| Ev::Links { agent, up, down }),
         1 => Just(Ev::Restart),
+        1 => Just(Ev::Crash),
     ]
 }
 
@@ -46,7 +52,12 @@ struct World {
     fence_after: u64,
     // The store: the instance record.
     incarnation: u64,
-    placed_on: usize,
+    /// None while a replacement waits for the old incarnation to be surely dead.
+    placed_on: Option<usize>,
+    pending_from: Option<usize>,
+    cp_started: u64,
+    /// What each agent's last report said: is the instance running there?
+    reported_running: Vec<bool>,
     down_since: Option<u64>,
     unreachable_since: Option<u64>,
     replaced_ms: Option<u64>,
@@ -64,6 +75,7 @@ impl World {
             // Reports (with their acknowledgement) every REPORT_EVERY.
             if now.is_multiple_of(REPORT_EVERY) && a.up_link {
                 self.last_seen[i] = Some(now);
+                self.reported_running[i] = a.running.is_some();
                 if a.down_link {
                     a.last_contact = now;
                 }
@@ -76,7 +88,7 @@ impl World {
             // Desired state (needs the link back): run the current incarnation if it is placed
             // here, kill anything else.
             if a.down_link {
-                if self.placed_on == i {
+                if self.placed_on == Some(i) {
                     if a.running != Some(self.incarnation) {
                         a.running = Some(self.incarnation);
                     }
@@ -93,7 +105,23 @@ impl World {
 
     fn recovery(&mut self) {
         let now = self.now;
-        let agent = self.placed_on;
+        let fence_ms = self.fence_after + FENCE_MARGIN_MS;
+        let up = |w: &World, i: usize| w.last_seen[i].is_some_and(|t| now - t <= LOST_AFTER);
+        let Some(agent) = self.placed_on else {
+            // Two-phase replacement: place only once the old agent confirmed, after the decision,
+            // that nothing runs, or after the fence time without contact.
+            let old = self.pending_from.unwrap_or(0);
+            let confirmed = self.last_seen[old].is_some_and(|t| t > self.replaced_ms.unwrap_or(0))
+                && up(self, old)
+                && !self.reported_running[old];
+            let silent_since = self.last_seen[old].unwrap_or(self.cp_started);
+            if confirmed || now >= silent_since + fence_ms {
+                if let Some(next) = (1..=3).map(|d| (old + d) % 3).find(|i| up(self, *i)) {
+                    self.placed_on = Some(next);
+                }
+            }
+            return;
+        };
         let up = self.last_seen[agent].is_some_and(|t| now - t <= LOST_AFTER);
         let observed =
             if up { Observed::Up } else { Observed::AgentSilent { last_seen_ms: self.last_seen[agent] } };
@@ -130,17 +158,13 @@ impl World {
         for action in decide(&[view], &monitor, &limits, self.replaced_ms, now) {
             if let RecoveryAction::Replace { .. } = action {
                 // Placed on the next agent that is up, new incarnation, intent in the store.
-                let next = (1..3)
-                    .map(|d| (agent + d) % 3)
-                    .find(|i| self.last_seen[*i].is_some_and(|t| now - t <= LOST_AFTER));
-                if let Some(next) = next {
-                    self.incarnation += 1;
-                    self.placed_on = next;
-                    self.down_since = None;
-                    self.unreachable_since = None;
-                    self.crashed_at = None;
-                    self.replaced_ms = Some(now);
-                }
+                self.incarnation += 1;
+                self.placed_on = None;
+                self.pending_from = Some(agent);
+                self.down_since = None;
+                self.unreachable_since = None;
+                self.crashed_at = None;
+                self.replaced_ms = Some(now);
             }
         }
     }
@@ -161,7 +185,10 @@ proptest! {
             agents,
             fence_after: fence_after_s * 1000,
             incarnation: 1,
-            placed_on: 0,
+            placed_on: Some(0),
+            pending_from: None,
+            cp_started: 0,
+            reported_running: vec![false; 3],
             down_since: None,
             unreachable_since: None,
             replaced_ms: None,
@@ -182,7 +209,16 @@ proptest! {
                     w.agents[agent].up_link = up;
                     w.agents[agent].down_link = down;
                 }
-                Ev::Restart => w.last_seen = vec![None; 3],
+                Ev::Restart => {
+                    w.last_seen = vec![None; 3];
+                    w.cp_started = w.now;
+                }
+                // The control plane hears of a crash only over a working link.
+                Ev::Crash => {
+                    if w.placed_on.is_some_and(|a| w.agents[a].up_link) {
+                        w.crashed_at = Some(w.now);
+                    }
+                }
             }
         }
         // Heal everything: the world converges to one live incarnation.

@@ -221,6 +221,13 @@ async fn decide(work: &DeployWork, instance: &str, snapshot: &mut Option<Snapsho
     }
     let mut extra = Vec::new();
     if rec.agent.is_none() {
+        if let Some(reason) = fence_wait(work, &spec, instance, &rec) {
+            if rec.pending_reason.as_deref() == Some(reason.as_str()) {
+                return Ok(Plan::Nothing);
+            }
+            rec.pending_reason = Some(reason.clone());
+            return Ok(Plan::Pending { rec, rev, reason });
+        }
         if snapshot.is_none() {
             *snapshot = Some(Snapshot::take(&work.server, None).await?);
         }
@@ -242,6 +249,39 @@ async fn decide(work: &DeployWork, instance: &str, snapshot: &mut Option<Snapsho
     rec.down_since_ms = None;
     rec.unreachable_since_ms = None;
     Ok(Plan::Launch { rec, rev, extra })
+}
+
+/// Fence mode: a replacement is placed only once the old incarnation is surely dead — its agent
+/// reported, after the replacement was decided, that it runs nothing of the instance, or it has
+/// been silent for the fence time plus the margin (it killed the tasks itself). Some(why) while
+/// waiting.
+fn fence_wait(work: &DeployWork, spec: &ServiceSpec, instance: &str, rec: &InstanceRecord) -> Option<String> {
+    if spec.recovery.on_partition != tend_spec::OnPartition::Fence {
+        return None;
+    }
+    let (old, _) = rec.replaced_from.as_ref().filter(|(a, _)| !a.is_empty())?;
+    let server = &work.server;
+    let now = server.now_ms();
+    let fence_ms = spec.recovery.fence_after_seconds * 1000 + tend_control::recovery::FENCE_MARGIN_MS;
+    let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+    let (seen, confirmed) = match agents.get(old) {
+        Some(a) => {
+            let live = a
+                .instance_tasks(&work.service, instance)
+                .any(|t| matches!(t.state, tend_api::TaskState::Running | tend_api::TaskState::Starting));
+            (
+                a.last_seen_ms,
+                a.last_seen_ms.is_some_and(|t| t > rec.replaced_ms) && server.agent_up(a) && !live,
+            )
+        }
+        None => (None, false),
+    };
+    // Silent since its last report, or since this control plane started if it never heard it.
+    let silent_since = seen.unwrap_or(server.inner.started_ms);
+    if confirmed || now >= silent_since + fence_ms {
+        return None;
+    }
+    Some(format!("fence: waiting until agent {old} confirms the old incarnation of {instance} stopped, or {} s without contact", fence_ms / 1000))
 }
 
 /// Records a placement in the instance record; a new placement gets a fresh volume set under a

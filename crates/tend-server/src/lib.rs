@@ -135,6 +135,8 @@ pub struct Inner {
     pub store: Arc<dyn StateStore>,
     pub clock: SharedClock,
     pub epoch: String,
+    /// When this control plane started (a fence wait after a restart counts from it).
+    pub started_ms: u64,
     /// This cluster's identity, created with its store; agents remember it.
     pub cluster_id: String,
     /// Serialises spec changes (each a compare-and-swap on the service record as well).
@@ -295,6 +297,7 @@ impl Server {
             .unwrap_or(0);
         let inner = Arc::new(Inner {
             epoch: random_hex(6)?,
+            started_ms: clock.now_ms(),
             cluster_id,
             spec_lock: tokio::sync::Mutex::new(()),
             broken: Mutex::new(BTreeMap::new()),

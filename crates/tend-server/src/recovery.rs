@@ -427,9 +427,16 @@ pub async fn replace(server: &Server, svc: &str, inst: &str, why: &str) -> Resul
     };
     work.write(inst, &released, rev).await?;
     let (_, rev) = work.record(inst).await?.ok_or("record vanished")?;
-    let placed = match work.place(pod, inst, Some(&old_agent)).await? {
-        Ok(p) => Ok(p),
-        Err(_) => work.place(pod, inst, None).await?,
+    // Fence mode: nothing is placed before the old incarnation is surely dead (launch.rs
+    // places it once its agent confirms, or after the fence time without contact).
+    let fence = spec.recovery.on_partition == tend_spec::OnPartition::Fence && !old_agent.is_empty();
+    let placed = if fence {
+        Err(format!("fence: waiting until agent {old_agent} confirms the old incarnation stopped"))
+    } else {
+        match work.place(pod, inst, Some(&old_agent)).await? {
+            Ok(p) => Ok(p),
+            Err(_) => work.place(pod, inst, None).await?,
+        }
     };
     let mut extra = Vec::new();
     if let Some(old) = rec.volume_id.take() {
@@ -469,7 +476,7 @@ pub async fn replace(server: &Server, svc: &str, inst: &str, why: &str) -> Resul
             rec.memory_mb = 0;
             rec.disk_mb = 0;
             rec.pending_reason = Some(reason.clone());
-            format!("replacing {inst} ({why}): no agent fits yet: {reason}")
+            format!("replacing {inst} ({why}): not placed yet: {reason}")
         }
     };
     work.write_with(inst, &rec, rev, extra).await?;
