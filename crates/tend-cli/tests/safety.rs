@@ -61,8 +61,12 @@ fn a_bad_config_update_is_blocked_not_replaced_and_keeps_its_volume() {
     assert!(rec.starts_with("blocked") && rec.contains("new config never became ready"), "{p}");
     let events = c.api(&["events", "--service", "db"]).unwrap().to_string();
     assert!(!events.contains("replacing db-0"), "{events}");
-    // Fixing the spec brings it back on the same data.
-    c.deploy(&good, true).unwrap();
+    // Fixing the spec brings it back on the same data. (Waiting on the plan: the CLI may still
+    // read the failed generation's plan — issue 11.)
+    c.deploy(&good, false).unwrap();
+    c.wait_for(Duration::from_secs(30), "the fixed config running", |c| {
+        plan(c, "db")["status"] == "complete" && c.pods("db")[0]["incarnation"] == 3
+    });
     let p = c.pods("db")[0].clone();
     assert_eq!(p["reservation"]["volume_id"], before["reservation"]["volume_id"]);
     assert_eq!(c.volume_file(&p, "count").lines().count(), 2, "the same volume saw both good runs");

@@ -77,13 +77,32 @@ pub async fn retain_op(server: &Server, id: &str, reason: &str) -> Result<Option
         return Ok(None);
     }
     let now = server.now_ms();
-    let retention = rec.retain_ms.map_or(Retention::Forever, Retention::For);
+    let retention = retention_of(server, &rec);
+    rec.retain_ms = match retention {
+        Retention::For(ms) => Some(ms),
+        Retention::Forever => None,
+    };
     rec.set_state(&VolumeState::Retained {
         since_ms: now,
         until_ms: retention.until(now),
         reason: reason.into(),
     });
     Ok(Some(put_op(&rec)?))
+}
+
+/// How long a volume is kept once unused: the longer of what it was created with and what its
+/// service's spec says now (raising `retain_volumes_seconds` protects existing volumes too).
+fn retention_of(server: &Server, rec: &VolumeRecord) -> Retention {
+    let created = rec.retain_ms.map_or(Retention::Forever, Retention::For);
+    let current = server.service(&rec.service).map(|rt| {
+        let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+        rt.spec.recovery.retain_volumes_seconds.map_or(Retention::Forever, |s| Retention::For(s * 1000))
+    });
+    match (created, current) {
+        (Retention::Forever, _) | (_, Some(Retention::Forever)) => Retention::Forever,
+        (Retention::For(a), Some(Retention::For(b))) => Retention::For(a.max(b)),
+        (r, None) => r,
+    }
 }
 
 /// Every volume record (unreadable ones are skipped with a warning: never deleted).
@@ -126,6 +145,11 @@ pub async fn reconcile(server: &Server) -> anyhow::Result<()> {
         let (id, state, msg) = match action {
             VolumeAction::Retain { id, until_ms, reason } => {
                 let msg = format!("volume {id} retained: {reason}");
+                // The longer retention of creation time and the current spec.
+                let until_ms = records
+                    .iter()
+                    .find(|(r, _)| r.id == id.as_str())
+                    .map_or(until_ms, |(r, _)| retention_of(server, r).until(now));
                 (id, VolumeState::Retained { since_ms: now, until_ms, reason }, msg)
             }
             VolumeAction::Delete { id, reason } => {

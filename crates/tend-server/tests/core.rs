@@ -198,3 +198,41 @@ async fn an_in_process_agent_deploys_a_service_through_the_protocol() {
     assert!(complete, "the deploy plan did not complete");
     assert!(s.status("nobody", report(1)).await.is_err(), "an unknown agent's report is refused");
 }
+
+/// A volume is kept for the longer of the retention it was created with and its service's
+/// current one: raising `retain_volumes_seconds` protects volumes that already exist.
+#[tokio::test]
+async fn retention_is_the_longer_of_creation_and_the_current_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
+    let clock = ManualClock::new(1_700_000_000_000);
+    let s = Server::new(
+        ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap()),
+        store.clone(),
+        Arc::new(clock.clone()),
+    )
+    .await
+    .unwrap();
+    let text = "version: 1\nname: s\npods:\n  w:\n    tasks: { t: { cmd: 'exec sleep 600' } }\nrecovery: { retain_volumes_seconds: 3600 }\n";
+    submit(&s, submission(text, None)).await.unwrap();
+    let rec = tend_server::records::VolumeRecord {
+        id: "v000099".into(),
+        service: "s".into(),
+        instance: "w-0".into(),
+        agent: "a1".into(),
+        names: vec![("d".into(), 1)],
+        created_ms: 0,
+        retain_ms: Some(10_000),
+        state: tend_server::records::VolumeRecordState::Active,
+        since_ms: 0,
+        until_ms: None,
+        reason: String::new(),
+    };
+    store.put("volumes/v000099", &serde_json::to_vec(&rec).unwrap()).await.unwrap();
+    let op = tend_server::volumes::retain_op(&s, "v000099", "test").await.unwrap().unwrap();
+    store.txn(tend_store::Txn::new().then(op)).await.unwrap();
+    let kv = store.get("volumes/v000099").await.unwrap().unwrap();
+    let got: tend_server::records::VolumeRecord = serde_json::from_slice(&kv.value).unwrap();
+    assert_eq!(got.state, tend_server::records::VolumeRecordState::Retained);
+    assert_eq!(got.until_ms, Some(clock.now_ms() + 3_600_000), "{got:?}");
+}
