@@ -44,6 +44,12 @@ impl ClusterFile {
     /// The memory on disk (a fresh agent: none). An unreadable file is an error: guessing could
     /// hand the agent to the wrong control plane.
     pub fn load(&self) -> anyhow::Result<ClusterMemory> {
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.len() > 64 * 1024) {
+            anyhow::bail!(
+                "{} is larger than 64 KiB: not a cluster memory; fix or remove it",
+                self.path.display()
+            );
+        }
         match std::fs::read(&self.path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {
                 anyhow::anyhow!("{} is unreadable ({e}); fix or remove it", self.path.display())
@@ -67,6 +73,20 @@ impl ClusterFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_memory_file_is_a_clear_error_and_a_missing_one_a_fresh_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = ClusterFile::new(dir.path());
+        assert_eq!(f.load().unwrap(), ClusterMemory::default());
+        std::fs::write(dir.path().join("cluster.json"), b"{not json").unwrap();
+        assert!(f.load().unwrap_err().to_string().contains("unreadable"));
+        std::fs::write(dir.path().join("cluster.json"), vec![b' '; 100_000]).unwrap();
+        assert!(f.load().unwrap_err().to_string().contains("larger than 64 KiB"));
+        let mem = ClusterMemory { cluster_id: Some("c-1".into()), revision: 7 };
+        f.save(&mem).unwrap();
+        assert_eq!(f.load().unwrap(), mem);
+    }
 
     #[test]
     fn refuses_another_cluster_and_an_older_store() {

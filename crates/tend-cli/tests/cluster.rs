@@ -91,6 +91,28 @@ fn bad_api_input_is_rejected_and_changes_nothing() {
     let (code, _) =
         c.raw("POST", "/v1/services/s/plans/deploy/restart", Some(&token), Some(r#"{"step":"nope"}"#));
     assert_eq!(code, 404);
+    // Volumes: a malformed id, an unknown one and one in use are refused; nothing changes.
+    let before = c.api(&["volume", "list"]).unwrap();
+    let (code, body) = c.raw("DELETE", "/v1/volumes/..%2Fetc", Some(&token), None);
+    assert_eq!((code, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+    let (code, body) = c.raw("DELETE", "/v1/volumes/v999999", Some(&token), None);
+    assert_eq!((code, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    if let Some(id) = before.as_array().and_then(|a| a.first()).and_then(|v| v["id"].as_str()) {
+        let (code, body) = c.raw("DELETE", &format!("/v1/volumes/{id}"), Some(&token), None);
+        assert_eq!((code, body["error"]["code"].as_str()), (409, Some("volume_in_use")), "{body}");
+    }
+    assert_eq!(c.api(&["volume", "list"]).unwrap(), before);
+    // A wrongly typed expected generation, and an events page of a wrong type.
+    let (code, body) = c.raw(
+        "PUT",
+        "/v1/services/s",
+        Some(&token),
+        Some(r#"{"spec":"version: 1","expected_generation":"x"}"#),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body["error"]["code"].is_string(), "{body}");
+    let (code, _) = c.raw("GET", "/v1/events?limit=lots", Some(&token), None);
+    assert_eq!(code, 400);
     // Delete refuses while tasks run, then works with force.
     let (code, body) = c.raw("DELETE", "/v1/services/s", Some(&token), None);
     assert_eq!((code, body["error"]["code"].as_str()), (409, Some("tasks_running")));

@@ -79,3 +79,17 @@ fn a_missing_file_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/spec.yml"));
 }
+
+#[test]
+fn a_zero_step_deadline_is_refused_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("srv");
+    let out = tend()
+        .args(["server", "--listen", "127.0.0.1:0", "--step-deadline-seconds", "0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--step-deadline-seconds must be at least 1"));
+    assert!(!data.exists(), "nothing was created");
+}
