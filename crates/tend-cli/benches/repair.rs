@@ -139,13 +139,16 @@ fn main() {
     let text = "version: 1\nname: r\npods:\n  w:\n    tasks: { t: { cmd: 'exec sleep 3601' } }\nrecovery: { failure_timeout_seconds: never, backoff: { initial_seconds: 0, max_seconds: 1 } }\n";
     std::fs::write(&spec, text).expect("spec");
     std::thread::sleep(Duration::from_millis(800));
-    let ok = tend()
-        .args(["service", "deploy", "--addr", &base, "--token", &token])
-        .arg(&spec)
-        .stdout(Stdio::null())
-        .status()
-        .expect("deploy");
-    assert!(ok.success(), "deploy failed");
+    let deploy = || {
+        let ok = tend()
+            .args(["service", "deploy", "--addr", &base, "--token", &token])
+            .arg(&spec)
+            .stdout(Stdio::null())
+            .status()
+            .expect("deploy");
+        assert!(ok.success(), "deploy failed");
+    };
+    deploy();
     let lat = measure("3601", n);
     println!("in-place restart latency, kill -9 → new process running, {n} kills:");
     if let Some(r) = &reference {
@@ -165,13 +168,7 @@ fn main() {
     std::thread::sleep(Duration::from_secs(11));
     std::fs::write(&spec, text.replace("failure_timeout_seconds: never", "failure_timeout_seconds: 1"))
         .expect("spec");
-    let ok = tend()
-        .args(["service", "deploy", "--addr", &base, "--token", &token])
-        .arg(&spec)
-        .stdout(Stdio::null())
-        .status()
-        .expect("deploy");
-    assert!(ok.success(), "update failed");
+    deploy();
     let pods = tend()
         .args(["pod", "list", "--json", "--service", "r", "--addr", &base, "--token", &token])
         .output()

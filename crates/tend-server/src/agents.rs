@@ -116,6 +116,14 @@ impl AgentProtocol for Server {
 }
 
 impl Server {
+    /// Refuses an agent's registration; the refusal is recorded once per agent and start.
+    async fn refuse_agent(&self, agent: &str, code: &'static str, msg: String) -> Result<(), Refusal> {
+        if self.inner.refused.lock().unwrap_or_else(|e| e.into_inner()).insert(agent.to_string()) {
+            self.event(None, "agent", msg.clone()).await;
+        }
+        Err((409, code, msg))
+    }
+
     /// An agent of this cluster that obeyed a newer store than this one (restored from an older
     /// copy) is not commanded from the past unless an operator says so.
     async fn check_revision(&self, req: &RegisterRequest) -> Result<(), Refusal> {
@@ -129,10 +137,7 @@ impl Server {
             "agent {} obeyed store revision {theirs}, this control plane's store is at {ours} (restored from an older copy?): refusing to command it, its tasks keep running; restart the control plane with --adopt-agents to take it over",
             req.agent_id
         );
-        if self.inner.refused.lock().unwrap_or_else(|e| e.into_inner()).insert(req.agent_id.clone()) {
-            self.event(None, "agent", msg.clone()).await;
-        }
-        Err((409, "store_behind", msg))
+        self.refuse_agent(&req.agent_id, "store_behind", msg).await
     }
 
     /// No amnesia: an agent that obeyed another cluster is not commanded by this one (it would
@@ -151,9 +156,6 @@ impl Server {
             "agent {} belongs to cluster {theirs}, this control plane is cluster {} (a new or lost store?): refusing to command it, its tasks keep running; restart the control plane with --adopt-agents to take it over (it will stop what this cluster does not know)",
             req.agent_id, self.inner.cluster_id
         );
-        if self.inner.refused.lock().unwrap_or_else(|e| e.into_inner()).insert(req.agent_id.clone()) {
-            self.event(None, "agent", msg.clone()).await;
-        }
-        Err((409, "cluster_mismatch", msg))
+        self.refuse_agent(&req.agent_id, "cluster_mismatch", msg).await
     }
 }

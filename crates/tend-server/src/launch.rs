@@ -286,7 +286,7 @@ fn fence_wait(work: &DeployWork, spec: &ServiceSpec, instance: &str, rec: &Insta
 
 /// Records a placement in the instance record; a new placement gets a fresh volume set under a
 /// new id, written in the same transaction (returned as extra operations).
-async fn reserve(
+pub(crate) async fn reserve(
     work: &DeployWork,
     spec: &ServiceSpec,
     pod: &PodSpec,

@@ -451,20 +451,9 @@ pub async fn replace(server: &Server, svc: &str, inst: &str, why: &str) -> Resul
     rec.down_since_ms = None;
     rec.unreachable_since_ms = None;
     let msg = match placed {
-        Ok((agent, ports, needs)) => {
-            if !pod.volumes.is_empty() {
-                let id = crate::volumes::next_id(server).await?;
-                let retain = spec.recovery.retain_volumes_seconds;
-                let vrec = crate::volumes::new_record(server, &id, svc, inst, &agent, pod, retain);
-                extra.push(crate::volumes::put_op(&vrec)?);
-                rec.volume_id = Some(id.to_string());
-            }
-            rec.agent = Some(agent.clone());
-            rec.ports = ports;
-            rec.cpus_milli = needs.cpus_milli;
-            rec.memory_mb = needs.memory_mb;
-            rec.disk_mb = needs.disk_mb;
-            rec.pending_reason = None;
+        Ok(placed) => {
+            let agent = placed.0.clone();
+            extra.extend(crate::launch::reserve(&work, &spec, pod, inst, &mut rec, placed).await?);
             let vols =
                 rec.volume_id.as_deref().map(|v| format!(" with fresh volumes {v}")).unwrap_or_default();
             format!("replacing {inst} ({why}): incarnation {} on agent {agent}{vols} (was on {old_agent}; its volumes are retained)", rec.incarnation)
