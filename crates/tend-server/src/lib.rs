@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
 use tend_api::{TaskState, TaskStatus};
-use tend_model::{Clock, SharedClock, SystemClock};
+use tend_model::{SharedClock, SystemClock};
 use tend_plan::{Plan, PlanDef};
 use tend_spec::{Goal, ServiceSpec};
 use tend_store::StateStore;
@@ -57,6 +57,9 @@ pub struct ServerConfig {
     pub events_keep_ms: u64,
     /// Store revisions of history kept before compaction.
     pub history_keep_revisions: i64,
+    /// Derive the cluster id and epochs from this seed instead of the system's randomness:
+    /// a simulation replays byte for byte. `None` (the default) in every real control plane.
+    pub id_seed: Option<u64>,
 }
 
 impl ServerConfig {
@@ -73,6 +76,7 @@ impl ServerConfig {
             events_keep: 10_000,
             events_keep_ms: 7 * 86_400_000,
             history_keep_revisions: 1_000,
+            id_seed: None,
         }
     }
 }
@@ -137,6 +141,8 @@ pub struct Inner {
     pub epoch: String,
     /// When this control plane started (a fence wait after a restart counts from it).
     pub started_ms: u64,
+    /// The control plane's own loops, aborted by [`Server::stop`].
+    pub loops: Mutex<Vec<tokio::task::AbortHandle>>,
     /// This cluster's identity, created with its store; agents remember it.
     pub cluster_id: String,
     /// Serialises spec changes (each a compare-and-swap on the service record as well).
@@ -175,6 +181,18 @@ pub struct Inner {
 #[derive(Clone)]
 pub struct Server {
     pub inner: Arc<Inner>,
+}
+
+/// A fresh identifier: random, or derived from the configured seed, a purpose and a salt.
+fn fresh_id(cfg: &ServerConfig, purpose: &str, salt: u64, bytes: usize) -> anyhow::Result<String> {
+    match cfg.id_seed {
+        Some(seed) => {
+            use sha2::Digest;
+            let d = sha2::Sha256::digest(format!("{seed}/{purpose}/{salt}").as_bytes());
+            Ok(hex::encode(&d[..bytes.min(32)]))
+        }
+        None => random_hex(bytes),
+    }
 }
 
 fn random_hex(bytes: usize) -> anyhow::Result<String> {
@@ -249,11 +267,11 @@ impl Server {
     }
 
     /// Reads the cluster id, or creates it with a store that has none (a new cluster).
-    async fn cluster_id(store: &Arc<dyn StateStore>) -> anyhow::Result<(String, bool)> {
+    async fn cluster_id(cfg: &ServerConfig, store: &Arc<dyn StateStore>) -> anyhow::Result<(String, bool)> {
         if let Some(kv) = store.get(CLUSTER_ID_KEY).await? {
             return Ok((String::from_utf8_lossy(&kv.value).into_owned(), false));
         }
-        let id = format!("c-{}", random_hex(8)?);
+        let id = format!("c-{}", fresh_id(cfg, "cluster", 0, 8)?);
         let r = store
             .txn(
                 tend_store::Txn::new()
@@ -281,7 +299,7 @@ impl Server {
         std::fs::create_dir_all(&artifacts_dir)?;
         let api_token = token_file(&cfg.data_dir.join("token"))?;
         let cluster_token = token_file(&cfg.data_dir.join("cluster-token"))?;
-        let (cluster_id, created) = Self::cluster_id(&store).await?;
+        let (cluster_id, created) = Self::cluster_id(&cfg, &store).await?;
         let mut agents = BTreeMap::new();
         for kv in store.range("agents/").await?.kvs {
             let rec: AgentRecord =
@@ -295,9 +313,11 @@ impl Server {
             .last()
             .and_then(|kv| kv.key[7..].parse::<u64>().ok())
             .unwrap_or(0);
+        let started_ms = clock.now_ms();
         let inner = Arc::new(Inner {
-            epoch: random_hex(6)?,
-            started_ms: clock.now_ms(),
+            epoch: fresh_id(&cfg, "epoch", started_ms, 6)?,
+            started_ms,
+            loops: Mutex::new(Vec::new()),
             cluster_id,
             spec_lock: tokio::sync::Mutex::new(()),
             broken: Mutex::new(BTreeMap::new()),
@@ -309,8 +329,8 @@ impl Server {
             cluster_token,
             agents: RwLock::new(agents),
             services: Mutex::new(BTreeMap::new()),
-            // Starts at the wall clock so that an index from before a restart is always older.
-            desired_gen: watch::channel(SystemClock.now_ms()).0,
+            // Starts at the clock so that an index from before a restart is always older.
+            desired_gen: watch::channel(started_ms).0,
             status_gen: watch::channel(1).0,
             tasks_gen: watch::channel(1).0,
             launch_lock: tokio::sync::Mutex::new(()),
@@ -364,12 +384,30 @@ impl Server {
                 ),
             )
             .await;
-        tokio::spawn(server.clone().housekeeping());
-        tokio::spawn(server.clone().reconcile());
-        tokio::spawn(recovery::run(server.clone()));
         let tick = std::time::Duration::from_millis(server.inner.cfg.job_tick_ms.max(50));
-        tokio::spawn(jobs::run(server.clone(), tick));
+        let loops = vec![
+            tokio::spawn(server.clone().housekeeping()).abort_handle(),
+            tokio::spawn(server.clone().reconcile()).abort_handle(),
+            tokio::spawn(recovery::run(server.clone())).abort_handle(),
+            tokio::spawn(jobs::run(server.clone(), tick)).abort_handle(),
+        ];
+        server.inner.loops.lock().unwrap_or_else(|e| e.into_inner()).extend(loops);
         Ok(server)
+    }
+
+    /// Stops every loop and plan driver of this control plane at its next await, as a crash
+    /// would (the store keeps whatever was written); requests in flight still finish.
+    pub fn stop(&self) {
+        for h in self.inner.loops.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            h.abort();
+        }
+        let services: Vec<_> =
+            self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        for rt in services {
+            if let Some(d) = rt.lock().unwrap_or_else(|e| e.into_inner()).driver.take() {
+                d.abort();
+            }
+        }
     }
 
     /// Serves the API until `shutdown` resolves. Writes `address` into the data directory.

@@ -72,6 +72,7 @@ pub async fn run(server: Server) {
         volumes_due =
             tokio::time::timeout(Duration::from_millis(wait_ms.saturating_sub(100).max(1)), async {
                 tokio::select! {
+                    biased;
                     _ = status.changed() => false,
                     _ = desired.changed() => true,
                 }

@@ -1,0 +1,195 @@
+//! The phases of a run: workload and faults for `duration`; then faults stop (links heal,
+//! crashed agents and the control plane come back, a bad config is fixed) and the cluster must
+//! converge — every plan complete, every instance running and ready on its current config where
+//! the store says, nothing else running — within bounded simulated time; then a quiet window in
+//! which nothing may be relaunched without a cause.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tend_store::StateStore;
+
+use crate::world::World;
+
+/// Workload and faults until `duration`; Err at the first violation.
+pub async fn fault_phase(w: &Arc<World>) -> Result<(), String> {
+    let end = w.cfg.duration_s * 1_000;
+    let any_fault = w.faults != crate::faults::Faults::default();
+    let (w1, w2) = (w.clone(), w.clone());
+    w.spawn(async move {
+        loop {
+            let ms = w1.rng(|r| r.range(2_000, 12_000));
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            crate::workload::step(&w1).await;
+        }
+    });
+    if any_fault {
+        w.spawn(async move {
+            loop {
+                let ms = w2.rng(|r| r.range(500, 5_000));
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                crate::faults::inject(&w2).await;
+            }
+        });
+    }
+    while w.clock.elapsed_ms() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(v) = w.checks.first() {
+            return Err(v);
+        }
+    }
+    w.stop_spawned();
+    Ok(())
+}
+
+/// Faults stop; converge, then stay quiet. Ok: simulated ms it took to converge.
+pub async fn settle(w: &Arc<World>) -> Result<u64, String> {
+    w.calm();
+    w.trace.log("faults stop: links heal, crashed agents and the control plane come back");
+    w.start_control_plane().await;
+    for id in crate::faults::crashed(w) {
+        if let Some(ag) = w.agents.iter().find(|a| a.id == id) {
+            ag.start(w);
+        }
+    }
+    let fix: Vec<String> = w
+        .services
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(_, m)| m.bad || !m.exists)
+        .map(|(n, _)| n.clone())
+        .collect();
+    for name in fix {
+        w.model(&name, |m| {
+            m.generation += 1;
+            m.bad = false;
+            m.exists = true;
+        });
+        let r = crate::workload::push(w, &name).await;
+        w.op("fix", format!("fix {name}: {r:?}"));
+    }
+    let t0 = w.clock.elapsed_ms();
+    let limit = t0 + w.cfg.converge_s * 1_000;
+    let mut why;
+    loop {
+        if let Some(v) = w.checks.first() {
+            return Err(v);
+        }
+        match converged(w).await {
+            Ok(()) => break,
+            Err(e) => why = e,
+        }
+        if w.clock.elapsed_ms() >= limit {
+            return Err(format!("did not converge within {} s after faults stopped: {why}", w.cfg.converge_s));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let took = w.clock.elapsed_ms() - t0;
+    w.trace.log(format!("converged {took} ms after faults stopped"));
+    quiet(w).await?;
+    Ok(took)
+}
+
+/// Nothing is relaunched or restarted in a quiet window after convergence.
+async fn quiet(w: &Arc<World>) -> Result<(), String> {
+    let before = snapshot(w).await;
+    tokio::time::sleep(Duration::from_secs(w.cfg.quiet_s)).await;
+    let after = snapshot(w).await;
+    if before != after {
+        let changed: Vec<String> = after
+            .iter()
+            .filter(|(k, v)| before.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k}: {:?} -> {v:?}", before.get(k)))
+            .collect();
+        return Err(format!("relaunch without a cause in the quiet window: {}", changed.join("; ")));
+    }
+    if let Some(v) = w.checks.first() {
+        return Err(v);
+    }
+    converged(w).await.map_err(|e| format!("diverged in the quiet window: {e}"))
+}
+
+/// Per instance: the store's incarnation and, per agent, the incarnation running and its starts.
+async fn snapshot(w: &World) -> BTreeMap<String, (u64, u64)> {
+    let mut out = BTreeMap::new();
+    for kv in w.mem.range("services/").await.map(|r| r.kvs).unwrap_or_default() {
+        if let Ok(rec) = serde_json::from_slice::<tend_server::records::InstanceRecord>(&kv.value) {
+            if kv.key.contains("/instances/") {
+                out.insert(kv.key.clone(), (rec.incarnation, 0));
+            }
+        }
+    }
+    for ag in &w.agents {
+        let st = ag.lock();
+        for ((s, i), p) in &st.pods {
+            out.insert(format!("{}:{s}/{i}", ag.id), (p.a.incarnation, p.starts()));
+        }
+    }
+    out
+}
+
+/// Whether the cluster has converged: Err says what is still off.
+pub async fn converged(w: &World) -> Result<(), String> {
+    let server = w.net.server().ok_or("control plane down")?;
+    if !*server.inner.reconciled.borrow() {
+        return Err("control plane not reconciled with its agents".into());
+    }
+    let models = w.services.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut expected: BTreeMap<(String, String), (String, u64)> = BTreeMap::new();
+    for (name, m) in models.iter().filter(|(_, m)| m.exists) {
+        let rt = server.service(name).ok_or_else(|| format!("service {name} not loaded"))?;
+        let (plan, ids) = {
+            let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+            (rt.plans.get("deploy").cloned(), rt.identities.clone())
+        };
+        let plan = plan.ok_or_else(|| format!("{name}: no deploy plan"))?;
+        let view = tend_server::deploy::engine(&server, name).view(&plan).await.map_err(|e| e.to_string())?;
+        if view.status.as_str() != "complete" {
+            return Err(format!("{name}: deploy plan {}", view.status.as_str()));
+        }
+        let recs = server.instances(name).await.map_err(|e| e.to_string())?;
+        if recs.len() != m.count as usize {
+            return Err(format!("{name}: {} instance records, {} wanted", recs.len(), m.count));
+        }
+        for (inst, rec) in recs {
+            let agent = rec.agent.clone().ok_or_else(|| format!("{name}/{inst} not placed"))?;
+            if ids.get(&rec.pod) != Some(&rec.config) {
+                return Err(format!("{name}/{inst} not on the current config"));
+            }
+            let ag = w.agents.iter().find(|a| a.id == agent).ok_or_else(|| format!("{name}/{inst} on unknown agent"))?;
+            let st = ag.lock();
+            if !st.machine_up || !st.alive {
+                return Err(format!("{name}/{inst} on agent {agent}, which is down"));
+            }
+            let pod = st.pods.get(&(name.clone(), inst.clone()));
+            let pod = pod.ok_or_else(|| format!("{name}/{inst}#{} not running on {agent}", rec.incarnation))?;
+            if pod.a.incarnation != rec.incarnation || !pod.all_ready() {
+                return Err(format!(
+                    "{name}/{inst}: {agent} runs #{} (ready: {}), the store wants #{}",
+                    pod.a.incarnation,
+                    pod.all_ready(),
+                    rec.incarnation
+                ));
+            }
+            if Some(pod.a.volume_id.as_str()) != rec.volume_id.as_deref() {
+                return Err(format!("{name}/{inst} runs on volume set {}, the store says {:?}", pod.a.volume_id, rec.volume_id));
+            }
+            expected.insert((name.clone(), inst), (agent, rec.incarnation));
+        }
+    }
+    for ag in &w.agents {
+        let st = ag.lock();
+        if !st.machine_up {
+            continue;
+        }
+        for ((s, i), p) in &st.pods {
+            let k = (s.clone(), i.clone());
+            if expected.get(&k) != Some(&(ag.id.clone(), p.a.incarnation)) {
+                return Err(format!("agent {} still runs {s}/{i}#{} that the store does not give it", ag.id, p.a.incarnation));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! What users do to the simulated cluster: deploy two services (one in fence mode with a `once`
+//! task, a volume and a maintenance job; one in replace mode), then update them (good and bad
+//! configs), restart and replace instances, scale up, run jobs, delete and re-create a service.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tend_server::services::{submit, Submission};
+
+use crate::world::World;
+
+/// What the workload has asked of one service.
+#[derive(Clone, Debug)]
+pub struct SvcModel {
+    pub fence: bool,
+    pub count: u32,
+    pub generation: u64,
+    /// The last spec submitted has a crashing command (a failed update until fixed).
+    pub bad: bool,
+    pub exists: bool,
+}
+
+/// The spec text of a service.
+pub fn spec_yaml(name: &str, m: &SvcModel) -> String {
+    let cmd = if m.bad { "sim-crash" } else { "sim-serve" };
+    let (pod, partition) = if m.fence { ("db", "fence") } else { ("cache", "replace") };
+    let mut s = format!(
+        "version: 1\nname: {name}\npods:\n  {pod}:\n    count: {count}\n    volumes:\n      - {{ name: data, path: data, size_mb: 1 }}\n    tasks:\n",
+        count = m.count
+    );
+    if m.fence {
+        s.push_str("      init: { goal: once, cmd: sim-ok, cpus: 0.01, memory_mb: 1 }\n");
+    }
+    s.push_str(&format!(
+        "      server:\n        goal: running\n        cmd: {cmd} --generation {g}\n        cpus: 0.01\n        memory_mb: 1\n        readiness_check: {{ cmd: sim-ready, interval_seconds: 1 }}\n",
+        g = m.generation
+    ));
+    s.push_str(&format!(
+        "recovery:\n  failure_timeout_seconds: 20\n  on_partition: {partition}\n  fence_after_seconds: 5\n  backoff: {{ initial_seconds: 1, max_seconds: 8 }}\n  retain_volumes_seconds: 120\n"
+    ));
+    if m.fence {
+        s.push_str(&format!(
+            "jobs:\n  repair:\n    pod: {pod}\n    cmd: sim-job\n    interval_seconds: 30\n    timeout_seconds: 20\n    backoff_seconds: 5\n"
+        ));
+    }
+    s
+}
+
+/// Submits the service's current model to the control plane that is up.
+pub async fn push(w: &World, name: &str) -> Result<u64, String> {
+    let m = w.services.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+    let Some(m) = m else { return Err(format!("no service {name}")) };
+    let server = w.net.server().ok_or("control plane down")?;
+    let text = spec_yaml(name, &m);
+    let spec = tend_spec::load_service("sim.yml", &text).map_err(|r| r.to_string())?;
+    let sub = Submission {
+        spec,
+        text,
+        file: "sim.yml".into(),
+        artifacts: BTreeMap::new(),
+        expected_generation: None,
+        };
+    submit(&server, sub).await.map(|(_, g, _)| g).map_err(|(_, code, msg)| format!("{code}: {msg}"))
+}
+
+/// The initial services, sized to `instances` in all.
+pub fn initial(instances: usize) -> BTreeMap<String, SvcModel> {
+    let fence = (instances * 3 / 5).max(1) as u32;
+    let replace = (instances as u32).saturating_sub(fence).max(1);
+    let m = |fence: bool, count| SvcModel { fence, count, generation: 1, bad: false, exists: true };
+    BTreeMap::from([("alpha".to_string(), m(true, fence)), ("beta".to_string(), m(false, replace))])
+}
+
+fn instance_of(w: &World, svc: &str) -> Option<String> {
+    let m = w.services.lock().unwrap_or_else(|e| e.into_inner()).get(svc).cloned()?;
+    let pod = if m.fence { "db" } else { "cache" };
+    let i = w.rng(|r| r.below(m.count as u64));
+    Some(format!("{pod}-{i}"))
+}
+
+/// One random user operation.
+pub async fn step(w: &Arc<World>) {
+    let roll = w.rng(|r| r.below(100));
+    let svc = if w.rng(|r| r.chance(0.5)) { "alpha" } else { "beta" };
+    let exists = w.services.lock().unwrap_or_else(|e| e.into_inner()).get(svc).is_some_and(|m| m.exists);
+    let Some(server) = w.net.server() else {
+        w.trace.log("op skipped: control plane down");
+        return;
+    };
+    if !exists {
+        if roll < 50 {
+            w.model(svc, |m| m.exists = true);
+            let r = push(w, svc).await;
+            w.op("re-create", format!("re-create {svc}: {r:?}"));
+        }
+        return;
+    }
+    let (what, detail) = match roll {
+        0..=29 => {
+            w.model(svc, |m| {
+                m.generation += 1;
+                m.bad = false;
+            });
+            ("update", format!("update {svc}: {:?}", push(w, svc).await))
+        }
+        30..=39 if w.faults.bad_config => {
+            w.model(svc, |m| {
+                m.generation += 1;
+                m.bad = true;
+            });
+            ("bad-update", format!("bad update {svc}: {:?}", push(w, svc).await))
+        }
+        40..=54 => {
+            let Some(i) = instance_of(w, svc) else { return };
+            let r = tend_server::recovery::restart_in_place(&server, svc, &i).await;
+            ("restart", format!("restart {svc}/{i}: {r:?}"))
+        }
+        55..=64 => {
+            let Some(i) = instance_of(w, svc) else { return };
+            let r = tend_server::recovery::replace(&server, svc, &i, "operator asked (sim)").await;
+            ("replace", format!("replace {svc}/{i}: {r:?}"))
+        }
+        65..=74 => {
+            let cap = w.cfg.instances as u32 * 2;
+            let grew = w.model(svc, |m| {
+                let grow = m.count < cap;
+                if grow {
+                    m.count += 1;
+                }
+                grow
+            });
+            if !grew {
+                return;
+            }
+            ("scale", format!("scale up {svc}: {:?}", push(w, svc).await))
+        }
+        75..=84 if svc == "alpha" => {
+            let Some(i) = instance_of(w, svc) else { return };
+            let r = tend_server::jobs::request_run(&server, svc, "repair", &i).await.map_err(|e| e.to_string());
+            ("job-run", format!("run job repair on {svc}/{i}: {r:?}"))
+        }
+        85..=92 if svc == "beta" => {
+            let r = tend_server::services::delete(&server, svc, Duration::from_secs(5)).await;
+            w.model(svc, |m| {
+                m.exists = false;
+                m.generation = 1;
+            });
+            ("delete", format!("delete {svc}: {:?}", r.map(|d| d.unconfirmed).map_err(|e| e.2)))
+        }
+        _ => return,
+    };
+    w.op(what, detail);
+}
