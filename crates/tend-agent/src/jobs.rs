@@ -134,6 +134,9 @@ async fn execute(ctx: &PodCtx, a: &Assignment, r: &JobRun, runner: &JobRunner) -
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    // A run dies with its agent: a restarted agent does not know it, and the control plane may
+    // start the job again elsewhere once its lease ends (a job never runs twice at once).
+    crate::pod::die_with_agent(&mut c);
     let mut child = match c.spawn() {
         Ok(ch) => ch,
         Err(e) => return done(tend_api::RunState::Failed, None, format!("cannot start: {e}")),

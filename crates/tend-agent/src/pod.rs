@@ -231,7 +231,31 @@ impl Proc {
     }
 }
 
-fn spawn(sandbox: &Path, t: &TaskLaunch, env: &BTreeMap<String, String>) -> std::io::Result<Proc> {
+/// Makes the process about to run die with this agent (SIGKILL when the thread that spawned it
+/// ends, i.e. when the agent dies). Fence mode needs it: the agent that would fence a task is gone,
+/// and the control plane replaces the instance after the fence time. Only the direct child gets it
+/// (`sh -c CMD` execs a simple command; other processes of a compound command survive).
+pub fn die_with_agent(c: &mut tokio::process::Command) {
+    let parent = std::process::id() as i32;
+    // SAFETY: the closure runs in the forked child before exec and only makes the prctl and
+    // getppid system calls, which are async-signal-safe.
+    unsafe {
+        c.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+            if nix::unistd::getppid().as_raw() != parent {
+                return Err(std::io::Error::other("the agent died while starting the task"));
+            }
+            Ok(())
+        });
+    }
+}
+
+fn spawn(
+    sandbox: &Path,
+    t: &TaskLaunch,
+    env: &BTreeMap<String, String>,
+    fenced: bool,
+) -> std::io::Result<Proc> {
     let open = |suffix: &str| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -247,6 +271,9 @@ fn spawn(sandbox: &Path, t: &TaskLaunch, env: &BTreeMap<String, String>) -> std:
         .stdout(open("stdout")?)
         .stderr(open("stderr")?)
         .process_group(0);
+    if fenced {
+        die_with_agent(&mut c);
+    }
     let child = c.spawn()?;
     let pid = child.id().ok_or_else(|| std::io::Error::other("process exited at once"))?;
     Ok(Proc::Child { child, pgid: Pid::from_raw(pid as i32) })
@@ -376,7 +403,7 @@ pub async fn run_pod(ctx: Arc<PodCtx>, a: Assignment, mut cancel: watch::Receive
             continue;
         }
         let env = task_env(&ctx, &a, t, &sandbox);
-        let mut p = match spawn(&sandbox, t, &env) {
+        let mut p = match spawn(&sandbox, t, &env, a.fence_after_ms.is_some()) {
             Ok(p) => p,
             Err(e) => {
                 board.set(status(&a, t, TaskState::Failed, Some(format!("cannot start: {e}"))));
@@ -475,7 +502,7 @@ async fn supervise(sup: Supervised, mut adopt: Option<(Proc, u32)>, mut cancel: 
                 restarts = r;
                 (p, true)
             }
-            None => match spawn(&sandbox, &t, &env) {
+            None => match spawn(&sandbox, &t, &env, a.fence_after_ms.is_some()) {
                 Ok(p) => (p, false),
                 Err(e) => {
                     board.set(status(&a, &t, TaskState::Failed, Some(format!("cannot start: {e}"))));

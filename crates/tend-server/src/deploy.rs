@@ -20,9 +20,17 @@ pub fn engine(server: &Server, service: &str) -> Engine {
         .with_max_parallel(1024)
 }
 
+/// First wait before a failed deploy step is tried again (doubling up to `STEP_RETRY_MAX_MS`).
+pub const STEP_RETRY_MS: u64 = 30_000;
+pub const STEP_RETRY_MAX_MS: u64 = 300_000;
+
 /// Runs a service's deploy plan whenever it is triggered (spec change, operator action, start).
+/// A failed step is tried again after a backoff (level-triggered: a step that failed because its
+/// agent was lost completes once recovery replaced the instance; a bad config fails again, and
+/// says so, without relaunching anything).
 pub async fn drive(server: Server, service: String) {
     server.wait_reconciled().await;
+    let mut retry_ms = STEP_RETRY_MS;
     loop {
         let Some(rt) = server.service(&service) else { return };
         let (plan, trigger) = {
@@ -32,9 +40,10 @@ pub async fn drive(server: Server, service: String) {
         let notified = trigger.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        if let Some(plan) = plan {
+        let mut failed: Vec<String> = Vec::new();
+        if let Some(plan) = &plan {
             let work = DeployWork { server: server.clone(), service: service.clone() };
-            match engine(&server, &service).run(&plan, &work, &NoObserver).await {
+            match engine(&server, &service).run(plan, &work, &NoObserver).await {
                 Ok(s) if s.complete() => {
                     let msg = format!(
                         "deploy plan complete: {} step(s) did work, {} already done",
@@ -47,6 +56,7 @@ pub async fn drive(server: Server, service: String) {
                     for (step, e) in &s.failed {
                         server.event(Some(&service), "plan", format!("deploy step {step} failed: {e}")).await;
                     }
+                    failed = s.failed.iter().map(|(step, _)| step.clone()).collect();
                 }
                 Err(e) => {
                     tracing::error!(%service, error = %e, "deploy plan could not run");
@@ -55,7 +65,22 @@ pub async fn drive(server: Server, service: String) {
                 }
             }
         }
-        notified.await;
+        let (Some(plan), false) = (plan, failed.is_empty()) else {
+            retry_ms = STEP_RETRY_MS;
+            notified.await;
+            continue;
+        };
+        if tokio::time::timeout(Duration::from_millis(retry_ms), notified).await.is_ok() {
+            retry_ms = STEP_RETRY_MS;
+            continue;
+        }
+        retry_ms = (retry_ms * 2).min(STEP_RETRY_MAX_MS);
+        for step in failed {
+            let target = tend_plan::Target::Step(step.clone());
+            if engine(&server, &service).restart(&plan, &target).await.is_ok() {
+                server.event(Some(&service), "plan", format!("retrying deploy step {step}")).await;
+            }
+        }
     }
 }
 

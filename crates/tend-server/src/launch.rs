@@ -243,6 +243,10 @@ async fn decide(work: &DeployWork, instance: &str, snapshot: &mut Option<Snapsho
             }
         }
     }
+    if rec.incarnation == 0 {
+        // A first launch starts above any incarnation a deleted service's namesake reached.
+        rec.incarnation = crate::services::incarnation_floor(&work.server, &work.service, instance).await?;
+    }
     rec.incarnation += 1;
     rec.config = target;
     rec.launched_ms = work.server.now_ms();

@@ -27,6 +27,13 @@ pub fn volume_key(id: &str) -> String {
     format!("volumes/{id}")
 }
 pub const VOLUMES_PREFIX: &str = "volumes/";
+
+/// The highest incarnation an instance of a deleted service reached: a re-created service's
+/// instance starts above it, so incarnation numbers of an instance name only ever grow (an
+/// agent that still runs the old incarnation is never told a lower number for the same name).
+pub fn incarnation_floor_key(service: &str, instance: &str) -> String {
+    format!("meta/incarnation-floor/{service}/{instance}")
+}
 /// The cluster's identity: created with the store, remembered by every agent.
 pub const CLUSTER_ID_KEY: &str = "meta/cluster-id";
 /// The counter volume ids are drawn from (never reused).

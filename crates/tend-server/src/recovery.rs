@@ -365,7 +365,9 @@ async fn service_pass(
         views.push(InstanceView {
             instance: inst.clone(),
             health: a.health,
-            replacing: is_replacing,
+            // A replacement whose new config then failed (blocked) is no longer under way: it
+            // must not hold the replacement limit against other instances forever.
+            replacing: is_replacing && a.blocked.is_none(),
             // A blocked instance is not the failure monitor's to replace.
             busy: held || a.blocked.is_some(),
             min_unreachable_ms: policy.fence_ms,

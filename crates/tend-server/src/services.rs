@@ -115,6 +115,10 @@ pub async fn delete(s: &Server, name: &str, wait: Duration) -> Result<Deleted, R
         .then(TxnOp::DeletePrefix { prefix: crate::jobs::pace_prefix(name) });
     let mut retained = Vec::new();
     for (inst, rec) in &instances {
+        let floor = incarnation_floor(s, name, inst).await.map_err(|e| (503, "store", e))?;
+        if rec.incarnation > floor {
+            txn = txn.then(TxnOp::put(incarnation_floor_key(name, inst), rec.incarnation.to_string()));
+        }
         if let Some(id) = &rec.volume_id {
             let reason = format!("service `{name}` deleted ({inst})");
             if let Some(op) =
@@ -151,6 +155,12 @@ pub async fn delete(s: &Server, name: &str, wait: Duration) -> Result<Deleted, R
     };
     s.event(Some(name), "service", msg).await;
     Ok(Deleted { stopped: live, retained_volumes: retained, unconfirmed })
+}
+
+/// The highest incarnation a deleted service's instance of this name reached (0: none).
+pub async fn incarnation_floor(s: &Server, service: &str, instance: &str) -> Result<u64, String> {
+    let kv = s.inner.store.get(&incarnation_floor_key(service, instance)).await.map_err(|e| e.to_string())?;
+    Ok(kv.and_then(|kv| String::from_utf8_lossy(&kv.value).trim().parse().ok()).unwrap_or(0))
 }
 
 /// Agents still reporting a live task of `service` after `wait` (empty: all confirmed).

@@ -132,8 +132,13 @@ impl SimAgent {
         st.released.clear();
         st.ghosts.clear();
         st.conflict = None;
-        let jobs = std::mem::take(&mut st.jobs);
-        st.orphan_jobs.extend(jobs.into_values().filter(|j| j.result.state == RunState::Running));
+        // Job runs and fence-mode tasks die with their agent (the real agent spawns them with a
+        // parent-death signal); other tasks keep running and are re-adopted.
+        st.jobs.clear();
+        let now = st.clock.now_ms();
+        for p in st.pods.values_mut().filter(|p| p.a.fence_after_ms.is_some()) {
+            p.die(now);
+        }
     }
 
     /// The machine is gone for good, with everything on it.

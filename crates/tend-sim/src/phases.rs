@@ -82,7 +82,11 @@ pub async fn settle(w: &Arc<World>) -> Result<u64, String> {
             Err(e) => why = e,
         }
         if w.clock.elapsed_ms() >= limit {
-            return Err(format!("did not converge within {} s after faults stopped: {why}", w.cfg.converge_s));
+            let board = recovery_board(w);
+            return Err(format!(
+                "did not converge within {} s after faults stopped: {why}; recovery: {board}",
+                w.cfg.converge_s
+            ));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -192,4 +196,20 @@ pub async fn converged(w: &World) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What the control plane's recovery shows (for a failure message).
+fn recovery_board(w: &World) -> String {
+    let Some(server) = w.net.server() else { return "control plane down".into() };
+    let board = server.inner.recovery.lock().unwrap_or_else(|e| e.into_inner());
+    let v: Vec<String> = board
+        .entries
+        .iter()
+        .map(|((s, i), e)| format!("{s}/{i} {}: {}", e.state, e.message))
+        .collect();
+    if v.is_empty() {
+        "nothing".into()
+    } else {
+        v.join("; ")
+    }
 }
