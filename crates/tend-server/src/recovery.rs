@@ -362,12 +362,13 @@ async fn service_pass(
             let fenced = since_ms + policy.fence_ms;
             next = earliest(next, (fenced > now).then_some(fenced));
         }
+        // A replacement is under way while it starts; once it is down itself (its new agent
+        // lost, its tasks stopped, or its config failed) it is judged like any other instance
+        // and must not hold the replacement limit forever.
         views.push(InstanceView {
             instance: inst.clone(),
+            replacing: is_replacing && a.health == Health::Up,
             health: a.health,
-            // A replacement whose new config then failed (blocked) is no longer under way: it
-            // must not hold the replacement limit against other instances forever.
-            replacing: is_replacing && a.blocked.is_none(),
             // A blocked instance is not the failure monitor's to replace.
             busy: held || a.blocked.is_some(),
             min_unreachable_ms: policy.fence_ms,
