@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tend_model::Clock;
 use tend_store::StateStore;
 
 use crate::world::World;
@@ -169,6 +170,19 @@ pub async fn converged(w: &World) -> Result<(), String> {
             }
             let pod = st.pods.get(&(name.clone(), inst.clone()));
             let pod = pod.ok_or_else(|| format!("{name}/{inst}#{} not running on {agent}", rec.incarnation))?;
+            if !pod.settled(st.clock.now_ms()) {
+                return Err(format!("{name}/{inst} still inside a crash loop's reset window"));
+            }
+            if let Some(e) = server
+                .inner
+                .recovery
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entries
+                .get(&(name.clone(), inst.clone()))
+            {
+                return Err(format!("{name}/{inst}: recovery shows {}: {}", e.state, e.message));
+            }
             if pod.a.incarnation != rec.incarnation || !pod.all_ready() {
                 return Err(format!(
                     "{name}/{inst}: {agent} runs #{} (ready: {}), the store wants #{}",

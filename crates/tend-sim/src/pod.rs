@@ -111,6 +111,16 @@ impl SimPod {
                 .all(|t| t.status.state == TaskState::Running && t.status.ready)
     }
 
+    /// Out of any crash loop: every long-running task has run past the backoff's reset window
+    /// since its last quick exit (until then a recovered task may still count as down).
+    pub fn settled(&self, now: u64) -> bool {
+        let reset = self.a.backoff.reset_after_ms;
+        self.tasks
+            .iter()
+            .filter(|t| t.launch.goal == TaskGoal::Running)
+            .all(|t| t.crash.consecutive < 2 || now.saturating_sub(t.started) >= reset)
+    }
+
     /// How many times its tasks were started (first starts and restarts in place).
     pub fn starts(&self) -> u64 {
         self.tasks
