@@ -170,6 +170,10 @@ pub async fn converged(w: &World) -> Result<(), String> {
             }
             let pod = st.pods.get(&(name.clone(), inst.clone()));
             let pod = pod.ok_or_else(|| format!("{name}/{inst}#{} not running on {agent}", rec.incarnation))?;
+            let key = (name.clone(), inst.clone());
+            if st.adoptable.contains(&key) || !pod.processes_alive(st.clock.now_ms()) {
+                return Err(format!("{name}/{inst} on {agent} not re-adopted yet"));
+            }
             if !pod.settled(st.clock.now_ms()) {
                 return Err(format!("{name}/{inst} still inside a crash loop's reset window"));
             }
