@@ -191,6 +191,7 @@ async fn post_status(st: &AgentState, seq: u64) -> anyhow::Result<()> {
         released_volumes: released,
         conflict: st.conflict.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         job_results: st.jobs.results(),
+        revision: Some(st.cluster.lock().unwrap_or_else(|e| e.into_inner()).revision),
     };
     let r = st
         .http

@@ -327,6 +327,10 @@ pub struct StatusReport {
     /// Set while the agent refuses the control plane's desired state (and why).
     #[serde(default)]
     pub conflict: Option<String>,
+    /// The highest store revision whose desired state the agent obeyed: a report confirms that
+    /// something is stopped only once the agent has seen a desired state at least this new.
+    #[serde(default)]
+    pub revision: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

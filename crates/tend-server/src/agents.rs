@@ -68,7 +68,10 @@ impl AgentProtocol for Server {
             let mut agents = self.inner.agents.write().unwrap_or_else(|e| e.into_inner());
             let known = agents.contains_key(&rec.id);
             let tasks = agents.get(&rec.id).map(|a| a.tasks.clone()).unwrap_or_default();
-            agents.insert(rec.id.clone(), AgentLive::new(rec.clone(), Some(self.now_ms()), tasks));
+            let revision = agents.get(&rec.id).and_then(|a| a.revision);
+            let mut live = AgentLive::new(rec.clone(), Some(self.now_ms()), tasks);
+            live.revision = revision;
+            agents.insert(rec.id.clone(), live);
             known
         };
         let what = if known { "re-registered" } else { "joined" };
@@ -95,9 +98,10 @@ impl AgentProtocol for Server {
     async fn status(&self, agent: &str, r: StatusReport) -> Result<StatusAck, Refusal> {
         let changed = {
             let mut agents = self.inner.agents.write().unwrap_or_else(|e| e.into_inner());
-            agents
-                .get_mut(agent)
-                .is_some_and(|a| std::mem::replace(&mut a.conflict, r.conflict.clone()) != r.conflict)
+            agents.get_mut(agent).is_some_and(|a| {
+                a.revision = r.revision;
+                std::mem::replace(&mut a.conflict, r.conflict.clone()) != r.conflict
+            })
         };
         if changed {
             let msg = match &r.conflict {

@@ -180,7 +180,9 @@ async fn launch_batch(
                     let msg = format!("{} cannot be placed: {reason}", key.1);
                     work.server.event(Some(&key.0), "pending", msg).await;
                 }
-                r.map(|_| false)
+                // Agents hear of the new revision (a fence wait needs the old agent to have
+                // obeyed a desired state at least as new as this record).
+                r.map(|_| true)
             }
             Ok(Plan::Launch { rec, rev, extra }) => {
                 // Intent before action: the store holds "incarnation N of P on A" before any agent sees it.
@@ -221,7 +223,7 @@ async fn decide(work: &DeployWork, instance: &str, snapshot: &mut Option<Snapsho
     }
     let mut extra = Vec::new();
     if rec.agent.is_none() {
-        if let Some(reason) = fence_wait(work, &spec, instance, &rec) {
+        if let Some(reason) = fence_wait(work, &spec, instance, (&rec, rev)) {
             if rec.pending_reason.as_deref() == Some(reason.as_str()) {
                 return Ok(Plan::Nothing);
             }
@@ -258,8 +260,15 @@ async fn decide(work: &DeployWork, instance: &str, snapshot: &mut Option<Snapsho
 /// Fence mode: a replacement is placed only once the old incarnation is surely dead — its agent
 /// reported, after the replacement was decided, that it runs nothing of the instance, or it has
 /// been silent for the fence time plus the margin (it killed the tasks itself). Some(why) while
-/// waiting.
-fn fence_wait(work: &DeployWork, spec: &ServiceSpec, instance: &str, rec: &InstanceRecord) -> Option<String> {
+/// waiting. The report must come from an agent that has obeyed a desired state at least as new
+/// as the release (`rev`, the record's revision): a desired state sent before the release, still
+/// in flight, could otherwise start the old incarnation again after the agent said it stopped.
+fn fence_wait(
+    work: &DeployWork,
+    spec: &ServiceSpec,
+    instance: &str,
+    (rec, rev): (&InstanceRecord, i64),
+) -> Option<String> {
     if spec.recovery.on_partition != tend_spec::OnPartition::Fence {
         return None;
     }
@@ -270,12 +279,17 @@ fn fence_wait(work: &DeployWork, spec: &ServiceSpec, instance: &str, rec: &Insta
     let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
     let (seen, confirmed) = match agents.get(old) {
         Some(a) => {
-            let live = a
-                .instance_tasks(&work.service, instance)
-                .any(|t| matches!(t.state, tend_api::TaskState::Running | tend_api::TaskState::Starting));
+            // A task waiting out its restart backoff is live too: its agent will start it again.
+            let live = a.instance_tasks(&work.service, instance).any(|t| {
+                matches!(t.state, tend_api::TaskState::Running | tend_api::TaskState::Starting)
+                    || t.next_restart_ms.is_some()
+            });
             (
                 a.last_seen_ms,
-                a.last_seen_ms.is_some_and(|t| t > rec.replaced_ms) && server.agent_up(a) && !live,
+                a.last_seen_ms.is_some_and(|t| t > rec.replaced_ms)
+                    && server.agent_up(a)
+                    && !live
+                    && a.revision.is_none_or(|r| r >= rev.max(0) as u64),
             )
         }
         None => (None, false),

@@ -90,6 +90,9 @@ pub struct AgentLive {
     pub tasks: Vec<TaskStatus>,
     /// Set while the agent refuses this control plane's desired state (and why).
     pub conflict: Option<String>,
+    /// The highest store revision whose desired state the agent says it obeyed (None: an agent
+    /// that does not say).
+    pub revision: Option<u64>,
     /// Positions in `tasks` by (service, instance): lookups stay O(1) as agents grow.
     pub index: std::collections::HashMap<(String, String), Vec<usize>>,
 }
@@ -97,7 +100,14 @@ pub struct AgentLive {
 impl AgentLive {
     pub fn new(record: AgentRecord, last_seen_ms: Option<u64>, tasks: Vec<TaskStatus>) -> AgentLive {
         let mut a =
-            AgentLive { record, last_seen_ms, tasks: Vec::new(), conflict: None, index: Default::default() };
+            AgentLive {
+            record,
+            last_seen_ms,
+            tasks: Vec::new(),
+            conflict: None,
+            revision: None,
+            index: Default::default(),
+        };
         a.set_tasks(tasks);
         a
     }

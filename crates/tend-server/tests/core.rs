@@ -182,6 +182,7 @@ async fn an_in_process_agent_deploys_a_service_through_the_protocol() {
         released_volumes: Vec::new(),
         job_results: Vec::new(),
         conflict: None,
+        revision: None,
     };
     let mut complete = false;
     for seq in 1..100 {

@@ -253,6 +253,7 @@ fn report(ag: &SimAgent) -> StatusReport {
         released_volumes: st.released.clone(),
         job_results: st.jobs.values().map(|j| j.result.clone()).collect(),
         conflict: st.conflict.clone(),
+        revision: Some(st.mem.revision),
     }
 }
 

@@ -162,6 +162,7 @@ pub(crate) async fn tick_loop(ag: Arc<SimAgent>, w: Arc<World>) {
                     for mut t in p.statuses() {
                         t.state = TaskState::Killed;
                         t.ready = false;
+                        t.next_restart_ms = None;
                         t.message = Some(format!("fenced: no contact with the control plane for {silent} ms"));
                         st.ghosts.push(t);
                     }
