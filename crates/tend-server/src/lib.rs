@@ -99,8 +99,7 @@ pub struct AgentLive {
 
 impl AgentLive {
     pub fn new(record: AgentRecord, last_seen_ms: Option<u64>, tasks: Vec<TaskStatus>) -> AgentLive {
-        let mut a =
-            AgentLive {
+        let mut a = AgentLive {
             record,
             last_seen_ms,
             tasks: Vec::new(),
@@ -153,6 +152,8 @@ pub struct Inner {
     pub started_ms: u64,
     /// The control plane's own loops, aborted by [`Server::stop`].
     pub loops: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Set by [`Server::stop`]: nothing new is started afterwards.
+    pub stopped: std::sync::atomic::AtomicBool,
     /// This cluster's identity, created with its store; agents remember it.
     pub cluster_id: String,
     /// Serialises spec changes (each a compare-and-swap on the service record as well).
@@ -328,6 +329,7 @@ impl Server {
             epoch: fresh_id(&cfg, "epoch", started_ms, 6)?,
             started_ms,
             loops: Mutex::new(Vec::new()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             cluster_id,
             spec_lock: tokio::sync::Mutex::new(()),
             broken: Mutex::new(BTreeMap::new()),
@@ -408,6 +410,7 @@ impl Server {
     /// Stops every loop and plan driver of this control plane at its next await, as a crash
     /// would (the store keeps whatever was written); requests in flight still finish.
     pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
         for h in self.inner.loops.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             h.abort();
         }
@@ -492,6 +495,9 @@ impl Server {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(name.clone(), Arc::new(Mutex::new(rt)));
+        }
+        if self.inner.stopped.load(Ordering::SeqCst) {
+            return Ok(()); // A stopped control plane starts nothing (a request still in flight).
         }
         let driver = tokio::spawn(deploy::drive(self.clone(), name.clone()));
         if let Some(rt) = self.service(&name) {

@@ -240,12 +240,8 @@ async fn main_loop(ag: Arc<SimAgent>, w: Arc<World>) {
 fn report(ag: &SimAgent) -> StatusReport {
     let mut st = ag.lock();
     st.seq += 1;
-    let mut tasks: Vec<TaskStatus> = st
-        .pods
-        .iter()
-        .filter(|(k, _)| !st.adoptable.contains(*k))
-        .flat_map(|(_, p)| p.statuses())
-        .collect();
+    let mut tasks: Vec<TaskStatus> =
+        st.pods.iter().filter(|(k, _)| !st.adoptable.contains(*k)).flat_map(|(_, p)| p.statuses()).collect();
     tasks.extend(st.ghosts.iter().cloned());
     StatusReport {
         seq: st.seq,
@@ -301,10 +297,8 @@ async fn desired_loop(ag: &Arc<SimAgent>, w: &Arc<World>) {
     let mut failures = 0;
     loop {
         let id = ag.id.clone();
-        let r = w
-            .net
-            .call(&ag.id, |s| async move { s.desired(&id, index, Duration::from_secs(20)).await })
-            .await;
+        let r =
+            w.net.call(&ag.id, |s| async move { s.desired(&id, index, Duration::from_secs(20)).await }).await;
         let desired = match r {
             Ok(d) => d,
             Err(NetError::Refused(404, _)) => return,

@@ -62,9 +62,8 @@ impl Checks {
         };
         match rec {
             Some(r) if r.state == VolumeRecordState::Deleting => {}
-            Some(r) => {
-                self.violate(w, format!("agent {agent} deletes volume set {id} whose record is {:?}", r.state))
-            }
+            Some(r) => self
+                .violate(w, format!("agent {agent} deletes volume set {id} whose record is {:?}", r.state)),
             // Gone already: a late release of a confirmed deletion is harmless only if nothing owns it.
             None => {}
         }
@@ -90,13 +89,18 @@ impl Checks {
                 live.entry(k).or_default().push((ag.id.clone(), inc, fence));
             }
             for r in ag.running_jobs() {
-                jobs.entry((r.service.clone(), r.job.clone())).or_default().push(format!("{}@{}", r.run_id, ag.id));
+                jobs.entry((r.service.clone(), r.job.clone()))
+                    .or_default()
+                    .push(format!("{}@{}", r.run_id, ag.id));
             }
         }
         for ((svc, inst), v) in live {
             if v.len() > 1 && v.iter().any(|(_, _, fence)| *fence) {
                 let who: Vec<String> = v.iter().map(|(a, i, _)| format!("#{i} on {a}")).collect();
-                self.violate(w, format!("two live incarnations of fence-mode {svc}/{inst}: {}", who.join(", ")));
+                self.violate(
+                    w,
+                    format!("two live incarnations of fence-mode {svc}/{inst}: {}", who.join(", ")),
+                );
             }
         }
         for ((svc, job), v) in jobs {
@@ -118,7 +122,8 @@ impl Checks {
             let key = (svc.to_string(), inst.to_string());
             let max = seen.entry(key).or_insert(0);
             if rec.incarnation < *max {
-                let msg = format!("incarnation of {svc}/{inst} went back from {} to {}", *max, rec.incarnation);
+                let msg =
+                    format!("incarnation of {svc}/{inst} went back from {} to {}", *max, rec.incarnation);
                 self.violate(w, msg);
             }
             *max = (*max).max(rec.incarnation);

@@ -91,7 +91,9 @@ impl FromStr for Faults {
         for name in s.split(',').map(str::trim) {
             match f.flag(name) {
                 Some(flag) => *flag = true,
-                None => return Err(format!("unknown fault `{name}`; known: all, none, {}", NAMES.join(", "))),
+                None => {
+                    return Err(format!("unknown fault `{name}`; known: all, none, {}", NAMES.join(", ")))
+                }
             }
         }
         Ok(f)
@@ -137,13 +139,16 @@ pub async fn inject(w: &Arc<World>) -> bool {
             };
             let ms = w.rng(|r| r.range(500, 30_000));
             w.net.cut(&ag.id, up, down, ms);
-            w.fault("partition", format!("agent {} cut off (requests lost: {up}, answers lost: {down}) for {ms} ms", ag.id));
+            w.fault(
+                "partition",
+                format!("agent {} cut off (requests lost: {up}, answers lost: {down}) for {ms} ms", ag.id),
+            );
         }
         3 if f.control_plane_crash => {
             if w.net.server().is_none() {
                 return false;
             }
-            w.net.set_server(None);
+            w.crash_control_plane();
             let down = w.rng(|r| r.range(100, 6_000));
             w.fault("control-plane-crash", format!("control plane crashes for {down} ms"));
             let w2 = w.clone();

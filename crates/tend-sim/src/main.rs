@@ -76,7 +76,10 @@ fn main() -> std::process::ExitCode {
             Err(f) => {
                 failed += 1;
                 if a.json {
-                    println!("{}", serde_json::json!({"seed": seed, "ok": false, "message": f.message, "replay": f.replay}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"seed": seed, "ok": false, "message": f.message, "replay": f.replay})
+                    );
                 }
                 eprintln!("seed {seed}: {f}");
             }

@@ -112,7 +112,8 @@ impl Net {
 
     /// Whether to deliver a message twice.
     pub fn duplicate(&self) -> bool {
-        self.messy.load(std::sync::atomic::Ordering::Relaxed) && self.rng.lock().unwrap_or_else(|e| e.into_inner()).chance(0.03)
+        self.messy.load(std::sync::atomic::Ordering::Relaxed)
+            && self.rng.lock().unwrap_or_else(|e| e.into_inner()).chance(0.03)
     }
 
     /// One request of `agent` to the control plane that is up.

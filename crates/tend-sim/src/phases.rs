@@ -54,14 +54,10 @@ pub async fn settle(w: &Arc<World>) -> Result<u64, String> {
             ag.start(w);
         }
     }
-    let fix: Vec<String> = w
-        .services
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter(|(_, m)| m.bad || !m.exists)
-        .map(|(n, _)| n.clone())
-        .collect();
+    let fix: Vec<String> =
+        w.services.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(n, _)| n.clone()).collect();
+    // The user applies every spec once more (an operation cut short by the end of the fault
+    // phase may not have reached the control plane), with a bad config fixed.
     for name in fix {
         w.model(&name, |m| {
             m.generation += 1;
@@ -84,8 +80,9 @@ pub async fn settle(w: &Arc<World>) -> Result<u64, String> {
         }
         if w.clock.elapsed_ms() >= limit {
             let board = recovery_board(w);
+            let models = w.services.lock().unwrap_or_else(|e| e.into_inner()).clone();
             return Err(format!(
-                "did not converge within {} s after faults stopped: {why}; recovery: {board}",
+                "did not converge within {} s after faults stopped: {why}; recovery: {board}; workload: {models:?}",
                 w.cfg.converge_s
             ));
         }
@@ -163,13 +160,18 @@ pub async fn converged(w: &World) -> Result<(), String> {
             if ids.get(&rec.pod) != Some(&rec.config) {
                 return Err(format!("{name}/{inst} not on the current config"));
             }
-            let ag = w.agents.iter().find(|a| a.id == agent).ok_or_else(|| format!("{name}/{inst} on unknown agent"))?;
+            let ag = w
+                .agents
+                .iter()
+                .find(|a| a.id == agent)
+                .ok_or_else(|| format!("{name}/{inst} on unknown agent"))?;
             let st = ag.lock();
             if !st.machine_up || !st.alive {
                 return Err(format!("{name}/{inst} on agent {agent}, which is down"));
             }
             let pod = st.pods.get(&(name.clone(), inst.clone()));
-            let pod = pod.ok_or_else(|| format!("{name}/{inst}#{} not running on {agent}", rec.incarnation))?;
+            let pod =
+                pod.ok_or_else(|| format!("{name}/{inst}#{} not running on {agent}", rec.incarnation))?;
             let key = (name.clone(), inst.clone());
             if st.adoptable.contains(&key) || !pod.processes_alive(st.clock.now_ms()) {
                 return Err(format!("{name}/{inst} on {agent} not re-adopted yet"));
@@ -196,7 +198,10 @@ pub async fn converged(w: &World) -> Result<(), String> {
                 ));
             }
             if Some(pod.a.volume_id.as_str()) != rec.volume_id.as_deref() {
-                return Err(format!("{name}/{inst} runs on volume set {}, the store says {:?}", pod.a.volume_id, rec.volume_id));
+                return Err(format!(
+                    "{name}/{inst} runs on volume set {}, the store says {:?}",
+                    pod.a.volume_id, rec.volume_id
+                ));
             }
             expected.insert((name.clone(), inst), (agent, rec.incarnation));
         }
@@ -209,7 +214,10 @@ pub async fn converged(w: &World) -> Result<(), String> {
         for ((s, i), p) in &st.pods {
             let k = (s.clone(), i.clone());
             if expected.get(&k) != Some(&(ag.id.clone(), p.a.incarnation)) {
-                return Err(format!("agent {} still runs {s}/{i}#{} that the store does not give it", ag.id, p.a.incarnation));
+                return Err(format!(
+                    "agent {} still runs {s}/{i}#{} that the store does not give it",
+                    ag.id, p.a.incarnation
+                ));
             }
         }
     }
@@ -220,11 +228,8 @@ pub async fn converged(w: &World) -> Result<(), String> {
 fn recovery_board(w: &World) -> String {
     let Some(server) = w.net.server() else { return "control plane down".into() };
     let board = server.inner.recovery.lock().unwrap_or_else(|e| e.into_inner());
-    let v: Vec<String> = board
-        .entries
-        .iter()
-        .map(|((s, i), e)| format!("{s}/{i} {}: {}", e.state, e.message))
-        .collect();
+    let v: Vec<String> =
+        board.entries.iter().map(|((s, i), e)| format!("{s}/{i} {}: {}", e.state, e.message)).collect();
     if v.is_empty() {
         "nothing".into()
     } else {

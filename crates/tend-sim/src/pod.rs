@@ -225,7 +225,13 @@ impl SimPod {
                 continue;
             }
             if t.launch.skip {
-                t.status = status(&self.a, &t.launch, TaskState::Exited, now, Some("completed in an earlier incarnation"));
+                t.status = status(
+                    &self.a,
+                    &t.launch,
+                    TaskState::Exited,
+                    now,
+                    Some("completed in an earlier incarnation"),
+                );
                 t.status.exit_code = Some(0);
                 continue;
             }
@@ -251,7 +257,10 @@ impl SimPod {
     /// A fault: one serving task exits now (it is restarted in place).
     pub fn crash_one(&mut self, rng: &mut Rng, now: u64) -> Option<String> {
         let running: Vec<usize> = (0..self.tasks.len())
-            .filter(|i| self.tasks[*i].status.state == TaskState::Running && self.tasks[*i].launch.goal == TaskGoal::Running)
+            .filter(|i| {
+                self.tasks[*i].status.state == TaskState::Running
+                    && self.tasks[*i].launch.goal == TaskGoal::Running
+            })
             .collect();
         let i = *rng.pick(&running)?;
         self.tasks[i].exit_at = Some((now, 137));

@@ -63,7 +63,10 @@ pub(crate) async fn reconcile(ag: &Arc<SimAgent>, w: &Arc<World>, d: DesiredStat
                     log.push(format!("re-adopt {}/{}#{}", key.0, key.1, a.incarnation));
                     continue;
                 }
-                log.push(format!("kill stale {}/{}#{} from before the restart", key.0, key.1, p.a.incarnation));
+                log.push(format!(
+                    "kill stale {}/{}#{} from before the restart",
+                    key.0, key.1, p.a.incarnation
+                ));
                 st.pods.remove(&key);
             }
             if !a.volume_id.is_empty() && !a.tasks.is_empty() {
@@ -119,7 +122,12 @@ fn sync_jobs(st: &mut crate::agent::AgentSt, d: &DesiredState, now: u64, log: &m
         } else {
             (RunState::Failed, None, format!("{} does not run on this agent", r.instance))
         };
-        log.push(format!("job run {} {} on {}", r.run_id, if here { "starts" } else { "refused" }, r.instance));
+        log.push(format!(
+            "job run {} {} on {}",
+            r.run_id,
+            if here { "starts" } else { "refused" },
+            r.instance
+        ));
         let result = JobResult {
             run_id: r.run_id.clone(),
             state,
@@ -158,12 +166,16 @@ pub(crate) async fn tick_loop(ag: Arc<SimAgent>, w: Arc<World>) {
                 .collect();
             for k in fenced {
                 if let Some(p) = st.pods.remove(&k) {
-                    log.push(format!("fenced {}/{}#{} after {silent} ms without contact", k.0, k.1, p.a.incarnation));
+                    log.push(format!(
+                        "fenced {}/{}#{} after {silent} ms without contact",
+                        k.0, k.1, p.a.incarnation
+                    ));
                     for mut t in p.statuses() {
                         t.state = TaskState::Killed;
                         t.ready = false;
                         t.next_restart_ms = None;
-                        t.message = Some(format!("fenced: no contact with the control plane for {silent} ms"));
+                        t.message =
+                            Some(format!("fenced: no contact with the control plane for {silent} ms"));
                         st.ghosts.push(t);
                     }
                 }

@@ -60,7 +60,7 @@ pub async fn push(w: &World, name: &str) -> Result<u64, String> {
         file: "sim.yml".into(),
         artifacts: BTreeMap::new(),
         expected_generation: None,
-        };
+    };
     submit(&server, sub).await.map(|(_, g, _)| g).map_err(|(_, code, msg)| format!("{code}: {msg}"))
 }
 
@@ -137,7 +137,8 @@ pub async fn step(w: &Arc<World>) {
         }
         75..=84 if svc == "alpha" => {
             let Some(i) = instance_of(w, svc) else { return };
-            let r = tend_server::jobs::request_run(&server, svc, "repair", &i).await.map_err(|e| e.to_string());
+            let r =
+                tend_server::jobs::request_run(&server, svc, "repair", &i).await.map_err(|e| e.to_string());
             ("job-run", format!("run job repair on {svc}/{i}: {r:?}"))
         }
         85..=92 if svc == "beta" => {

@@ -17,7 +17,7 @@ use crate::clock::SimClock;
 use crate::faults::Faults;
 use crate::net::Net;
 use crate::rng::Rng;
-use crate::store::SlowStore;
+use crate::store::{ProcessStore, SlowStore};
 use crate::trace::Trace;
 use crate::workload::SvcModel;
 
@@ -113,6 +113,8 @@ pub struct World {
     /// The store itself (the checks' view, never slowed).
     pub mem: Arc<MemoryStore>,
     store: Arc<SlowStore>,
+    /// The running control plane's access to the store (closed when it crashes).
+    process: Mutex<Option<Arc<ProcessStore>>>,
     pub agents: Vec<Arc<SimAgent>>,
     pub checks: Checks,
     rng: Mutex<Rng>,
@@ -169,11 +171,13 @@ impl World {
         if self.net.server().is_some() {
             return;
         }
-        let store: Arc<dyn StateStore> = self.store.clone();
+        let process = Arc::new(ProcessStore::new(self.store.clone()));
+        let store: Arc<dyn StateStore> = process.clone();
         match Server::new(self.server_config(), store, Arc::new(self.clock.clone())).await {
             Ok(s) => {
                 self.trace.log(format!("control plane up (epoch {})", s.inner.epoch));
                 self.net.set_server(Some(s));
+                *self.process.lock().unwrap_or_else(|e| e.into_inner()) = Some(process);
             }
             Err(e) => self.checks.violate(self, format!("control plane cannot start from its store: {e:#}")),
         }
@@ -189,7 +193,9 @@ impl World {
         let Ok(r) = self.mem.range("events/").await else { return };
         let last = self.last_event.load(Ordering::Relaxed);
         for kv in r.kvs {
-            let Ok(e) = serde_json::from_slice::<tend_server::records::EventRecord>(&kv.value) else { continue };
+            let Ok(e) = serde_json::from_slice::<tend_server::records::EventRecord>(&kv.value) else {
+                continue;
+            };
             if e.seq > last {
                 self.trace.log(format!("event {} {}: {}", e.service.unwrap_or_default(), e.kind, e.message));
                 self.last_event.store(e.seq, Ordering::Relaxed);
@@ -212,7 +218,13 @@ pub fn run(cfg: SimConfig) -> Result<Report, Failure> {
     let rt = b.build();
     let rt = match rt {
         Ok(rt) => rt,
-        Err(e) => return Err(Failure { message: format!("runtime: {e}"), replay: cfg.replay(), trace_tail: vec![] }),
+        Err(e) => {
+            return Err(Failure {
+                message: format!("runtime: {e}"),
+                replay: cfg.replay(),
+                trace_tail: vec![],
+            })
+        }
     };
     rt.block_on(run_world(cfg))
 }
@@ -231,8 +243,11 @@ fn build(cfg: SimConfig) -> Result<Arc<World>, Failure> {
             Arc::new(SimAgent::new(format!("a{i}"), SimClock::new(start, drift), rng.fork()))
         })
         .collect();
-    let dir = tempfile::tempdir()
-        .map_err(|e| Failure { message: format!("temp dir: {e}"), replay: cfg.replay(), trace_tail: vec![] })?;
+    let dir = tempfile::tempdir().map_err(|e| Failure {
+        message: format!("temp dir: {e}"),
+        replay: cfg.replay(),
+        trace_tail: vec![],
+    })?;
     Ok(Arc::new(World {
         faults: f,
         trace: Trace::new(clock.clone(), cfg.keep_trace, cfg.echo),
@@ -242,6 +257,7 @@ fn build(cfg: SimConfig) -> Result<Arc<World>, Failure> {
         net,
         mem,
         store,
+        process: Mutex::new(None),
         agents,
         checks: Checks::default(),
         rng: Mutex::new(rng),
@@ -311,6 +327,15 @@ async fn checker(w: Arc<World>) {
 }
 
 impl World {
+    /// The control plane crashes: its loops stop, its requests in flight lose their answers
+    /// and can no longer write.
+    pub fn crash_control_plane(&self) {
+        if let Some(p) = self.process.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            p.kill();
+        }
+        self.net.set_server(None);
+    }
+
     /// Ends the fault phase: aborts pending fault and workload tasks.
     pub fn stop_spawned(&self) {
         for h in self.spawned.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
