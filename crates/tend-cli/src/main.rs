@@ -90,6 +90,9 @@ enum Command {
     /// Volumes: in use, retained (with their deadline) and being deleted.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Deterministic simulation of the control plane: seeds, faults, invariants (no cluster
+    /// needed; the same as the `tend-sim` binary).
+    Sim(tend_sim::cli::Args),
     /// What happened, in order.
     Events {
         #[arg(long)]
@@ -399,7 +402,9 @@ async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result
             }
         }
         Command::Events { service } => sc::events(&client::Client::new(&conn)?, service, json).await,
-        Command::Spec(_) | Command::Workflow(_) => Err(anyhow::anyhow!("internal: command dispatched twice")),
+        Command::Spec(_) | Command::Workflow(_) | Command::Sim(_) => {
+            Err(anyhow::anyhow!("internal: command dispatched twice"))
+        }
     }
 }
 
@@ -422,6 +427,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Spec(SpecCmd::Validate { file, json: j }) => spec_cmd::validate(&file, j || json),
         Command::Spec(SpecCmd::Show { file, json: j }) => spec_cmd::show(&file, j || json),
+        Command::Sim(mut args) => {
+            args.json |= json;
+            return tend_sim::cli::main(args);
+        }
         Command::Workflow(cmd) => {
             let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
             {

@@ -19,6 +19,9 @@ use tend_store::StateStore;
 
 use crate::world::World;
 
+/// (service, instance).
+type Key = (String, String);
+
 /// Invariant bookkeeping of one run.
 #[derive(Default)]
 pub struct Checks {
@@ -82,7 +85,7 @@ impl Checks {
     /// Two live incarnations of one fence-mode instance; a job running twice.
     pub fn check_agents(&self, w: &World) {
         self.count.fetch_add(1, Ordering::Relaxed);
-        let mut live: BTreeMap<(String, String), Vec<(String, u64, bool)>> = BTreeMap::new();
+        let mut live: BTreeMap<Key, Vec<(String, u64, bool)>> = BTreeMap::new();
         let mut jobs: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
         for ag in &w.agents {
             for (k, inc, fence) in ag.live() {

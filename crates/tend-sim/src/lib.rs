@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod checks;
+pub mod cli;
 pub mod clock;
 pub mod faults;
 pub mod net;

@@ -54,8 +54,7 @@ pub async fn settle(w: &Arc<World>) -> Result<u64, String> {
             ag.start(w);
         }
     }
-    let fix: Vec<String> =
-        w.services.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(n, _)| n.clone()).collect();
+    let fix: Vec<String> = w.services.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
     // The user applies every spec once more (an operation cut short by the end of the fault
     // phase may not have reached the control plane), with a bad config fixed.
     for name in fix {

@@ -320,7 +320,7 @@ async fn checker(w: Arc<World>) {
         w.checks.check_agents(&w);
         w.checks.check_store(&w).await;
         n += 1;
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             w.trace_events().await;
         }
     }
