@@ -448,23 +448,25 @@ pub fn assignment(
     asg
 }
 
-/// Everything `agent` must run now.
+/// Everything `agent` must run now (from the agent's index of the cluster state: the cost
+/// follows what the agent runs, not the size of the cluster).
 pub async fn desired_for(server: &Server, agent: &str) -> anyhow::Result<Vec<Assignment>> {
+    server.inner.state.caught_up(&*server.inner.store).await?;
     let mut out = Vec::new();
-    for svc in server.service_names() {
-        let Some(rt) = server.service(&svc) else { continue };
-        let (spec, artifacts) = {
-            let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
-            (rt.spec.clone(), rt.record.artifacts.clone())
-        };
-        for (instance, rec) in server.instances(&svc).await? {
-            if rec.incarnation == 0 || rec.agent.as_deref() != Some(agent) {
-                continue;
-            }
-            let Some(pod) = spec.pod(&rec.pod) else { continue };
-            // The running config is the one recorded; the spec may have moved on (update pending).
-            out.push(assignment(&svc, &artifacts, &spec.recovery, pod, &instance, &rec));
+    let mut specs: BTreeMap<String, Option<(Arc<ServiceSpec>, BTreeMap<String, String>)>> = BTreeMap::new();
+    for (svc, instance, rec) in server.inner.state.of_agent(agent) {
+        if rec.incarnation == 0 {
+            continue;
         }
+        let loaded = specs.entry(svc.clone()).or_insert_with(|| {
+            let rt = server.service(&svc)?;
+            let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+            Some((rt.spec.clone(), rt.record.artifacts.clone()))
+        });
+        let Some((spec, artifacts)) = loaded else { continue };
+        let Some(pod) = spec.pod(&rec.pod) else { continue };
+        // The running config is the one recorded; the spec may have moved on (update pending).
+        out.push(assignment(&svc, artifacts, &spec.recovery, pod, &instance, &rec));
     }
     Ok(out)
 }

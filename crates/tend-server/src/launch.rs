@@ -61,21 +61,18 @@ impl Snapshot {
                 .collect()
         };
         let mut existing: HashMap<String, Vec<String>> = HashMap::new();
-        for svc in server.service_names() {
-            for (_, rec) in server.instances(&svc).await.map_err(|e| e.to_string())? {
-                let Some(agent) = &rec.agent else { continue };
-                if let Some(a) = agents.get_mut(agent) {
-                    let r = Resources {
-                        cpus_milli: rec.cpus_milli,
-                        memory_mb: rec.memory_mb,
-                        disk_mb: rec.disk_mb,
-                    };
-                    a.reserved = a.reserved.plus(&r);
-                    a.used_ports.extend(rec.ports.values().copied());
-                }
-                existing.entry(format!("{svc}/{}", rec.pod)).or_default().push(agent.clone());
+        let state = &server.inner.state;
+        state.caught_up(&*server.inner.store).await.map_err(|e| e.to_string())?;
+        state.for_each_placed(|svc, rec| {
+            let Some(agent) = &rec.agent else { return };
+            if let Some(a) = agents.get_mut(agent) {
+                let r =
+                    Resources { cpus_milli: rec.cpus_milli, memory_mb: rec.memory_mb, disk_mb: rec.disk_mb };
+                a.reserved = a.reserved.plus(&r);
+                a.used_ports.extend(rec.ports.values().copied());
             }
-        }
+            existing.entry(format!("{svc}/{}", rec.pod)).or_default().push(agent.clone());
+        });
         Ok(Snapshot {
             cluster: Cluster::new(agents.into_values().collect()),
             existing,

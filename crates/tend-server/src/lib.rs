@@ -16,6 +16,7 @@ pub mod launch;
 pub mod records;
 pub mod recovery;
 pub mod services;
+pub mod state;
 pub mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -146,6 +147,8 @@ pub struct ServiceRt {
 pub struct Inner {
     pub cfg: ServerConfig,
     pub store: Arc<dyn StateStore>,
+    /// Every instance record, parsed once, indexed, kept current from the store's watch.
+    pub state: Arc<state::ClusterState>,
     pub clock: SharedClock,
     pub epoch: String,
     /// When this control plane started (a fence wait after a restart counts from it).
@@ -324,11 +327,14 @@ impl Server {
             .last()
             .and_then(|kv| kv.key[7..].parse::<u64>().ok())
             .unwrap_or(0);
+        let (state, watcher) = state::ClusterState::load(&*store).await?;
+        let follow = tokio::spawn(state.clone().follow(watcher)).abort_handle();
         let started_ms = clock.now_ms();
         let inner = Arc::new(Inner {
             epoch: fresh_id(&cfg, "epoch", started_ms, 6)?,
             started_ms,
-            loops: Mutex::new(Vec::new()),
+            loops: Mutex::new(vec![follow]),
+            state,
             stopped: std::sync::atomic::AtomicBool::new(false),
             cluster_id,
             spec_lock: tokio::sync::Mutex::new(()),
@@ -578,15 +584,10 @@ impl Server {
     }
 
     /// All instance records of a service.
+    /// (From the cluster state, once it has caught up with the store.)
     pub async fn instances(&self, service: &str) -> anyhow::Result<Vec<(String, InstanceRecord)>> {
-        let prefix = instances_prefix(service);
-        let mut out = Vec::new();
-        for kv in self.inner.store.range(&prefix).await?.kvs {
-            let rec: InstanceRecord =
-                serde_json::from_slice(&kv.value).with_context(|| format!("corrupt {}", kv.key))?;
-            out.push((kv.key[prefix.len()..].to_string(), rec));
-        }
-        Ok(out)
+        self.inner.state.caught_up(&*self.inner.store).await?;
+        Ok(self.inner.state.instances(service).into_iter().map(|(k, r)| (k, (*r).clone())).collect())
     }
 
     /// Changes an instance record with compare-and-swap; `f` says whether it changed anything.

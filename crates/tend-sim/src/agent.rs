@@ -136,8 +136,9 @@ impl SimAgent {
         // parent-death signal); other tasks keep running and are re-adopted.
         st.jobs.clear();
         let now = st.clock.now_ms();
-        for p in st.pods.values_mut().filter(|p| p.a.fence_after_ms.is_some()) {
-            p.die(now);
+        for p in st.pods.values_mut() {
+            let fenced = p.a.fence_after_ms.is_some();
+            p.agent_died(now, fenced);
         }
     }
 

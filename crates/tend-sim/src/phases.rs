@@ -57,10 +57,12 @@ pub async fn settle(w: &Arc<World>) -> Result<u64, String> {
     let fix: Vec<String> = w.services.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
     // The user applies every spec once more (an operation cut short by the end of the fault
     // phase may not have reached the control plane), with a bad config fixed.
-    for name in fix {
+    for name in fix.into_iter().filter(|_| !w.cfg.bulk) {
         w.model(&name, |m| {
-            m.generation += 1;
-            m.bad = false;
+            if m.bad {
+                m.generation += 1;
+                m.bad = false;
+            }
             m.exists = true;
         });
         let r = crate::workload::push(w, &name).await;
@@ -89,6 +91,9 @@ pub async fn settle(w: &Arc<World>) -> Result<u64, String> {
     }
     let took = w.clock.elapsed_ms() - t0;
     w.trace.log(format!("converged {took} ms after faults stopped"));
+    if w.cfg.bulk {
+        return Ok(took);
+    }
     quiet(w).await?;
     Ok(took)
 }

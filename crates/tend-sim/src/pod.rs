@@ -44,6 +44,8 @@ pub struct SimPod {
     pub tasks: Vec<SimTask>,
     /// Tasks started before this time crash soon after (a crash-loop fault).
     pub crash_until: u64,
+    /// Stopped with its agent before its long-running tasks started: nothing of it runs.
+    pub dead: bool,
 }
 
 fn status(a: &Assignment, t: &TaskLaunch, state: TaskState, now: u64, msg: Option<&str>) -> TaskStatus {
@@ -89,7 +91,13 @@ impl SimPod {
                 restart_at: None,
             })
             .collect();
-        SimPod { a, phase: Phase::Preparing { until: now + rng.range(5, 200) }, tasks, crash_until: 0 }
+        SimPod {
+            a,
+            phase: Phase::Preparing { until: now + rng.range(5, 200) },
+            tasks,
+            crash_until: 0,
+            dead: false,
+        }
     }
 
     /// Every prelude task has finished with success.
@@ -283,6 +291,18 @@ impl SimPod {
         }
     }
 
+    /// Its agent died: the sandbox preparation (the agent's own work) stops; with `all` (fence
+    /// mode: tasks die with their agent) every process dies too. A restarted agent re-adopts
+    /// what ran past its prelude (restarting dead tasks in place) and relaunches the rest.
+    pub fn agent_died(&mut self, now: u64, all: bool) {
+        match self.phase {
+            Phase::Preparing { .. } => self.dead = true,
+            Phase::Prelude { .. } if all => self.dead = true,
+            Phase::Running if all => self.die(now),
+            _ => {}
+        }
+    }
+
     /// Its processes die (with their agent, in fence mode); a restarted agent restarts them.
     pub fn die(&mut self, now: u64) {
         for t in self.tasks.iter_mut().filter(|t| t.launch.goal == TaskGoal::Running) {
@@ -297,6 +317,9 @@ impl SimPod {
     /// Whether some process of this incarnation runs at `now` (a crashed agent restarts nothing,
     /// so a pod whose processes all ended is not live until its agent is back).
     pub fn processes_alive(&self, now: u64) -> bool {
+        if self.dead {
+            return false;
+        }
         match self.phase {
             Phase::Preparing { .. } | Phase::Prelude { .. } => true,
             Phase::Failed => false,

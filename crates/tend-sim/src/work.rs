@@ -143,7 +143,7 @@ fn sync_jobs(st: &mut crate::agent::AgentSt, d: &DesiredState, now: u64, log: &m
 /// Time moves on for the agent's pods and job runs; fence mode kills what lost the control plane.
 pub(crate) async fn tick_loop(ag: Arc<SimAgent>, w: Arc<World>) {
     loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(w.cfg.tick_ms)).await;
         let mut log = Vec::new();
         {
             let mut st = ag.lock();

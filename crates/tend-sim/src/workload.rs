@@ -19,10 +19,19 @@ pub struct SvcModel {
     /// The last spec submitted has a crashing command (a failed update until fixed).
     pub bad: bool,
     pub exists: bool,
+    /// The benchmark's service: one pod deployed in parallel.
+    pub bulk: bool,
 }
 
 /// The spec text of a service.
 pub fn spec_yaml(name: &str, m: &SvcModel) -> String {
+    if m.bulk {
+        return format!(
+            "version: 1\nname: {name}\npods:\n  node:\n    count: {count}\n    volumes:\n      - {{ name: data, path: data, size_mb: 1 }}\n    tasks:\n      server:\n        goal: running\n        cmd: sim-serve --generation {g}\n        cpus: 0.001\n        memory_mb: 1\n        readiness_check: {{ cmd: sim-ready, interval_seconds: 1 }}\nplans:\n  deploy:\n    strategy: parallel\n    phases:\n      nodes:\n        pod: node\n        strategy: parallel\n",
+            count = m.count,
+            g = m.generation
+        );
+    }
     let cmd = if m.bad { "sim-crash" } else { "sim-serve" };
     let (pod, partition) = if m.fence { ("db", "fence") } else { ("cache", "replace") };
     let mut s = format!(
@@ -68,8 +77,22 @@ pub async fn push(w: &World, name: &str) -> Result<u64, String> {
 pub fn initial(instances: usize) -> BTreeMap<String, SvcModel> {
     let fence = (instances * 3 / 5).max(1) as u32;
     let replace = (instances as u32).saturating_sub(fence).max(1);
-    let m = |fence: bool, count| SvcModel { fence, count, generation: 1, bad: false, exists: true };
+    let m =
+        |fence: bool, count| SvcModel { fence, count, generation: 1, bad: false, exists: true, bulk: false };
     BTreeMap::from([("alpha".to_string(), m(true, fence)), ("beta".to_string(), m(false, replace))])
+}
+
+/// The benchmark's one service.
+pub fn bulk(instances: usize) -> BTreeMap<String, SvcModel> {
+    let m = SvcModel {
+        fence: false,
+        count: instances as u32,
+        generation: 1,
+        bad: false,
+        exists: true,
+        bulk: true,
+    };
+    BTreeMap::from([("bulk".to_string(), m)])
 }
 
 fn instance_of(w: &World, svc: &str) -> Option<String> {

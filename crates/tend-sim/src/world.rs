@@ -38,6 +38,11 @@ pub struct SimConfig {
     pub echo: bool,
     /// Trace lines shown with a failure.
     pub keep_trace: usize,
+    /// Benchmark mode: one service of `instances` pod instances deployed in parallel, no
+    /// workload after it, invariants checked at the end only.
+    pub bulk: bool,
+    /// How often simulated agents move their tasks on (ms).
+    pub tick_ms: u64,
 }
 
 impl SimConfig {
@@ -52,6 +57,8 @@ impl SimConfig {
             quiet_s: 60,
             echo: false,
             keep_trace: 60,
+            bulk: false,
+            tick_ms: 50,
         }
     }
 
@@ -185,6 +192,9 @@ impl World {
 
     /// After an agent's step: the invariants over every agent.
     pub async fn after_step(&self) {
+        if self.cfg.bulk {
+            return;
+        }
         self.checks.check_agents(self);
     }
 
@@ -251,7 +261,11 @@ fn build(cfg: SimConfig) -> Result<Arc<World>, Failure> {
     Ok(Arc::new(World {
         faults: f,
         trace: Trace::new(clock.clone(), cfg.keep_trace, cfg.echo),
-        services: Mutex::new(crate::workload::initial(cfg.instances)),
+        services: Mutex::new(if cfg.bulk {
+            crate::workload::bulk(cfg.instances)
+        } else {
+            crate::workload::initial(cfg.instances)
+        }),
         cfg,
         clock,
         net,
@@ -280,7 +294,10 @@ async fn run_world(cfg: SimConfig) -> Result<Report, Failure> {
         w.op("deploy", format!("deploy {name}: {r:?}"));
     }
     let checker = tokio::spawn(checker(w.clone())).abort_handle();
-    let phase = crate::phases::fault_phase(&w).await;
+    if w.cfg.bulk {
+        checker.abort();
+    }
+    let phase = if w.cfg.bulk { Ok(()) } else { crate::phases::fault_phase(&w).await };
     let result = match phase {
         Err(msg) => Err(w.failure(msg)),
         Ok(()) => crate::phases::settle(&w).await.map_err(|m| w.failure(m)),

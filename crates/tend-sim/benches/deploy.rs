@@ -1,0 +1,77 @@
+//! Deploy at scale in simulated time: N simulated agents, one service of M pod instances deployed
+//! in parallel by the real control plane (placement, reservations, volume ids, plan engine,
+//! desired states, reports) on the memory store. Prints wall-clock time, instances placed and
+//! launched per wall-clock second, resident memory per instance, and the cost of one recovery
+//! pass at that size, against a reference measured in the same run (serde_json encoding and
+//! decoding of one instance record, the work a store scan does per instance).
+//!
+//! `cargo bench -p tend-sim --bench deploy -- [AGENTS INSTANCES]...` (pairs; default
+//! 100 1000 1000 10000).
+#![allow(clippy::disallowed_methods)]
+
+use std::time::Instant;
+
+use tend_sim::{run, Faults, SimConfig};
+
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn reference_ns_per_record() -> f64 {
+    let rec = tend_server::records::InstanceRecord { pod: "node".into(), ..Default::default() };
+    let n = 200_000;
+    let t = Instant::now();
+    let mut sum = 0usize;
+    for _ in 0..n {
+        let v = serde_json::to_vec(&rec).unwrap_or_default();
+        let back: tend_server::records::InstanceRecord = serde_json::from_slice(&v).unwrap_or_default();
+        sum += back.pod.len();
+    }
+    std::hint::black_box(sum);
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+fn main() {
+    let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let pairs: Vec<(u64, u64)> = if args.len() >= 2 {
+        args.chunks(2).map(|c| (c[0], c[1])).collect()
+    } else {
+        vec![(100, 1_000), (1_000, 10_000)]
+    };
+    let reference = reference_ns_per_record();
+    println!("reference: {reference:.0} ns to encode and decode one instance record");
+    for (agents, instances) in pairs {
+        let mut cfg = SimConfig::new(1);
+        cfg.agents = agents as usize;
+        cfg.instances = instances as usize;
+        cfg.faults = Faults::default();
+        cfg.bulk = true;
+        cfg.tick_ms = 500;
+        cfg.converge_s = 3_600;
+        cfg.keep_trace = 0;
+        let rss0 = rss_kb();
+        let t = Instant::now();
+        let r = run(cfg);
+        let wall = t.elapsed().as_secs_f64();
+        let rss1 = rss_kb();
+        match r {
+            Ok(r) => {
+                let per_s = instances as f64 / wall;
+                println!(
+                    "{agents} agents, {instances} instances: deployed in {:.1} s simulated, {wall:.2} s wall; {per_s:.0} instances placed and launched per wall second ({:.4} per reference op); peak RSS growth {:.2} KB per instance",
+                    r.sim_ms as f64 / 1000.0,
+                    per_s * reference / 1e9,
+                    (rss1.saturating_sub(rss0)) as f64 / instances as f64
+                );
+            }
+            Err(f) => println!("{agents} agents, {instances} instances: FAILED: {}", f.message),
+        }
+    }
+}
