@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock};
 use tend_store::{EventKind, Revision, StateStore, WatchEvent, Watcher};
 use tokio::sync::watch;
 
-use crate::records::InstanceRecord;
+use crate::records::{InstanceRecord, VolumeRecord, VolumeRecordState, VOLUMES_PREFIX};
 
 type Key = (String, String);
 
@@ -18,11 +18,27 @@ type Key = (String, String);
 struct Index {
     services: BTreeMap<String, BTreeMap<String, Arc<InstanceRecord>>>,
     by_agent: BTreeMap<String, BTreeSet<Key>>,
+    /// Instance records this version cannot read (they may own volumes).
+    unreadable: BTreeSet<String>,
+    /// Volume records by id, with their revision.
+    volumes: BTreeMap<String, (Arc<VolumeRecord>, Revision)>,
+    /// Volume sets being deleted, by agent.
+    deleting: BTreeMap<String, BTreeSet<String>>,
+    /// How many instance records reference each volume id.
+    volume_users: BTreeMap<String, u32>,
 }
 
 impl Index {
     fn unlink(&mut self, svc: &str, inst: &str) {
         let old = self.services.get_mut(svc).and_then(|m| m.remove(inst));
+        if let Some(id) = old.as_ref().and_then(|r| r.volume_id.clone()) {
+            if let Some(n) = self.volume_users.get_mut(&id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.volume_users.remove(&id);
+                }
+            }
+        }
         if let Some(agent) = old.as_ref().and_then(|r| r.agent.clone()) {
             if let Some(set) = self.by_agent.get_mut(&agent) {
                 set.remove(&(svc.to_string(), inst.to_string()));
@@ -41,7 +57,53 @@ impl Index {
         if let Some(agent) = &rec.agent {
             self.by_agent.entry(agent.clone()).or_default().insert((svc.to_string(), inst.to_string()));
         }
+        if let Some(id) = &rec.volume_id {
+            *self.volume_users.entry(id.clone()).or_default() += 1;
+        }
         self.services.entry(svc.to_string()).or_default().insert(inst.to_string(), Arc::new(rec));
+    }
+}
+
+impl Index {
+    fn unlink_volume(&mut self, id: &str) {
+        if let Some((old, _)) = self.volumes.remove(id) {
+            if let Some(set) = self.deleting.get_mut(&old.agent) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.deleting.remove(&old.agent);
+                }
+            }
+        }
+    }
+
+    fn put_volume(&mut self, rec: VolumeRecord, rev: Revision) {
+        self.unlink_volume(&rec.id);
+        if rec.state == VolumeRecordState::Deleting {
+            self.deleting.entry(rec.agent.clone()).or_default().insert(rec.id.clone());
+        }
+        self.volumes.insert(rec.id.clone(), (Arc::new(rec), rev));
+    }
+
+    /// Applies one stored key's new value (None: deleted).
+    fn change(&mut self, key: &str, value: Option<&[u8]>, rev: Revision) {
+        if let Some((svc, inst)) = instance_key(key) {
+            self.unreadable.remove(key);
+            match value.map(serde_json::from_slice::<InstanceRecord>) {
+                None => self.unlink(svc, inst),
+                Some(Ok(rec)) => self.put(svc, inst, rec),
+                Some(Err(e)) => {
+                    tracing::error!(%key, error = %e, "unreadable instance record");
+                    self.unlink(svc, inst);
+                    self.unreadable.insert(key.to_string());
+                }
+            }
+        } else if let Some(id) = key.strip_prefix(VOLUMES_PREFIX) {
+            match value.map(serde_json::from_slice::<VolumeRecord>) {
+                None => self.unlink_volume(id),
+                Some(Ok(rec)) => self.put_volume(rec, rev),
+                Some(Err(e)) => tracing::warn!(%key, error = %e, "unreadable volume record kept as is"),
+            }
+        }
     }
 }
 
@@ -65,16 +127,17 @@ impl ClusterState {
         store: &dyn StateStore,
     ) -> Result<(Arc<ClusterState>, Watcher), tend_store::StoreError> {
         let r = store.range("services/").await?;
+        let v = store.range(VOLUMES_PREFIX).await?;
         let mut index = Index::default();
-        for kv in r.kvs {
-            let Some((svc, inst)) = instance_key(&kv.key) else { continue };
-            match serde_json::from_slice::<InstanceRecord>(&kv.value) {
-                Ok(rec) => index.put(svc, inst, rec),
-                Err(e) => tracing::error!(key = %kv.key, error = %e, "unreadable instance record: ignored"),
-            }
+        for kv in r.kvs.iter().chain(v.kvs.iter()) {
+            index.change(&kv.key, Some(&kv.value), kv.mod_revision);
         }
+        // Both ranges were read at or before this revision; changes after it come by the watch
+        // (a change seen twice is applied twice, harmlessly: each is a whole record).
+        let start = r.revision.min(v.revision);
         // Everything: the applied revision must follow the store's, whatever the change.
-        let watcher = store.watch("", r.revision + 1).await?;
+        let watcher = store.watch("", start + 1).await?;
+        let r = tend_store::RangeResponse { kvs: Vec::new(), revision: start };
         let state =
             Arc::new(ClusterState { index: RwLock::new(index), applied: watch::channel(r.revision).0 });
         Ok((state, watcher))
@@ -97,14 +160,8 @@ impl ClusterState {
             let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
             for ev in events {
                 top = top.max(ev.revision());
-                let Some((svc, inst)) = instance_key(&ev.kv.key) else { continue };
-                match ev.kind {
-                    EventKind::Delete => index.unlink(svc, inst),
-                    EventKind::Put => match serde_json::from_slice::<InstanceRecord>(&ev.kv.value) {
-                        Ok(rec) => index.put(svc, inst, rec),
-                        Err(e) => tracing::error!(key = %ev.kv.key, error = %e, "unreadable instance record"),
-                    },
-                }
+                let value = (ev.kind == EventKind::Put).then_some(ev.kv.value.as_slice());
+                index.change(&ev.kv.key, value, ev.revision());
             }
         }
         self.applied.send_if_modified(|r| {
@@ -158,5 +215,30 @@ impl ClusterState {
                 f(svc, rec);
             }
         }
+    }
+}
+
+impl ClusterState {
+    /// Every volume record with its revision.
+    pub fn volumes(&self) -> Vec<(VolumeRecord, Revision)> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.volumes.values().map(|(r, rev)| ((**r).clone(), *rev)).collect()
+    }
+
+    /// The volume records an agent is to delete.
+    pub fn deleting_on(&self, agent: &str) -> Vec<VolumeRecord> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let Some(ids) = index.deleting.get(agent) else { return Vec::new() };
+        ids.iter().filter_map(|id| index.volumes.get(id).map(|(r, _)| (**r).clone())).collect()
+    }
+
+    /// The volume ids instance records reference; Err when some instance record cannot be read
+    /// (it may own a volume: nothing may be taken for unused then).
+    pub fn volumes_in_use(&self) -> Result<BTreeSet<String>, String> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = index.unreadable.iter().next() {
+            return Err(format!("unreadable instance record {k}"));
+        }
+        Ok(index.volume_users.keys().cloned().collect())
     }
 }

@@ -107,32 +107,16 @@ fn retention_of(server: &Server, rec: &VolumeRecord) -> Retention {
 
 /// Every volume record (unreadable ones are skipped with a warning: never deleted).
 pub async fn all(server: &Server) -> anyhow::Result<Vec<(VolumeRecord, i64)>> {
-    let mut out = Vec::new();
-    for kv in server.inner.store.range(VOLUMES_PREFIX).await?.kvs {
-        match serde_json::from_slice::<VolumeRecord>(&kv.value) {
-            Ok(r) => out.push((r, kv.mod_revision)),
-            Err(e) => tracing::warn!(key = %kv.key, error = %e, "unreadable volume record kept as is"),
-        }
-    }
-    Ok(out)
+    server.inner.state.caught_up(&*server.inner.store).await?;
+    Ok(server.inner.state.volumes())
 }
 
-/// The volume ids instance records reference, across every service (their owners).
+/// The volume ids instance records reference, across every service (their owners). Fails while
+/// an instance record cannot be read: it may own a volume.
 pub async fn in_use(server: &Server) -> anyhow::Result<BTreeSet<VolumeId>> {
-    let mut out = BTreeSet::new();
-    for kv in server.inner.store.range("services/").await?.kvs {
-        if !kv.key.contains("/instances/") {
-            continue;
-        }
-        // An instance record this version cannot read may own a volume: fail the pass rather
-        // than take its volume for unused.
-        let rec: InstanceRecord = serde_json::from_slice(&kv.value)
-            .map_err(|e| anyhow::anyhow!("unreadable instance record {}: {e}", kv.key))?;
-        if let Some(id) = rec.volume_id.as_deref().and_then(VolumeId::parse) {
-            out.insert(id);
-        }
-    }
-    Ok(out)
+    server.inner.state.caught_up(&*server.inner.store).await?;
+    let ids = server.inner.state.volumes_in_use().map_err(|e| anyhow::anyhow!(e))?;
+    Ok(ids.iter().filter_map(|id| VolumeId::parse(id)).collect())
 }
 
 /// One pass of the volume lifecycle: retain unused volumes, mark those whose retention ended.
@@ -184,12 +168,13 @@ async fn write(server: &Server, rec: &VolumeRecord, rev: i64) -> anyhow::Result<
 
 /// The volumes `agent` must delete now (never one an instance uses).
 pub async fn releases_for(server: &Server, agent: &str) -> anyhow::Result<Vec<tend_api::VolumeRelease>> {
-    let records = all(server).await?;
-    if !records.iter().any(|(r, _)| r.agent == agent && r.state == VolumeRecordState::Deleting) {
+    server.inner.state.caught_up(&*server.inner.store).await?;
+    let records = server.inner.state.deleting_on(agent);
+    if records.is_empty() {
         return Ok(Vec::new());
     }
     let used = in_use(server).await?;
-    let models: Vec<_> = records.iter().filter_map(|(r, _)| r.to_model()).collect();
+    let models: Vec<_> = records.iter().filter_map(|r| r.to_model()).collect();
     Ok(to_release(&models, &used, agent)
         .into_iter()
         .map(|id| tend_api::VolumeRelease { id: id.to_string() })
