@@ -360,3 +360,32 @@ fn a_restarted_control_plane_keeps_pacing_maintenance_jobs() {
     let jobs = c.api(&["job", "list", "--service", "p"]).unwrap().to_string();
     assert!(jobs.contains("pacing until"), "{jobs}");
 }
+
+#[test]
+fn fence_mode_tasks_die_with_their_agent_and_restart_in_place_when_it_returns() {
+    let mut c = Cluster::start();
+    let spec = c.write_spec(
+        "f.yml",
+        "version: 1\nname: fz\npods:\n  w:\n    volumes: [{ name: data, path: data, size_mb: 1 }]\n    tasks:\n      t:\n        cmd: echo kept > data/mark && exec sleep 7391\n        cpus: 0.1\nrecovery:\n  on_partition: fence\n  fence_after_seconds: 60\n  failure_timeout_seconds: 600\n",
+    );
+    c.deploy(&spec, true).unwrap();
+    let p = c.pods("fz")[0].clone();
+    let agent = p["agent"].as_str().unwrap().to_string();
+    let pid = task_pid(&p, "t");
+    let i = ["a1", "b1", "c1"].iter().position(|x| *x == agent).unwrap();
+    kill(c.agent_pid(&agent), Signal::SIGKILL).unwrap();
+    let _ = c.agents[i].wait();
+    // No agent is left to fence it while the control plane may replace it: it dies with it.
+    c.wait_for(Duration::from_secs(10), "the fence-mode task to die with its agent", |_| {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    });
+    c.agents[i] = c.spawn_agent(i);
+    c.wait_for(Duration::from_secs(30), "the task restarted in place", |c| {
+        c.pods("fz").first().is_some_and(|p| {
+            p["state"] == "running" && p["tasks"][0]["pid"].as_u64().is_some_and(|n| n as i32 != pid)
+        })
+    });
+    let p = c.pods("fz")[0].clone();
+    assert_eq!((p["agent"].as_str(), p["incarnation"].as_u64()), (Some(agent.as_str()), Some(1)), "{p}");
+    assert_eq!(c.volume_file(&p, "mark").trim(), "kept", "same volume");
+}
