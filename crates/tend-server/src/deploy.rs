@@ -453,7 +453,9 @@ pub fn assignment(
 pub async fn desired_for(server: &Server, agent: &str) -> anyhow::Result<Vec<Assignment>> {
     server.inner.state.caught_up(&*server.inner.store).await?;
     let mut out = Vec::new();
-    let mut specs: BTreeMap<String, Option<(Arc<ServiceSpec>, BTreeMap<String, String>)>> = BTreeMap::new();
+    // Per service: its spec and uploaded artifacts (None: not loaded).
+    type Loaded = Option<(Arc<ServiceSpec>, BTreeMap<String, String>)>;
+    let mut specs: BTreeMap<String, Loaded> = BTreeMap::new();
     for (svc, instance, rec) in server.inner.state.of_agent(agent) {
         if rec.incarnation == 0 {
             continue;
