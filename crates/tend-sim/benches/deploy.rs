@@ -64,11 +64,14 @@ fn main() {
         match r {
             Ok(r) => {
                 let per_s = instances as f64 / wall;
+                let (rec_us, des_us) = r.passes_us.unwrap_or_default();
                 println!(
-                    "{agents} agents, {instances} instances: deployed in {:.1} s simulated, {wall:.2} s wall; {per_s:.0} instances placed and launched per wall second ({:.4} per reference op); peak RSS growth {:.2} KB per instance",
+                    "{agents} agents, {instances} instances: deployed in {:.1} s simulated, {wall:.2} s wall; {per_s:.0} instances placed and launched per wall second ({:.4} per reference op); peak RSS growth {:.2} KB per instance; one recovery pass {:.1} ms, one agent's desired state {:.2} ms",
                     r.sim_ms as f64 / 1000.0,
                     per_s * reference / 1e9,
-                    (rss1.saturating_sub(rss0)) as f64 / instances as f64
+                    (rss1.saturating_sub(rss0)) as f64 / instances as f64,
+                    rec_us as f64 / 1000.0,
+                    des_us as f64 / 1000.0
                 );
             }
             Err(f) => println!("{agents} agents, {instances} instances: FAILED: {}", f.message),

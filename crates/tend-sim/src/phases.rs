@@ -92,6 +92,7 @@ pub async fn settle(w: &Arc<World>) -> Result<u64, String> {
     let took = w.clock.elapsed_ms() - t0;
     w.trace.log(format!("converged {took} ms after faults stopped"));
     if w.cfg.bulk {
+        measure_passes(w).await;
         return Ok(took);
     }
     quiet(w).await?;
@@ -239,4 +240,19 @@ fn recovery_board(w: &World) -> String {
     } else {
         v.join("; ")
     }
+}
+
+/// Benchmark mode: the wall-clock cost of one recovery pass and of one agent's desired state at
+/// this size (measured, not simulated: these are the control plane's own costs).
+#[allow(clippy::disallowed_methods)]
+async fn measure_passes(w: &World) {
+    use tend_server::agents::AgentProtocol;
+    let Some(server) = w.net.server() else { return };
+    let t = std::time::Instant::now();
+    let _ = tend_server::recovery::tick(&server).await;
+    let recovery_us = t.elapsed().as_micros() as u64;
+    let t = std::time::Instant::now();
+    let _ = server.desired("a0", 0, std::time::Duration::ZERO).await;
+    let desired_us = t.elapsed().as_micros() as u64;
+    *w.passes.lock().unwrap_or_else(|e| e.into_inner()) = Some((recovery_us, desired_us));
 }

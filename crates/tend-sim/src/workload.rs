@@ -164,6 +164,27 @@ pub async fn step(w: &Arc<World>) {
                 tend_server::jobs::request_run(&server, svc, "repair", &i).await.map_err(|e| e.to_string());
             ("job-run", format!("run job repair on {svc}/{i}: {r:?}"))
         }
+        85..=92 if svc == "alpha" => {
+            // A maintenance window: jobs run only inside it (sim time starts at 00:00 UTC).
+            let id = "sim-window".to_string();
+            let r = if w.rng(|r| r.chance(0.5)) {
+                let start = w.rng(|r| r.below(24 * 60)) as u32;
+                let policy = tend_jobs::window::RunPolicy {
+                    id,
+                    job: Some("repair".into()),
+                    pods: Vec::new(),
+                    start,
+                    end: (start + 30) % (24 * 60),
+                    utc_offset_minutes: 0,
+                };
+                tend_server::jobs::put_policy(&server, &policy)
+                    .await
+                    .map(|_| format!("window from minute {start}"))
+            } else {
+                tend_server::jobs::remove_policy(&server, &id).await.map(|_| "window removed".to_string())
+            };
+            ("window", format!("{svc} jobs: {:?}", r.map_err(|e| e.to_string())))
+        }
         85..=92 if svc == "beta" => {
             let r = tend_server::services::delete(&server, svc, Duration::from_secs(5)).await;
             w.model(svc, |m| {

@@ -88,6 +88,8 @@ pub struct Report {
     pub converge_ms: u64,
     /// Digest of the whole trace: the same seed gives the same digest.
     pub digest: String,
+    /// Benchmark mode: wall-clock µs of one recovery pass and of one agent's desired state.
+    pub passes_us: Option<(u64, u64)>,
 }
 
 /// A run that broke an invariant or did not converge.
@@ -130,6 +132,8 @@ pub struct World {
     spawned: Mutex<Vec<tokio::task::AbortHandle>>,
     dir: tempfile::TempDir,
     last_event: AtomicU64,
+    /// Benchmark mode: measured pass costs (µs).
+    pub passes: Mutex<Option<(u64, u64)>>,
 }
 
 impl World {
@@ -279,6 +283,7 @@ fn build(cfg: SimConfig) -> Result<Arc<World>, Failure> {
         spawned: Mutex::new(Vec::new()),
         dir,
         last_event: AtomicU64::new(0),
+        passes: Mutex::new(None),
     }))
 }
 
@@ -316,6 +321,7 @@ async fn run_world(cfg: SimConfig) -> Result<Report, Failure> {
         stats.iter().filter_map(|(k, v)| k.strip_prefix(p).map(|k| (k.to_string(), *v))).collect()
     };
     let plans = w.services.lock().unwrap_or_else(|e| e.into_inner()).values().filter(|m| m.exists).count();
+    let passes_us = *w.passes.lock().unwrap_or_else(|e| e.into_inner());
     Ok(Report {
         seed: w.cfg.seed,
         sim_ms: w.clock.elapsed_ms(),
@@ -326,6 +332,7 @@ async fn run_world(cfg: SimConfig) -> Result<Report, Failure> {
         plans_converged: plans,
         converge_ms,
         digest,
+        passes_us,
     })
 }
 
