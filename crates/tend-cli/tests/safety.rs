@@ -377,7 +377,9 @@ fn fence_mode_tasks_die_with_their_agent_and_restart_in_place_when_it_returns() 
     let _ = c.agents[i].wait();
     // No agent is left to fence it while the control plane may replace it: it dies with it.
     c.wait_for(Duration::from_secs(10), "the fence-mode task to die with its agent", |_| {
-        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        // Gone, or a zombie not yet reaped by its new parent.
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_or(true, |s| s.lines().any(|l| l.starts_with("State:") && l.contains('Z')))
     });
     c.agents[i] = c.spawn_agent(i);
     c.wait_for(Duration::from_secs(30), "the task restarted in place", |c| {

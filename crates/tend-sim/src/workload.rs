@@ -26,11 +26,21 @@ pub struct SvcModel {
 /// The spec text of a service.
 pub fn spec_yaml(name: &str, m: &SvcModel) -> String {
     if m.bulk {
-        return format!(
-            "version: 1\nname: {name}\npods:\n  node:\n    count: {count}\n    volumes:\n      - {{ name: data, path: data, size_mb: 1 }}\n    tasks:\n      server:\n        goal: running\n        cmd: sim-serve --generation {g}\n        cpus: 0.001\n        memory_mb: 1\n        readiness_check: {{ cmd: sim-ready, interval_seconds: 1 }}\nplans:\n  deploy:\n    strategy: parallel\n    phases:\n      nodes:\n        pod: node\n        strategy: parallel\n",
-            count = m.count,
-            g = m.generation
-        );
+        // Pods of at most 10,000 instances (the spec's bound), all deployed in parallel.
+        let pods = m.count.div_ceil(10_000).max(1);
+        let mut s = format!("version: 1\nname: {name}\npods:\n");
+        let mut phases = String::new();
+        for p in 0..pods {
+            let count = (m.count - p * 10_000).min(10_000);
+            s.push_str(&format!(
+                "  node{p}:\n    count: {count}\n    volumes:\n      - {{ name: data, path: data, size_mb: 1 }}\n    tasks:\n      server:\n        goal: running\n        cmd: sim-serve --generation {g}\n        cpus: 0.001\n        memory_mb: 1\n        readiness_check: {{ cmd: sim-ready, interval_seconds: 1 }}\n",
+                g = m.generation
+            ));
+            phases.push_str(&format!("      nodes{p}:\n        pod: node{p}\n        strategy: parallel\n"));
+        }
+        s.push_str("plans:\n  deploy:\n    strategy: parallel\n    phases:\n");
+        s.push_str(&phases);
+        return s;
     }
     let cmd = if m.bad { "sim-crash" } else { "sim-serve" };
     let (pod, partition) = if m.fence { ("db", "fence") } else { ("cache", "replace") };

@@ -296,6 +296,9 @@ async fn run_world(cfg: SimConfig) -> Result<Report, Failure> {
     let names: Vec<String> = w.services.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
     for name in names {
         let r = crate::workload::push(&w, &name).await;
+        if let (true, Err(e)) = (w.cfg.bulk, &r) {
+            return Err(w.failure(format!("deploy of {name} refused: {e}")));
+        }
         w.op("deploy", format!("deploy {name}: {r:?}"));
     }
     let checker = tokio::spawn(checker(w.clone())).abort_handle();
