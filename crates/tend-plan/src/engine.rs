@@ -173,6 +173,16 @@ impl Engine {
         format!("{}/plans/{}/control", self.prefix, plan.def.name)
     }
 
+    /// The persisted record of one step (the default for a step never seen).
+    pub async fn record(&self, plan: &Plan, step_id: &str) -> Result<StepRecord, EngineError> {
+        let key = self.step_key(plan, step_id);
+        match self.store.get(&key).await? {
+            Some(kv) => serde_json::from_slice(&kv.value)
+                .map_err(|e| EngineError::Corrupt { key, error: e.to_string() }),
+            None => Ok(StepRecord::default()),
+        }
+    }
+
     /// The persisted records of every step, in plan order (defaults for steps never seen).
     pub async fn records(&self, plan: &Plan) -> Result<Vec<StepRecord>, EngineError> {
         let prefix = format!("{}/plans/{}/steps/", self.prefix, plan.def.name);
@@ -218,11 +228,21 @@ impl Engine {
         let mut running = vec![false; n];
         let mut summary = RunSummary::default();
         let mut futs = FuturesUnordered::new();
+        // Direct dependants of each step: a finished step makes only these newly ready, so a run
+        // of n steps costs O(n + edges), not a scan of the whole plan per finished step.
+        let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (j, s) in plan.steps.iter().enumerate() {
+            for d in &s.deps {
+                dependants[*d].push(j);
+            }
+        }
+        let mut ctl = self.control(plan).await?;
+        let mut queue: std::collections::VecDeque<usize> = ready_steps(plan, &state, &running, &ctl).into();
         loop {
-            let ctl = self.control(plan).await?;
-            for i in ready_steps(plan, &state, &running, &ctl) {
-                if futs.len() >= self.max_parallel {
-                    break;
+            while futs.len() < self.max_parallel {
+                let Some(i) = queue.pop_front() else { break };
+                if running[i] || !is_ready(plan, &state, &running, &ctl, i) {
+                    continue;
                 }
                 running[i] = true;
                 state[i] = Status::Prepared;
@@ -236,6 +256,7 @@ impl Engine {
             }
             let Some((i, outcome)) = futs.next().await else { break };
             running[i] = false;
+            let finished = i;
             let (rec, what) = outcome?;
             let id = plan.steps[i].id.clone();
             match what {
@@ -259,6 +280,14 @@ impl Engine {
                 }
             }
             records[i] = rec;
+            // An operator's interrupt or continue changes what may start: look at everything.
+            let now_ctl = self.control(plan).await?;
+            if now_ctl != ctl {
+                ctl = now_ctl;
+                queue = ready_steps(plan, &state, &running, &ctl).into();
+            } else if state[finished] == Status::Complete {
+                queue.extend(dependants[finished].iter().copied());
+            }
         }
         // What did not run: blocked by a failure, or held by an interrupt.
         let ctl = self.control(plan).await?;

@@ -185,19 +185,18 @@ pub fn inputs_fingerprint(inputs: &BTreeMap<String, String>) -> String {
 /// Steps that may start now: not complete, not failed, not running, dependencies complete and
 /// their phase not interrupted. `done[i]` says step i is complete in this run.
 pub fn ready_steps(plan: &Plan, state: &[Status], running: &[bool], ctl: &PlanControl) -> Vec<usize> {
-    plan.steps
-        .iter()
-        .enumerate()
-        .filter(|(i, s)| {
-            matches!(
-                state[*i],
-                Status::Pending | Status::Waiting | Status::Prepared | Status::Starting | Status::Started
-            ) && !running[*i]
-                && s.deps.iter().all(|d| state[*d] == Status::Complete)
-                && ctl.may_start(&plan.def.phases[s.phase].name)
-        })
-        .map(|(i, _)| i)
-        .collect()
+    (0..plan.steps.len()).filter(|i| is_ready(plan, state, running, ctl, *i)).collect()
+}
+
+/// Whether step `i` may start now (see [`ready_steps`]).
+pub fn is_ready(plan: &Plan, state: &[Status], running: &[bool], ctl: &PlanControl, i: usize) -> bool {
+    let Some(s) = plan.steps.get(i) else { return false };
+    matches!(
+        state[i],
+        Status::Pending | Status::Waiting | Status::Prepared | Status::Starting | Status::Started
+    ) && !running[i]
+        && s.deps.iter().all(|d| state[*d] == Status::Complete)
+        && ctl.may_start(&plan.def.phases[s.phase].name)
 }
 
 /// Steps held back by an interrupt (their dependencies are complete but their phase is stopped).

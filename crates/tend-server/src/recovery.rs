@@ -8,7 +8,7 @@
 //! Level-triggered: a pass reads the store and the latest reports and acts; everything it
 //! remembers between passes is in the store, so a restarted control plane decides the same.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use tend_api::TaskState;
@@ -182,19 +182,22 @@ impl Policy {
     }
 }
 
-/// Instances a deploy step is working on (a step past its deadline fails, releasing them).
+/// Of `candidates` (instances not yet on their target config), those a deploy step is working
+/// on (a step past its deadline fails, releasing them). Reads only their steps' records: an
+/// instance on its target config is never held, so a settled service costs no read at all.
 async fn busy_steps(
     server: &Server,
     svc: &str,
     deploy: Option<&tend_plan::Plan>,
+    candidates: &BTreeSet<String>,
 ) -> anyhow::Result<HashSet<String>> {
     let mut busy = HashSet::new();
-    if let Some(plan) = deploy {
-        let recs = engine(server, svc).records(plan).await?;
-        for (node, r) in plan.steps.iter().zip(recs) {
-            if matches!(r.status(), Status::Prepared | Status::Starting | Status::Started) {
-                busy.insert(node.name.clone());
-            }
+    let Some(plan) = deploy.filter(|_| !candidates.is_empty()) else { return Ok(busy) };
+    let engine = engine(server, svc);
+    for node in plan.steps.iter().filter(|n| candidates.contains(&n.name)) {
+        let r = engine.record(plan, &node.id).await?;
+        if matches!(r.status(), Status::Prepared | Status::Starting | Status::Started) {
+            busy.insert(node.name.clone());
         }
     }
     Ok(busy)
@@ -308,13 +311,20 @@ async fn service_pass(
     let now = server.now_ms();
     let mut next: Option<u64> = None;
     // Gather: facts from the store and the reports, judged by the pure rules.
-    let busy = busy_steps(server, svc, deploy).await?;
+    server.inner.state.caught_up(&*server.inner.store).await?;
+    let records = server.inner.state.instances(svc);
+    let off_target: BTreeSet<String> = records
+        .iter()
+        .filter(|(_, r)| targets.get(&r.pod) != Some(&r.config))
+        .map(|(i, _)| i.clone())
+        .collect();
+    let busy = busy_steps(server, svc, deploy, &off_target).await?;
     let reports = Reports::gather(server, svc);
     let policy = Policy::of(spec);
     let mut views = Vec::new();
     let mut notes: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut last_launch: Option<u64> = None;
-    for (inst, rec) in server.instances(svc).await? {
+    for (inst, rec) in records {
         if rec.incarnation == 0 {
             continue;
         }
