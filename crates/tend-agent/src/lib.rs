@@ -64,6 +64,9 @@ struct AgentState {
     cluster_file: cluster::ClusterFile,
     /// A refusal to obey, reported to the control plane until it is resolved.
     conflict: std::sync::Mutex<Option<String>>,
+    /// Set when fencing killed something: the next long-poll asks for the desired state at once
+    /// (index 0), so a fenced incarnation still desired restarts as soon as contact is back.
+    refetch: std::sync::atomic::AtomicBool,
 }
 
 /// Runs an agent until `shutdown` resolves; then stops every task it runs and returns.
@@ -108,6 +111,7 @@ pub async fn run(
         cluster: std::sync::Mutex::new(memory),
         cluster_file,
         conflict: std::sync::Mutex::new(None),
+        refetch: std::sync::atomic::AtomicBool::new(false),
         cfg: cfg.clone(),
         http,
         ctx,
@@ -291,11 +295,12 @@ async fn desired_loop(st: &Arc<AgentState>, mut stop: watch::Receiver<bool>) -> 
     let mut failures = 0;
     loop {
         let url = format!("{}/v1/agent/{}/desired", st.cfg.server, st.cfg.id);
+        let asked = if st.refetch.swap(false, std::sync::atomic::Ordering::SeqCst) { 0 } else { index };
         let req = st
             .http
             .get(&url)
             .bearer_auth(&st.cfg.cluster_token)
-            .query(&[("index", index.to_string()), ("wait_ms", "20000".to_string())])
+            .query(&[("index", asked.to_string()), ("wait_ms", "20000".to_string())])
             .timeout(Duration::from_secs(30));
         let resp = tokio::select! {
             r = req.send() => r,
@@ -492,6 +497,9 @@ async fn fence_loop(st: Arc<AgentState>) {
                 .collect();
             keys.into_iter().filter_map(|k| running.remove(&k).map(|h| (k, h))).collect()
         };
+        if !fenced.is_empty() {
+            st.refetch.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         for ((service, instance), h) in fenced {
             tracing::warn!(%service, %instance, incarnation = h.incarnation, silent_ms = silent, "fencing: no contact with the control plane; killing the instance");
             let _ = h.cancel.send(true);

@@ -59,6 +59,8 @@ pub struct AgentSt {
     /// Job runs orphaned by an agent crash: still running until they end.
     pub orphan_jobs: Vec<SimJob>,
     pub(crate) seq: u64,
+    /// Fencing killed something: the next long-poll asks at once (as the real agent does).
+    pub(crate) refetch: bool,
 }
 
 /// One simulated agent.
@@ -91,6 +93,7 @@ impl SimAgent {
                 jobs: BTreeMap::new(),
                 orphan_jobs: Vec::new(),
                 seq: 0,
+                refetch: false,
             }),
             loops: Mutex::new(Vec::new()),
             changed: Notify::new(),
@@ -298,8 +301,9 @@ async fn desired_loop(ag: &Arc<SimAgent>, w: &Arc<World>) {
     let mut failures = 0;
     loop {
         let id = ag.id.clone();
+        let asked = if std::mem::take(&mut ag.lock().refetch) { 0 } else { index };
         let r =
-            w.net.call(&ag.id, |s| async move { s.desired(&id, index, Duration::from_secs(20)).await }).await;
+            w.net.call(&ag.id, |s| async move { s.desired(&id, asked, Duration::from_secs(20)).await }).await;
         let desired = match r {
             Ok(d) => d,
             Err(NetError::Refused(404, _)) => return,

@@ -216,6 +216,14 @@ pub async fn converged(w: &World) -> Result<(), String> {
         if !st.machine_up {
             continue;
         }
+        // A fault's after-effects must have played out: the agent is in contact again.
+        let silent = st.clock.now_ms().saturating_sub(st.last_contact);
+        if !st.alive || silent > 2_000 {
+            return Err(format!(
+                "agent {} not in contact ({silent} ms since its last acknowledged report)",
+                ag.id
+            ));
+        }
         for ((s, i), p) in &st.pods {
             let k = (s.clone(), i.clone());
             if expected.get(&k) != Some(&(ag.id.clone(), p.a.incarnation)) {

@@ -164,6 +164,9 @@ pub(crate) async fn tick_loop(ag: Arc<SimAgent>, w: Arc<World>) {
                 .filter(|(k, p)| !st.adoptable.contains(*k) && p.a.fence_after_ms.is_some_and(|f| silent > f))
                 .map(|(k, _)| k.clone())
                 .collect();
+            if !fenced.is_empty() {
+                st.refetch = true;
+            }
             for k in fenced {
                 if let Some(p) = st.pods.remove(&k) {
                     log.push(format!(
