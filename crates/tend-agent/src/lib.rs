@@ -12,6 +12,7 @@ pub mod checks;
 pub mod cluster;
 pub mod jobs;
 pub mod pod;
+pub mod process;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;

@@ -11,8 +11,10 @@ pub mod agents;
 pub mod api;
 pub mod deploy;
 pub mod housekeeping;
+mod ids;
 pub mod jobs;
 pub mod launch;
+pub mod plans;
 pub mod records;
 pub mod recovery;
 pub mod services;
@@ -21,18 +23,20 @@ pub mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
 use tend_api::{TaskState, TaskStatus};
 use tend_model::{SharedClock, SystemClock};
-use tend_plan::{Plan, PlanDef};
+use tend_plan::Plan;
 use tend_spec::{Goal, ServiceSpec};
 use tend_store::StateStore;
 use tokio::sync::{watch, Notify};
 
+use crate::ids::{fresh_id, token_file};
+pub use crate::plans::{compile_plans, identities};
 use crate::records::*;
 
 /// How a control plane is set up.
@@ -195,75 +199,6 @@ pub struct Inner {
 #[derive(Clone)]
 pub struct Server {
     pub inner: Arc<Inner>,
-}
-
-/// A fresh identifier: random, or derived from the configured seed, a purpose and a salt.
-fn fresh_id(cfg: &ServerConfig, purpose: &str, salt: u64, bytes: usize) -> anyhow::Result<String> {
-    match cfg.id_seed {
-        Some(seed) => {
-            use sha2::Digest;
-            let d = sha2::Sha256::digest(format!("{seed}/{purpose}/{salt}").as_bytes());
-            Ok(hex::encode(&d[..bytes.min(32)]))
-        }
-        None => random_hex(bytes),
-    }
-}
-
-fn random_hex(bytes: usize) -> anyhow::Result<String> {
-    use std::io::Read;
-    let mut b = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(hex::encode(b))
-}
-
-/// Reads a token file, or creates it (mode 0600) with a fresh random token.
-fn token_file(path: &Path) -> anyhow::Result<String> {
-    if let Ok(t) = std::fs::read_to_string(path) {
-        let t = t.trim().to_string();
-        if !t.is_empty() {
-            return Ok(t);
-        }
-    }
-    let t = random_hex(24)?;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
-    std::io::Write::write_all(&mut f, t.as_bytes())?;
-    Ok(t)
-}
-
-/// Digests `(pod → config identity)` of a spec, with uploaded artifact digests.
-pub fn identities(spec: &ServiceSpec, artifacts: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    spec.pods.iter().map(|p| (p.name.clone(), tend_spec::pod_config_identity(p, artifacts))).collect()
-}
-
-/// Compiles a spec's plans: one step per pod instance.
-pub fn compile_plans(spec: &ServiceSpec) -> anyhow::Result<BTreeMap<String, Plan>> {
-    let mut out = BTreeMap::new();
-    for p in &spec.plans {
-        let strategy = |s: tend_spec::Strategy| match s {
-            tend_spec::Strategy::Serial => tend_plan::Strategy::Serial,
-            tend_spec::Strategy::Parallel => tend_plan::Strategy::Parallel,
-            tend_spec::Strategy::Dependency => tend_plan::Strategy::Dependency,
-        };
-        let phases = p
-            .phases
-            .iter()
-            .map(|ph| {
-                let count = spec.pod(&ph.pod).map_or(0, |pod| pod.count);
-                tend_plan::PhaseDef {
-                    name: ph.name.clone(),
-                    strategy: strategy(ph.strategy),
-                    depends_on: ph.depends_on.clone(),
-                    steps: (0..count)
-                        .map(|i| tend_plan::StepDef { name: format!("{}-{i}", ph.pod), needs: vec![] })
-                        .collect(),
-                }
-            })
-            .collect();
-        let plan = Plan::compile(PlanDef { name: p.name.clone(), strategy: strategy(p.strategy), phases })?;
-        out.insert(p.name.clone(), plan);
-    }
-    Ok(out)
 }
 
 impl Server {
