@@ -122,6 +122,9 @@ impl Checks {
             let Some((svc, rest)) = kv.key.trim_start_matches("services/").split_once('/') else { continue };
             let Some(inst) = rest.strip_prefix("instances/") else { continue };
             let Ok(rec) = serde_json::from_slice::<InstanceRecord>(&kv.value) else { continue };
+            if rec.incarnation == 0 {
+                continue; // Not launched yet (e.g. waiting for placement): no number to compare.
+            }
             let key = (svc.to_string(), inst.to_string());
             let max = seen.entry(key).or_insert(0);
             if rec.incarnation < *max {
