@@ -425,7 +425,12 @@ pub async fn replace(server: &Server, svc: &str, inst: &str, why: &str) -> Resul
     let (spec, ids) = work.spec().ok_or("service is gone")?;
     let (pod, _) = pod_of(&spec, inst).ok_or_else(|| format!("no pod for {inst}"))?;
     let (mut rec, rev) = work.record(inst).await?.ok_or_else(|| format!("{inst} was never launched"))?;
-    let old_agent = rec.agent.clone().unwrap_or_default();
+    // Already released by a replacement that waits (fence mode, or no agent fits): placing now
+    // would forget which agent must first confirm the old incarnation dead.
+    let Some(old_agent) = rec.agent.clone() else {
+        let why = rec.pending_reason.clone().unwrap_or_else(|| "waiting for placement".into());
+        return Err(format!("{inst} is already being replaced ({why})"));
+    };
     let old_host = {
         let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
         agents.get(&old_agent).map(|a| a.record.host.clone()).unwrap_or_default()
@@ -443,7 +448,7 @@ pub async fn replace(server: &Server, svc: &str, inst: &str, why: &str) -> Resul
     let (_, rev) = work.record(inst).await?.ok_or("record vanished")?;
     // Fence mode: nothing is placed before the old incarnation is surely dead (launch.rs
     // places it once its agent confirms, or after the fence time without contact).
-    let fence = spec.recovery.on_partition == tend_spec::OnPartition::Fence && !old_agent.is_empty();
+    let fence = spec.recovery.on_partition == tend_spec::OnPartition::Fence;
     let placed = if fence {
         Err(format!("fence: waiting until agent {old_agent} confirms the old incarnation stopped"))
     } else {
