@@ -481,7 +481,8 @@ impl Engine {
         }
     }
 
-    async fn update_control(&self, plan: &Plan, f: impl Fn(&mut PlanControl)) -> Result<(), EngineError> {
+    /// Changes the plan's controls; Ok(false) when `f` changed nothing (and nothing was written).
+    async fn update_control(&self, plan: &Plan, f: impl Fn(&mut PlanControl)) -> Result<bool, EngineError> {
         let key = self.control_key(plan);
         for _ in 0..100 {
             let cur = self.store.get(&key).await?;
@@ -490,7 +491,11 @@ impl Engine {
                     .map_err(|e| EngineError::Corrupt { key: key.clone(), error: e.to_string() })?,
                 None => PlanControl::default(),
             };
+            let before = ctl.clone();
             f(&mut ctl);
+            if ctl == before {
+                return Ok(false);
+            }
             let value = serde_json::to_vec(&ctl)
                 .map_err(|e| EngineError::Corrupt { key: key.clone(), error: e.to_string() })?;
             let rev = cur.map_or(0, |kv| kv.mod_revision);
@@ -499,7 +504,7 @@ impl Engine {
                 .txn(Txn::new().when(Compare::mod_revision_eq(&key, rev)).then(TxnOp::put(&key, value)))
                 .await?;
             if r.succeeded {
-                return Ok(());
+                return Ok(true);
             }
         }
         Err(EngineError::Contended)
@@ -519,7 +524,8 @@ impl Engine {
     }
 
     /// Stops steps of the plan (or one phase) from starting; running steps finish.
-    pub async fn interrupt(&self, plan: &Plan, phase: Option<&str>) -> Result<(), EngineError> {
+    /// Ok(false): it was interrupted already (nothing written).
+    pub async fn interrupt(&self, plan: &Plan, phase: Option<&str>) -> Result<bool, EngineError> {
         self.check_phase(plan, phase)?;
         self.update_control(plan, |c| match phase {
             None => c.interrupted = true,
@@ -533,7 +539,8 @@ impl Engine {
     }
 
     /// Lifts an interrupt of the plan (or one phase).
-    pub async fn proceed(&self, plan: &Plan, phase: Option<&str>) -> Result<(), EngineError> {
+    /// Ok(false): it was not interrupted (nothing written).
+    pub async fn proceed(&self, plan: &Plan, phase: Option<&str>) -> Result<bool, EngineError> {
         self.check_phase(plan, phase)?;
         self.update_control(plan, |c| match phase {
             None => {

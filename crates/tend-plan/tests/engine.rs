@@ -306,10 +306,12 @@ async fn operator_actions() {
     assert_eq!(w.applies(), vec!["one/a", "one/b"]);
     // Interrupt the whole plan: nothing starts.
     e.restart(&p, &Target::Plan).await.unwrap();
-    e.interrupt(&p, None).await.unwrap();
+    assert!(e.interrupt(&p, None).await.unwrap(), "a running plan is interrupted");
+    assert!(!e.interrupt(&p, None).await.unwrap(), "interrupting it again changes nothing");
     let s = e.run(&p, &w, &NoObserver).await.unwrap();
     assert!(s.applied.is_empty() && s.held == vec!["one/a"]);
-    e.proceed(&p, None).await.unwrap();
+    assert!(e.proceed(&p, None).await.unwrap());
+    assert!(!e.proceed(&p, None).await.unwrap(), "continuing a running plan writes nothing");
     // Force-complete a failing step: its dependants proceed without it doing work.
     let (e2, _) = engine();
     let w2 = World::default();

@@ -123,23 +123,29 @@ pub(super) async fn plan_action(
         }
         other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", other.to_string()),
     };
-    match action.as_str() {
+    // Whether anything changed: an interrupt of an interrupted plan (or a continue of a running
+    // one) writes nothing and records no event.
+    let changed = match action.as_str() {
         "interrupt" => e.interrupt(&p, a.phase.as_deref()).await.map_err(map)?,
         "continue" => e.proceed(&p, a.phase.as_deref()).await.map_err(map)?,
         "force-complete" => {
             e.force_complete(&p, &target).await.map_err(map)?;
+            true
         }
         "restart" => {
             e.restart(&p, &target).await.map_err(map)?;
+            true
         }
         other => {
             return Err(bad(format!(
                 "unknown plan action `{other}`: use interrupt, continue, force-complete or restart"
             )));
         }
+    };
+    if changed {
+        s.event(Some(&name), "plan", format!("plan {plan}: {action} {target:?}")).await;
+        trigger.notify_one();
     }
-    s.event(Some(&name), "plan", format!("plan {plan}: {action} {target:?}")).await;
-    trigger.notify_one();
     Ok(Json(plan_info(&s, &name, &plan).await?))
 }
 
