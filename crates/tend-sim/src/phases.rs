@@ -137,6 +137,9 @@ async fn snapshot(w: &World) -> BTreeMap<String, (u64, u64)> {
     out
 }
 
+/// Where each instance must run: (service, instance) → (agent, incarnation).
+type Expected = BTreeMap<(String, String), (String, u64)>;
+
 /// Whether the cluster has converged: Err says what is still off.
 pub async fn converged(w: &World) -> Result<(), String> {
     let server = w.net.server().ok_or("control plane down")?;
@@ -144,73 +147,92 @@ pub async fn converged(w: &World) -> Result<(), String> {
         return Err("control plane not reconciled with its agents".into());
     }
     let models = w.services.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let mut expected: BTreeMap<(String, String), (String, u64)> = BTreeMap::new();
+    let mut expected = Expected::new();
     for (name, m) in models.iter().filter(|(_, m)| m.exists) {
-        let rt = server.service(name).ok_or_else(|| format!("service {name} not loaded"))?;
-        let (plan, ids) = {
-            let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
-            (rt.plans.get("deploy").cloned(), rt.identities.clone())
-        };
-        let plan = plan.ok_or_else(|| format!("{name}: no deploy plan"))?;
-        let view = tend_server::deploy::engine(&server, name).view(&plan).await.map_err(|e| e.to_string())?;
-        if view.status.as_str() != "complete" {
-            return Err(format!("{name}: deploy plan {}", view.status.as_str()));
-        }
-        let recs = server.instances(name).await.map_err(|e| e.to_string())?;
-        if recs.len() != m.count as usize {
-            return Err(format!("{name}: {} instance records, {} wanted", recs.len(), m.count));
-        }
-        for (inst, rec) in recs {
-            let agent = rec.agent.clone().ok_or_else(|| format!("{name}/{inst} not placed"))?;
-            if ids.get(&rec.pod) != Some(&rec.config) {
-                return Err(format!("{name}/{inst} not on the current config"));
-            }
-            let ag = w
-                .agents
-                .iter()
-                .find(|a| a.id == agent)
-                .ok_or_else(|| format!("{name}/{inst} on unknown agent"))?;
-            let st = ag.lock();
-            if !st.machine_up || !st.alive {
-                return Err(format!("{name}/{inst} on agent {agent}, which is down"));
-            }
-            let pod = st.pods.get(&(name.clone(), inst.clone()));
-            let pod =
-                pod.ok_or_else(|| format!("{name}/{inst}#{} not running on {agent}", rec.incarnation))?;
-            let key = (name.clone(), inst.clone());
-            if st.adoptable.contains(&key) || !pod.processes_alive(st.clock.now_ms()) {
-                return Err(format!("{name}/{inst} on {agent} not re-adopted yet"));
-            }
-            if !pod.settled(st.clock.now_ms()) {
-                return Err(format!("{name}/{inst} still inside a crash loop's reset window"));
-            }
-            if let Some(e) = server
-                .inner
-                .recovery
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entries
-                .get(&(name.clone(), inst.clone()))
-            {
-                return Err(format!("{name}/{inst}: recovery shows {}: {}", e.state, e.message));
-            }
-            if pod.a.incarnation != rec.incarnation || !pod.all_ready() {
-                return Err(format!(
-                    "{name}/{inst}: {agent} runs #{} (ready: {}), the store wants #{}",
-                    pod.a.incarnation,
-                    pod.all_ready(),
-                    rec.incarnation
-                ));
-            }
-            if Some(pod.a.volume_id.as_str()) != rec.volume_id.as_deref() {
-                return Err(format!(
-                    "{name}/{inst} runs on volume set {}, the store says {:?}",
-                    pod.a.volume_id, rec.volume_id
-                ));
-            }
-            expected.insert((name.clone(), inst), (agent, rec.incarnation));
-        }
+        service_converged(w, &server, (name, m), &mut expected).await?;
     }
+    nothing_else_runs(w, &expected)
+}
+
+/// One service: its deploy plan complete, every instance running and ready where the store says.
+async fn service_converged(
+    w: &World,
+    server: &tend_server::Server,
+    (name, m): (&str, &crate::workload::SvcModel),
+    expected: &mut Expected,
+) -> Result<(), String> {
+    let rt = server.service(name).ok_or_else(|| format!("service {name} not loaded"))?;
+    let (plan, ids) = {
+        let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+        (rt.plans.get("deploy").cloned(), rt.identities.clone())
+    };
+    let plan = plan.ok_or_else(|| format!("{name}: no deploy plan"))?;
+    let view = tend_server::deploy::engine(server, name).view(&plan).await.map_err(|e| e.to_string())?;
+    if view.status.as_str() != "complete" {
+        return Err(format!("{name}: deploy plan {}", view.status.as_str()));
+    }
+    let recs = server.instances(name).await.map_err(|e| e.to_string())?;
+    if recs.len() != m.count as usize {
+        return Err(format!("{name}: {} instance records, {} wanted", recs.len(), m.count));
+    }
+    for (inst, rec) in recs {
+        let agent = rec.agent.clone().ok_or_else(|| format!("{name}/{inst} not placed"))?;
+        if ids.get(&rec.pod) != Some(&rec.config) {
+            return Err(format!("{name}/{inst} not on the current config"));
+        }
+        let board = server.inner.recovery.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = board.entries.get(&(name.to_string(), inst.clone())) {
+            return Err(format!("{name}/{inst}: recovery shows {}: {}", e.state, e.message));
+        }
+        drop(board);
+        instance_runs(w, (name, &inst), &agent, &rec)?;
+        expected.insert((name.to_string(), inst), (agent, rec.incarnation));
+    }
+    Ok(())
+}
+
+/// The agent runs the recorded incarnation, alive, ready, out of any crash loop, on its volumes.
+fn instance_runs(
+    w: &World,
+    (name, inst): (&str, &str),
+    agent: &str,
+    rec: &tend_server::records::InstanceRecord,
+) -> Result<(), String> {
+    let ag =
+        w.agents.iter().find(|a| a.id == agent).ok_or_else(|| format!("{name}/{inst} on unknown agent"))?;
+    let st = ag.lock();
+    if !st.machine_up || !st.alive {
+        return Err(format!("{name}/{inst} on agent {agent}, which is down"));
+    }
+    let key = (name.to_string(), inst.to_string());
+    let pod = st.pods.get(&key);
+    let pod = pod.ok_or_else(|| format!("{name}/{inst}#{} not running on {agent}", rec.incarnation))?;
+    let now = st.clock.now_ms();
+    if st.adoptable.contains(&key) || !pod.processes_alive(now) {
+        return Err(format!("{name}/{inst} on {agent} not re-adopted yet"));
+    }
+    if !pod.settled(now) {
+        return Err(format!("{name}/{inst} still inside a crash loop's reset window"));
+    }
+    if pod.a.incarnation != rec.incarnation || !pod.all_ready() {
+        return Err(format!(
+            "{name}/{inst}: {agent} runs #{} (ready: {}), the store wants #{}",
+            pod.a.incarnation,
+            pod.all_ready(),
+            rec.incarnation
+        ));
+    }
+    if Some(pod.a.volume_id.as_str()) != rec.volume_id.as_deref() {
+        return Err(format!(
+            "{name}/{inst} runs on volume set {}, the store says {:?}",
+            pod.a.volume_id, rec.volume_id
+        ));
+    }
+    Ok(())
+}
+
+/// Every agent is in contact again and runs nothing the store does not give it.
+fn nothing_else_runs(w: &World, expected: &Expected) -> Result<(), String> {
     for ag in &w.agents {
         let st = ag.lock();
         if !st.machine_up {

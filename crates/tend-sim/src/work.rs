@@ -86,6 +86,20 @@ pub(crate) async fn reconcile(ag: &Arc<SimAgent>, w: &Arc<World>, d: DesiredStat
         }
         sync_jobs(&mut st, &d, now, &mut log);
     }
+    delete_released(ag, w, to_delete, &mut log).await;
+    for l in log {
+        w.trace.log(format!("agent {}: {l}", ag.id));
+    }
+}
+
+/// Deletes released volume sets (each checked against the store at that moment), unless an
+/// incarnation here uses it.
+async fn delete_released(
+    ag: &SimAgent,
+    w: &World,
+    to_delete: Vec<tend_api::VolumeRelease>,
+    log: &mut Vec<String>,
+) {
     for r in to_delete {
         // The check reads the store as it is when the agent acts.
         w.checks.on_volume_delete(w, &ag.id, &r.id).await;
@@ -97,9 +111,6 @@ pub(crate) async fn reconcile(ag: &Arc<SimAgent>, w: &Arc<World>, d: DesiredStat
         st.deleted_sets.insert(r.id.clone());
         st.released.push(r.clone());
         log.push(format!("deleted released volume set {}", r.id));
-    }
-    for l in log {
-        w.trace.log(format!("agent {}: {l}", ag.id));
     }
 }
 

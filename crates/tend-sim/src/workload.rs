@@ -174,27 +174,7 @@ pub async fn step(w: &Arc<World>) {
                 tend_server::jobs::request_run(&server, svc, "repair", &i).await.map_err(|e| e.to_string());
             ("job-run", format!("run job repair on {svc}/{i}: {r:?}"))
         }
-        85..=92 if svc == "alpha" => {
-            // A maintenance window: jobs run only inside it (sim time starts at 00:00 UTC).
-            let id = "sim-window".to_string();
-            let r = if w.rng(|r| r.chance(0.5)) {
-                let start = w.rng(|r| r.below(24 * 60)) as u32;
-                let policy = tend_jobs::window::RunPolicy {
-                    id,
-                    job: Some("repair".into()),
-                    pods: Vec::new(),
-                    start,
-                    end: (start + 30) % (24 * 60),
-                    utc_offset_minutes: 0,
-                };
-                tend_server::jobs::put_policy(&server, &policy)
-                    .await
-                    .map(|_| format!("window from minute {start}"))
-            } else {
-                tend_server::jobs::remove_policy(&server, &id).await.map(|_| "window removed".to_string())
-            };
-            ("window", format!("{svc} jobs: {:?}", r.map_err(|e| e.to_string())))
-        }
+        85..=92 if svc == "alpha" => ("window", format!("{svc} jobs: {:?}", window(w, &server).await)),
         85..=92 if svc == "beta" => {
             let r = tend_server::services::delete(&server, svc, Duration::from_secs(5)).await;
             w.model(svc, |m| {
@@ -206,4 +186,25 @@ pub async fn step(w: &Arc<World>) {
         _ => return,
     };
     w.op(what, detail);
+}
+
+/// Sets (or removes) a maintenance window for the repair job: jobs run only inside it (simulated
+/// time starts at 00:00 UTC).
+async fn window(w: &World, server: &tend_server::Server) -> Result<String, String> {
+    let id = "sim-window".to_string();
+    let r = if w.rng(|r| r.chance(0.5)) {
+        let start = w.rng(|r| r.below(24 * 60)) as u32;
+        let policy = tend_jobs::window::RunPolicy {
+            id,
+            job: Some("repair".into()),
+            pods: Vec::new(),
+            start,
+            end: (start + 30) % (24 * 60),
+            utc_offset_minutes: 0,
+        };
+        tend_server::jobs::put_policy(server, &policy).await.map(|_| format!("window from minute {start}"))
+    } else {
+        tend_server::jobs::remove_policy(server, &id).await.map(|_| "window removed".to_string())
+    };
+    r.map_err(|e| e.to_string())
 }
