@@ -324,6 +324,8 @@ async fn service_pass(
     let mut views = Vec::new();
     let mut notes: BTreeMap<String, (String, String)> = BTreeMap::new();
     let mut last_launch: Option<u64> = None;
+    // The incarnation each judgement was about: a replacement acts only if it is still current.
+    let mut judged: BTreeMap<String, u64> = BTreeMap::new();
     for (inst, rec) in records {
         if rec.incarnation == 0 {
             continue;
@@ -361,6 +363,7 @@ async fn service_pass(
             observed: observe(&reports, now, (spec, pod), &inst, &rec, &agent),
         };
         let a = assess(&facts, now);
+        judged.insert(inst.clone(), rec.incarnation);
         persist(server, svc, &inst, &rec, (a.down_since_ms, a.unreachable_since_ms), a.mark_ready).await;
         if let Some(note) = describe(&a.health, &agent, &policy.monitor, a.blocked, now) {
             notes.insert(inst.clone(), note);
@@ -392,7 +395,8 @@ async fn service_pass(
         match action {
             RecoveryAction::Replace { instance } => {
                 let why = notes.get(&instance).map(|n| n.1.clone()).unwrap_or_default();
-                match replace(server, svc, &instance, &format!("failure monitor: {why}")).await {
+                let judged = judged.get(&instance).copied();
+                match replace_judged(server, svc, &instance, &format!("failure monitor: {why}"), judged).await {
                     Ok(msg) => {
                         notes.insert(instance, ("replacing".into(), msg));
                     }
@@ -420,11 +424,27 @@ async fn service_pass(
 /// The old volumes are retained (listed, deleted only after their retention), in the same
 /// transaction.
 pub async fn replace(server: &Server, svc: &str, inst: &str, why: &str) -> Result<String, String> {
+    replace_judged(server, svc, inst, why, None).await
+}
+
+/// Replaces an instance — when `judged` is given, only if its incarnation is still the one that
+/// was judged failed (a pass decides on a snapshot: an incarnation launched since, say by an
+/// update, has not failed).
+async fn replace_judged(
+    server: &Server,
+    svc: &str,
+    inst: &str,
+    why: &str,
+    judged: Option<u64>,
+) -> Result<String, String> {
     let work = DeployWork { server: server.clone(), service: svc.to_string() };
     let _guard = server.inner.launch_lock.lock().await;
     let (spec, ids) = work.spec().ok_or("service is gone")?;
     let (pod, _) = pod_of(&spec, inst).ok_or_else(|| format!("no pod for {inst}"))?;
     let (mut rec, rev) = work.record(inst).await?.ok_or_else(|| format!("{inst} was never launched"))?;
+    if let Some(j) = judged.filter(|j| *j != rec.incarnation) {
+        return Err(format!("{inst} changed since it was judged (incarnation {j}, now {})", rec.incarnation));
+    }
     // Already released by a replacement that waits (fence mode, or no agent fits): placing now
     // would forget which agent must first confirm the old incarnation dead.
     let Some(old_agent) = rec.agent.clone() else {

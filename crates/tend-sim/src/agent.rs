@@ -183,7 +183,7 @@ impl SimAgent {
     }
 
     /// A fault: one serving task of a random pod exits now (`loop_ms`: and keeps crashing that long).
-    pub fn crash_task(&self, rng: &mut Rng, loop_ms: u64) -> Option<String> {
+    pub fn crash_task(&self, rng: &mut Rng, loop_ms: u64) -> Option<(String, String, String)> {
         let mut st = self.lock();
         let keys: Vec<Key> = st.pods.keys().cloned().collect();
         let k = rng.pick(&keys)?.clone();
@@ -191,7 +191,7 @@ impl SimAgent {
         let p = st.pods.get_mut(&k)?;
         p.crash_until = now + loop_ms;
         let t = p.crash_one(rng, now)?;
-        Some(format!("{}/{} task {t}", k.0, k.1))
+        Some((k.0.clone(), k.1.clone(), format!("{}/{} task {t}", k.0, k.1)))
     }
 
     fn resources() -> AgentResources {

@@ -5,7 +5,10 @@
 //!   pods count as live until they are fenced or die);
 //! - no volume set deleted while an instance or its retention owns it, and none reused after;
 //! - incarnation numbers of an instance only grow (also across a service's delete and re-create);
-//! - a cluster-scoped maintenance job never runs twice at once.
+//! - a cluster-scoped maintenance job never runs twice at once;
+//! - no relaunch without a cause: a new incarnation of an instance needs a user operation on it
+//!   or its service, or a fault of its agent or its tasks, since the previous one (a control-plane
+//!   crash, slow store calls or messy messages are no cause).
 //!
 //! Convergence and "no relaunch without a cause" are checked by the world once faults stop.
 
@@ -26,8 +29,35 @@ type Key = (String, String);
 #[derive(Default)]
 pub struct Checks {
     violations: Mutex<Vec<String>>,
-    max_incarnation: Mutex<BTreeMap<(String, String), u64>>,
+    /// Per instance: the highest incarnation seen, since when (sim ms), on which agent, with
+    /// which config.
+    seen: Mutex<BTreeMap<Key, Seen>>,
+    causes: Mutex<Causes>,
     pub count: AtomicU64,
+}
+
+/// The last launched incarnation of an instance as the checks saw it.
+#[derive(Clone)]
+struct Seen {
+    incarnation: u64,
+    since_ms: u64,
+    agent: Option<String>,
+    config: String,
+}
+
+/// What may justify a relaunch: intervals of simulated time (ms).
+#[derive(Default)]
+struct Causes {
+    service: BTreeMap<String, Vec<(u64, u64)>>,
+    instance: BTreeMap<Key, Vec<(u64, u64)>>,
+    agent: BTreeMap<String, Vec<(u64, u64)>>,
+}
+
+/// What a cause concerns.
+pub enum Cause<'a> {
+    Service(&'a str),
+    Instance(&'a str, &'a str),
+    Agent(&'a str),
 }
 
 impl Checks {
@@ -42,6 +72,26 @@ impl Checks {
     /// The first violation seen, if any.
     pub fn first(&self) -> Option<String> {
         self.violations.lock().unwrap_or_else(|e| e.into_inner()).first().cloned()
+    }
+
+    /// Records a cause from `from_ms` to `to_ms` (simulated ms since the start).
+    pub fn cause(&self, c: Cause<'_>, from_ms: u64, to_ms: u64) {
+        let mut causes = self.causes.lock().unwrap_or_else(|e| e.into_inner());
+        let list = match c {
+            Cause::Service(s) => causes.service.entry(s.to_string()).or_default(),
+            Cause::Instance(s, i) => causes.instance.entry((s.to_string(), i.to_string())).or_default(),
+            Cause::Agent(a) => causes.agent.entry(a.to_string()).or_default(),
+        };
+        list.push((from_ms, to_ms));
+    }
+
+    /// Whether something justifies relaunching `key` (on `agent`) between `since` and `now`.
+    fn justified(&self, key: &Key, agent: Option<&str>, since: u64, now: u64) -> bool {
+        let causes = self.causes.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = |v: Option<&Vec<(u64, u64)>>| v.is_some_and(|v| v.iter().any(|(a, b)| *a <= now && *b >= since));
+        hit(causes.service.get(&key.0))
+            || hit(causes.instance.get(key))
+            || agent.is_some_and(|a| hit(causes.agent.get(a)))
     }
 
     /// An agent launches an incarnation: its volume set must not be one it deleted.
@@ -113,11 +163,12 @@ impl Checks {
         }
     }
 
-    /// Incarnation numbers only grow.
+    /// Incarnation numbers only grow, and never without a cause.
     pub async fn check_store(&self, w: &World) {
         self.count.fetch_add(1, Ordering::Relaxed);
+        let now = w.clock.elapsed_ms();
         let kvs = w.mem.range("services/").await.map(|r| r.kvs).unwrap_or_default();
-        let mut seen = self.max_incarnation.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for kv in kvs {
             let Some((svc, rest)) = kv.key.trim_start_matches("services/").split_once('/') else { continue };
             let Some(inst) = rest.strip_prefix("instances/") else { continue };
@@ -126,14 +177,33 @@ impl Checks {
                 continue; // Not launched yet (e.g. waiting for placement): no number to compare.
             }
             let key = (svc.to_string(), inst.to_string());
-            let max = seen.entry(key).or_insert(0);
-            if rec.incarnation < *max {
-                let msg =
-                    format!("incarnation of {svc}/{inst} went back from {} to {}", *max, rec.incarnation);
+            let last = seen.get(&key).cloned();
+            if let Some(l) = last.as_ref().filter(|l| rec.incarnation < l.incarnation) {
+                let msg = format!("incarnation of {svc}/{inst} went back from {} to {}", l.incarnation, rec.incarnation);
                 self.violate(w, msg);
+                continue;
             }
-            *max = (*max).max(rec.incarnation);
+            // Released, waiting to be placed (a replacement in fence mode): it gets the number
+            // it launches with.
+            if rec.agent.is_none() || last.as_ref().is_some_and(|l| l.incarnation == rec.incarnation) {
+                continue;
+            }
+            // A relaunch onto a new config is the spec change's doing (a rolling update reaches
+            // each instance in turn); any other needs a cause since the previous incarnation.
+            if let Some(l) = last.filter(|l| l.config == rec.config) {
+                if !self.justified(&key, l.agent.as_deref(), l.since_ms, now) {
+                    let msg = format!(
+                        "relaunch of {svc}/{inst} (#{} -> #{}) without a cause since {:.1} s",
+                        l.incarnation,
+                        rec.incarnation,
+                        l.since_ms as f64 / 1000.0
+                    );
+                    self.violate(w, msg);
+                }
+            }
+            let s = Seen { incarnation: rec.incarnation, since_ms: now, agent: rec.agent.clone(), config: rec.config };
+            seen.insert(key, s);
         }
-        *self.max_incarnation.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
     }
 }

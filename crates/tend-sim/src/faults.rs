@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::checks::Cause;
 use crate::world::World;
 
 /// Which faults a run injects.
@@ -113,6 +114,8 @@ pub async fn inject(w: &Arc<World>) -> bool {
             }
             ag.crash();
             let down = w.rng(|r| r.range(300, 15_000));
+            let now = w.clock.elapsed_ms();
+            w.checks.cause(Cause::Agent(&ag.id), now, now + down);
             w.fault("agent-crash", format!("agent {} crashes for {down} ms", ag.id));
             let (w2, ag2) = (w.clone(), ag.clone());
             w.spawn(async move {
@@ -129,6 +132,7 @@ pub async fn inject(w: &Arc<World>) -> bool {
                 return false;
             }
             ag.lose();
+            w.checks.cause(Cause::Agent(&ag.id), w.clock.elapsed_ms(), u64::MAX);
             w.fault("agent-loss", format!("agent {} is lost for good", ag.id));
         }
         2 if f.partition => {
@@ -139,6 +143,8 @@ pub async fn inject(w: &Arc<World>) -> bool {
             };
             let ms = w.rng(|r| r.range(500, 30_000));
             w.net.cut(&ag.id, up, down, ms);
+            let now = w.clock.elapsed_ms();
+            w.checks.cause(Cause::Agent(&ag.id), now, now + ms);
             w.fault(
                 "partition",
                 format!("agent {} cut off (requests lost: {up}, answers lost: {down}) for {ms} ms", ag.id),
@@ -160,7 +166,9 @@ pub async fn inject(w: &Arc<World>) -> bool {
         4 | 5 if f.task_crash => {
             let loop_ms = if w.rng(|r| r.chance(0.3)) { w.rng(|r| r.range(3_000, 40_000)) } else { 0 };
             let what = w.rng_with(|r| ag.crash_task(r, loop_ms));
-            let Some(what) = what else { return false };
+            let Some((svc, inst, what)) = what else { return false };
+            let now = w.clock.elapsed_ms();
+            w.checks.cause(Cause::Instance(&svc, &inst), now, now + loop_ms);
             let how = if loop_ms > 0 { format!("crash-loops for {loop_ms} ms") } else { "crashes".into() };
             w.fault("task-crash", format!("on agent {}: {what} {how}", ag.id));
         }

@@ -58,13 +58,20 @@ pub async fn settle(w: &Arc<World>) -> Result<u64, String> {
     // The user applies every spec once more (an operation cut short by the end of the fault
     // phase may not have reached the control plane), with a bad config fixed.
     for name in fix.into_iter().filter(|_| !w.cfg.bulk) {
-        w.model(&name, |m| {
+        let changed = w.model(&name, |m| {
+            let changed = m.bad || !m.exists;
             if m.bad {
                 m.generation += 1;
                 m.bad = false;
             }
             m.exists = true;
+            changed
         });
+        // Only a changed spec may relaunch; re-applying the same spec must relaunch nothing.
+        if changed {
+            let now = w.clock.elapsed_ms();
+            w.checks.cause(crate::checks::Cause::Service(&name), now, now + 1);
+        }
         let r = crate::workload::push(w, &name).await;
         w.op("fix", format!("fix {name}: {r:?}"));
     }

@@ -188,6 +188,7 @@ pub(crate) async fn tick_loop(ag: Arc<SimAgent>, w: Arc<World>) {
                         t.state = TaskState::Killed;
                         t.ready = false;
                         t.next_restart_ms = None;
+                        t.since_ms = now;
                         t.message =
                             Some(format!("fenced: no contact with the control plane for {silent} ms"));
                         st.ghosts.push(t);

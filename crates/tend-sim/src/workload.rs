@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tend_server::services::{submit, Submission};
 
+use crate::checks::Cause;
 use crate::world::World;
 
 /// What the workload has asked of one service.
@@ -124,10 +125,21 @@ pub async fn step(w: &Arc<World>) {
     if !exists {
         if roll < 50 {
             w.model(svc, |m| m.exists = true);
+            let now = w.clock.elapsed_ms();
+            w.checks.cause(Cause::Service(svc), now, now + 1);
             let r = push(w, svc).await;
             w.op("re-create", format!("re-create {svc}: {r:?}"));
         }
         return;
+    }
+    // Operations that may relaunch are causes, recorded before they act: the service's (spec
+    // changes, delete) or one instance's (restart, replace).
+    let inst = instance_of(w, svc);
+    let now = w.clock.elapsed_ms();
+    match (roll, &inst) {
+        (0..=39 | 65..=74 | 85..=92, _) => w.checks.cause(Cause::Service(svc), now, now + 1),
+        (40..=64, Some(i)) => w.checks.cause(Cause::Instance(svc, i), now, now + 1),
+        _ => {}
     }
     let (what, detail) = match roll {
         0..=29 => {
@@ -145,12 +157,12 @@ pub async fn step(w: &Arc<World>) {
             ("bad-update", format!("bad update {svc}: {:?}", push(w, svc).await))
         }
         40..=54 => {
-            let Some(i) = instance_of(w, svc) else { return };
+            let Some(i) = inst else { return };
             let r = tend_server::recovery::restart_in_place(&server, svc, &i).await;
             ("restart", format!("restart {svc}/{i}: {r:?}"))
         }
         55..=64 => {
-            let Some(i) = instance_of(w, svc) else { return };
+            let Some(i) = inst else { return };
             let r = tend_server::recovery::replace(&server, svc, &i, "operator asked (sim)").await;
             ("replace", format!("replace {svc}/{i}: {r:?}"))
         }
@@ -169,7 +181,7 @@ pub async fn step(w: &Arc<World>) {
             ("scale", format!("scale up {svc}: {:?}", push(w, svc).await))
         }
         75..=84 if svc == "alpha" => {
-            let Some(i) = instance_of(w, svc) else { return };
+            let Some(i) = inst else { return };
             let r =
                 tend_server::jobs::request_run(&server, svc, "repair", &i).await.map_err(|e| e.to_string());
             ("job-run", format!("run job repair on {svc}/{i}: {r:?}"))

@@ -307,9 +307,12 @@ async fn run_world(cfg: SimConfig) -> Result<Report, Failure> {
     }
     let phase = if w.cfg.bulk { Ok(()) } else { crate::phases::fault_phase(&w).await };
     let result = match phase {
-        Err(msg) => Err(w.failure(msg)),
-        Ok(()) => crate::phases::settle(&w).await.map_err(|m| w.failure(m)),
+        Err(msg) => Err(msg),
+        Ok(()) => crate::phases::settle(&w).await,
     };
+    // The control plane's latest events belong in the trace around a failure.
+    w.trace_events().await;
+    let result = result.map_err(|m| w.failure(m));
     checker.abort();
     for h in w.spawned.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
         h.abort();
