@@ -12,6 +12,11 @@ use tend_scheduler::recovery::Health;
 pub const RULE_FAILED_UPDATE_NOT_REPLACED: &str =
     "new config never became ready on this instance; fix the spec or roll back (not replaced: replacing would not fix a config and would leave its data behind)";
 
+/// A config counts as having become ready on an instance only once its tasks have stayed up this
+/// long: a config that is ready for a moment and then crashes is still a failed update (blocked,
+/// never replaced with fresh volumes).
+pub const READY_STABLE_MS: Millis = 10_000;
+
 /// Added to `fence_after_seconds` before a fenced instance is replaced: covers the agent's
 /// check interval, the report round trip and clock-rate differences between machines.
 pub const FENCE_MARGIN_MS: Millis = 2_000;
@@ -46,6 +51,9 @@ pub struct InstanceFacts {
     /// wait counts from the agent's last report only).
     pub unreachable_since_ms: Option<Millis>,
     pub observed: Observed,
+    /// Since when every long-running task of the target incarnation has been up without a
+    /// restart, from reports (None: not up).
+    pub up_since_ms: Option<Millis>,
 }
 
 /// Recovery's judgement of one instance.
@@ -91,7 +99,9 @@ pub fn assess(f: &InstanceFacts, now_ms: Millis) -> Assessment {
         Health::Stopped { .. } if !ready_now => Some(RULE_FAILED_UPDATE_NOT_REPLACED),
         _ => None,
     };
-    let mark_ready = f.observed == Observed::Up && (!ready_now || f.ready_incarnation != f.incarnation);
+    let stable = f.up_since_ms.is_some_and(|s| now_ms.saturating_sub(s) >= READY_STABLE_MS);
+    let mark_ready =
+        f.observed == Observed::Up && stable && (!ready_now || f.ready_incarnation != f.incarnation);
     Assessment { health, blocked, down_since_ms: down_since, unreachable_since_ms: unreachable, mark_ready }
 }
 

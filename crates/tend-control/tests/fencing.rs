@@ -142,6 +142,7 @@ impl World {
             down_since_ms: self.down_since,
             unreachable_since_ms: self.unreachable_since,
             observed,
+            up_since_ms: Some(0),
         };
         let a = assess(&facts, now);
         self.down_since = a.down_since_ms;

@@ -18,6 +18,7 @@ fn facts(config: &str, ready: Option<&str>, down: Option<u64>, observed: Observe
         down_since_ms: down,
         unreachable_since_ms: None,
         observed,
+        up_since_ms: Some(0),
     }
 }
 
@@ -121,10 +122,21 @@ fn down_since_survives_a_task_caught_starting_and_clears_only_when_up() {
 
 #[test]
 fn an_instance_up_on_a_new_config_marks_it_ready() {
-    check(facts("B", Some("A"), None, Observed::Up), 3_000, Health::Up, false, None, true);
+    // (Up since 0, judged at 20 s: past the stability window.)
+    check(facts("B", Some("A"), None, Observed::Up), 20_000, Health::Up, false, None, true);
     let mut f = facts("A", Some("A"), None, Observed::Up);
     f.ready_incarnation = 1; // a later incarnation of the same config
-    check(f, 3_000, Health::Up, false, None, true);
+    check(f, 20_000, Health::Up, false, None, true);
+}
+
+#[test]
+fn a_config_ready_for_a_moment_is_not_ready_yet() {
+    // Up for 2 s: it may still crash (a config that is ready, then exits, is a failed update).
+    let mut f = facts("B", Some("A"), None, Observed::Up);
+    f.up_since_ms = Some(1_000);
+    check(f.clone(), 3_000, Health::Up, false, None, false);
+    // Up past the stability window: its config became ready here.
+    check(f, 1_000 + tend_control::recovery::READY_STABLE_MS, Health::Up, false, None, true);
 }
 
 #[test]

@@ -155,6 +155,28 @@ fn observe(
     }
 }
 
+/// Since when every long-running task of the instance's target incarnation has been up without
+/// a restart (the latest start among them), from the reports; None when one is not running.
+fn up_since(
+    reports: &Reports,
+    pod: &PodSpec,
+    inst: &str,
+    rec: &InstanceRecord,
+    agent: &str,
+    now: u64,
+) -> Option<u64> {
+    let tasks = reports.tasks.get(&(agent.to_string(), inst.to_string()))?;
+    let mut latest = 0;
+    for t in pod.tasks.iter().filter(|t| t.goal == Goal::Running) {
+        let s = tasks.iter().find(|s| s.task == t.name && s.incarnation == rec.incarnation)?;
+        if s.state != TaskState::Running {
+            return None;
+        }
+        latest = latest.max(s.since_ms.min(now));
+    }
+    Some(latest)
+}
+
 /// How a service's spec says to recover.
 struct Policy {
     monitor: FailureMonitor,
@@ -361,6 +383,7 @@ async fn service_pass(
             down_since_ms: rec.down_since_ms,
             unreachable_since_ms: rec.unreachable_since_ms,
             observed: observe(&reports, now, (spec, pod), &inst, &rec, &agent),
+            up_since_ms: up_since(&reports, pod, &inst, &rec, &agent, now),
         };
         let a = assess(&facts, now);
         judged.insert(inst.clone(), rec.incarnation);
@@ -396,7 +419,8 @@ async fn service_pass(
             RecoveryAction::Replace { instance } => {
                 let why = notes.get(&instance).map(|n| n.1.clone()).unwrap_or_default();
                 let judged = judged.get(&instance).copied();
-                match replace_judged(server, svc, &instance, &format!("failure monitor: {why}"), judged).await {
+                match replace_judged(server, svc, &instance, &format!("failure monitor: {why}"), judged).await
+                {
                     Ok(msg) => {
                         notes.insert(instance, ("replacing".into(), msg));
                     }

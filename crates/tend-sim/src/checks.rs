@@ -85,13 +85,18 @@ impl Checks {
         list.push((from_ms, to_ms));
     }
 
-    /// Whether something justifies relaunching `key` (on `agent`) between `since` and `now`.
+    /// Whether something justifies relaunching `key` (on `agent`) between `since` and `now`. An
+    /// agent's fault counts until its next report can have arrived (a healed partition is still
+    /// silence to the control plane until then): 5 s after the fault ended.
     fn justified(&self, key: &Key, agent: Option<&str>, since: u64, now: u64) -> bool {
+        const AFTERMATH_MS: u64 = 5_000;
         let causes = self.causes.lock().unwrap_or_else(|e| e.into_inner());
-        let hit = |v: Option<&Vec<(u64, u64)>>| v.is_some_and(|v| v.iter().any(|(a, b)| *a <= now && *b >= since));
-        hit(causes.service.get(&key.0))
-            || hit(causes.instance.get(key))
-            || agent.is_some_and(|a| hit(causes.agent.get(a)))
+        let hit = |v: Option<&Vec<(u64, u64)>>, slack: u64| {
+            v.is_some_and(|v| v.iter().any(|(a, b)| *a <= now && b.saturating_add(slack) >= since))
+        };
+        hit(causes.service.get(&key.0), 0)
+            || hit(causes.instance.get(key), 0)
+            || agent.is_some_and(|a| hit(causes.agent.get(a), AFTERMATH_MS))
     }
 
     /// An agent launches an incarnation: its volume set must not be one it deleted.
@@ -179,7 +184,10 @@ impl Checks {
             let key = (svc.to_string(), inst.to_string());
             let last = seen.get(&key).cloned();
             if let Some(l) = last.as_ref().filter(|l| rec.incarnation < l.incarnation) {
-                let msg = format!("incarnation of {svc}/{inst} went back from {} to {}", l.incarnation, rec.incarnation);
+                let msg = format!(
+                    "incarnation of {svc}/{inst} went back from {} to {}",
+                    l.incarnation, rec.incarnation
+                );
                 self.violate(w, msg);
                 continue;
             }
@@ -201,7 +209,12 @@ impl Checks {
                     self.violate(w, msg);
                 }
             }
-            let s = Seen { incarnation: rec.incarnation, since_ms: now, agent: rec.agent.clone(), config: rec.config };
+            let s = Seen {
+                incarnation: rec.incarnation,
+                since_ms: now,
+                agent: rec.agent.clone(),
+                config: rec.config,
+            };
             seen.insert(key, s);
         }
         *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
