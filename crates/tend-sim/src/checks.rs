@@ -33,6 +33,8 @@ pub struct Checks {
     /// which config.
     seen: Mutex<BTreeMap<Key, Seen>>,
     causes: Mutex<Causes>,
+    /// The user operation under way (one at a time), a cause until it returns.
+    open: Mutex<Option<CauseHandle>>,
     pub count: AtomicU64,
 }
 
@@ -51,6 +53,12 @@ struct Causes {
     service: BTreeMap<String, Vec<(u64, u64)>>,
     instance: BTreeMap<Key, Vec<(u64, u64)>>,
     agent: BTreeMap<String, Vec<(u64, u64)>>,
+}
+
+/// A recorded cause, to end later.
+pub struct CauseHandle {
+    key: (u8, String, String),
+    index: usize,
 }
 
 /// What a cause concerns.
@@ -74,15 +82,52 @@ impl Checks {
         self.violations.lock().unwrap_or_else(|e| e.into_inner()).first().cloned()
     }
 
-    /// Records a cause from `from_ms` to `to_ms` (simulated ms since the start).
-    pub fn cause(&self, c: Cause<'_>, from_ms: u64, to_ms: u64) {
+    /// Records a cause from `from_ms` to `to_ms` (simulated ms since the start); returns a handle
+    /// for [`Checks::end_cause`] (an operation is a cause from its start until it returns).
+    pub fn cause(&self, c: Cause<'_>, from_ms: u64, to_ms: u64) -> CauseHandle {
         let mut causes = self.causes.lock().unwrap_or_else(|e| e.into_inner());
-        let list = match c {
-            Cause::Service(s) => causes.service.entry(s.to_string()).or_default(),
-            Cause::Instance(s, i) => causes.instance.entry((s.to_string(), i.to_string())).or_default(),
-            Cause::Agent(a) => causes.agent.entry(a.to_string()).or_default(),
+        let (list, key) = match c {
+            Cause::Service(s) => {
+                (causes.service.entry(s.to_string()).or_default(), (0, s.to_string(), String::new()))
+            }
+            Cause::Instance(s, i) => (
+                causes.instance.entry((s.to_string(), i.to_string())).or_default(),
+                (1, s.to_string(), i.to_string()),
+            ),
+            Cause::Agent(a) => {
+                (causes.agent.entry(a.to_string()).or_default(), (2, a.to_string(), String::new()))
+            }
         };
         list.push((from_ms, to_ms));
+        CauseHandle { key, index: list.len() - 1 }
+    }
+
+    /// A user operation starts: a cause until [`Checks::close`] (or the end of the fault phase).
+    pub fn open(&self, c: Cause<'_>, from_ms: u64) {
+        let h = self.cause(c, from_ms, u64::MAX);
+        if let Some(old) = self.open.lock().unwrap_or_else(|e| e.into_inner()).replace(h) {
+            self.end_cause(old, from_ms);
+        }
+    }
+
+    /// The user operation under way (if any) ended at `to_ms`.
+    pub fn close(&self, to_ms: u64) {
+        if let Some(h) = self.open.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            self.end_cause(h, to_ms);
+        }
+    }
+
+    /// Ends a cause recorded as open (at `to_ms`).
+    pub fn end_cause(&self, h: CauseHandle, to_ms: u64) {
+        let mut causes = self.causes.lock().unwrap_or_else(|e| e.into_inner());
+        let list = match h.key.0 {
+            0 => causes.service.get_mut(&h.key.1),
+            1 => causes.instance.get_mut(&(h.key.1.clone(), h.key.2.clone())),
+            _ => causes.agent.get_mut(&h.key.1),
+        };
+        if let Some(c) = list.and_then(|l| l.get_mut(h.index)) {
+            c.1 = to_ms;
+        }
     }
 
     /// Whether something justifies relaunching `key` (on `agent`) between `since` and `now`. An

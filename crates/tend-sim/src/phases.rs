@@ -46,6 +46,8 @@ pub async fn fault_phase(w: &Arc<World>) -> Result<(), String> {
 
 /// Faults stop; converge, then stay quiet. Ok: simulated ms it took to converge.
 pub async fn settle(w: &Arc<World>) -> Result<u64, String> {
+    // An operation cut short by the end of the fault phase is a cause until now.
+    w.checks.close(w.clock.elapsed_ms() + 1);
     w.calm();
     w.trace.log("faults stop: links heal, crashed agents and the control plane come back");
     w.start_control_plane().await;

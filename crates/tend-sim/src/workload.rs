@@ -126,8 +126,9 @@ pub async fn step(w: &Arc<World>) {
         if roll < 50 {
             w.model(svc, |m| m.exists = true);
             let now = w.clock.elapsed_ms();
-            w.checks.cause(Cause::Service(svc), now, now + 1);
+            w.checks.open(Cause::Service(svc), now);
             let r = push(w, svc).await;
+            w.checks.close(w.clock.elapsed_ms() + 1);
             w.op("re-create", format!("re-create {svc}: {r:?}"));
         }
         return;
@@ -136,12 +137,27 @@ pub async fn step(w: &Arc<World>) {
     // changes, delete) or one instance's (restart, replace).
     let inst = instance_of(w, svc);
     let now = w.clock.elapsed_ms();
+    // Open until the operation returns (it may wait on locks, and act at any point meanwhile).
     match (roll, &inst) {
-        (0..=39 | 65..=74 | 85..=92, _) => w.checks.cause(Cause::Service(svc), now, now + 1),
-        (40..=64, Some(i)) => w.checks.cause(Cause::Instance(svc, i), now, now + 1),
+        (0..=39 | 65..=74 | 85..=92, _) => w.checks.open(Cause::Service(svc), now),
+        (40..=64, Some(i)) => w.checks.open(Cause::Instance(svc, i), now),
         _ => {}
     }
-    let (what, detail) = match roll {
+    let done = act(w, &server, (roll, svc), inst).await;
+    w.checks.close(w.clock.elapsed_ms() + 1);
+    let Some((what, detail)) = done else { return };
+    w.op(what, detail);
+}
+
+/// Carries out the operation `roll` picked; None when it did nothing.
+async fn act(
+    w: &Arc<World>,
+    server: &tend_server::Server,
+    (roll, svc): (u64, &str),
+    inst: Option<String>,
+) -> Option<(&'static str, String)> {
+    let server = server.clone();
+    Some(match roll {
         0..=29 => {
             w.model(svc, |m| {
                 m.generation += 1;
@@ -157,12 +173,12 @@ pub async fn step(w: &Arc<World>) {
             ("bad-update", format!("bad update {svc}: {:?}", push(w, svc).await))
         }
         40..=54 => {
-            let Some(i) = inst else { return };
+            let i = inst?;
             let r = tend_server::recovery::restart_in_place(&server, svc, &i).await;
             ("restart", format!("restart {svc}/{i}: {r:?}"))
         }
         55..=64 => {
-            let Some(i) = inst else { return };
+            let i = inst?;
             let r = tend_server::recovery::replace(&server, svc, &i, "operator asked (sim)").await;
             ("replace", format!("replace {svc}/{i}: {r:?}"))
         }
@@ -176,12 +192,12 @@ pub async fn step(w: &Arc<World>) {
                 grow
             });
             if !grew {
-                return;
+                return None;
             }
             ("scale", format!("scale up {svc}: {:?}", push(w, svc).await))
         }
         75..=84 if svc == "alpha" => {
-            let Some(i) = inst else { return };
+            let i = inst?;
             let r =
                 tend_server::jobs::request_run(&server, svc, "repair", &i).await.map_err(|e| e.to_string());
             ("job-run", format!("run job repair on {svc}/{i}: {r:?}"))
@@ -195,9 +211,8 @@ pub async fn step(w: &Arc<World>) {
             });
             ("delete", format!("delete {svc}: {:?}", r.map(|d| d.unconfirmed).map_err(|e| e.2)))
         }
-        _ => return,
-    };
-    w.op(what, detail);
+        _ => return None,
+    })
 }
 
 /// Sets (or removes) a maintenance window for the repair job: jobs run only inside it (simulated
