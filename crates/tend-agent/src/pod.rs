@@ -113,22 +113,7 @@ impl PodCtx {
 }
 
 fn status(a: &Assignment, t: &TaskLaunch, state: TaskState, message: Option<String>) -> TaskStatus {
-    TaskStatus {
-        service: a.service.clone(),
-        instance: a.instance.clone(),
-        incarnation: a.incarnation,
-        task: t.name.clone(),
-        state,
-        ready: false,
-        healthy: None,
-        exit_code: None,
-        pid: None,
-        message,
-        since_ms: now_ms(),
-        restarts: 0,
-        next_restart_ms: None,
-        crash_loop: 0,
-    }
+    TaskStatus::of(a, &t.name, state, message, now_ms())
 }
 
 /// Environment of a task: pod env, tend's variables, ports, volumes, then the task's own.

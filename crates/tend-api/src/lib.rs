@@ -313,6 +313,34 @@ pub struct TaskStatus {
     pub crash_loop: u32,
 }
 
+impl TaskStatus {
+    /// A fresh status of one task of an assignment, in `state` since `since_ms`.
+    pub fn of(
+        a: &Assignment,
+        task: &str,
+        state: TaskState,
+        message: Option<String>,
+        since_ms: u64,
+    ) -> TaskStatus {
+        TaskStatus {
+            service: a.service.clone(),
+            instance: a.instance.clone(),
+            incarnation: a.incarnation,
+            task: task.to_string(),
+            state,
+            ready: false,
+            healthy: None,
+            exit_code: None,
+            pid: None,
+            message,
+            since_ms,
+            restarts: 0,
+            next_restart_ms: None,
+            crash_loop: 0,
+        }
+    }
+}
+
 /// An agent's full report of its tasks (also its heartbeat). Idempotent: a full snapshot.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {

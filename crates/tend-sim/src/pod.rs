@@ -49,22 +49,7 @@ pub struct SimPod {
 }
 
 fn status(a: &Assignment, t: &TaskLaunch, state: TaskState, now: u64, msg: Option<&str>) -> TaskStatus {
-    TaskStatus {
-        service: a.service.clone(),
-        instance: a.instance.clone(),
-        incarnation: a.incarnation,
-        task: t.name.clone(),
-        state,
-        ready: false,
-        healthy: None,
-        exit_code: None,
-        pid: None,
-        message: msg.map(str::to_string),
-        since_ms: now,
-        restarts: 0,
-        next_restart_ms: None,
-        crash_loop: 0,
-    }
+    TaskStatus::of(a, &t.name, state, msg.map(str::to_string), now)
 }
 
 fn backoff(a: &Assignment) -> RestartBackoff {
