@@ -56,8 +56,6 @@ pub struct AgentSt {
     /// The machine exists (false: lost for good).
     pub machine_up: bool,
     pub jobs: BTreeMap<String, SimJob>,
-    /// Job runs orphaned by an agent crash: still running until they end.
-    pub orphan_jobs: Vec<SimJob>,
     pub(crate) seq: u64,
     /// Fencing killed something: the next long-poll asks at once (as the real agent does).
     pub(crate) refetch: bool,
@@ -91,7 +89,6 @@ impl SimAgent {
                 alive: false,
                 machine_up: true,
                 jobs: BTreeMap::new(),
-                orphan_jobs: Vec::new(),
                 seq: 0,
                 refetch: false,
             }),
@@ -152,7 +149,6 @@ impl SimAgent {
         st.machine_up = false;
         st.pods.clear();
         st.adoptable.clear();
-        st.orphan_jobs.clear();
     }
 
     /// Which incarnation of each instance is live here: a process runs, or the agent runs and
@@ -170,16 +166,10 @@ impl SimAgent {
             .collect()
     }
 
-    /// Job runs executing here (including orphans of a crash).
+    /// Job runs executing here (they die with the agent).
     pub fn running_jobs(&self) -> Vec<JobRun> {
         let st = self.lock();
-        let now = st.clock.now_ms();
-        st.jobs
-            .values()
-            .filter(|j| j.result.state == RunState::Running)
-            .chain(st.orphan_jobs.iter().filter(|j| j.finish_at.is_none_or(|(t, _)| t > now)))
-            .map(|j| j.run.clone())
-            .collect()
+        st.jobs.values().filter(|j| j.result.state == RunState::Running).map(|j| j.run.clone()).collect()
     }
 
     /// A fault: one serving task of a random pod exits now (`loop_ms`: and keeps crashing that long).

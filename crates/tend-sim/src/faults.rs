@@ -165,7 +165,7 @@ pub async fn inject(w: &Arc<World>) -> bool {
         }
         4 | 5 if f.task_crash => {
             let loop_ms = if w.rng(|r| r.chance(0.3)) { w.rng(|r| r.range(3_000, 40_000)) } else { 0 };
-            let what = w.rng_with(|r| ag.crash_task(r, loop_ms));
+            let what = w.rng(|r| ag.crash_task(r, loop_ms));
             let Some((svc, inst, what)) = what else { return false };
             let now = w.clock.elapsed_ms();
             w.checks.cause(Cause::Instance(&svc, &inst), now, now + loop_ms);

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tend_server::Server;
@@ -150,6 +150,3 @@ impl Net {
         r.map_err(|(code, _, msg)| NetError::Refused(code, msg))
     }
 }
-
-/// Shared handle.
-pub type SharedNet = Arc<Net>;

@@ -141,10 +141,6 @@ impl World {
         f(&mut self.rng.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub fn rng_with<T>(&self, f: impl FnOnce(&mut Rng) -> T) -> T {
-        self.rng(f)
-    }
-
     /// Changes the workload's model of a service.
     pub fn model<T: Default>(&self, svc: &str, f: impl FnOnce(&mut SvcModel) -> T) -> T {
         self.services.lock().unwrap_or_else(|e| e.into_inner()).get_mut(svc).map(f).unwrap_or_default()
