@@ -113,6 +113,12 @@ fn bad_api_input_is_rejected_and_changes_nothing() {
     assert!(body["error"]["code"].is_string(), "{body}");
     let (code, _) = c.raw("GET", "/v1/events?limit=lots", Some(&token), None);
     assert_eq!(code, 400);
+    // An agent's report with a wrongly typed store revision is refused (its tasks stay as
+    // reported before: checked just below).
+    let cluster_token = std::fs::read_to_string(c.data().join("cluster-token")).unwrap();
+    let report = r#"{"seq":1,"tasks":[],"revision":"x"}"#;
+    let (code, _) = c.raw("POST", "/v1/agent/a1/status", Some(cluster_token.trim()), Some(report));
+    assert_eq!(code, 400);
     // Delete refuses while tasks run, then works with force.
     let (code, body) = c.raw("DELETE", "/v1/services/s", Some(&token), None);
     assert_eq!((code, body["error"]["code"].as_str()), (409, Some("tasks_running")));
