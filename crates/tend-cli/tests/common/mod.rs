@@ -20,9 +20,14 @@ pub fn free_port() -> u16 {
 }
 
 /// A control plane and three agents (zones a, b, c), killed by pid when dropped.
+/// Clusters started by this test process: each gets its own agents' port ranges.
+static SLOTS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub port: u16,
+    /// This cluster's slot: its agents' task ports never overlap another cluster's of this run.
+    pub slot: u16,
     pub server: Option<Child>,
     pub agents: Vec<Child>,
 }
@@ -31,7 +36,8 @@ impl Cluster {
     pub fn start() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let mut c = Cluster { dir, port, server: None, agents: Vec::new() };
+        let slot = SLOTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 75;
+        let mut c = Cluster { dir, port, slot, server: None, agents: Vec::new() };
         c.start_server();
         for i in 0..3 {
             let child = c.spawn_agent(i);
@@ -48,7 +54,8 @@ impl Cluster {
     /// Starts agent `i` (zone a, b or c) with its fixed id, ports and data directory.
     pub fn spawn_agent(&self, i: usize) -> Child {
         let zone = ["a", "b", "c"][i];
-        let lo = 30_000 + i as u16 * 100 + (self.port % 50) * 300;
+        // Below the kernel's ephemeral range (32768–60999), so no client socket takes them.
+        let lo = 10_000 + self.slot * 300 + i as u16 * 100;
         tend()
             .args([
                 "agent",
