@@ -41,10 +41,10 @@ pub async fn server(data_dir: PathBuf, listen: SocketAddr, o: ServerOpts) -> any
     anyhow::ensure!(o.job_lease_ttl_seconds >= 1, "--job-lease-ttl-seconds must be at least 1");
     anyhow::ensure!(o.step_deadline_seconds >= 1, "--step-deadline-seconds must be at least 1");
     let mut cfg = ServerConfig::new(&data_dir, listen);
-    cfg.agent_lost_after_ms = o.lost_after_seconds * 1000;
-    cfg.job_lease_ttl_seconds = o.job_lease_ttl_seconds;
-    cfg.adopt_agents = o.adopt_agents;
-    cfg.step_deadline_ms = o.step_deadline_seconds * 1000;
+    cfg.control.agent_lost_after_ms = o.lost_after_seconds * 1000;
+    cfg.control.job_lease_ttl_seconds = o.job_lease_ttl_seconds;
+    cfg.control.adopt_agents = o.adopt_agents;
+    cfg.control.step_deadline_ms = o.step_deadline_seconds * 1000;
     let server = Server::open(cfg).await?;
     let s2 = server.clone();
     let serve = tokio::spawn(async move { s2.serve(shutdown_signal()).await });
@@ -161,7 +161,7 @@ pub async fn dev(
         return Ok(ExitCode::from(1));
     }
     let mut cfg = ServerConfig::new(&data_dir, addr);
-    cfg.adopt_agents = adopt_agents;
+    cfg.control.adopt_agents = adopt_agents;
     let server = Server::open(cfg).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut srv_stop = stop_rx.clone();
@@ -190,7 +190,7 @@ pub async fn dev(
         let cfg = AgentConfig {
             id: id.clone(),
             server: address.clone(),
-            cluster_token: server.inner.cluster_token.clone(),
+            cluster_token: server.edge.cluster_token.clone(),
             host: "127.0.0.1".into(),
             attributes: [("zone".to_string(), zone.to_string())].into(),
             resources: AgentResources {
@@ -218,7 +218,7 @@ pub async fn dev(
         "  API token in {}/token — from this directory, `tend pod list` needs no flags",
         data_dir.display()
     );
-    let client = Client::with(address.clone(), server.inner.api_token.clone());
+    let client = Client::with(address.clone(), server.edge.api_token.clone());
     let deployed = async {
         let name = crate::service_cmd::submit(&client, spec).await?;
         let ok = crate::service_cmd::follow(&client, &name, "deploy", false, None).await?;

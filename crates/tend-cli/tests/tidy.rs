@@ -58,25 +58,62 @@ fn dependencies(krate: &str) -> Vec<String> {
 /// trait and an in-memory backend, and uses tokio only for its watch channels.)
 #[test]
 fn pure_crates_depend_on_no_edge() {
-    let edges = [
-        "tokio",
-        "redb",
-        "axum",
-        "reqwest",
-        "nix",
-        "tend-store-redb",
-        "tend-server",
-        "tend-agent",
-        "etcd-client",
-    ];
-    for krate in ["tend-model", "tend-spec", "tend-plan", "tend-scheduler", "tend-control", "tend-jobs"] {
+    for krate in ["tend-model", "tend-spec", "tend-plan", "tend-scheduler", "tend-jobs"] {
         let bad: Vec<String> =
-            dependencies(krate).into_iter().filter(|d| edges.contains(&d.as_str())).collect();
+            dependencies(krate).into_iter().filter(|d| EDGES.contains(&d.as_str())).collect();
         assert!(bad.is_empty(), "{krate} depends on edge crates {bad:?}");
     }
-    // The control plane's decisions are separate from its HTTP edge and from storage.
-    let control = dependencies("tend-control");
-    assert!(!control.iter().any(|d| d == "tend-store" || d == "tend-api"), "tend-control: {control:?}");
+}
+
+const EDGES: [&str; 10] = [
+    "tokio",
+    "redb",
+    "axum",
+    "reqwest",
+    "nix",
+    "tend-store-redb",
+    "tend-server",
+    "tend-agent",
+    "tend-sim",
+    "etcd-client",
+];
+
+/// Architecture invariant: the control plane's brain (`tend-control`) runs on any store, clock
+/// and transport. It uses tokio's tasks, channels and timers, but knows no HTTP, database,
+/// files, sockets or processes; and its `rules` are pure (no async, store, wire types or runtime).
+#[test]
+fn the_control_core_knows_no_edge() {
+    let bad: Vec<String> = dependencies("tend-control")
+        .into_iter()
+        .filter(|d| d != "tokio" && EDGES.contains(&d.as_str()))
+        .collect();
+    assert!(bad.is_empty(), "tend-control depends on edge crates {bad:?}");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../crates/tend-control/src");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    assert!(files.len() > 10, "found only {} files in {}", files.len(), root.display());
+    let edge_apis =
+        ["std::fs", "std::process", "std::net", "tokio::fs", "tokio::process", "tokio::net", "/dev/"];
+    let pure_forbidden =
+        ["tokio", "async ", ".await", "tend_store", "tend_api", "crate::Control", "serde_json"];
+    let mut offenders = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        let rel = f.strip_prefix(&root).unwrap_or(f).display().to_string();
+        for api in edge_apis {
+            if text.contains(api) {
+                offenders.push(format!("{rel}: {api}"));
+            }
+        }
+        if rel.starts_with("rules/") {
+            for word in pure_forbidden {
+                if text.contains(word) {
+                    offenders.push(format!("{rel} (pure rules): {word}"));
+                }
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "tend-control reaching an edge:\n{}", offenders.join("\n"));
 }
 
 /// Architecture invariant: only the edges read the system clock. `SystemTime::now` and

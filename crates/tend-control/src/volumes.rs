@@ -1,64 +1,258 @@
-//! The volume lifecycle, pure: which volumes to retain, which to hand to their agent for
-//! deletion. tend never deletes a volume on its own while anything uses it, and never before
-//! its retention ends, unless a user asked.
+//! Volumes on the control plane: ids drawn from a store counter (never reused), records written
+//! in the same transaction as the instance that owns them, the lifecycle reconciler (pure
+//! decisions in `crate::rules::volumes`), release to agents and their confirmations.
 
 use std::collections::BTreeSet;
 
-use tend_model::{Millis, Volume, VolumeId, VolumeState};
+use crate::rules::volumes::{decide, refuse_delete, to_release, VolumeAction};
+use tend_model::{Retention, VolumeId, VolumeState};
+use tend_store::{Compare, Txn, TxnOp};
 
-/// Rule: a volume no instance uses is retained, not deleted.
-pub const RULE_UNUSED_IS_RETAINED: &str = "no instance uses it any more";
-/// Rule: a retained volume is deleted only once its retention ended.
-pub const RULE_RETENTION_ENDED: &str = "retention ended";
+use crate::records::*;
+use crate::Control;
 
-/// A change to a volume record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VolumeAction {
-    Retain { id: VolumeId, until_ms: Option<Millis>, reason: String },
-    Delete { id: VolumeId, reason: String },
+/// Draws the next volume id: a compare-and-swap on the counter, so two callers never get the
+/// same id, and an id whose owner was never written is simply skipped, not reused.
+pub async fn next_id(server: &Control) -> Result<VolumeId, String> {
+    for _ in 0..64 {
+        let cur = server.inner.store.get(VOLUME_SEQ_KEY).await.map_err(|e| e.to_string())?;
+        let (n, cmp) = match &cur {
+            Some(kv) => (
+                std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0),
+                Compare::mod_revision_eq(VOLUME_SEQ_KEY, kv.mod_revision),
+            ),
+            None => (0, Compare::absent(VOLUME_SEQ_KEY)),
+        };
+        let next = n + 1;
+        let r = server
+            .inner
+            .store
+            .txn(Txn::new().when(cmp).then(TxnOp::put(VOLUME_SEQ_KEY, next.to_string())))
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.succeeded {
+            return Ok(VolumeId::from_seq(next));
+        }
+    }
+    Err("volume id counter contended; will retry".into())
 }
 
-/// Decides the lifecycle changes at `now_ms`. `in_use`: the volume ids that instance records
-/// reference (their owners).
-pub fn decide(volumes: &[Volume], in_use: &BTreeSet<VolumeId>, now_ms: Millis) -> Vec<VolumeAction> {
-    let mut out = Vec::new();
-    for v in volumes {
-        if in_use.contains(&v.id) {
-            continue; // Owned: never retained or deleted.
-        }
-        match &v.state {
-            VolumeState::Active => out.push(VolumeAction::Retain {
-                id: v.id.clone(),
-                until_ms: v.retention.until(now_ms),
-                reason: RULE_UNUSED_IS_RETAINED.into(),
-            }),
-            VolumeState::Retained { until_ms: Some(until), .. } if *until <= now_ms => {
-                out.push(VolumeAction::Delete { id: v.id.clone(), reason: RULE_RETENTION_ENDED.into() })
+/// A fresh, active volume record for an instance placed on `agent`.
+pub fn new_record(
+    server: &Control,
+    id: &VolumeId,
+    service: &str,
+    instance: &str,
+    agent: &str,
+    pod: &tend_spec::PodSpec,
+    retain_seconds: Option<u64>,
+) -> VolumeRecord {
+    VolumeRecord {
+        id: id.to_string(),
+        service: service.into(),
+        instance: instance.into(),
+        agent: agent.into(),
+        names: pod.volumes.iter().map(|v| (v.name.clone(), v.size_mb)).collect(),
+        created_ms: server.now_ms(),
+        retain_ms: retain_seconds.map(|s| s * 1000),
+        state: VolumeRecordState::Active,
+        since_ms: 0,
+        until_ms: None,
+        reason: String::new(),
+    }
+}
+
+/// The put of a volume record inside an instance's transaction.
+pub fn put_op(rec: &VolumeRecord) -> Result<TxnOp, String> {
+    Ok(TxnOp::put(volume_key(&rec.id), serde_json::to_vec(rec).map_err(|e| e.to_string())?))
+}
+
+/// Retains a volume now (in the caller's transaction): `reason` says why no instance uses it.
+pub async fn retain_op(server: &Control, id: &str, reason: &str) -> Result<Option<TxnOp>, String> {
+    let Some(kv) = server.inner.store.get(&volume_key(id)).await.map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let mut rec: VolumeRecord = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;
+    if rec.state != VolumeRecordState::Active {
+        return Ok(None);
+    }
+    let now = server.now_ms();
+    let retention = retention_of(server, &rec);
+    rec.retain_ms = match retention {
+        Retention::For(ms) => Some(ms),
+        Retention::Forever => None,
+    };
+    rec.set_state(&VolumeState::Retained {
+        since_ms: now,
+        until_ms: retention.until(now),
+        reason: reason.into(),
+    });
+    Ok(Some(put_op(&rec)?))
+}
+
+/// How long a volume is kept once unused: the longer of what it was created with and what its
+/// service's spec says now (raising `retain_volumes_seconds` protects existing volumes too).
+fn retention_of(server: &Control, rec: &VolumeRecord) -> Retention {
+    let created = rec.retain_ms.map_or(Retention::Forever, Retention::For);
+    let current = server.service(&rec.service).map(|rt| {
+        let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+        rt.spec.recovery.retain_volumes_seconds.map_or(Retention::Forever, |s| Retention::For(s * 1000))
+    });
+    match (created, current) {
+        (Retention::Forever, _) | (_, Some(Retention::Forever)) => Retention::Forever,
+        (Retention::For(a), Some(Retention::For(b))) => Retention::For(a.max(b)),
+        (r, None) => r,
+    }
+}
+
+/// Every volume record (unreadable ones are skipped with a warning: never deleted).
+pub async fn all(server: &Control) -> anyhow::Result<Vec<(VolumeRecord, i64)>> {
+    server.inner.state.caught_up(&*server.inner.store).await?;
+    Ok(server.inner.state.volumes())
+}
+
+/// The volume ids instance records reference, across every service (their owners). Fails while
+/// an instance record cannot be read: it may own a volume.
+pub async fn in_use(server: &Control) -> anyhow::Result<BTreeSet<VolumeId>> {
+    server.inner.state.caught_up(&*server.inner.store).await?;
+    let ids = server.inner.state.volumes_in_use().map_err(|e| anyhow::anyhow!(e))?;
+    Ok(ids.iter().filter_map(|id| VolumeId::parse(id)).collect())
+}
+
+/// One pass of the volume lifecycle: retain unused volumes, mark those whose retention ended.
+pub async fn reconcile(server: &Control) -> anyhow::Result<()> {
+    let records = all(server).await?;
+    let used = in_use(server).await?;
+    let models: Vec<_> = records.iter().filter_map(|(r, _)| r.to_model()).collect();
+    let now = server.now_ms();
+    for action in decide(&models, &used, now) {
+        let (id, state, msg) = match action {
+            VolumeAction::Retain { id, until_ms, reason } => {
+                let msg = format!("volume {id} retained: {reason}");
+                // The longer retention of creation time and the current spec.
+                let until_ms = records
+                    .iter()
+                    .find(|(r, _)| r.id == id.as_str())
+                    .map_or(until_ms, |(r, _)| retention_of(server, r).until(now));
+                (id, VolumeState::Retained { since_ms: now, until_ms, reason }, msg)
             }
-            VolumeState::Retained { .. } | VolumeState::Deleting { .. } => {}
+            VolumeAction::Delete { id, reason } => {
+                let msg = format!("volume {id} to be deleted: {reason}");
+                (id, VolumeState::Deleting { since_ms: now, reason }, msg)
+            }
+        };
+        let Some((rec, rev)) = records.iter().find(|(r, _)| r.id == id.as_str()) else { continue };
+        let mut rec = rec.clone();
+        rec.set_state(&state);
+        if write(server, &rec, *rev).await? {
+            server.event(Some(&rec.service), "volume", msg).await;
+            server.inner.desired_gen.send_modify(|g| *g += 1);
         }
     }
-    out
+    Ok(())
 }
 
-/// The volumes `agent` must delete now: marked for deletion and used by no instance.
-pub fn to_release<'a>(volumes: &'a [Volume], in_use: &BTreeSet<VolumeId>, agent: &str) -> Vec<&'a VolumeId> {
-    volumes
-        .iter()
-        .filter(|v| {
-            v.agent == agent && matches!(v.state, VolumeState::Deleting { .. }) && !in_use.contains(&v.id)
-        })
-        .map(|v| &v.id)
-        .collect()
+async fn write(server: &Control, rec: &VolumeRecord, rev: i64) -> anyhow::Result<bool> {
+    let key = volume_key(&rec.id);
+    let r = server
+        .inner
+        .store
+        .txn(
+            Txn::new()
+                .when(Compare::mod_revision_eq(&key, rev))
+                .then(TxnOp::put(&key, serde_json::to_vec(rec)?)),
+        )
+        .await?;
+    Ok(r.succeeded)
 }
 
-/// Why a user may not delete a volume now (None: they may).
-pub fn refuse_delete(v: &Volume, in_use: &BTreeSet<VolumeId>) -> Option<String> {
-    if in_use.contains(&v.id) || v.state == VolumeState::Active {
-        return Some(format!(
-            "volume {} is in use by {}/{}; replace or delete the instance first",
-            v.id, v.service, v.instance
-        ));
+/// The volumes `agent` must delete now (never one an instance uses).
+pub async fn releases_for(server: &Control, agent: &str) -> anyhow::Result<Vec<tend_api::VolumeRelease>> {
+    server.inner.state.caught_up(&*server.inner.store).await?;
+    let records = server.inner.state.deleting_on(agent);
+    if records.is_empty() {
+        return Ok(Vec::new());
     }
-    None
+    let used = in_use(server).await?;
+    let models: Vec<_> = records.iter().filter_map(|r| r.to_model()).collect();
+    Ok(to_release(&models, &used, agent)
+        .into_iter()
+        .map(|id| tend_api::VolumeRelease { id: id.to_string() })
+        .collect())
+}
+
+/// An agent confirmed it deleted a volume it was told to: the record goes.
+pub async fn on_released(server: &Control, agent: &str, id: &str) {
+    let key = volume_key(id);
+    let Ok(Some(kv)) = server.inner.store.get(&key).await else { return };
+    let Ok(rec) = serde_json::from_slice::<VolumeRecord>(&kv.value) else { return };
+    if rec.agent != agent || rec.state != VolumeRecordState::Deleting {
+        return;
+    }
+    let txn = Txn::new().when(Compare::mod_revision_eq(&key, kv.mod_revision)).then(TxnOp::delete(&key));
+    if server.inner.store.txn(txn).await.is_ok_and(|r| r.succeeded) {
+        let msg = format!(
+            "agent {agent} deleted volume {id} of {}/{} ({}; {} MiB)",
+            rec.service,
+            rec.instance,
+            rec.reason,
+            rec.names.iter().map(|(_, s)| s).sum::<u64>()
+        );
+        server.event(Some(&rec.service), "volume", msg).await;
+        server.inner.desired_gen.send_modify(|g| *g += 1);
+    }
+}
+
+/// A user's request to delete a volume: refused while an instance uses it.
+pub async fn request_delete(server: &Control, id: &str) -> Result<VolumeRecord, (u16, String)> {
+    let records = all(server).await.map_err(|e| (500, e.to_string()))?;
+    let Some((rec, rev)) = records.into_iter().find(|(r, _)| r.id == id) else {
+        return Err((404, format!("no volume `{id}`")));
+    };
+    let used = in_use(server).await.map_err(|e| (500, e.to_string()))?;
+    let model = rec.to_model().ok_or((500, format!("volume record {id} is unreadable")))?;
+    if let Some(why) = refuse_delete(&model, &used) {
+        return Err((409, why));
+    }
+    if rec.state == VolumeRecordState::Deleting {
+        return Ok(rec);
+    }
+    let mut rec = rec;
+    rec.set_state(&VolumeState::Deleting { since_ms: server.now_ms(), reason: "deleted by a user".into() });
+    match write(server, &rec, rev).await {
+        Ok(true) => {
+            server
+                .event(
+                    Some(&rec.service),
+                    "volume",
+                    format!("volume {id} to be deleted: requested by a user"),
+                )
+                .await;
+            server.inner.desired_gen.send_modify(|g| *g += 1);
+            Ok(rec)
+        }
+        Ok(false) => Err((409, format!("volume {id} changed concurrently; try again"))),
+        Err(e) => Err((500, e.to_string())),
+    }
+}
+
+/// The wire form of a volume record.
+pub fn info(r: &VolumeRecord) -> tend_api::VolumeInfo {
+    tend_api::VolumeInfo {
+        id: r.id.clone(),
+        service: r.service.clone(),
+        instance: r.instance.clone(),
+        agent: r.agent.clone(),
+        names: r.names.iter().map(|(n, _)| n.clone()).collect(),
+        size_mb: r.names.iter().map(|(_, s)| s).sum(),
+        created_ms: r.created_ms,
+        state: match r.state {
+            VolumeRecordState::Active => tend_api::VolumeLife::Active,
+            VolumeRecordState::Retained => tend_api::VolumeLife::Retained,
+            VolumeRecordState::Deleting => tend_api::VolumeLife::Deleting,
+        },
+        since_ms: (r.state != VolumeRecordState::Active).then_some(r.since_ms),
+        until_ms: r.until_ms,
+        reason: (!r.reason.is_empty()).then(|| r.reason.clone()),
+    }
 }

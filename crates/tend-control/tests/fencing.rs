@@ -6,7 +6,7 @@
 //! 100 ms ticks; the control plane's decisions are the real pure ones (`assess`, `decide`).
 
 use proptest::prelude::*;
-use tend_control::recovery::{assess, InstanceFacts, Observed, FENCE_MARGIN_MS};
+use tend_control::rules::recovery::{assess, InstanceFacts, Observed, FENCE_MARGIN_MS};
 use tend_scheduler::recovery::{decide, FailureMonitor, InstanceView, RecoveryAction, ReplacementLimits};
 
 const TICK: u64 = 100;

@@ -4,8 +4,8 @@
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
-use tend_control::recovery::*;
-use tend_control::volumes::*;
+use tend_control::rules::recovery::*;
+use tend_control::rules::volumes::*;
 use tend_model::{InstanceId, Retention, Volume, VolumeId, VolumeState};
 use tend_scheduler::recovery::Health;
 
@@ -136,7 +136,7 @@ fn a_config_ready_for_a_moment_is_not_ready_yet() {
     f.up_since_ms = Some(1_000);
     check(f.clone(), 3_000, Health::Up, false, None, false);
     // Up past the stability window: its config became ready here.
-    check(f, 1_000 + tend_control::recovery::READY_STABLE_MS, Health::Up, false, None, true);
+    check(f, 1_000 + tend_control::rules::recovery::READY_STABLE_MS, Health::Up, false, None, true);
 }
 
 #[test]

@@ -25,13 +25,13 @@ fn rss_kb() -> u64 {
 }
 
 fn reference_ns_per_record() -> f64 {
-    let rec = tend_server::records::InstanceRecord { pod: "node".into(), ..Default::default() };
+    let rec = tend_control::records::InstanceRecord { pod: "node".into(), ..Default::default() };
     let n = 200_000;
     let t = Instant::now();
     let mut sum = 0usize;
     for _ in 0..n {
         let v = serde_json::to_vec(&rec).unwrap_or_default();
-        let back: tend_server::records::InstanceRecord = serde_json::from_slice(&v).unwrap_or_default();
+        let back: tend_control::records::InstanceRecord = serde_json::from_slice(&v).unwrap_or_default();
         sum += back.pod.len();
     }
     std::hint::black_box(sum);

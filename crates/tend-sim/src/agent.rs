@@ -12,8 +12,8 @@ use tend_agent::cluster::{refuse, ClusterMemory};
 use tend_api::{
     AgentResources, JobResult, JobRun, RegisterRequest, RunState, StatusReport, TaskStatus, VolumeRelease,
 };
+use tend_control::agents::AgentProtocol;
 use tend_model::Clock;
-use tend_server::agents::AgentProtocol;
 use tokio::sync::Notify;
 
 use crate::clock::SimClock;

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use tend_api::Assignment;
-use tend_server::records::{InstanceRecord, VolumeRecord, VolumeRecordState};
+use tend_control::records::{InstanceRecord, VolumeRecord, VolumeRecordState};
 use tend_store::StateStore;
 
 use crate::world::World;
@@ -159,7 +159,7 @@ impl Checks {
     /// (retention over or a user asked) and no instance may own it.
     pub async fn on_volume_delete(&self, w: &World, agent: &str, id: &str) {
         self.count.fetch_add(1, Ordering::Relaxed);
-        let rec: Option<VolumeRecord> = match w.mem.get(&tend_server::records::volume_key(id)).await {
+        let rec: Option<VolumeRecord> = match w.mem.get(&tend_control::records::volume_key(id)).await {
             Ok(Some(kv)) => serde_json::from_slice(&kv.value).ok(),
             _ => None,
         };

@@ -1,6 +1,6 @@
 //! Deterministic simulation of the whole tend control plane.
 //!
-//! The real control plane (`tend_server::Server`: its deploy drivers, recovery, volume and jobs
+//! The real control plane (`tend_control::Control`: its deploy drivers, recovery, volume and jobs
 //! loops, the same code `tend server` runs) works on the memory store under tokio's paused
 //! clock on one thread, so a run is a pure function of its seed. Simulated agents speak the
 //! real agent protocol (`AgentProtocol`) through a simulated network. Faults are drawn from the

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tend_server::Server;
+use tend_control::Control;
 use tokio::sync::watch;
 
 use crate::clock::SimClock;
@@ -34,7 +34,7 @@ pub struct Link {
 /// The network and the control plane behind it.
 pub struct Net {
     clock: SimClock,
-    server: Mutex<Option<Server>>,
+    server: Mutex<Option<Control>>,
     crashes: watch::Sender<u64>,
     links: Mutex<BTreeMap<String, Link>>,
     rng: Mutex<Rng>,
@@ -55,13 +55,13 @@ impl Net {
     }
 
     /// The control plane that is up, if any.
-    pub fn server(&self) -> Option<Server> {
+    pub fn server(&self) -> Option<Control> {
         self.server.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Puts a control plane up (Some) or crashes the current one (None): its loops stop and
     /// every request in flight loses its answer.
-    pub fn set_server(&self, s: Option<Server>) {
+    pub fn set_server(&self, s: Option<Control>) {
         let old = std::mem::replace(&mut *self.server.lock().unwrap_or_else(|e| e.into_inner()), s);
         if let Some(old) = old {
             old.stop();
@@ -119,8 +119,8 @@ impl Net {
     /// One request of `agent` to the control plane that is up.
     pub async fn call<T, F, Fut>(&self, agent: &str, f: F) -> Result<T, NetError>
     where
-        F: FnOnce(Server) -> Fut,
-        Fut: Future<Output = Result<T, tend_server::services::Refusal>>,
+        F: FnOnce(Control) -> Fut,
+        Fut: Future<Output = Result<T, tend_control::services::Refusal>>,
     {
         if let Some(d) = self.delay() {
             tokio::time::sleep(d).await;

@@ -131,7 +131,7 @@ async fn quiet(w: &Arc<World>) -> Result<(), String> {
 async fn snapshot(w: &World) -> BTreeMap<String, (u64, u64)> {
     let mut out = BTreeMap::new();
     for kv in w.mem.range("services/").await.map(|r| r.kvs).unwrap_or_default() {
-        if let Ok(rec) = serde_json::from_slice::<tend_server::records::InstanceRecord>(&kv.value) {
+        if let Ok(rec) = serde_json::from_slice::<tend_control::records::InstanceRecord>(&kv.value) {
             if kv.key.contains("/instances/") {
                 out.insert(kv.key.clone(), (rec.incarnation, 0));
             }
@@ -166,7 +166,7 @@ pub async fn converged(w: &World) -> Result<(), String> {
 /// One service: its deploy plan complete, every instance running and ready where the store says.
 async fn service_converged(
     w: &World,
-    server: &tend_server::Server,
+    server: &tend_control::Control,
     (name, m): (&str, &crate::workload::SvcModel),
     expected: &mut Expected,
 ) -> Result<(), String> {
@@ -176,7 +176,7 @@ async fn service_converged(
         (rt.plans.get("deploy").cloned(), rt.identities.clone())
     };
     let plan = plan.ok_or_else(|| format!("{name}: no deploy plan"))?;
-    let view = tend_server::deploy::engine(server, name).view(&plan).await.map_err(|e| e.to_string())?;
+    let view = tend_control::deploy::engine(server, name).view(&plan).await.map_err(|e| e.to_string())?;
     if view.status.as_str() != "complete" {
         return Err(format!("{name}: deploy plan {}", view.status.as_str()));
     }
@@ -205,7 +205,7 @@ fn instance_runs(
     w: &World,
     (name, inst): (&str, &str),
     agent: &str,
-    rec: &tend_server::records::InstanceRecord,
+    rec: &tend_control::records::InstanceRecord,
 ) -> Result<(), String> {
     let ag =
         w.agents.iter().find(|a| a.id == agent).ok_or_else(|| format!("{name}/{inst} on unknown agent"))?;
@@ -285,10 +285,10 @@ fn recovery_board(w: &World) -> String {
 /// this size (measured, not simulated: these are the control plane's own costs).
 #[allow(clippy::disallowed_methods)]
 async fn measure_passes(w: &World) {
-    use tend_server::agents::AgentProtocol;
+    use tend_control::agents::AgentProtocol;
     let Some(server) = w.net.server() else { return };
     let t = std::time::Instant::now();
-    let _ = tend_server::recovery::tick(&server).await;
+    let _ = tend_control::recovery::tick(&server).await;
     let recovery_us = t.elapsed().as_micros() as u64;
     let t = std::time::Instant::now();
     let _ = server.desired("a0", 0, std::time::Duration::ZERO).await;

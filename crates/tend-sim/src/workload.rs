@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tend_server::services::{submit, Submission};
+use tend_control::services::{submit, Submission};
 
 use crate::checks::Cause;
 use crate::world::World;
@@ -152,7 +152,7 @@ pub async fn step(w: &Arc<World>) {
 /// Carries out the operation `roll` picked; None when it did nothing.
 async fn act(
     w: &Arc<World>,
-    server: &tend_server::Server,
+    server: &tend_control::Control,
     (roll, svc): (u64, &str),
     inst: Option<String>,
 ) -> Option<(&'static str, String)> {
@@ -174,12 +174,12 @@ async fn act(
         }
         40..=54 => {
             let i = inst?;
-            let r = tend_server::recovery::restart_in_place(&server, svc, &i).await;
+            let r = tend_control::recovery::restart_in_place(&server, svc, &i).await;
             ("restart", format!("restart {svc}/{i}: {r:?}"))
         }
         55..=64 => {
             let i = inst?;
-            let r = tend_server::recovery::replace(&server, svc, &i, "operator asked (sim)").await;
+            let r = tend_control::recovery::replace(&server, svc, &i, "operator asked (sim)").await;
             ("replace", format!("replace {svc}/{i}: {r:?}"))
         }
         65..=74 => {
@@ -199,12 +199,12 @@ async fn act(
         75..=84 if svc == "alpha" => {
             let i = inst?;
             let r =
-                tend_server::jobs::request_run(&server, svc, "repair", &i).await.map_err(|e| e.to_string());
+                tend_control::jobs::request_run(&server, svc, "repair", &i).await.map_err(|e| e.to_string());
             ("job-run", format!("run job repair on {svc}/{i}: {r:?}"))
         }
         85..=92 if svc == "alpha" => ("window", format!("{svc} jobs: {:?}", window(w, &server).await)),
         85..=92 if svc == "beta" => {
-            let r = tend_server::services::delete(&server, svc, Duration::from_secs(5)).await;
+            let r = tend_control::services::delete(&server, svc, Duration::from_secs(5)).await;
             w.model(svc, |m| {
                 m.exists = false;
                 m.generation = 1;
@@ -217,7 +217,7 @@ async fn act(
 
 /// Sets (or removes) a maintenance window for the repair job: jobs run only inside it (simulated
 /// time starts at 00:00 UTC).
-async fn window(w: &World, server: &tend_server::Server) -> Result<String, String> {
+async fn window(w: &World, server: &tend_control::Control) -> Result<String, String> {
     let id = "sim-window".to_string();
     let r = if w.rng(|r| r.chance(0.5)) {
         let start = w.rng(|r| r.below(24 * 60)) as u32;
@@ -229,9 +229,9 @@ async fn window(w: &World, server: &tend_server::Server) -> Result<String, Strin
             end: (start + 30) % (24 * 60),
             utc_offset_minutes: 0,
         };
-        tend_server::jobs::put_policy(server, &policy).await.map(|_| format!("window from minute {start}"))
+        tend_control::jobs::put_policy(server, &policy).await.map(|_| format!("window from minute {start}"))
     } else {
-        tend_server::jobs::remove_policy(server, &id).await.map(|_| "window removed".to_string())
+        tend_control::jobs::remove_policy(server, &id).await.map(|_| "window removed".to_string())
     };
     r.map_err(|e| e.to_string())
 }

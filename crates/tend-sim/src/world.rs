@@ -1,4 +1,4 @@
-//! One simulated world: the real control plane (`tend_server::Server`, its loops unchanged) on
+//! One simulated world: the real control plane (`tend_control::Control`, its loops unchanged) on
 //! the memory store and simulated time, N simulated agents, a workload and faults; checks after
 //! every step; once faults stop, convergence within bounded simulated time and a quiet window.
 
@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tend_server::{Server, ServerConfig};
+use tend_control::{Control, ControlConfig};
 use tend_store::memory::MemoryStore;
 use tend_store::StateStore;
 
@@ -130,7 +130,6 @@ pub struct World {
     pub services: Mutex<BTreeMap<String, SvcModel>>,
     stats: Mutex<BTreeMap<String, u64>>,
     spawned: Mutex<Vec<tokio::task::AbortHandle>>,
-    dir: tempfile::TempDir,
     last_event: AtomicU64,
     /// Benchmark mode: measured pass costs (µs).
     pub passes: Mutex<Option<(u64, u64)>>,
@@ -166,11 +165,8 @@ impl World {
         self.spawned.lock().unwrap_or_else(|e| e.into_inner()).push(h);
     }
 
-    fn server_config(&self) -> ServerConfig {
-        let mut c = ServerConfig::new(self.dir.path(), ([127, 0, 0, 1], 0).into());
-        c.id_seed = Some(self.cfg.seed);
-        c.step_deadline_ms = 120_000;
-        c
+    fn server_config(&self) -> ControlConfig {
+        ControlConfig { id_seed: Some(self.cfg.seed), step_deadline_ms: 120_000, ..Default::default() }
     }
 
     /// Starts a control plane on the store (a restart after a crash reads everything from it).
@@ -180,7 +176,7 @@ impl World {
         }
         let process = Arc::new(ProcessStore::new(self.store.clone()));
         let store: Arc<dyn StateStore> = process.clone();
-        match Server::new(self.server_config(), store, Arc::new(self.clock.clone())).await {
+        match Control::new(self.server_config(), store, Arc::new(self.clock.clone())).await {
             Ok(s) => {
                 self.trace.log(format!("control plane up (epoch {})", s.inner.epoch));
                 self.net.set_server(Some(s));
@@ -203,7 +199,7 @@ impl World {
         let Ok(r) = self.mem.range("events/").await else { return };
         let last = self.last_event.load(Ordering::Relaxed);
         for kv in r.kvs {
-            let Ok(e) = serde_json::from_slice::<tend_server::records::EventRecord>(&kv.value) else {
+            let Ok(e) = serde_json::from_slice::<tend_control::records::EventRecord>(&kv.value) else {
                 continue;
             };
             if e.seq > last {
@@ -253,11 +249,6 @@ fn build(cfg: SimConfig) -> Result<Arc<World>, Failure> {
             Arc::new(SimAgent::new(format!("a{i}"), SimClock::new(start, drift), rng.fork()))
         })
         .collect();
-    let dir = tempfile::tempdir().map_err(|e| Failure {
-        message: format!("temp dir: {e}"),
-        replay: cfg.replay(),
-        trace_tail: vec![],
-    })?;
     Ok(Arc::new(World {
         faults: f,
         trace: Trace::new(clock.clone(), cfg.keep_trace, cfg.echo),
@@ -277,7 +268,6 @@ fn build(cfg: SimConfig) -> Result<Arc<World>, Failure> {
         rng: Mutex::new(rng),
         stats: Mutex::new(BTreeMap::new()),
         spawned: Mutex::new(Vec::new()),
-        dir,
         last_event: AtomicU64::new(0),
         passes: Mutex::new(None),
     }))

@@ -13,7 +13,7 @@ pub(super) fn job_of(s: &Server, name: &str, job: &str) -> Result<tend_spec::Job
 pub(super) async fn list_jobs(
     State(s): State<Arc<Server>>,
     Path(name): Path<String>,
-) -> ApiResult<Vec<crate::jobs::JobStatusInfo>> {
+) -> ApiResult<Vec<tend_control::jobs::JobStatusInfo>> {
     s.service(&name).ok_or_else(|| not_found("service", &name))?;
     let st = s.inner.jobs.lock().unwrap_or_else(|e| e.into_inner());
     Ok(Json(st.statuses.get(&name).cloned().unwrap_or_default()))
@@ -24,7 +24,7 @@ pub(super) async fn job_history(
     Path((name, job)): Path<(String, String)>,
 ) -> ApiResult<Vec<serde_json::Value>> {
     job_of(&s, &name, &job)?;
-    let runs = crate::jobs::job_history(&s, &name, &job).await?;
+    let runs = tend_control::jobs::job_history(&s, &name, &job).await?;
     Ok(Json(runs.iter().filter_map(|r| serde_json::to_value(r).ok()).collect()))
 }
 
@@ -56,7 +56,7 @@ pub(super) async fn run_job(
         return Err(not_found("pod instance", b.instance.as_deref().unwrap_or(&spec_job.pod)));
     }
     for i in &instances {
-        crate::jobs::request_run(&s, &name, &job, i).await?;
+        tend_control::jobs::request_run(&s, &name, &job, i).await?;
     }
     s.event(Some(&name), "job", format!("on-demand run of {job} queued for {}", instances.join(", "))).await;
     Ok(Json(serde_json::json!({ "job": job, "queued": instances })))
@@ -79,7 +79,7 @@ pub(super) struct WindowBody {
 pub(super) async fn list_windows(
     State(s): State<Arc<Server>>,
 ) -> ApiResult<Vec<tend_jobs::window::RunPolicy>> {
-    Ok(Json(crate::jobs::policies(&s).await?))
+    Ok(Json(tend_control::jobs::policies(&s).await?))
 }
 
 pub(super) async fn add_window(
@@ -97,7 +97,7 @@ pub(super) async fn add_window(
     }
     let p =
         tend_jobs::window::RunPolicy { id, job: b.job, pods: b.pods, start, end, utc_offset_minutes: zone };
-    crate::jobs::put_policy(&s, &p).await?;
+    tend_control::jobs::put_policy(&s, &p).await?;
     s.event(None, "job", format!("run policy {} added: no job starts in {}", p.id, p.describe())).await;
     Ok(Json(p))
 }
@@ -106,14 +106,16 @@ pub(super) async fn remove_window(
     State(s): State<Arc<Server>>,
     Path(id): Path<String>,
 ) -> ApiResult<serde_json::Value> {
-    if !crate::jobs::remove_policy(&s, &id).await? {
+    if !tend_control::jobs::remove_policy(&s, &id).await? {
         return Err(not_found("window", &id));
     }
     s.event(None, "job", format!("run policy {id} removed")).await;
     Ok(Json(serde_json::json!({ "removed": id })))
 }
 
-pub(super) async fn list_alarms(State(s): State<Arc<Server>>) -> ApiResult<Vec<crate::jobs::JobStatusInfo>> {
+pub(super) async fn list_alarms(
+    State(s): State<Arc<Server>>,
+) -> ApiResult<Vec<tend_control::jobs::JobStatusInfo>> {
     let st = s.inner.jobs.lock().unwrap_or_else(|e| e.into_inner());
     Ok(Json(st.statuses.values().flatten().filter(|j| j.alarm.is_some()).cloned().collect()))
 }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tend_api::*;
 
-use crate::agents::AgentProtocol;
+use tend_control::agents::AgentProtocol;
 
 mod jobs;
 mod pods;
@@ -26,9 +26,9 @@ mod services;
 use self::jobs::*;
 use self::pods::*;
 use self::services::*;
-use crate::deploy::{engine, judge};
-use crate::records::*;
 use crate::Server;
+use tend_control::deploy::{engine, judge};
+use tend_control::records::*;
 
 /// An API error: HTTP status, stable code, message.
 pub struct ApiError(pub StatusCode, pub &'static str, pub String);
@@ -100,8 +100,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The whole API.
 pub fn router(server: Server) -> Router {
     let s = Arc::new(server);
-    let api_token = s.inner.api_token.clone();
-    let cluster_token = s.inner.cluster_token.clone();
+    let api_token = s.edge.api_token.clone();
+    let cluster_token = s.edge.cluster_token.clone();
     let user = Router::new()
         .route("/v1/services", get(list_services).post(create_service))
         .route("/v1/services/{name}", get(get_service).put(replace_service).delete(delete_service))
@@ -149,7 +149,7 @@ async fn register(
     State(s): State<Arc<Server>>,
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> ApiResult<RegisterResponse> {
-    Ok(Json(AgentProtocol::register(&*s, req).await.map_err(refusal)?))
+    Ok(Json(AgentProtocol::register(&s.control, req).await.map_err(refusal)?))
 }
 
 #[derive(Deserialize)]
@@ -166,7 +166,7 @@ async fn desired(
     Query(q): Query<DesiredQuery>,
 ) -> ApiResult<DesiredState> {
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(20_000).min(60_000));
-    Ok(Json(AgentProtocol::desired(&*s, &id, q.index, wait).await.map_err(refusal)?))
+    Ok(Json(AgentProtocol::desired(&s.control, &id, q.index, wait).await.map_err(refusal)?))
 }
 
 async fn status(
@@ -174,7 +174,7 @@ async fn status(
     Path(id): Path<String>,
     JsonBody(r): JsonBody<StatusReport>,
 ) -> ApiResult<StatusAck> {
-    Ok(Json(AgentProtocol::status(&*s, &id, r).await.map_err(refusal)?))
+    Ok(Json(AgentProtocol::status(&s.control, &id, r).await.map_err(refusal)?))
 }
 
 fn valid_sha(sha: &str) -> bool {
@@ -188,7 +188,7 @@ async fn download_artifact(
     if !valid_sha(&sha) {
         return Err(bad("an artifact is named by its sha256 (64 lowercase hex characters)"));
     }
-    tokio::fs::read(s.inner.artifacts_dir.join(&sha)).await.map_err(|_| not_found("artifact", &sha))
+    tokio::fs::read(s.edge.artifacts_dir.join(&sha)).await.map_err(|_| not_found("artifact", &sha))
 }
 
 async fn upload_artifact(
@@ -203,8 +203,8 @@ async fn upload_artifact(
     if actual != sha {
         return Err(bad(format!("body has sha256 {actual}, not {sha}")));
     }
-    let path = s.inner.artifacts_dir.join(&sha);
-    let tmp = s.inner.artifacts_dir.join(format!(".{sha}.part"));
+    let path = s.edge.artifacts_dir.join(&sha);
+    let tmp = s.edge.artifacts_dir.join(format!(".{sha}.part"));
     tokio::fs::write(&tmp, &body)
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
@@ -214,6 +214,6 @@ async fn upload_artifact(
     Ok(Json(serde_json::json!({ "sha256": sha, "bytes": body.len() })))
 }
 
-fn refusal((code, kind, msg): crate::services::Refusal) -> ApiError {
+fn refusal((code, kind, msg): tend_control::services::Refusal) -> ApiError {
     ApiError(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), kind, msg)
 }

@@ -254,10 +254,12 @@ pub(super) async fn pod_action(
     }
     let conflict = |m: String| ApiError(StatusCode::CONFLICT, "not_launched", m);
     let msg = match action.as_str() {
-        "restart" => crate::recovery::restart_in_place(&s, &name, &instance).await.map_err(conflict)?,
-        "replace" => {
-            crate::recovery::replace(&s, &name, &instance, "operator request").await.map_err(conflict)?
+        "restart" => {
+            tend_control::recovery::restart_in_place(&s, &name, &instance).await.map_err(conflict)?
         }
+        "replace" => tend_control::recovery::replace(&s, &name, &instance, "operator request")
+            .await
+            .map_err(conflict)?,
         other => return Err(bad(format!("unknown pod action `{other}`: use restart or replace"))),
     };
     Ok(Json(serde_json::json!({ "instance": instance, "action": action, "message": msg })))
@@ -394,7 +396,7 @@ pub(super) async fn task_logs(
     let client = reqwest::Client::new();
     let r = client
         .get(format!("{url}/v1/logs"))
-        .bearer_auth(&s.inner.cluster_token)
+        .bearer_auth(&s.edge.cluster_token)
         .query(&[
             ("service", name.as_str()),
             ("instance", instance.as_str()),

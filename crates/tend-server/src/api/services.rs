@@ -124,18 +124,18 @@ pub(super) async fn submit(
         let Some(sha) = req.artifacts.get(&a.uri) else {
             return Err(bad(format!("artifact `{}` is a local path: upload it (PUT /v1/artifacts/<sha256>) and name its digest in `artifacts`", a.uri)));
         };
-        if !valid_sha(sha) || !s.inner.artifacts_dir.join(sha).is_file() {
+        if !valid_sha(sha) || !s.edge.artifacts_dir.join(sha).is_file() {
             return Err(bad(format!("artifact `{}` (sha256 {sha}) was not uploaded", a.uri)));
         }
     }
-    let sub = crate::services::Submission {
+    let sub = tend_control::services::Submission {
         spec,
         text: req.spec,
         file,
         artifacts: req.artifacts,
         expected_generation: req.expected_generation,
     };
-    let (name, _generation, existed) = crate::services::submit(s, sub).await.map_err(refusal)?;
+    let (name, _generation, existed) = tend_control::services::submit(s, sub).await.map_err(refusal)?;
     Ok((name, if existed { StatusCode::OK } else { StatusCode::CREATED }))
 }
 
@@ -166,7 +166,7 @@ pub(super) async fn delete_service(
         ));
     }
     let wait = Duration::from_secs(q.wait_seconds.unwrap_or(30).min(300));
-    let d = crate::services::delete(&s, &name, wait).await.map_err(refusal)?;
+    let d = tend_control::services::delete(&s, &name, wait).await.map_err(refusal)?;
     Ok(Json(serde_json::json!({
         "deleted": name,
         "stopped_instances": d.stopped,
@@ -179,7 +179,9 @@ pub(super) async fn delete_service(
 // ---------- volumes ----------
 
 pub(super) async fn list_volumes(State(s): State<Arc<Server>>) -> ApiResult<Vec<VolumeInfo>> {
-    Ok(Json(crate::volumes::all(&s).await?.iter().map(|(r, _)| crate::volumes::info(r)).collect()))
+    Ok(Json(
+        tend_control::volumes::all(&s).await?.iter().map(|(r, _)| tend_control::volumes::info(r)).collect(),
+    ))
 }
 
 pub(super) async fn delete_volume(
@@ -189,8 +191,8 @@ pub(super) async fn delete_volume(
     if tend_model::VolumeId::parse(&id).is_none() {
         return Err(bad(format!("`{id}` is not a volume id (v followed by digits, see `tend volume list`)")));
     }
-    match crate::volumes::request_delete(&s, &id).await {
-        Ok(r) => Ok(Json(crate::volumes::info(&r))),
+    match tend_control::volumes::request_delete(&s, &id).await {
+        Ok(r) => Ok(Json(tend_control::volumes::info(&r))),
         Err((404, m)) => Err(ApiError(StatusCode::NOT_FOUND, "not_found", m)),
         Err((409, m)) => Err(ApiError(StatusCode::CONFLICT, "volume_in_use", m)),
         Err((_, m)) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)),

@@ -1,15 +1,16 @@
 //! The control plane's side of the agent protocol — register, long-poll the desired state, report
-//! status — as one trait implemented by `Server`. The HTTP routes (`api/`) are a thin edge over
+//! status — as one trait implemented by `Control`. The HTTP routes (`api/`) are a thin edge over
 //! it; an in-process caller (a test, a simulator) drives the same control plane without sockets.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tend_api::{DesiredState, RegisterRequest, RegisterResponse, StatusAck, StatusReport};
+use tend_api::{DesiredState, RegisterRequest, RegisterResponse, StatusAck, StatusReport, TaskStatus};
 
 use crate::records::*;
 use crate::services::Refusal;
-use crate::{AgentLive, Server};
+use crate::Control;
 
 /// What agents ask of the control plane.
 #[async_trait]
@@ -31,7 +32,7 @@ fn unknown(agent: &str) -> Refusal {
 }
 
 #[async_trait]
-impl AgentProtocol for Server {
+impl AgentProtocol for Control {
     async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, Refusal> {
         if !tend_spec::decode::valid_name(&req.agent_id) {
             return Err(bad(format!(
@@ -119,7 +120,7 @@ impl AgentProtocol for Server {
     }
 }
 
-impl Server {
+impl Control {
     /// Refuses an agent's registration; the refusal is recorded once per agent and start.
     async fn refuse_agent(&self, agent: &str, code: &'static str, msg: String) -> Result<(), Refusal> {
         if self.inner.refused.lock().unwrap_or_else(|e| e.into_inner()).insert(agent.to_string()) {
@@ -161,5 +162,55 @@ impl Server {
             req.agent_id, self.inner.cluster_id
         );
         self.refuse_agent(&req.agent_id, "cluster_mismatch", msg).await
+    }
+}
+
+/// What the control plane knows of an agent right now.
+#[derive(Clone, Debug)]
+pub struct AgentLive {
+    pub record: AgentRecord,
+    /// None: not heard from since this control plane started.
+    pub last_seen_ms: Option<u64>,
+    pub tasks: Vec<TaskStatus>,
+    /// Set while the agent refuses this control plane's desired state (and why).
+    pub conflict: Option<String>,
+    /// The highest store revision whose desired state the agent says it obeyed (None: an agent
+    /// that does not say).
+    pub revision: Option<u64>,
+    /// Positions in `tasks` by (service, instance): lookups stay O(1) as agents grow.
+    pub index: HashMap<(String, String), Vec<usize>>,
+}
+
+impl AgentLive {
+    pub fn new(record: AgentRecord, last_seen_ms: Option<u64>, tasks: Vec<TaskStatus>) -> AgentLive {
+        let mut a = AgentLive {
+            record,
+            last_seen_ms,
+            tasks: Vec::new(),
+            conflict: None,
+            revision: None,
+            index: Default::default(),
+        };
+        a.set_tasks(tasks);
+        a
+    }
+
+    /// Replaces the reported tasks (a full snapshot) and rebuilds the index.
+    pub fn set_tasks(&mut self, tasks: Vec<TaskStatus>) {
+        self.index.clear();
+        for (i, t) in tasks.iter().enumerate() {
+            self.index.entry((t.service.clone(), t.instance.clone())).or_default().push(i);
+        }
+        self.tasks = tasks;
+    }
+
+    /// The reported tasks of one instance (every incarnation reported).
+    pub fn instance_tasks<'a>(
+        &'a self,
+        service: &str,
+        instance: &str,
+    ) -> impl Iterator<Item = &'a TaskStatus> + 'a {
+        let idx = self.index.get(&(service.to_string(), instance.to_string()));
+        idx.into_iter().flatten().filter_map(move |i| self.tasks.get(*i))
     }
 }

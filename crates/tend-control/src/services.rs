@@ -7,7 +7,7 @@ use std::time::Duration;
 use tend_store::{Compare, Txn, TxnOp};
 
 use crate::records::*;
-use crate::Server;
+use crate::Control;
 
 /// Why a spec change was refused (HTTP status, stable code, message).
 pub type Refusal = (u16, &'static str, String);
@@ -24,7 +24,7 @@ pub struct Submission {
 /// Accepts a spec as the service's next generation. Spec changes are serialised, and the store
 /// write is a compare-and-swap on the record read: every acknowledged generation is the one that
 /// runs and the one a restarted control plane loads.
-pub async fn submit(s: &Server, sub: Submission) -> Result<(String, u64, bool), Refusal> {
+pub async fn submit(s: &Control, sub: Submission) -> Result<(String, u64, bool), Refusal> {
     let _serial = s.inner.spec_lock.lock().await;
     let name = sub.spec.name.clone();
     // Everything that can fail is checked before the write.
@@ -104,7 +104,7 @@ pub struct Deleted {
 
 /// Deletes a service: its records go and its volumes are retained in one transaction; then
 /// waits (up to `wait`) until every agent reports its tasks stopped.
-pub async fn delete(s: &Server, name: &str, wait: Duration) -> Result<Deleted, Refusal> {
+pub async fn delete(s: &Control, name: &str, wait: Duration) -> Result<Deleted, Refusal> {
     let _serial = s.inner.spec_lock.lock().await;
     // No launch decided before the delete may be written after it.
     let _launches = s.inner.launch_lock.lock().await;
@@ -158,38 +158,44 @@ pub async fn delete(s: &Server, name: &str, wait: Duration) -> Result<Deleted, R
 }
 
 /// The highest incarnation a deleted service's instance of this name reached (0: none).
-pub async fn incarnation_floor(s: &Server, service: &str, instance: &str) -> Result<u64, String> {
+pub async fn incarnation_floor(s: &Control, service: &str, instance: &str) -> Result<u64, String> {
     let kv = s.inner.store.get(&incarnation_floor_key(service, instance)).await.map_err(|e| e.to_string())?;
     Ok(kv.and_then(|kv| String::from_utf8_lossy(&kv.value).trim().parse().ok()).unwrap_or(0))
 }
 
 /// Agents still reporting a live task of `service` after `wait` (empty: all confirmed).
-async fn wait_stopped(s: &Server, service: &str, wait: Duration) -> Vec<String> {
+async fn wait_stopped(s: &Control, service: &str, wait: Duration) -> Vec<String> {
     let mut status = s.inner.status_gen.subscribe();
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let pending: Vec<String> = {
-            let agents = s.inner.agents.read().unwrap_or_else(|e| e.into_inner());
-            agents
-                .values()
-                .filter(|a| s.agent_up(a))
-                .filter(|a| {
-                    a.tasks.iter().any(|t| {
-                        t.service == service
-                            && matches!(t.state, tend_api::TaskState::Running | tend_api::TaskState::Starting)
-                    })
-                })
-                .map(|a| a.record.id.clone())
-                .collect()
-        };
-        if pending.is_empty() || tokio::time::Instant::now() >= deadline {
-            // Agents that are down cannot confirm: named too (they stop the tasks on return).
-            let agents = s.inner.agents.read().unwrap_or_else(|e| e.into_inner());
-            let down = agents.values().filter(|a| !s.agent_up(a)).filter(|a| {
-                a.tasks.iter().any(|t| t.service == service && t.state == tend_api::TaskState::Running)
-            });
-            return pending.into_iter().chain(down.map(|a| format!("{} (down)", a.record.id))).collect();
+    let _ = tokio::time::timeout(wait, async {
+        while !still_running(s, service).is_empty() {
+            if status.changed().await.is_err() {
+                return;
+            }
         }
-        let _ = tokio::time::timeout_at(deadline, status.changed()).await;
-    }
+    })
+    .await;
+    // Agents that are down cannot confirm: named too (they stop the tasks on return).
+    let pending = still_running(s, service);
+    let agents = s.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+    let down = agents
+        .values()
+        .filter(|a| !s.agent_up(a))
+        .filter(|a| a.tasks.iter().any(|t| t.service == service && t.state == tend_api::TaskState::Running));
+    pending.into_iter().chain(down.map(|a| format!("{} (down)", a.record.id))).collect()
+}
+
+/// Agents that are up and report a live task of `service`.
+fn still_running(s: &Control, service: &str) -> Vec<String> {
+    let agents = s.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+    agents
+        .values()
+        .filter(|a| s.agent_up(a))
+        .filter(|a| {
+            a.tasks.iter().any(|t| {
+                t.service == service
+                    && matches!(t.state, tend_api::TaskState::Running | tend_api::TaskState::Starting)
+            })
+        })
+        .map(|a| a.record.id.clone())
+        .collect()
 }

@@ -2,9 +2,9 @@
 //! compacted, so that the store does not grow with every action.
 
 use crate::records::EventRecord;
-use crate::Server;
+use crate::Control;
 
-impl Server {
+impl Control {
     /// Keeps the store bounded: events beyond `events_keep` or older than `events_keep_ms` go
     /// (oldest first), and store history
     /// older than `history_keep_revisions` is compacted. Every 10 s.

@@ -12,10 +12,10 @@ use tend_spec::{Goal, PodSpec, Probe, ServiceSpec};
 use tend_store::{Compare, Txn, TxnOp};
 
 use crate::records::*;
-use crate::Server;
+use crate::Control;
 
 /// The plan engine for a service's plans.
-pub fn engine(server: &Server, service: &str) -> Engine {
+pub fn engine(server: &Control, service: &str) -> Engine {
     Engine::new(server.inner.store.clone(), server.inner.clock.clone(), plans_prefix(service))
         .with_max_parallel(1024)
 }
@@ -28,7 +28,7 @@ pub const STEP_RETRY_MAX_MS: u64 = 300_000;
 /// A failed step is tried again after a backoff (level-triggered: a step that failed because its
 /// agent was lost completes once recovery replaced the instance; a bad config fails again, and
 /// says so, without relaunching anything).
-pub async fn drive(server: Server, service: String) {
+pub async fn drive(server: Control, service: String) {
     server.wait_reconciled().await;
     let mut retry_ms = STEP_RETRY_MS;
     loop {
@@ -86,7 +86,7 @@ pub async fn drive(server: Server, service: String) {
 
 /// A deploy step: get the instance's target incarnation running (and ready).
 pub struct DeployWork {
-    pub server: Server,
+    pub server: Control,
     pub service: String,
 }
 
@@ -450,7 +450,7 @@ pub fn assignment(
 
 /// Everything `agent` must run now (from the agent's index of the cluster state: the cost
 /// follows what the agent runs, not the size of the cluster).
-pub async fn desired_for(server: &Server, agent: &str) -> anyhow::Result<Vec<Assignment>> {
+pub async fn desired_for(server: &Control, agent: &str) -> anyhow::Result<Vec<Assignment>> {
     server.inner.state.caught_up(&*server.inner.store).await?;
     let mut out = Vec::new();
     // Per service: its spec and uploaded artifacts (None: not loaded).
@@ -475,7 +475,7 @@ pub async fn desired_for(server: &Server, agent: &str) -> anyhow::Result<Vec<Ass
 
 /// Long-poll helper: the desired state once its generation passes `index` (or at the timeout).
 pub async fn wait_desired(
-    server: &Server,
+    server: &Control,
     agent: &str,
     index: u64,
     wait: Duration,
@@ -506,4 +506,4 @@ pub async fn wait_desired(
 }
 
 /// Shared handle type for the API.
-pub type Shared = Arc<Server>;
+pub type Shared = Arc<Control>;

@@ -12,7 +12,7 @@ use tend_store::TxnOp;
 
 use crate::deploy::{pod_of, DeployWork};
 use crate::records::InstanceRecord;
-use crate::Server;
+use crate::Control;
 
 /// Launch requests waiting for the lock, and results of requests another holder processed.
 /// Each request has its own id, so a result is only ever taken by the waiter that asked (a
@@ -36,7 +36,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub async fn take(server: &Server, avoid: Option<&str>) -> Result<Snapshot, String> {
+    pub async fn take(server: &Control, avoid: Option<&str>) -> Result<Snapshot, String> {
         let mut agents: BTreeMap<String, AgentSnapshot> = {
             let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
             agents
@@ -122,7 +122,7 @@ impl Snapshot {
 
 /// Places (if needed) and launches the target incarnation of `instance`, writing the intent
 /// first; batched with every other launch queued meanwhile.
-pub async fn ensure_launched(server: &Server, service: &str, instance: &str) -> Result<(), String> {
+pub async fn ensure_launched(server: &Control, service: &str, instance: &str) -> Result<(), String> {
     let key = (service.to_string(), instance.to_string());
     let q = &server.inner.launches;
     let id = q.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -158,7 +158,7 @@ enum Plan {
 
 /// Decides a batch against one snapshot, then writes every intent concurrently.
 async fn launch_batch(
-    server: &Server,
+    server: &Control,
     batch: &[(String, String)],
 ) -> Vec<((String, String), Result<(), String>)> {
     let mut snapshot = None;
@@ -272,7 +272,7 @@ fn fence_wait(
     let (old, _) = rec.replaced_from.as_ref().filter(|(a, _)| !a.is_empty())?;
     let server = &work.server;
     let now = server.now_ms();
-    let fence_ms = spec.recovery.fence_after_seconds * 1000 + tend_control::recovery::FENCE_MARGIN_MS;
+    let fence_ms = spec.recovery.fence_after_seconds * 1000 + crate::rules::recovery::FENCE_MARGIN_MS;
     let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
     let (seen, confirmed) = match agents.get(old) {
         Some(a) => {

@@ -15,14 +15,14 @@ use tend_jobs::schedule::{self, Alarm, Block, JobInstance, JobTiming, Weight};
 use tend_jobs::window::RunPolicy;
 
 use crate::deploy::{judge, pod_of};
-use crate::Server;
+use crate::Control;
 
 const POLICIES: &str = "jobs/policies/";
 /// Pacing deadlines by (service, job), in the store: a restarted control plane paces the same.
 const PACE: &str = "jobs/pace/";
 
 /// Forgets a deleted service's pacing (its store keys go with the service's).
-pub fn forget_service(server: &Server, svc: &str) {
+pub fn forget_service(server: &Control, svc: &str) {
     server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).pace_until.retain(|(s, _), _| s != svc);
 }
 
@@ -32,7 +32,7 @@ pub fn pace_prefix(svc: &str) -> String {
 }
 
 /// Until when runs of a job are paced (0: not), from memory or, after a restart, the store.
-async fn pace_until(server: &Server, svc: &str, job: &str) -> u64 {
+async fn pace_until(server: &Control, svc: &str, job: &str) -> u64 {
     let key = (svc.to_string(), job.to_string());
     if let Some(t) = server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).pace_until.get(&key) {
         return *t;
@@ -97,7 +97,7 @@ pub struct JobsState {
     pub statuses: BTreeMap<String, Vec<JobStatusInfo>>,
 }
 
-fn lm(server: &Server) -> LeaseManager {
+fn lm(server: &Control) -> LeaseManager {
     LeaseManager::new(
         server.inner.store.clone(),
         "jobs/leases",
@@ -106,7 +106,7 @@ fn lm(server: &Server) -> LeaseManager {
 }
 
 /// Run policies from the store; an error fails closed (callers block every job).
-pub async fn policies(server: &Server) -> anyhow::Result<Vec<RunPolicy>> {
+pub async fn policies(server: &Control) -> anyhow::Result<Vec<RunPolicy>> {
     let mut out = Vec::new();
     for kv in server.inner.store.range(POLICIES).await?.kvs {
         out.push(serde_json::from_slice(&kv.value)?);
@@ -114,23 +114,23 @@ pub async fn policies(server: &Server) -> anyhow::Result<Vec<RunPolicy>> {
     Ok(out)
 }
 
-pub async fn put_policy(server: &Server, p: &RunPolicy) -> anyhow::Result<()> {
+pub async fn put_policy(server: &Control, p: &RunPolicy) -> anyhow::Result<()> {
     server.inner.store.put(&format!("{POLICIES}{}", p.id), &serde_json::to_vec(p)?).await?;
     Ok(())
 }
 
-pub async fn remove_policy(server: &Server, id: &str) -> anyhow::Result<bool> {
+pub async fn remove_policy(server: &Control, id: &str) -> anyhow::Result<bool> {
     Ok(server.inner.store.delete(&format!("{POLICIES}{id}")).await?)
 }
 
 /// Queues an on-demand run (persisted: survives a restart).
-pub async fn request_run(server: &Server, svc: &str, job: &str, instance: &str) -> anyhow::Result<()> {
+pub async fn request_run(server: &Control, svc: &str, job: &str, instance: &str) -> anyhow::Result<()> {
     server.inner.store.put(&on_demand_key(svc, job, instance), b"1").await?;
     Ok(())
 }
 
 /// Runs the loop forever: a tick every `tick`, faster after a tick that did work.
-pub async fn run(server: Server, tick: Duration) {
+pub async fn run(server: Control, tick: Duration) {
     server.wait_reconciled().await;
     loop {
         let worked = match tick_once(&server).await {
@@ -154,7 +154,7 @@ fn weight(w: &str) -> Weight {
 }
 
 /// One pass: renew, schedule, statuses. Returns whether it started anything.
-pub async fn tick_once(server: &Server) -> anyhow::Result<bool> {
+pub async fn tick_once(server: &Control) -> anyhow::Result<bool> {
     let now = server.now_ms();
     let leases = lm(server);
     renew(server, &leases, now).await;
@@ -223,7 +223,7 @@ pub async fn tick_once(server: &Server) -> anyhow::Result<bool> {
                     };
                 // ...and recovery is not at work on it (from the record: down, or being replaced).
                 let gate = gate.or_else(|| {
-                    let replacing = tend_control::recovery::replacing(
+                    let replacing = crate::rules::recovery::replacing(
                         rec.replaced_from.is_some(),
                         rec.incarnation,
                         rec.ready_incarnation,
@@ -403,7 +403,7 @@ pub async fn tick_once(server: &Server) -> anyhow::Result<bool> {
 }
 
 /// Renews the leases of active runs every TTL/10; a run whose lease may have expired is aborted.
-async fn renew(server: &Server, leases: &LeaseManager, now: u64) {
+async fn renew(server: &Control, leases: &LeaseManager, now: u64) {
     let ttl_ms = leases.ttl_seconds() as u64 * 1000;
     let due: Vec<(String, Held, u64)> = {
         let st = server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner());
@@ -451,7 +451,7 @@ async fn renew(server: &Server, leases: &LeaseManager, now: u64) {
 }
 
 /// Last success, last failure and duration estimate of a job-instance (cached).
-async fn summary(server: &Server, svc: &str, job: &str, inst: &str) -> anyhow::Result<Summary> {
+async fn summary(server: &Control, svc: &str, job: &str, inst: &str) -> anyhow::Result<Summary> {
     let key = (svc.to_string(), job.to_string(), inst.to_string());
     if let Some(s) = server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).summaries.get(&key) {
         return Ok(*s);
@@ -463,7 +463,7 @@ async fn summary(server: &Server, svc: &str, job: &str, inst: &str) -> anyhow::R
 }
 
 /// Job runs an agent must execute now.
-pub fn runs_for(server: &Server, agent: &str) -> Vec<JobRun> {
+pub fn runs_for(server: &Control, agent: &str) -> Vec<JobRun> {
     let st = server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner());
     st.active
         .values()
@@ -481,7 +481,7 @@ pub fn runs_for(server: &Server, agent: &str) -> Vec<JobRun> {
 
 /// Results reported by an agent: finished runs are recorded (guarded by their lease), their
 /// lease released, and pacing applied.
-pub async fn on_results(server: &Server, agent: &str, results: Vec<JobResult>) {
+pub async fn on_results(server: &Control, agent: &str, results: Vec<JobResult>) {
     for res in results {
         if res.state == tend_api::RunState::Running {
             continue;
@@ -539,7 +539,7 @@ pub async fn on_results(server: &Server, agent: &str, results: Vec<JobResult>) {
 }
 
 /// History of a job (all instances), newest last.
-pub async fn job_history(server: &Server, svc: &str, job: &str) -> anyhow::Result<Vec<RunRecord>> {
+pub async fn job_history(server: &Control, svc: &str, job: &str) -> anyhow::Result<Vec<RunRecord>> {
     let r = server.inner.store.range(&format!("{}/{job}/", history_prefix(svc))).await?;
     let mut v: Vec<RunRecord> =
         r.kvs.iter().filter_map(|kv| serde_json::from_slice(&kv.value).ok()).collect();
@@ -548,4 +548,4 @@ pub async fn job_history(server: &Server, svc: &str, job: &str) -> anyhow::Resul
 }
 
 /// Shared handle for tests.
-pub type Shared = Arc<Server>;
+pub type Shared = Arc<Control>;

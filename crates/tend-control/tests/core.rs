@@ -3,19 +3,18 @@
 
 use std::sync::Arc;
 
+use tend_control::services::{submit, Submission};
+use tend_control::{Control, ControlConfig};
 use tend_model::{Clock, ManualClock, SharedClock};
-use tend_server::services::{submit, Submission};
-use tend_server::{Server, ServerConfig};
 use tend_store::memory::MemoryStore;
 use tend_store::StateStore;
 
 const SPEC: &str = "version: 1\nname: s\npods:\n  w:\n    tasks: { t: { cmd: 'exec sleep 600' } }\n";
 
-async fn server(store: Arc<dyn StateStore>, dir: &std::path::Path, events_keep: usize) -> Server {
+async fn server(store: Arc<dyn StateStore>, events_keep: usize) -> Control {
     let clock: SharedClock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let mut cfg = ServerConfig::new(dir, "127.0.0.1:0".parse().unwrap());
-    cfg.events_keep = events_keep;
-    Server::new(cfg, store, clock).await.unwrap()
+    let cfg = ControlConfig { events_keep, ..Default::default() };
+    Control::new(cfg, store, clock).await.unwrap()
 }
 
 fn submission(text: &str, expected: Option<u64>) -> Submission {
@@ -30,20 +29,18 @@ fn submission(text: &str, expected: Option<u64>) -> Submission {
 
 #[tokio::test]
 async fn the_cluster_id_is_created_once_and_kept_by_the_store() {
-    let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
-    let a = server(store.clone(), dir.path(), 100).await.inner.cluster_id.clone();
-    let b = server(store, dir.path(), 100).await.inner.cluster_id.clone();
+    let a = server(store.clone(), 100).await.inner.cluster_id.clone();
+    let b = server(store, 100).await.inner.cluster_id.clone();
     assert_eq!(a, b);
     let other: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
-    assert_ne!(server(other, dir.path(), 100).await.inner.cluster_id, a, "an empty store is a new cluster");
+    assert_ne!(server(other, 100).await.inner.cluster_id, a, "an empty store is a new cluster");
 }
 
 #[tokio::test]
 async fn events_are_kept_to_their_bound_oldest_first() {
-    let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
-    let s = server(store.clone(), dir.path(), 10).await;
+    let s = server(store.clone(), 10).await;
     for i in 0..40 {
         s.event(None, "test", format!("event {i}")).await;
     }
@@ -55,12 +52,10 @@ async fn events_are_kept_to_their_bound_oldest_first() {
 
 #[tokio::test]
 async fn events_older_than_their_age_bound_go() {
-    let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
     let clock = ManualClock::new(1_700_000_000_000);
-    let mut cfg = ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap());
-    cfg.events_keep_ms = 60_000;
-    let s = Server::new(cfg, store.clone(), Arc::new(clock.clone())).await.unwrap();
+    let cfg = ControlConfig { events_keep_ms: 60_000, ..Default::default() };
+    let s = Control::new(cfg, store.clone(), Arc::new(clock.clone())).await.unwrap();
     s.event(None, "test", "old".into()).await;
     clock.advance_ms(120_000);
     s.event(None, "test", "new".into()).await;
@@ -79,9 +74,8 @@ async fn events_older_than_their_age_bound_go() {
 
 #[tokio::test]
 async fn spec_changes_are_serialised_and_a_stale_expected_generation_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
-    let s = server(store.clone(), dir.path(), 100).await;
+    let s = server(store.clone(), 100).await;
     let (_, g1, existed) = submit(&s, submission(SPEC, Some(0))).await.unwrap();
     assert_eq!((g1, existed), (1, false));
     // 12 concurrent updates: each acknowledged one is its own generation.
@@ -125,17 +119,10 @@ fn register_req(id: &str, cluster: Option<&str>) -> tend_api::RegisterRequest {
 /// completes; an agent of another cluster is refused.
 #[tokio::test]
 async fn an_in_process_agent_deploys_a_service_through_the_protocol() {
-    use tend_server::agents::AgentProtocol;
-    let dir = tempfile::tempdir().unwrap();
+    use tend_control::agents::AgentProtocol;
     let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
     let clock = ManualClock::new(1_700_000_000_000);
-    let s = Server::new(
-        ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap()),
-        store,
-        Arc::new(clock.clone()),
-    )
-    .await
-    .unwrap();
+    let s = Control::new(ControlConfig::default(), store, Arc::new(clock.clone())).await.unwrap();
     let reg = s.register(register_req("a1", None)).await.unwrap();
     assert_eq!(reg.cluster_id, s.inner.cluster_id);
     let err = s.register(register_req("a2", Some("c-elsewhere"))).await.unwrap_err();
@@ -189,7 +176,7 @@ async fn an_in_process_agent_deploys_a_service_through_the_protocol() {
         s.status("a1", report(seq)).await.unwrap();
         let rt = s.service("s").unwrap();
         let plan = rt.lock().unwrap().plans.get("deploy").cloned().unwrap();
-        let view = tend_server::deploy::engine(&s, "s").view(&plan).await.unwrap();
+        let view = tend_control::deploy::engine(&s, "s").view(&plan).await.unwrap();
         if view.status.as_str() == "complete" {
             complete = true;
             break;
@@ -204,19 +191,12 @@ async fn an_in_process_agent_deploys_a_service_through_the_protocol() {
 /// current one: raising `retain_volumes_seconds` protects volumes that already exist.
 #[tokio::test]
 async fn retention_is_the_longer_of_creation_and_the_current_spec() {
-    let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
     let clock = ManualClock::new(1_700_000_000_000);
-    let s = Server::new(
-        ServerConfig::new(dir.path(), "127.0.0.1:0".parse().unwrap()),
-        store.clone(),
-        Arc::new(clock.clone()),
-    )
-    .await
-    .unwrap();
+    let s = Control::new(ControlConfig::default(), store.clone(), Arc::new(clock.clone())).await.unwrap();
     let text = "version: 1\nname: s\npods:\n  w:\n    tasks: { t: { cmd: 'exec sleep 600' } }\nrecovery: { retain_volumes_seconds: 3600 }\n";
     submit(&s, submission(text, None)).await.unwrap();
-    let rec = tend_server::records::VolumeRecord {
+    let rec = tend_control::records::VolumeRecord {
         id: "v000099".into(),
         service: "s".into(),
         instance: "w-0".into(),
@@ -224,16 +204,16 @@ async fn retention_is_the_longer_of_creation_and_the_current_spec() {
         names: vec![("d".into(), 1)],
         created_ms: 0,
         retain_ms: Some(10_000),
-        state: tend_server::records::VolumeRecordState::Active,
+        state: tend_control::records::VolumeRecordState::Active,
         since_ms: 0,
         until_ms: None,
         reason: String::new(),
     };
     store.put("volumes/v000099", &serde_json::to_vec(&rec).unwrap()).await.unwrap();
-    let op = tend_server::volumes::retain_op(&s, "v000099", "test").await.unwrap().unwrap();
+    let op = tend_control::volumes::retain_op(&s, "v000099", "test").await.unwrap().unwrap();
     store.txn(tend_store::Txn::new().then(op)).await.unwrap();
     let kv = store.get("volumes/v000099").await.unwrap().unwrap();
-    let got: tend_server::records::VolumeRecord = serde_json::from_slice(&kv.value).unwrap();
-    assert_eq!(got.state, tend_server::records::VolumeRecordState::Retained);
+    let got: tend_control::records::VolumeRecord = serde_json::from_slice(&kv.value).unwrap();
+    assert_eq!(got.state, tend_control::records::VolumeRecordState::Retained);
     assert_eq!(got.until_ms, Some(clock.now_ms() + 3_600_000), "{got:?}");
 }
