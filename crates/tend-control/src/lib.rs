@@ -48,8 +48,9 @@ pub struct ControlConfig {
     pub agent_lost_after_ms: u64,
     /// How often agents report (their heartbeat).
     pub status_interval_ms: u64,
-    /// Maintenance scheduler tick (faster after a tick that started runs).
-    pub job_tick_ms: u64,
+    /// The maintenance scheduler runs when something it depends on changes and when a job comes
+    /// due; and at least this often.
+    pub job_resync_ms: u64,
     /// TTL of a maintenance run's lease; renewed every TTL/10.
     pub job_lease_ttl_seconds: i64,
     /// Take command of agents that obeyed another cluster (e.g. after the store was lost):
@@ -72,7 +73,7 @@ impl Default for ControlConfig {
         Self {
             agent_lost_after_ms: 5_000,
             status_interval_ms: 1_000,
-            job_tick_ms: 1_000,
+            job_resync_ms: 30_000,
             job_lease_ttl_seconds: 30,
             adopt_agents: false,
             step_deadline_ms: 600_000,
@@ -126,6 +127,9 @@ pub struct Inner {
     /// Bumped when a report says something new (a task changed), not on a bare heartbeat:
     /// recovery wakes on it, so an idle cluster costs one resync a second.
     pub tasks_gen: watch::Sender<u64>,
+    /// Bumped when the maintenance scheduler's inputs change outside the instance records
+    /// (an on-demand request, a run policy, a service installed): it wakes on it.
+    pub jobs_gen: watch::Sender<u64>,
     /// Serialises placement and launch decisions.
     pub launch_lock: tokio::sync::Mutex<()>,
     /// Launch requests batched under the lock.
@@ -211,6 +215,7 @@ impl Control {
             desired_gen: watch::channel(started_ms).0,
             status_gen: watch::channel(1).0,
             tasks_gen: watch::channel(1).0,
+            jobs_gen: watch::channel(1).0,
             launch_lock: tokio::sync::Mutex::new(()),
             launches: launch::LaunchQueue::default(),
             reconciled: watch::channel(false).0,
@@ -261,12 +266,12 @@ impl Control {
                 ),
             )
             .await;
-        let tick = std::time::Duration::from_millis(server.inner.cfg.job_tick_ms.max(50));
+        let resync = std::time::Duration::from_millis(server.inner.cfg.job_resync_ms.max(100));
         let loops = vec![
             tokio::spawn(server.clone().housekeeping()).abort_handle(),
             tokio::spawn(server.clone().reconcile()).abort_handle(),
             tokio::spawn(recovery::run(server.clone())).abort_handle(),
-            tokio::spawn(jobs::run(server.clone(), tick)).abort_handle(),
+            tokio::spawn(jobs::run(server.clone(), resync)).abort_handle(),
         ];
         server.inner.loops.lock().unwrap_or_else(|e| e.into_inner()).extend(loops);
         Ok(server)
@@ -347,6 +352,7 @@ impl Control {
         if let Some(rt) = self.service(&name) {
             rt.lock().unwrap_or_else(|e| e.into_inner()).driver = Some(driver);
         }
+        self.inner.jobs_gen.send_modify(|g| *g += 1);
         if announce {
             self.event(Some(&name), "service", format!("service `{name}` accepted; deploy plan started"))
                 .await;

@@ -113,6 +113,22 @@ pub fn priority(j: &JobInstance, now_ms: u64) -> Option<i64> {
     Some((units + 1) * j.timing.weight.factor())
 }
 
+/// The next moment after `now_ms` at which this job-instance's standing can change by time
+/// alone: it becomes due, its backoff ends, an alarm threshold passes, or a window that applies
+/// to it opens or closes. None: nothing changes by time (only by events: a run ending, an
+/// on-demand request, a new policy, the instance's health). The scheduler sleeps until then.
+pub fn next_change_ms(j: &JobInstance, policies: &[RunPolicy], now_ms: u64) -> Option<u64> {
+    let base = j.last_success_ms.unwrap_or(j.created_ms);
+    let backoff = j.last_failure_ms.map(|f| f + j.timing.backoff_ms);
+    let windows = policies.iter().filter(|p| p.applies(&j.job, &j.pod)).map(|p| p.next_boundary_ms(now_ms));
+    [Some(due_ms(j)), backoff, Some(base + j.timing.warn_after_ms), Some(base + j.timing.error_after_ms)]
+        .into_iter()
+        .flatten()
+        .chain(windows)
+        .filter(|t| *t > now_ms)
+        .min()
+}
+
 /// What blocks a due job-instance right now (windows, backoff), before leases and health.
 pub fn block(j: &JobInstance, policies: &[RunPolicy], now_ms: u64) -> Option<Block> {
     if let Some(p) = blocking(policies, &j.job, &j.pod, now_ms) {

@@ -84,6 +84,17 @@ impl RunPolicy {
         }
     }
 
+    /// The first moment after `now_ms` at which the window opens or closes.
+    pub fn next_boundary_ms(&self, now_ms: u64) -> u64 {
+        let minute = now_ms / 60_000;
+        let local = (minute as i64 + self.utc_offset_minutes as i64).rem_euclid(1440);
+        let until = |m: Minute| match (m as i64 - local).rem_euclid(1440) {
+            0 => 1440,
+            d => d,
+        } as u64;
+        (minute + until(self.start).min(until(self.end))) * 60_000
+    }
+
     /// A short description, e.g. "22:00–06:00 +02:00".
     pub fn describe(&self) -> String {
         let t = |m: Minute| format!("{:02}:{:02}", m / 60, m % 60);

@@ -328,3 +328,67 @@ fn granularity_scales_with_the_interval_and_ties_go_to_the_longest_due() {
     let q = queue(&[a, b], &[], 11 * H + MIN);
     assert_eq!(q.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![1, 0]);
 }
+
+/// The scheduler sleeps until a job-instance's standing can change by time alone:
+/// (case, job, policies, now, expected next change).
+#[test]
+fn next_change_is_the_earliest_future_deadline() {
+    let w = |start: &str, end: &str, zone: &str, job: Option<&str>| RunPolicy {
+        id: "w".into(),
+        job: job.map(str::to_string),
+        pods: vec![],
+        start: parse_time(start).unwrap(),
+        end: parse_time(end).unwrap(),
+        utc_offset_minutes: parse_zone(zone).unwrap(),
+    };
+    let day = 10 * 24 * H;
+    let done_at = |t: u64| job("repair", "data-0", Weight::Low, Some(t));
+    let mut failed = done_at(day);
+    failed.last_failure_ms = Some(day + 20 * MIN);
+    type Case = (&'static str, JobInstance, Vec<RunPolicy>, u64, Option<u64>);
+    let cases: Vec<Case> = vec![
+        ("not yet due: when it becomes due", done_at(day), vec![], day + MIN, Some(day + H)),
+        ("due: the warning threshold", done_at(day), vec![], day + 2 * H, Some(day + 8 * H)),
+        ("warned: the error threshold", done_at(day), vec![], day + 9 * H, Some(day + 10 * H)),
+        ("in error, nothing else: nothing by time", done_at(day), vec![], day + 11 * H, None),
+        ("a failure: when its backoff ends", failed.clone(), vec![], day + 21 * MIN, Some(day + 50 * MIN)),
+        (
+            "a window that applies: when it opens",
+            done_at(day),
+            vec![w("03:00", "04:00", "UTC", None)],
+            day + 2 * H,
+            Some(day + 3 * H),
+        ),
+        (
+            "inside it: when it closes",
+            done_at(day),
+            vec![w("03:00", "04:00", "UTC", None)],
+            day + 3 * H + 5 * MIN,
+            Some(day + 4 * H),
+        ),
+        (
+            "in another zone (+02:00): 03:00 local is 01:00 UTC",
+            done_at(day),
+            vec![w("03:00", "04:00", "+02:00", None)],
+            day + 30 * MIN,
+            Some(day + H),
+        ),
+        (
+            "a window of another job: ignored",
+            done_at(day),
+            vec![w("03:00", "04:00", "UTC", Some("backup"))],
+            day + 2 * H,
+            Some(day + 8 * H),
+        ),
+        (
+            "a whole-day window never changes",
+            done_at(day),
+            vec![w("00:00", "00:00", "UTC", None)],
+            day + 2 * H,
+            Some(day + 8 * H),
+        ),
+    ];
+    for (what, j, pols, now, want) in cases {
+        assert_eq!(next_change_ms(&j, &pols, now), want, "{what}");
+    }
+}
