@@ -4,15 +4,15 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use tend_api::CheckSpec;
+use tend_api::{CheckSpec, ProbeKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Runs one probe; true if it passed within the check's timeout.
 pub async fn probe(check: &CheckSpec, sandbox: &Path, env: &BTreeMap<String, String>) -> bool {
     let timeout = Duration::from_secs(check.timeout_seconds.max(1));
     let fut = async {
-        match check.kind.as_str() {
-            "cmd" => {
+        match check.kind {
+            ProbeKind::Cmd => {
                 let Some(cmd) = &check.cmd else { return false };
                 let mut c = tokio::process::Command::new("/bin/sh");
                 c.arg("-c")
@@ -26,11 +26,11 @@ pub async fn probe(check: &CheckSpec, sandbox: &Path, env: &BTreeMap<String, Str
                     .kill_on_drop(true);
                 matches!(c.status().await, Ok(s) if s.success())
             }
-            "tcp" => match check.port {
+            ProbeKind::Tcp => match check.port {
                 Some(p) => tokio::net::TcpStream::connect(("127.0.0.1", p)).await.is_ok(),
                 None => false,
             },
-            "http" => {
+            ProbeKind::Http => {
                 let Some(p) = check.port else { return false };
                 let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", p)).await else { return false };
                 let path = check.path.clone().unwrap_or_else(|| "/".into());

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod status;
+pub use status::{AgentState, EventKind, PodState, ProbeKind, StepStatus};
+
 /// The API version prefix.
 pub const API_PREFIX: &str = "/v1";
 
@@ -253,8 +256,7 @@ pub struct TaskLaunch {
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct CheckSpec {
-    /// cmd | http | tcp
-    pub kind: String,
+    pub kind: ProbeKind,
     #[serde(default)]
     pub cmd: Option<String>,
     #[serde(default)]
@@ -408,14 +410,14 @@ pub struct PodSummary {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PlanSummary {
     pub name: String,
-    pub status: String,
+    pub status: StepStatus,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PlanInfo {
     pub service: String,
     pub name: String,
-    pub status: String,
+    pub status: StepStatus,
     pub interrupted: bool,
     pub phases: Vec<PhaseInfo>,
 }
@@ -423,7 +425,7 @@ pub struct PlanInfo {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PhaseInfo {
     pub name: String,
-    pub status: String,
+    pub status: StepStatus,
     pub interrupted: bool,
     pub steps: Vec<StepInfo>,
 }
@@ -431,7 +433,7 @@ pub struct PhaseInfo {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StepInfo {
     pub name: String,
-    pub status: String,
+    pub status: StepStatus,
     #[serde(default)]
     pub message: Option<String>,
 }
@@ -455,8 +457,7 @@ pub struct PodInfo {
     pub incarnation: u64,
     pub config: String,
     pub target_config: String,
-    /// pending | launching | running | ready | stopped | failed
-    pub state: String,
+    pub state: PodState,
     #[serde(default)]
     pub pending_reason: Option<String>,
     pub ports: BTreeMap<String, u16>,
@@ -488,8 +489,7 @@ pub struct AgentInfo {
     pub resources: AgentResources,
     pub reserved_cpus: f64,
     pub reserved_memory_mb: u64,
-    /// up | lost
-    pub state: String,
+    pub state: AgentState,
     pub last_seen_ms_ago: Option<u64>,
     pub tasks: usize,
     /// Set while the agent refuses this control plane's desired state (and why).
@@ -511,7 +511,7 @@ pub struct EventInfo {
     pub seq: u64,
     pub time_ms: u64,
     pub service: Option<String>,
-    pub kind: String,
+    pub kind: EventKind,
     pub message: String,
 }
 

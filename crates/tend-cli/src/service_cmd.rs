@@ -65,12 +65,12 @@ pub async fn follow(
     let tty = std::io::stdout().is_terminal() && !json;
     let multi = indicatif::MultiProgress::new();
     let mut bars: BTreeMap<String, indicatif::ProgressBar> = BTreeMap::new();
-    let mut last: BTreeMap<String, (String, Option<String>)> = BTreeMap::new();
+    let mut last: BTreeMap<String, (StepStatus, Option<String>)> = BTreeMap::new();
     let t0 = Instant::now();
     loop {
         let info: PlanInfo = client.get(&format!("/v1/services/{service}/plans/{plan}")).await?;
         for ph in &info.phases {
-            let done = ph.steps.iter().filter(|s| s.status == "complete").count() as u64;
+            let done = ph.steps.iter().filter(|s| s.status == StepStatus::Complete).count() as u64;
             if tty {
                 let pb = bars.entry(ph.name.clone()).or_insert_with(|| {
                     let style = indicatif::ProgressStyle::with_template(
@@ -86,14 +86,14 @@ pub async fn follow(
                 let active: Vec<String> = ph
                     .steps
                     .iter()
-                    .filter(|s| s.status != "complete" && s.status != "pending")
+                    .filter(|s| !matches!(s.status, StepStatus::Complete | StepStatus::Pending))
                     .map(|s| format!("{} {}", s.name, s.status))
                     .collect();
                 pb.set_message(active.join(", "));
             }
             for s in &ph.steps {
                 let key = format!("{}/{}", ph.name, s.name);
-                let now = (s.status.clone(), s.message.clone());
+                let now = (s.status, s.message.clone());
                 if last.get(&key) != Some(&now) {
                     if json {
                         println!(
@@ -116,14 +116,14 @@ pub async fn follow(
                 }
             }
         }
-        match info.status.as_str() {
-            "complete" => {
+        match info.status {
+            StepStatus::Complete => {
                 for pb in bars.values() {
                     pb.finish();
                 }
                 return Ok(true);
             }
-            "error" => {
+            StepStatus::Error => {
                 for pb in bars.values() {
                     pb.abandon();
                 }
@@ -157,7 +157,7 @@ pub async fn deploy(client: &Client, file: &Path, wait: bool, json: bool) -> any
         Ok(ExitCode::SUCCESS)
     } else {
         let info: PlanInfo = client.get(&format!("/v1/services/{name}/plans/deploy")).await?;
-        for s in info.phases.iter().flat_map(|p| p.steps.iter()).filter(|s| s.status == "error") {
+        for s in info.phases.iter().flat_map(|p| p.steps.iter()).filter(|s| s.status == StepStatus::Error) {
             eprintln!("error: step {}: {}", s.name, s.message.clone().unwrap_or_default());
         }
         Ok(ExitCode::from(1))

@@ -11,6 +11,7 @@ use tend_api::{DesiredState, RegisterRequest, RegisterResponse, StatusAck, Statu
 use crate::records::*;
 use crate::services::Refusal;
 use crate::Control;
+use tend_api::EventKind;
 
 /// What agents ask of the control plane.
 #[async_trait]
@@ -76,7 +77,7 @@ impl AgentProtocol for Control {
             known
         };
         let what = if known { "re-registered" } else { "joined" };
-        self.event(None, "agent", format!("agent {} {what} ({})", rec.id, rec.host)).await;
+        self.event(None, EventKind::Agent, format!("agent {} {what} ({})", rec.id, rec.host)).await;
         Ok(RegisterResponse {
             agent_id: rec.id,
             status_interval_ms: self.inner.cfg.status_interval_ms,
@@ -110,7 +111,7 @@ impl AgentProtocol for Control {
                 None => format!("agent {agent} obeys this control plane again"),
             };
             tracing::error!(%agent, "{msg}");
-            self.event(None, "agent", msg).await;
+            self.event(None, EventKind::Agent, msg).await;
         }
         crate::jobs::on_results(self, agent, r.job_results).await;
         if !self.on_status(agent, r.tasks, r.released_volumes).await {
@@ -124,7 +125,7 @@ impl Control {
     /// Refuses an agent's registration; the refusal is recorded once per agent and start.
     async fn refuse_agent(&self, agent: &str, code: &'static str, msg: String) -> Result<(), Refusal> {
         if self.inner.refused.lock().unwrap_or_else(|e| e.into_inner()).insert(agent.to_string()) {
-            self.event(None, "agent", msg.clone()).await;
+            self.event(None, EventKind::Agent, msg.clone()).await;
         }
         Err((409, code, msg))
     }
@@ -154,7 +155,7 @@ impl Control {
         };
         if self.inner.cfg.adopt_agents {
             let msg = format!("adopting agent {} from cluster {theirs} (--adopt-agents)", req.agent_id);
-            self.event(None, "agent", msg).await;
+            self.event(None, EventKind::Agent, msg).await;
             return Ok(());
         }
         let msg = format!(

@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tend_api::{ArtifactRef, Assignment, CheckSpec, DesiredState, TaskLaunch, TaskState, VolumeRef};
+use tend_api::{
+    ArtifactRef, Assignment, CheckSpec, DesiredState, ProbeKind, TaskLaunch, TaskState, VolumeRef,
+};
 use tend_plan::{Applied, ApplyReason, CheckResult, Engine, NoObserver, StepNode, StepWork};
 use tend_spec::{Goal, PodSpec, Probe, ServiceSpec};
 use tend_store::{Compare, Txn, TxnOp};
 
 use crate::records::*;
 use crate::Control;
+use tend_api::EventKind;
 
 /// The plan engine for a service's plans.
 pub fn engine(server: &Control, service: &str) -> Engine {
@@ -50,11 +53,13 @@ pub async fn drive(server: Control, service: String) {
                         s.applied.len(),
                         s.skipped.len()
                     );
-                    server.event(Some(&service), "plan", msg).await;
+                    server.event(Some(&service), EventKind::Plan, msg).await;
                 }
                 Ok(s) => {
                     for (step, e) in &s.failed {
-                        server.event(Some(&service), "plan", format!("deploy step {step} failed: {e}")).await;
+                        server
+                            .event(Some(&service), EventKind::Plan, format!("deploy step {step} failed: {e}"))
+                            .await;
                     }
                     failed = s.failed.iter().map(|(step, _)| step.clone()).collect();
                 }
@@ -78,7 +83,7 @@ pub async fn drive(server: Control, service: String) {
         for step in failed {
             let target = tend_plan::Target::Step(step.clone());
             if engine(&server, &service).restart(&plan, &target).await.is_ok() {
-                server.event(Some(&service), "plan", format!("retrying deploy step {step}")).await;
+                server.event(Some(&service), EventKind::Plan, format!("retrying deploy step {step}")).await;
             }
         }
     }
@@ -334,12 +339,12 @@ impl StepWork for DeployWork {
 
 fn check_spec(c: &tend_spec::Check, ports: &BTreeMap<String, u16>) -> CheckSpec {
     let (kind, cmd, port, path) = match &c.probe {
-        Probe::Cmd(s) => ("cmd", Some(s.clone()), None, None),
-        Probe::Http { port, path } => ("http", None, ports.get(port).copied(), Some(path.clone())),
-        Probe::Tcp { port } => ("tcp", None, ports.get(port).copied(), None),
+        Probe::Cmd(s) => (ProbeKind::Cmd, Some(s.clone()), None, None),
+        Probe::Http { port, path } => (ProbeKind::Http, None, ports.get(port).copied(), Some(path.clone())),
+        Probe::Tcp { port } => (ProbeKind::Tcp, None, ports.get(port).copied(), None),
     };
     CheckSpec {
-        kind: kind.into(),
+        kind,
         cmd,
         port,
         path,

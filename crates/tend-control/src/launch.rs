@@ -13,6 +13,7 @@ use tend_store::TxnOp;
 use crate::deploy::{pod_of, DeployWork};
 use crate::records::InstanceRecord;
 use crate::Control;
+use tend_api::EventKind;
 
 /// Launch requests waiting for the lock, and results of requests another holder processed.
 /// Each request has its own id, so a result is only ever taken by the waiter that asked (a
@@ -175,7 +176,7 @@ async fn launch_batch(
                 let r = work.write(&key.1, &rec, rev).await;
                 if r.is_ok() {
                     let msg = format!("{} cannot be placed: {reason}", key.1);
-                    work.server.event(Some(&key.0), "pending", msg).await;
+                    work.server.event(Some(&key.0), EventKind::Pending, msg).await;
                 }
                 // Agents hear of the new revision (a fence wait needs the old agent to have
                 // obeyed a desired state at least as new as this record).
@@ -187,7 +188,7 @@ async fn launch_batch(
                 if r.is_ok() {
                     let agent = rec.agent.clone().unwrap_or_default();
                     let msg = format!("launch incarnation {} of {} on agent {agent}", rec.incarnation, key.1);
-                    work.server.event(Some(&key.0), "launch", msg).await;
+                    work.server.event(Some(&key.0), EventKind::Launch, msg).await;
                 }
                 r.map(|_| true)
             }

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
-use tend_api::{TaskState, TaskStatus};
+use tend_api::{EventKind, TaskState, TaskStatus};
 use tend_model::SharedClock;
 use tend_plan::Plan;
 use tend_spec::{Goal, ServiceSpec};
@@ -245,7 +245,7 @@ impl Control {
                 Err(e) => {
                     let msg = format!("stored spec of `{}` cannot be loaded; service not run: {e}", rec.name);
                     tracing::error!(service = %rec.name, "{msg}");
-                    server.event(Some(&rec.name), "error", msg.clone()).await;
+                    server.event(Some(&rec.name), EventKind::Error, msg.clone()).await;
                     server
                         .inner
                         .broken
@@ -259,7 +259,7 @@ impl Control {
         server
             .event(
                 None,
-                "control-plane",
+                EventKind::ControlPlane,
                 format!(
                     "control plane started ({what} {}, epoch {})",
                     server.inner.cluster_id, server.inner.epoch
@@ -298,15 +298,10 @@ impl Control {
     }
 
     /// Records an event.
-    pub async fn event(&self, service: Option<&str>, kind: &str, message: String) {
+    pub async fn event(&self, service: Option<&str>, kind: EventKind, message: String) {
         let seq = self.inner.event_seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let rec = EventRecord {
-            seq,
-            time_ms: self.now_ms(),
-            service: service.map(str::to_string),
-            kind: kind.into(),
-            message,
-        };
+        let rec =
+            EventRecord { seq, time_ms: self.now_ms(), service: service.map(str::to_string), kind, message };
         tracing::info!(seq, service = ?rec.service, kind = %rec.kind, message = %rec.message, "event");
         if let Ok(v) = serde_json::to_vec(&rec) {
             if let Err(e) = self.inner.store.put(&event_key(seq), &v).await {
@@ -354,8 +349,12 @@ impl Control {
         }
         self.inner.jobs_gen.send_modify(|g| *g += 1);
         if announce {
-            self.event(Some(&name), "service", format!("service `{name}` accepted; deploy plan started"))
-                .await;
+            self.event(
+                Some(&name),
+                EventKind::Service,
+                format!("service `{name}` accepted; deploy plan started"),
+            )
+            .await;
         }
         Ok(())
     }
@@ -383,7 +382,7 @@ impl Control {
                 let lost = known - reported;
                 self.event(
                     None,
-                    "control-plane",
+                    EventKind::ControlPlane,
                     format!(
                         "reconciled with {reported} agent(s) in {waited} ms ({lost} not heard from: lost)"
                     ),

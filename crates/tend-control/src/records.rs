@@ -207,6 +207,6 @@ pub struct EventRecord {
     pub seq: u64,
     pub time_ms: u64,
     pub service: Option<String>,
-    pub kind: String,
+    pub kind: tend_api::EventKind,
     pub message: String,
 }

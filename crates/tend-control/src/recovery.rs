@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::rules::recovery::{assess, replacing, InstanceFacts, Observed};
 use tend_api::TaskState;
+use tend_api::{EventKind, StepStatus};
 use tend_plan::Status;
 use tend_scheduler::recovery::{
     decide, FailureMonitor, Health, InstanceView, RecoveryAction, ReplacementLimits,
@@ -29,10 +30,10 @@ pub use crate::rules::recovery::FENCE_MARGIN_MS;
 pub const MIN_REPLACEMENT_INTERVAL_MS: u64 = 1_000;
 
 /// What recovery shows for one instance.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RecoveryEntry {
-    /// stopped | unreachable | replacing | waiting | blocked
-    pub state: String,
+    /// Stopped, unreachable, replacing, waiting or blocked.
+    pub state: StepStatus,
     pub message: String,
 }
 
@@ -255,7 +256,7 @@ async fn persist(
         .await;
     if wrote && mark_ready && rec.replaced_from.is_some() && rec.ready_incarnation < incarnation {
         let msg = format!("replacement of {inst} is up (incarnation {incarnation})");
-        server.event(Some(svc), "replace", msg).await;
+        server.event(Some(svc), EventKind::Replace, msg).await;
     }
 }
 
@@ -266,15 +267,15 @@ fn describe(
     monitor: &FailureMonitor,
     blocked: Option<&str>,
     now: u64,
-) -> Option<(String, String)> {
+) -> Option<(StepStatus, String)> {
     let (state, what) = match health {
         Health::Up => return None,
         Health::Unreachable { since_ms } => (
-            "unreachable",
+            StepStatus::Unreachable,
             format!("agent {agent} unreachable for {}", fmt_secs(now.saturating_sub(*since_ms))),
         ),
         Health::Stopped { since_ms } => (
-            "stopped",
+            StepStatus::Stopped,
             format!(
                 "stopped for {}; agent {agent} restarting it in place",
                 fmt_secs(now.saturating_sub(*since_ms))
@@ -282,14 +283,14 @@ fn describe(
         ),
     };
     if let Some(why) = blocked {
-        return Some(("blocked".into(), format!("{what}; {why}")));
+        return Some((StepStatus::Blocked, format!("{what}; {why}")));
     }
     let next = match monitor.deadline_ms(health) {
         Some(d) if d > now => format!("; replaced in {} if still down", fmt_secs(d - now)),
         Some(_) => "; failed".into(),
         None => "; failure monitor: never replaced automatically".into(),
     };
-    Some((state.into(), format!("{what}{next}")))
+    Some((state, format!("{what}{next}")))
 }
 
 /// One pass over every service. Returns the earliest moment a decision could change with time
@@ -344,7 +345,7 @@ async fn service_pass(
     let reports = Reports::gather(server, svc);
     let policy = Policy::of(spec);
     let mut views = Vec::new();
-    let mut notes: BTreeMap<String, (String, String)> = BTreeMap::new();
+    let mut notes: BTreeMap<String, (StepStatus, String)> = BTreeMap::new();
     let mut last_launch: Option<u64> = None;
     // The incarnation each judgement was about: a replacement acts only if it is still current.
     let mut judged: BTreeMap<String, u64> = BTreeMap::new();
@@ -361,7 +362,7 @@ async fn service_pass(
             let _ =
                 DeployWork { server: server.clone(), service: svc.to_string() }.ensure_launched(&inst).await;
             let why = rec.pending_reason.clone().unwrap_or_else(|| "waiting for placement".into());
-            notes.insert(inst.clone(), ("replacing".into(), format!("replacement pending: {why}")));
+            notes.insert(inst.clone(), (StepStatus::Replacing, format!("replacement pending: {why}")));
             views.push(InstanceView {
                 instance: inst,
                 health: Health::Up,
@@ -391,7 +392,7 @@ async fn service_pass(
         if let Some(note) = describe(&a.health, &agent, &policy.monitor, a.blocked, now) {
             notes.insert(inst.clone(), note);
         } else if is_replacing {
-            notes.insert(inst.clone(), ("replacing".into(), "replacement launching".into()));
+            notes.insert(inst.clone(), (StepStatus::Replacing, "replacement launching".into()));
         }
         if let Health::Stopped { since_ms } | Health::Unreachable { since_ms } = a.health {
             next = earliest(next, policy.monitor.deadline_ms(&a.health).filter(|d| *d > now));
@@ -422,7 +423,7 @@ async fn service_pass(
                 match replace_judged(server, svc, &instance, &format!("failure monitor: {why}"), judged).await
                 {
                     Ok(msg) => {
-                        notes.insert(instance, ("replacing".into(), msg));
+                        notes.insert(instance, (StepStatus::Replacing, msg));
                     }
                     Err(e) => {
                         tracing::warn!(service = %svc, %instance, error = %e, "replacement failed; will retry")
@@ -431,7 +432,7 @@ async fn service_pass(
             }
             RecoveryAction::Wait { instance, reason } => {
                 let prev = notes.get(&instance).map(|n| n.1.clone()).unwrap_or_default();
-                notes.insert(instance, ("waiting".into(), format!("{prev}; replacement waits: {reason}")));
+                notes.insert(instance, (StepStatus::Waiting, format!("{prev}; replacement waits: {reason}")));
             }
         }
     }
@@ -532,7 +533,7 @@ async fn replace_judged(
         }
     };
     work.write_with(inst, &rec, rev, extra).await?;
-    server.event(Some(svc), "replace", msg.clone()).await;
+    server.event(Some(svc), EventKind::Replace, msg.clone()).await;
     server.inner.desired_gen.send_modify(|g| *g += 1);
     Ok(msg)
 }
@@ -551,7 +552,7 @@ pub async fn restart_in_place(server: &Control, svc: &str, inst: &str) -> Result
     work.write(inst, &rec, rev).await?;
     let msg =
         format!("restart {inst} in place: incarnation {} on agent {agent}, same volumes", rec.incarnation);
-    server.event(Some(svc), "restart", msg.clone()).await;
+    server.event(Some(svc), EventKind::Restart, msg.clone()).await;
     server.inner.desired_gen.send_modify(|g| *g += 1);
     Ok(msg)
 }

@@ -8,6 +8,7 @@ use tend_store::{Compare, Txn, TxnOp};
 
 use crate::records::*;
 use crate::Control;
+use tend_api::EventKind;
 
 /// Why a spec change was refused (HTTP status, stable code, message).
 pub type Refusal = (u16, &'static str, String);
@@ -153,7 +154,7 @@ pub async fn delete(s: &Control, name: &str, wait: Duration) -> Result<Deleted, 
             unconfirmed.join(", ")
         )
     };
-    s.event(Some(name), "service", msg).await;
+    s.event(Some(name), EventKind::Service, msg).await;
     Ok(Deleted { stopped: live, retained_volumes: retained, unconfirmed })
 }
 

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::rules::volumes::{decide, refuse_delete, to_release, VolumeAction};
+use tend_api::EventKind;
 use tend_model::{Retention, VolumeId, VolumeState};
 use tend_store::{Compare, Txn, TxnOp};
 
@@ -145,7 +146,7 @@ pub async fn reconcile(server: &Control) -> anyhow::Result<()> {
         let mut rec = rec.clone();
         rec.set_state(&state);
         if write(server, &rec, *rev).await? {
-            server.event(Some(&rec.service), "volume", msg).await;
+            server.event(Some(&rec.service), EventKind::Volume, msg).await;
             server.inner.desired_gen.send_modify(|g| *g += 1);
         }
     }
@@ -198,7 +199,7 @@ pub async fn on_released(server: &Control, agent: &str, id: &str) {
             rec.reason,
             rec.names.iter().map(|(_, s)| s).sum::<u64>()
         );
-        server.event(Some(&rec.service), "volume", msg).await;
+        server.event(Some(&rec.service), EventKind::Volume, msg).await;
         server.inner.desired_gen.send_modify(|g| *g += 1);
     }
 }
@@ -224,7 +225,7 @@ pub async fn request_delete(server: &Control, id: &str) -> Result<VolumeRecord, 
             server
                 .event(
                     Some(&rec.service),
-                    "volume",
+                    EventKind::Volume,
                     format!("volume {id} to be deleted: requested by a user"),
                 )
                 .await;

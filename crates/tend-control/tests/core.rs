@@ -42,7 +42,7 @@ async fn events_are_kept_to_their_bound_oldest_first() {
     let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
     let s = server(store.clone(), 10).await;
     for i in 0..40 {
-        s.event(None, "test", format!("event {i}")).await;
+        s.event(None, tend_api::EventKind::Other, format!("event {i}")).await;
     }
     assert!(s.trim_events().await.unwrap() >= 30);
     let left = store.range("events/").await.unwrap().kvs;
@@ -56,9 +56,9 @@ async fn events_older_than_their_age_bound_go() {
     let clock = ManualClock::new(1_700_000_000_000);
     let cfg = ControlConfig { events_keep_ms: 60_000, ..Default::default() };
     let s = Control::new(cfg, store.clone(), Arc::new(clock.clone())).await.unwrap();
-    s.event(None, "test", "old".into()).await;
+    s.event(None, tend_api::EventKind::Other, "old".into()).await;
     clock.advance_ms(120_000);
-    s.event(None, "test", "new".into()).await;
+    s.event(None, tend_api::EventKind::Other, "new".into()).await;
     s.trim_events().await.unwrap();
     let left: Vec<String> = store
         .range("events/")

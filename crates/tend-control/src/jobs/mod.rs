@@ -14,6 +14,7 @@ use tend_jobs::schedule::Alarm;
 use tend_jobs::window::RunPolicy;
 
 use crate::Control;
+use tend_api::EventKind;
 
 mod pass;
 pub use pass::{pass, run, Pass};
@@ -217,7 +218,7 @@ pub async fn on_results(server: &Control, agent: &str, results: Vec<JobResult>) 
             }
             Err(e) => format!("job {} on {}: result refused: {e}", r.job, r.instance),
         };
-        server.event(Some(&r.service), "job", msg).await;
+        server.event(Some(&r.service), EventKind::Job, msg).await;
         server.inner.desired_gen.send_modify(|g| *g += 1);
     }
 }

@@ -299,7 +299,7 @@ impl ServicePass<'_> {
         }
         let msg =
             format!("job {} started on {} (agent {agent}, fencing token {})", j.job, j.instance, held.token);
-        server.event(Some(svc), "job", msg).await;
+        server.event(Some(svc), EventKind::Job, msg).await;
         let run = ActiveRun {
             service: svc.to_string(),
             job: j.job.clone(),
@@ -338,7 +338,7 @@ impl ServicePass<'_> {
                     }
                     None => format!("alarm cleared: job {} on {}", j.job, j.instance),
                 };
-                server.event(Some(svc), "alarm", msg).await;
+                server.event(Some(svc), EventKind::Alarm, msg).await;
                 let mut st = server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner());
                 match alarm {
                     Some(a) => st.alarms.insert(key, a),
@@ -407,7 +407,7 @@ async fn renew(server: &Control, leases: &LeaseManager, now: u64) -> Option<u64>
                 if let Some(r) = run {
                     let msg =
                         format!("job {} on {} aborted: its lease may have expired ({e})", r.job, r.instance);
-                    server.event(Some(&r.service), "job", msg).await;
+                    server.event(Some(&r.service), EventKind::Job, msg).await;
                     server.inner.desired_gen.send_modify(|g| *g += 1);
                 }
             }

@@ -58,7 +58,12 @@ pub(super) async fn run_job(
     for i in &instances {
         tend_control::jobs::request_run(&s, &name, &job, i).await?;
     }
-    s.event(Some(&name), "job", format!("on-demand run of {job} queued for {}", instances.join(", "))).await;
+    s.event(
+        Some(&name),
+        EventKind::Job,
+        format!("on-demand run of {job} queued for {}", instances.join(", ")),
+    )
+    .await;
     Ok(Json(serde_json::json!({ "job": job, "queued": instances })))
 }
 
@@ -98,7 +103,8 @@ pub(super) async fn add_window(
     let p =
         tend_jobs::window::RunPolicy { id, job: b.job, pods: b.pods, start, end, utc_offset_minutes: zone };
     tend_control::jobs::put_policy(&s, &p).await?;
-    s.event(None, "job", format!("run policy {} added: no job starts in {}", p.id, p.describe())).await;
+    s.event(None, EventKind::Job, format!("run policy {} added: no job starts in {}", p.id, p.describe()))
+        .await;
     Ok(Json(p))
 }
 
@@ -109,7 +115,7 @@ pub(super) async fn remove_window(
     if !tend_control::jobs::remove_policy(&s, &id).await? {
         return Err(not_found("window", &id));
     }
-    s.event(None, "job", format!("run policy {id} removed")).await;
+    s.event(None, EventKind::Job, format!("run policy {id} removed")).await;
     Ok(Json(serde_json::json!({ "removed": id })))
 }
 

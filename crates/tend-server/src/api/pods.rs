@@ -13,17 +13,17 @@ pub(super) fn recovery_plan(s: &Server, name: &str) -> PlanInfo {
         .filter(|((svc, _), _)| svc == name)
         .map(|((_, inst), e)| StepInfo {
             name: inst.clone(),
-            status: e.state.clone(),
+            status: e.state,
             message: Some(e.message.clone()),
         })
         .collect();
-    let status = if steps.is_empty() { "complete" } else { "in_progress" };
+    let status = if steps.is_empty() { StepStatus::Complete } else { StepStatus::InProgress };
     PlanInfo {
         service: name.into(),
         name: "recovery".into(),
-        status: status.into(),
+        status,
         interrupted: false,
-        phases: vec![PhaseInfo { name: "recovery".into(), status: status.into(), interrupted: false, steps }],
+        phases: vec![PhaseInfo { name: "recovery".into(), status, interrupted: false, steps }],
     }
 }
 
@@ -47,14 +47,14 @@ pub(super) async fn plan_info(s: &Server, name: &str, plan: &str) -> Result<Plan
     Ok(PlanInfo {
         service: name.into(),
         name: v.name,
-        status: v.status.as_str().into(),
+        status: step_status(v.status),
         interrupted: v.interrupted,
         phases: v
             .phases
             .into_iter()
             .map(|ph| PhaseInfo {
                 name: ph.name,
-                status: ph.status.as_str().into(),
+                status: step_status(ph.status),
                 interrupted: ph.interrupted,
                 steps: ph
                     .steps
@@ -65,7 +65,7 @@ pub(super) async fn plan_info(s: &Server, name: &str, plan: &str) -> Result<Plan
                                 .get(&step)
                                 .and_then(|i| i.pending_reason.clone().map(|p| format!("pending: {p}")))
                         });
-                        StepInfo { name: step, status: r.status().as_str().into(), message }
+                        StepInfo { name: step, status: step_status(r.status()), message }
                     })
                     .collect(),
             })
@@ -143,7 +143,7 @@ pub(super) async fn plan_action(
         }
     };
     if changed {
-        s.event(Some(&name), "plan", format!("plan {plan}: {action} {target:?}")).await;
+        s.event(Some(&name), EventKind::Plan, format!("plan {plan}: {action} {target:?}")).await;
         trigger.notify_one();
     }
     Ok(Json(plan_info(&s, &name, &plan).await?))
@@ -156,18 +156,32 @@ pub(super) fn pod_state(
     tasks: Option<&Vec<TaskStatus>>,
     pod: Option<&tend_spec::PodSpec>,
     now_ms: u64,
-) -> String {
+) -> PodState {
     if rec.agent.is_none() {
-        return "pending".into();
+        return PodState::Pending;
     }
     if rec.incarnation == 0 {
-        return "reserved".into();
+        return PodState::Reserved;
     }
-    let (Some(tasks), Some(pod)) = (tasks, pod) else { return "unknown".into() };
+    let (Some(tasks), Some(pod)) = (tasks, pod) else { return PodState::Unknown };
     match judge(pod, tasks, now_ms) {
-        Ok(true) => "running".into(),
-        Ok(false) => "launching".into(),
-        Err(_) => "failed".into(),
+        Ok(true) => PodState::Running,
+        Ok(false) => PodState::Launching,
+        Err(_) => PodState::Failed,
+    }
+}
+
+/// The plan engine's status on the wire.
+pub(super) fn step_status(s: tend_plan::Status) -> StepStatus {
+    use tend_plan::Status as S;
+    match s {
+        S::Pending => StepStatus::Pending,
+        S::Prepared => StepStatus::Prepared,
+        S::Starting => StepStatus::Starting,
+        S::Started => StepStatus::Started,
+        S::Complete => StepStatus::Complete,
+        S::Waiting => StepStatus::Waiting,
+        S::Error => StepStatus::Error,
     }
 }
 
@@ -325,7 +339,7 @@ pub(super) async fn list_agents(State(s): State<Arc<Server>>) -> ApiResult<Vec<A
                     },
                     reserved_cpus: c as f64 / 1000.0,
                     reserved_memory_mb: m,
-                    state: if s.agent_up(a) { "up".into() } else { "lost".into() },
+                    state: if s.agent_up(a) { AgentState::Up } else { AgentState::Lost },
                     last_seen_ms_ago: a.last_seen_ms.map(|t| now.saturating_sub(t)),
                     tasks: a.tasks.len(),
                     conflict: a.conflict.clone(),

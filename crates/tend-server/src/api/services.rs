@@ -16,7 +16,7 @@ pub(super) async fn summary(s: &Server, name: &str) -> Result<ServiceSummary, Ap
             .view(plan)
             .await
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-        plan_summaries.push(PlanSummary { name: pname.clone(), status: v.status.as_str().into() });
+        plan_summaries.push(PlanSummary { name: pname.clone(), status: super::pods::step_status(v.status) });
     }
     let pods = s.instances(name).await?;
     let mut running = 0;
