@@ -9,11 +9,13 @@ pub mod diag;
 pub mod identity;
 pub mod node;
 pub mod service;
+pub mod update;
 pub mod workflow;
 
 pub use diag::{Diagnostic, Report};
 pub use identity::pod_config_identity;
 pub use service::*;
+pub use update::{HealthGate, UpdatePolicy};
 pub use workflow::{WorkflowSpec, WorkflowStep};
 
 fn load<T>(

@@ -9,6 +9,7 @@ use serde::{Serialize, Serializer};
 use crate::decode::{find_cycle, Ctx, Fields};
 use crate::diag::did_you_mean;
 use crate::node::{Node, NodeKind};
+use crate::update::{decode_update, UpdatePolicy};
 
 /// The only spec version this tend reads.
 pub const SPEC_VERSION: u32 = 1;
@@ -23,6 +24,8 @@ pub struct ServiceSpec {
     #[serde(serialize_with = "named_vec")]
     pub plans: Vec<PlanSpec>,
     pub recovery: RecoveryPolicy,
+    /// How a new generation rolls out (each pod's effective policy is in `PodSpec::update`).
+    pub update: UpdatePolicy,
     /// Recurring maintenance jobs, run per pod instance.
     #[serde(serialize_with = "named_vec", skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<JobSpec>,
@@ -73,6 +76,8 @@ pub struct PodSpec {
     /// TEND_REPLACED_AGENT, TEND_REPLACED_HOST), e.g. to bootstrap from the surviving replicas.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_replace: Option<String>,
+    /// How changes roll out to this pod: the service's `update`, with the pod's overrides.
+    pub update: UpdatePolicy,
 }
 
 /// Where instances of a pod may go.
@@ -317,7 +322,7 @@ impl ServiceSpec {
 /// Decodes a service spec, collecting every problem; None if there was any.
 pub fn decode_service(root: &Node, cx: &mut Ctx) -> Option<ServiceSpec> {
     let before = cx.diags.len();
-    let f = cx.fields(root, "the service spec", &["version", "name", "pods", "plans", "recovery", "jobs"])?;
+    let f = cx.fields(root, "the service spec", &["version", "name", "pods", "plans", "recovery", "jobs", "update"])?;
     let version = match cx.require(&f, "version", "the service spec", "1") {
         Some(n) => match cx.int(n, "version", 0, u32::MAX as i128) {
             Some(v) if v as u32 == SPEC_VERSION => Some(SPEC_VERSION),
@@ -353,11 +358,26 @@ pub fn decode_service(root: &Node, cx: &mut Ctx) -> Option<ServiceSpec> {
             if items.is_empty() && matches!(n.kind, NodeKind::Map(_)) {
                 cx.at("empty", n, "a service needs at least one pod".into(), None);
             }
-            items.into_iter().filter_map(|(name, _, v)| decode_pod(cx, name, v)).collect::<Vec<_>>()
+            items.into_iter().filter_map(|(name, _, v)| decode_pod(cx, name, v).map(|p| (p, v))).collect::<Vec<_>>()
         }
         None => Vec::new(),
     };
-    let pod_names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+    let names: Vec<String> = pods.iter().map(|(p, _)| p.name.clone()).collect();
+    let pod_names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let update = match f.get("update") {
+        Some(n) => decode_update(cx, n, "update", &UpdatePolicy::default(), &pod_names),
+        None => UpdatePolicy::default(),
+    };
+    let pods: Vec<PodSpec> = pods
+        .into_iter()
+        .map(|(mut p, node)| {
+            p.update = match pod_update_node(node) {
+                Some(n) => decode_update(cx, n, &format!("update of pod `{}`", p.name), &update, &pod_names),
+                None => update.clone(),
+            };
+            p
+        })
+        .collect();
     let mut plans = match f.get("plans") {
         Some(n) => cx
             .named(n, "`plans`", "plan")
@@ -397,7 +417,7 @@ pub fn decode_service(root: &Node, cx: &mut Ctx) -> Option<ServiceSpec> {
     if cx.diags.len() > before {
         return None;
     }
-    Some(ServiceSpec { version: version?, name: name?, pods, plans, recovery, jobs })
+    Some(ServiceSpec { version: version?, name: name?, pods, plans, recovery, update, jobs })
 }
 
 fn opt<'a, T>(f: &Fields<'a>, name: &str, read: impl FnOnce(&'a Node) -> Option<T>) -> Option<T> {
@@ -409,7 +429,7 @@ fn decode_pod(cx: &mut Ctx, name: String, node: &Node) -> Option<PodSpec> {
     let f = cx.fields(
         node,
         &what,
-        &["count", "placement", "artifacts", "volumes", "env", "tasks", "on_replace"],
+        &["count", "placement", "artifacts", "volumes", "env", "tasks", "on_replace", "update"],
     )?;
     let on_replace = f.get("on_replace").and_then(|n| cx.nonempty_string(n, "on_replace"));
     let count = opt(&f, "count", |n| cx.int(n, "count", 0, 10_000)).map(|c| c as u32).unwrap_or(1);
@@ -484,7 +504,13 @@ fn decode_pod(cx: &mut Ctx, name: String, node: &Node) -> Option<PodSpec> {
             }
         }
     }
-    Some(PodSpec { name, count, placement, artifacts, volumes, env, tasks, on_replace })
+    Some(PodSpec { name, count, placement, artifacts, volumes, env, tasks, on_replace, update: UpdatePolicy::default() })
+}
+
+/// A pod's own `update` mapping, if it has one (its fields were checked by `decode_pod`).
+fn pod_update_node(pod: &Node) -> Option<&Node> {
+    let NodeKind::Map(entries) = &pod.kind else { return None };
+    entries.iter().find(|(k, _)| matches!(&k.kind, NodeKind::Str(s) if s == "update")).map(|(_, v)| v)
 }
 
 /// The environment variable a named port is published as.

@@ -158,3 +158,23 @@ fn jobs_parse_with_defaults() {
     let backup = &s.jobs[1];
     assert_eq!((backup.weight.as_str(), backup.pacing_ratio, backup.concurrency.len()), ("highest", 0.5, 2));
 }
+
+/// The `update` section: defaults, service-wide values, and a pod's overrides on top of them.
+#[test]
+fn update_section_has_defaults_and_pod_overrides() {
+    let text = "version: 1\nname: s\nupdate:\n  max_parallel: 2\n  min_healthy_seconds: 5\n  health_gate: { pod: data, cmd: ./healthy.sh }\npods:\n  data:\n    count: 3\n    tasks: { t: { cmd: ./t } }\n  web:\n    update: { max_parallel: 4, auto_rollback: false, canary: 1 }\n    tasks: { t: { cmd: ./t } }\n";
+    let s = load_service("s.yml", text).unwrap_or_else(|r| panic!("{r}"));
+    let gate = tend_spec::HealthGate { pod: "data".into(), cmd: "./healthy.sh".into(), timeout_seconds: 30 };
+    let data = &s.pod("data").unwrap().update;
+    assert_eq!(
+        (data.max_parallel, data.min_healthy_seconds, data.progress_deadline_seconds, data.auto_rollback, data.canary),
+        (2, 5, 600, true, 0)
+    );
+    assert_eq!(data.health_gate.as_ref(), Some(&gate));
+    let web = &s.pod("web").unwrap().update;
+    assert_eq!((web.max_parallel, web.min_healthy_seconds, web.auto_rollback, web.canary), (4, 5, false, 1));
+    assert_eq!(web.health_gate.as_ref(), Some(&gate), "inherited from the service");
+    let plain = load_service("p.yml", "version: 1\nname: p\npods:\n  a:\n    tasks: { t: { cmd: ./t } }\n").unwrap();
+    assert_eq!(plain.update, tend_spec::UpdatePolicy::default());
+    assert_eq!(plain.pods[0].update, tend_spec::UpdatePolicy::default());
+}
