@@ -387,6 +387,37 @@ pub struct ServiceRequest {
     pub expected_generation: Option<u64>,
 }
 
+/// Where a service's rollout stands: the generation being rolled out and by which plan.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RolloutInfo {
+    pub service: String,
+    pub generation: u64,
+    /// `deploy` (never fully deployed before), `update`, or `rollback`.
+    pub plan: String,
+    pub state: RolloutState,
+    /// The last generation fully deployed.
+    #[serde(default)]
+    pub deployed_generation: Option<u64>,
+    /// On a rollback: the generation it undoes, and the one whose spec it restores.
+    #[serde(default)]
+    pub rollback_from: Option<u64>,
+    #[serde(default)]
+    pub rollback_to: Option<u64>,
+    /// Why it failed, or why it rolls back.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// A rollout's state.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    InProgress,
+    Complete,
+    /// A step failed and no rollback was made: it is retried; a new spec replaces the target.
+    Failed,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ServiceSummary {
     pub name: String,

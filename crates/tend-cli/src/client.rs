@@ -53,7 +53,7 @@ impl Client {
             .bearer_auth(&self.token)
             .send()
             .await
-            .with_context(|| format!("cannot reach the control plane at {}", self.base))?;
+            .map_err(|e| anyhow::Error::new(e).context(Unreachable(self.base.clone())))?;
         let status = r.status();
         let bytes = r.bytes().await?;
         if !status.is_success() {
@@ -104,4 +104,20 @@ impl Client {
             ),
         }
     }
+}
+
+/// The control plane did not answer at all (not an error it answered with): worth retrying
+/// across a restart.
+#[derive(Debug)]
+pub struct Unreachable(pub String);
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot reach the control plane at {}", self.0)
+    }
+}
+
+/// Whether an error is the control plane not answering.
+pub fn unreachable(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<Unreachable>().is_some()
 }

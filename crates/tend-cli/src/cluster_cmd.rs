@@ -220,9 +220,9 @@ pub async fn dev(
     );
     let client = Client::with(address.clone(), server.edge.api_token.clone());
     let deployed = async {
-        let name = crate::service_cmd::submit(&client, spec).await?;
-        let ok = crate::service_cmd::follow(&client, &name, "deploy", false, None).await?;
-        anyhow::Ok((name, ok))
+        let (name, generation) = crate::service_cmd::submit(&client, spec).await?;
+        let how = crate::service_cmd::follow_rollout(&client, &name, generation, false, None).await?;
+        anyhow::Ok((name, how == crate::service_cmd::Followed::Deployed))
     };
     tokio::select! {
         r = deployed => match r {

@@ -18,8 +18,9 @@ fn json_out<T: serde::Serialize>(v: &T) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Uploads the spec's local artifacts and submits it; returns the service name.
-pub async fn submit(client: &Client, file: &Path) -> anyhow::Result<String> {
+/// Uploads the spec's local artifacts and submits it; returns the service name and the
+/// generation it became.
+pub async fn submit(client: &Client, file: &Path) -> anyhow::Result<(String, u64)> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let label = file.display().to_string();
     let spec = match tend_spec::load_service(&label, &text) {
@@ -51,90 +52,89 @@ pub async fn submit(client: &Client, file: &Path) -> anyhow::Result<String> {
     } else {
         client.post("/v1/services", &req).await?
     };
-    Ok(summary.name)
+    Ok((summary.name, summary.generation))
 }
 
-/// Follows a plan until it is complete (Ok(true)) or has failed (Ok(false)).
-pub async fn follow(
+/// How a followed generation ended.
+#[derive(Debug, PartialEq)]
+pub enum Followed {
+    Deployed,
+    /// A step failed and nothing was rolled back (it is retried; fix the spec).
+    Failed(String),
+    /// It failed and was rolled back (the rollback is complete).
+    RolledBack {
+        to: u64,
+        why: String,
+    },
+    /// A newer generation replaced it before it completed.
+    Superseded(u64),
+}
+
+/// How long `follow_rollout` keeps trying a control plane that does not answer (a restart).
+const RECONNECT_FOR: Duration = Duration::from_secs(120);
+
+/// Follows exactly `generation` of `service` (never an earlier one's plan) until it is deployed,
+/// has failed, was rolled back (and the rollback is done) or was superseded. Reconnects across a
+/// control-plane restart.
+pub async fn follow_rollout(
     client: &Client,
     service: &str,
-    plan: &str,
+    generation: u64,
     json: bool,
     timeout: Option<Duration>,
-) -> anyhow::Result<bool> {
-    let tty = std::io::stdout().is_terminal() && !json;
-    let multi = indicatif::MultiProgress::new();
-    let mut bars: BTreeMap<String, indicatif::ProgressBar> = BTreeMap::new();
-    let mut last: BTreeMap<String, (StepStatus, Option<String>)> = BTreeMap::new();
+) -> anyhow::Result<Followed> {
+    let mut progress = Progress::new(json);
     let t0 = Instant::now();
+    let mut down_since: Option<Instant> = None;
     loop {
-        let info: PlanInfo = client.get(&format!("/v1/services/{service}/plans/{plan}")).await?;
-        for ph in &info.phases {
-            let done = ph.steps.iter().filter(|s| s.status == StepStatus::Complete).count() as u64;
-            if tty {
-                let pb = bars.entry(ph.name.clone()).or_insert_with(|| {
-                    let style = indicatif::ProgressStyle::with_template(
-                        "{prefix:<14} [{bar:30}] {pos}/{len} {msg} {elapsed}",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> ");
-                    let pb = multi.add(indicatif::ProgressBar::new(ph.steps.len() as u64).with_style(style));
-                    pb.set_prefix(format!("phase {}", ph.name));
-                    pb
+        let r = match client.get::<RolloutInfo>(&format!("/v1/services/{service}/rollout")).await {
+            Ok(r) => r,
+            Err(e) if crate::client::unreachable(&e) => {
+                let since = *down_since.get_or_insert_with(|| {
+                    progress.note(&format!("{e:#}; retrying"));
+                    Instant::now()
                 });
-                pb.set_position(done);
-                let active: Vec<String> = ph
-                    .steps
-                    .iter()
-                    .filter(|s| !matches!(s.status, StepStatus::Complete | StepStatus::Pending))
-                    .map(|s| format!("{} {}", s.name, s.status))
-                    .collect();
-                pb.set_message(active.join(", "));
-            }
-            for s in &ph.steps {
-                let key = format!("{}/{}", ph.name, s.name);
-                let now = (s.status, s.message.clone());
-                if last.get(&key) != Some(&now) {
-                    if json {
-                        println!(
-                            "{}",
-                            serde_json::json!({ "event": "step", "phase": ph.name, "step": s.name, "status": s.status, "message": s.message })
-                        );
-                    } else if !tty {
-                        let msg = s.message.as_ref().map(|m| format!(" — {m}")).unwrap_or_default();
-                        println!(
-                            "[{:>6.1}s] {:<12} {:<14} {}{msg}",
-                            t0.elapsed().as_secs_f64(),
-                            ph.name,
-                            s.name,
-                            s.status
-                        );
-                    } else if let Some(m) = &s.message {
-                        let _ = multi.println(format!("{} {}: {}", s.name, s.status, m));
-                    }
-                    last.insert(key, now);
+                if since.elapsed() > RECONNECT_FOR {
+                    return Err(e.context(format!("no answer for {} s", RECONNECT_FOR.as_secs())));
                 }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
             }
+            Err(e) => return Err(e),
+        };
+        if down_since.take().is_some() {
+            progress.note("control plane back; following on");
         }
-        match info.status {
-            StepStatus::Complete => {
-                for pb in bars.values() {
-                    pb.finish();
-                }
-                return Ok(true);
+        let ours = r.generation == generation;
+        let rollback_of_ours = r.rollback_from == Some(generation);
+        if !ours && !rollback_of_ours && r.generation > generation {
+            return Ok(Followed::Superseded(r.generation));
+        }
+        if r.generation >= generation {
+            if let Ok(info) =
+                client.get::<PlanInfo>(&format!("/v1/services/{service}/plans/{}", r.plan)).await
+            {
+                progress.show(&info, r.generation);
             }
-            StepStatus::Error => {
-                for pb in bars.values() {
-                    pb.abandon();
+            match (r.state, rollback_of_ours) {
+                (RolloutState::Complete, false) => return Ok(progress.done(Followed::Deployed)),
+                (RolloutState::Complete, true) => {
+                    let why = r.message.unwrap_or_default();
+                    return Ok(progress.done(Followed::RolledBack { to: r.rollback_to.unwrap_or(0), why }));
                 }
-                return Ok(false);
+                (RolloutState::Failed, false) => {
+                    return Ok(progress.done(Followed::Failed(r.message.unwrap_or_default())))
+                }
+                (RolloutState::Failed, true) => {
+                    let why = format!("its rollback failed too: {}", r.message.unwrap_or_default());
+                    return Ok(progress.done(Followed::Failed(why)));
+                }
+                (RolloutState::InProgress, _) => {}
             }
-            _ => {}
         }
         if timeout.is_some_and(|t| t0.elapsed() > t) {
             bail!(
-                "plan {plan} of {service} is still {} after {:?}",
-                info.status,
+                "generation {generation} of {service} is still rolling out after {:?}",
                 timeout.unwrap_or_default()
             );
         }
@@ -142,26 +142,136 @@ pub async fn follow(
     }
 }
 
+/// Plan progress on a terminal (bars), as plain lines, or as JSON lines.
+struct Progress {
+    json: bool,
+    tty: bool,
+    multi: indicatif::MultiProgress,
+    bars: BTreeMap<String, indicatif::ProgressBar>,
+    last: BTreeMap<String, (StepStatus, Option<String>)>,
+    t0: Instant,
+}
+
+impl Progress {
+    fn new(json: bool) -> Progress {
+        Progress {
+            json,
+            tty: std::io::stdout().is_terminal() && !json,
+            multi: indicatif::MultiProgress::new(),
+            bars: BTreeMap::new(),
+            last: BTreeMap::new(),
+            t0: Instant::now(),
+        }
+    }
+
+    fn note(&self, msg: &str) {
+        if self.json {
+            println!("{}", serde_json::json!({ "event": "note", "message": msg }));
+        } else if self.tty {
+            let _ = self.multi.println(msg);
+        } else {
+            println!("[{:>6.1}s] {msg}", self.t0.elapsed().as_secs_f64());
+        }
+    }
+
+    fn bar(&mut self, key: &str, len: u64, label: String) -> &indicatif::ProgressBar {
+        let multi = &self.multi;
+        self.bars.entry(key.to_string()).or_insert_with(|| {
+            let style = indicatif::ProgressStyle::with_template(
+                "{prefix:<22} [{bar:30}] {pos}/{len} {msg} {elapsed}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+            let pb = multi.add(indicatif::ProgressBar::new(len).with_style(style));
+            pb.set_prefix(label);
+            pb
+        })
+    }
+
+    fn show(&mut self, info: &PlanInfo, generation: u64) {
+        for ph in &info.phases {
+            let key = format!("{generation}/{}/{}", info.name, ph.name);
+            if self.tty {
+                let done = ph.steps.iter().filter(|s| s.status == StepStatus::Complete).count() as u64;
+                let active: Vec<String> = ph
+                    .steps
+                    .iter()
+                    .filter(|s| !matches!(s.status, StepStatus::Complete | StepStatus::Pending))
+                    .map(|s| format!("{} {}", s.name, s.status))
+                    .collect();
+                let pb = self.bar(&key, ph.steps.len() as u64, format!("{} {}", info.name, ph.name));
+                pb.set_position(done);
+                pb.set_message(active.join(", "));
+            }
+            for s in &ph.steps {
+                let step_key = format!("{key}/{}", s.name);
+                let now = (s.status, s.message.clone());
+                if self.last.get(&step_key) == Some(&now) {
+                    continue;
+                }
+                if self.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "event": "step", "generation": generation, "plan": info.name, "phase": ph.name, "step": s.name, "status": s.status, "message": s.message })
+                    );
+                } else if !self.tty {
+                    let msg = s.message.as_ref().map(|m| format!(" — {m}")).unwrap_or_default();
+                    println!(
+                        "[{:>6.1}s] {:<8} {:<14} {:<14} {}{msg}",
+                        self.t0.elapsed().as_secs_f64(),
+                        info.name,
+                        ph.name,
+                        s.name,
+                        s.status
+                    );
+                } else if let Some(m) = &s.message {
+                    let _ = self.multi.println(format!("{} {}: {}", s.name, s.status, m));
+                }
+                self.last.insert(step_key, now);
+            }
+        }
+    }
+
+    fn done(&self, how: Followed) -> Followed {
+        for pb in self.bars.values() {
+            if how == Followed::Deployed {
+                pb.finish();
+            } else {
+                pb.abandon();
+            }
+        }
+        how
+    }
+}
+
 pub async fn deploy(client: &Client, file: &Path, wait: bool, json: bool) -> anyhow::Result<ExitCode> {
-    let name = submit(client, file).await?;
+    let (name, generation) = submit(client, file).await?;
     if !json {
-        println!("service `{name}` submitted; following its deploy plan");
+        println!("service `{name}` generation {generation} submitted; following its rollout");
     }
     if !wait {
         return Ok(ExitCode::SUCCESS);
     }
-    if follow(client, &name, "deploy", json, None).await? {
-        if !json {
-            println!("deploy of `{name}` complete");
+    let how = follow_rollout(client, &name, generation, json, None).await?;
+    let (code, line) = match &how {
+        Followed::Deployed => (0, format!("generation {generation} of `{name}` deployed")),
+        Followed::Failed(why) => (1, format!("generation {generation} of `{name}` failed: {why}")),
+        Followed::RolledBack { to, why } => {
+            (1, format!("generation {generation} of `{name}` failed and was rolled back to generation {to}'s spec: {why}"))
         }
-        Ok(ExitCode::SUCCESS)
+        Followed::Superseded(n) => (1, format!("generation {generation} of `{name}` was replaced by generation {n} before it completed")),
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "event": "result", "service": name, "generation": generation, "result": format!("{how:?}"), "message": line })
+        );
+    } else if code == 0 {
+        println!("{line}");
     } else {
-        let info: PlanInfo = client.get(&format!("/v1/services/{name}/plans/deploy")).await?;
-        for s in info.phases.iter().flat_map(|p| p.steps.iter()).filter(|s| s.status == StepStatus::Error) {
-            eprintln!("error: step {}: {}", s.name, s.message.clone().unwrap_or_default());
-        }
-        Ok(ExitCode::from(1))
+        eprintln!("error: {line}");
     }
+    Ok(ExitCode::from(code))
 }
 
 pub async fn list(client: &Client, json: bool) -> anyhow::Result<ExitCode> {

@@ -14,8 +14,11 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+/// The plan the service's current rollout runs (deploy, update or rollback).
 fn plan(c: &Cluster, service: &str) -> Value {
-    c.api(&["plan", "show", "deploy", "--service", service]).map(|v| v[0].clone()).unwrap_or(Value::Null)
+    let (_, r) = c.raw("GET", &format!("/v1/services/{service}/rollout"), Some(&c.token()), None);
+    let name = r["plan"].as_str().unwrap_or("deploy").to_string();
+    c.api(&["plan", "show", &name, "--service", service]).map(|v| v[0].clone()).unwrap_or(Value::Null)
 }
 
 fn alive(pid: i32) -> bool {
@@ -35,6 +38,7 @@ pods:
     tasks:
       server: { cmd: 'echo run >> data/count; exec sleep 600' }
 recovery: { failure_timeout_seconds: 2, backoff: { initial_seconds: 1, max_seconds: 1 } }
+update: { auto_rollback: false, min_healthy_seconds: 1 }
 ";
 
 #[test]
@@ -45,8 +49,8 @@ fn a_bad_config_update_is_blocked_not_replaced_and_keeps_its_volume() {
     let before = c.pods("db")[0].clone();
     let bad =
         c.write_spec("db-bad.yml", &COUNTER.replace("echo run >> data/count; exec sleep 600", "exit 3"));
-    c.deploy(&bad, false).unwrap();
-    // (Following the update's own generation is issue 11's: wait on the plan instead.)
+    let e = c.deploy(&bad, true).expect_err("a bad update fails");
+    assert!(e.contains("generation 2 of `db` failed") && e.contains("crash-looping"), "{e}");
     c.wait_for(Duration::from_secs(30), "the update step failed as crash-looping", |c| {
         let p = plan(c, "db");
         p["status"] == "error" && p.to_string().contains("crash-looping")
@@ -61,13 +65,10 @@ fn a_bad_config_update_is_blocked_not_replaced_and_keeps_its_volume() {
     assert!(rec.starts_with("blocked") && rec.contains("new config never became ready"), "{p}");
     let events = c.api(&["events", "--service", "db"]).unwrap().to_string();
     assert!(!events.contains("replacing db-0"), "{events}");
-    // Fixing the spec brings it back on the same data. (Waiting on the plan: the CLI may still
-    // read the failed generation's plan — issue 11.)
-    c.deploy(&good, false).unwrap();
-    c.wait_for(Duration::from_secs(30), "the fixed config running", |c| {
-        plan(c, "db")["status"] == "complete" && c.pods("db")[0]["incarnation"] == 3
-    });
+    // Fixing the spec brings it back on the same data; the CLI follows that generation to its end.
+    c.deploy(&good, true).unwrap();
     let p = c.pods("db")[0].clone();
+    assert_eq!((p["incarnation"].as_u64(), p["state"].as_str()), (Some(3), Some("running")), "{p}");
     assert_eq!(p["reservation"]["volume_id"], before["reservation"]["volume_id"]);
     assert_eq!(c.volume_file(&p, "count").lines().count(), 2, "the same volume saw both good runs");
 }

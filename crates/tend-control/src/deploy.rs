@@ -9,13 +9,12 @@ use async_trait::async_trait;
 use tend_api::{
     ArtifactRef, Assignment, CheckSpec, DesiredState, ProbeKind, TaskLaunch, TaskState, VolumeRef,
 };
-use tend_plan::{Applied, ApplyReason, CheckResult, Engine, NoObserver, StepNode, StepWork};
+use tend_plan::{Applied, ApplyReason, CheckResult, Engine, StepNode, StepWork};
 use tend_spec::{Goal, PodSpec, Probe, ServiceSpec};
 use tend_store::{Compare, Txn, TxnOp};
 
 use crate::records::*;
 use crate::Control;
-use tend_api::EventKind;
 
 /// The plan engine for a service's plans.
 pub fn engine(server: &Control, service: &str) -> Engine {
@@ -23,76 +22,51 @@ pub fn engine(server: &Control, service: &str) -> Engine {
         .with_max_parallel(1024)
 }
 
-/// First wait before a failed deploy step is tried again (doubling up to `STEP_RETRY_MAX_MS`).
-pub const STEP_RETRY_MS: u64 = 30_000;
-pub const STEP_RETRY_MAX_MS: u64 = 300_000;
-
-/// Runs a service's deploy plan whenever it is triggered (spec change, operator action, start).
-/// A failed step is tried again after a backoff (level-triggered: a step that failed because its
-/// agent was lost completes once recovery replaced the instance; a bad config fails again, and
-/// says so, without relaunching anything).
-pub async fn drive(server: Control, service: String) {
-    server.wait_reconciled().await;
-    let mut retry_ms = STEP_RETRY_MS;
-    loop {
-        let Some(rt) = server.service(&service) else { return };
-        let (plan, trigger) = {
-            let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
-            (rt.plans.get("deploy").cloned(), rt.trigger.clone())
-        };
-        let notified = trigger.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let mut failed: Vec<String> = Vec::new();
-        if let Some(plan) = &plan {
-            let work = DeployWork { server: server.clone(), service: service.clone() };
-            match engine(&server, &service).run(plan, &work, &NoObserver).await {
-                Ok(s) if s.complete() => {
-                    let msg = format!(
-                        "deploy plan complete: {} step(s) did work, {} already done",
-                        s.applied.len(),
-                        s.skipped.len()
-                    );
-                    server.event(Some(&service), EventKind::Plan, msg).await;
-                }
-                Ok(s) => {
-                    for (step, e) in &s.failed {
-                        server
-                            .event(Some(&service), EventKind::Plan, format!("deploy step {step} failed: {e}"))
-                            .await;
-                    }
-                    failed = s.failed.iter().map(|(step, _)| step.clone()).collect();
-                }
-                Err(e) => {
-                    tracing::error!(%service, error = %e, "deploy plan could not run");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            }
-        }
-        let (Some(plan), false) = (plan, failed.is_empty()) else {
-            retry_ms = STEP_RETRY_MS;
-            notified.await;
-            continue;
-        };
-        if tokio::time::timeout(Duration::from_millis(retry_ms), notified).await.is_ok() {
-            retry_ms = STEP_RETRY_MS;
-            continue;
-        }
-        retry_ms = (retry_ms * 2).min(STEP_RETRY_MAX_MS);
-        for step in failed {
-            let target = tend_plan::Target::Step(step.clone());
-            if engine(&server, &service).restart(&plan, &target).await.is_ok() {
-                server.event(Some(&service), EventKind::Plan, format!("retrying deploy step {step}")).await;
-            }
-        }
-    }
-}
-
 /// A deploy step: get the instance's target incarnation running (and ready).
 pub struct DeployWork {
     pub server: Control,
     pub service: String,
+    /// Steps of a rolling plan (`update`, `rollback`) follow the pod's update policy: an updated
+    /// instance must stay up `min_healthy_seconds`, and a step fails after
+    /// `progress_deadline_seconds`. Deploy plans use the control plane's step deadline.
+    pub rolling: bool,
+    /// Steps this work launched in this run (only they wait out the minimum healthy time).
+    applied: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl DeployWork {
+    pub fn new(server: Control, service: impl Into<String>) -> DeployWork {
+        DeployWork { server, service: service.into(), rolling: false, applied: Default::default() }
+    }
+
+    /// The work of a rolling plan (`update`, `rollback`).
+    pub fn rolling(server: Control, service: impl Into<String>) -> DeployWork {
+        DeployWork { rolling: true, ..DeployWork::new(server, service) }
+    }
+
+    /// Whether an instance this work launched has been up long enough to move on.
+    fn healthy_long_enough(
+        &self,
+        pod: &PodSpec,
+        step: &str,
+        tasks: &[tend_api::TaskStatus],
+        now: u64,
+    ) -> bool {
+        let launched_here = self.applied.lock().unwrap_or_else(|e| e.into_inner()).contains(step);
+        if !self.rolling || !launched_here {
+            return true;
+        }
+        let min = pod.update.min_healthy_seconds * 1000;
+        tasks.iter().filter(|t| t.state == TaskState::Running).all(|t| now.saturating_sub(t.since_ms) >= min)
+    }
+
+    fn deadline_ms(&self, pod: &PodSpec) -> u64 {
+        if self.rolling {
+            pod.update.progress_deadline_seconds * 1000
+        } else {
+            self.server.inner.cfg.step_deadline_ms
+        }
+    }
 }
 
 /// The pod of an instance id (parsed once, strictly: `db-backup-0` is pod `db-backup`).
@@ -281,13 +255,15 @@ impl StepWork for DeployWork {
         let Some(tasks) = self.server.task_statuses(agent, &self.service, &step.name, rec.incarnation) else {
             return Ok(CheckResult::Needed);
         };
-        Ok(match judge(pod, &tasks, self.server.now_ms()) {
-            Ok(true) => CheckResult::Done,
+        let now = self.server.now_ms();
+        Ok(match judge(pod, &tasks, now) {
+            Ok(true) if self.healthy_long_enough(pod, &step.name, &tasks, now) => CheckResult::Done,
             _ => CheckResult::Needed,
         })
     }
 
     async fn apply(&self, step: &StepNode, _reason: &ApplyReason) -> Result<Applied, String> {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(step.name.clone());
         self.ensure_launched(&step.name).await?;
         Ok(Applied::InProgress)
     }
@@ -320,7 +296,7 @@ impl StepWork for DeployWork {
             }
         }
         // Every wait on agents has a deadline, and says what it waited for.
-        let deadline = self.server.inner.cfg.step_deadline_ms;
+        let deadline = self.deadline_ms(pod);
         if now.saturating_sub(rec.launched_ms) > deadline {
             let what = match &tasks {
                 Some(t) => waiting_for(pod, t),
@@ -458,8 +434,8 @@ pub fn assignment(
 pub async fn desired_for(server: &Control, agent: &str) -> anyhow::Result<Vec<Assignment>> {
     server.inner.state.caught_up(&*server.inner.store).await?;
     let mut out = Vec::new();
-    // Per service: its spec and uploaded artifacts (None: not loaded).
-    type Loaded = Option<(Arc<ServiceSpec>, BTreeMap<String, String>)>;
+    // Per service: its spec and its pod configs (None: not loaded).
+    type Loaded = Option<(Arc<ServiceSpec>, Arc<crate::configs::Configs>, BTreeMap<String, String>)>;
     let mut specs: BTreeMap<String, Loaded> = BTreeMap::new();
     for (svc, instance, rec) in server.inner.state.of_agent(agent) {
         if rec.incarnation == 0 {
@@ -468,12 +444,20 @@ pub async fn desired_for(server: &Control, agent: &str) -> anyhow::Result<Vec<As
         let loaded = specs.entry(svc.clone()).or_insert_with(|| {
             let rt = server.service(&svc)?;
             let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
-            Some((rt.spec.clone(), rt.record.artifacts.clone()))
+            Some((rt.spec.clone(), rt.configs.clone(), rt.record.artifacts.clone()))
         });
-        let Some((spec, artifacts)) = loaded else { continue };
-        let Some(pod) = spec.pod(&rec.pod) else { continue };
-        // The running config is the one recorded; the spec may have moved on (update pending).
-        out.push(assignment(&svc, artifacts, &spec.recovery, pod, &instance, &rec));
+        let Some((spec, configs, artifacts)) = loaded else { continue };
+        // The config recorded is the one to run (its tasks, env, artifacts): the spec may have
+        // moved on while a rolling update has not reached this instance yet.
+        // (A config no generation on record has — written before generations were kept — gets
+        // the current pod's: never a reason to stop what runs.)
+        match configs.get(&rec.config) {
+            Some(c) => out.push(assignment(&svc, &c.artifacts, &spec.recovery, &c.pod, &instance, &rec)),
+            None => {
+                let Some(pod) = spec.pod(&rec.pod) else { continue };
+                out.push(assignment(&svc, artifacts, &spec.recovery, pod, &instance, &rec));
+            }
+        }
     }
     Ok(out)
 }

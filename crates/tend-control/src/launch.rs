@@ -165,7 +165,7 @@ async fn launch_batch(
     let mut snapshot = None;
     let mut plans = Vec::new();
     for (svc, inst) in batch {
-        let work = DeployWork { server: server.clone(), service: svc.clone() };
+        let work = DeployWork::new(server.clone(), svc.clone());
         let plan = decide(&work, inst, &mut snapshot).await;
         plans.push(((svc.clone(), inst.clone()), work, plan));
     }

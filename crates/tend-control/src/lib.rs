@@ -11,6 +11,7 @@
 //! the store instead of guessing.
 
 pub mod agents;
+pub mod configs;
 pub mod deploy;
 pub mod housekeeping;
 pub mod ids;
@@ -19,6 +20,7 @@ pub mod launch;
 pub mod plans;
 pub mod records;
 pub mod recovery;
+pub mod rollout;
 pub mod rules;
 pub mod services;
 pub mod state;
@@ -92,7 +94,12 @@ pub struct ServiceRt {
     pub spec: Arc<ServiceSpec>,
     pub identities: Arc<BTreeMap<String, String>>,
     pub plans: BTreeMap<String, Plan>,
+    /// Every pod config an instance may still run (older generations' too), by identity.
+    pub configs: Arc<configs::Configs>,
     pub trigger: Arc<Notify>,
+    /// The plan the current rollout runs (`deploy`, `update`, `rollback`): recovery leaves the
+    /// instances its busy steps hold alone.
+    pub active_plan: String,
     pub driver: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -314,6 +321,7 @@ impl Control {
     pub async fn install(&self, rec: ServiceRecord, spec: ServiceSpec, announce: bool) -> anyhow::Result<()> {
         let plans = compile_plans(&spec)?;
         let ids = identities(&spec, &rec.artifacts);
+        let configs = Arc::new(configs::Configs::load(self, &rec, &spec).await?);
         let name = rec.name.clone();
         let existing = self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).get(&name).cloned();
         if let Some(rt) = existing {
@@ -325,13 +333,16 @@ impl Control {
             rt.spec = Arc::new(spec);
             rt.identities = Arc::new(ids);
             rt.plans = plans;
+            rt.configs = configs;
         } else {
             let rt = ServiceRt {
                 record: rec,
                 spec: Arc::new(spec),
                 identities: Arc::new(ids),
                 plans,
+                configs,
                 trigger: Arc::new(Notify::new()),
+                active_plan: "deploy".into(),
                 driver: None,
             };
             self.inner
@@ -343,7 +354,7 @@ impl Control {
         if self.inner.stopped.load(Ordering::SeqCst) {
             return Ok(()); // A stopped control plane starts nothing (a request still in flight).
         }
-        let driver = tokio::spawn(deploy::drive(self.clone(), name.clone()));
+        let driver = tokio::spawn(rollout::drive(self.clone(), name.clone()));
         if let Some(rt) = self.service(&name) {
             rt.lock().unwrap_or_else(|e| e.into_inner()).driver = Some(driver);
         }
@@ -356,6 +367,22 @@ impl Control {
             )
             .await;
         }
+        Ok(())
+    }
+
+    /// Loads a new generation of a running service in place, leaving its driver running (the
+    /// driver itself accepted it: a rollback).
+    pub async fn reload(&self, rec: ServiceRecord, spec: ServiceSpec) -> anyhow::Result<()> {
+        let plans = compile_plans(&spec)?;
+        let ids = identities(&spec, &rec.artifacts);
+        let configs = Arc::new(configs::Configs::load(self, &rec, &spec).await?);
+        let rt = self.service(&rec.name).ok_or_else(|| anyhow::anyhow!("service `{}` is gone", rec.name))?;
+        let mut rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+        rt.configs = configs;
+        rt.record = rec;
+        rt.spec = Arc::new(spec);
+        rt.identities = Arc::new(ids);
+        rt.plans = plans;
         Ok(())
     }
 

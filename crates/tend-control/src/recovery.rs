@@ -301,7 +301,7 @@ pub async fn tick(server: &Control) -> anyhow::Result<Option<u64>> {
         let Some(rt) = server.service(&svc) else { continue };
         let (spec, deploy, ids) = {
             let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
-            (rt.spec.clone(), rt.plans.get("deploy").cloned(), rt.identities.clone())
+            (rt.spec.clone(), rt.plans.get(&rt.active_plan).cloned(), rt.identities.clone())
         };
         // One service's trouble (an unreadable record) does not stop recovery of the others.
         match service_pass(server, &svc, &spec, &ids, deploy.as_ref()).await {
@@ -359,8 +359,7 @@ async fn service_pass(
         let is_replacing = replacing(rec.replaced_from.is_some(), rec.incarnation, rec.ready_incarnation);
         let Some(agent) = rec.agent.clone() else {
             // A replacement still waiting for an agent that fits: try again.
-            let _ =
-                DeployWork { server: server.clone(), service: svc.to_string() }.ensure_launched(&inst).await;
+            let _ = DeployWork::new(server.clone(), svc.to_string()).ensure_launched(&inst).await;
             let why = rec.pending_reason.clone().unwrap_or_else(|| "waiting for placement".into());
             notes.insert(inst.clone(), (StepStatus::Replacing, format!("replacement pending: {why}")));
             views.push(InstanceView {
@@ -462,7 +461,7 @@ async fn replace_judged(
     why: &str,
     judged: Option<u64>,
 ) -> Result<String, String> {
-    let work = DeployWork { server: server.clone(), service: svc.to_string() };
+    let work = DeployWork::new(server.clone(), svc.to_string());
     let _guard = server.inner.launch_lock.lock().await;
     let (spec, ids) = work.spec().ok_or("service is gone")?;
     let (pod, _) = pod_of(&spec, inst).ok_or_else(|| format!("no pod for {inst}"))?;
@@ -540,7 +539,7 @@ async fn replace_judged(
 
 /// Operator restart in place: next incarnation on the same agent with the same volumes.
 pub async fn restart_in_place(server: &Control, svc: &str, inst: &str) -> Result<String, String> {
-    let work = DeployWork { server: server.clone(), service: svc.to_string() };
+    let work = DeployWork::new(server.clone(), svc.to_string());
     let _guard = server.inner.launch_lock.lock().await;
     let (mut rec, rev) = work.record(inst).await?.ok_or_else(|| format!("{inst} was never launched"))?;
     let agent = rec.agent.clone().ok_or_else(|| format!("{inst} is not placed"))?;

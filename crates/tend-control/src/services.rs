@@ -20,6 +20,9 @@ pub struct Submission {
     pub file: String,
     pub artifacts: std::collections::BTreeMap<String, String>,
     pub expected_generation: Option<u64>,
+    /// Set when the control plane itself restores an earlier generation's spec after a failed
+    /// update: (generation rolled back from, generation restored, why).
+    pub rollback: Option<(u64, u64, String)>,
 }
 
 /// Accepts a spec as the service's next generation. Spec changes are serialised, and the store
@@ -27,6 +30,16 @@ pub struct Submission {
 /// runs and the one a restarted control plane loads.
 pub async fn submit(s: &Control, sub: Submission) -> Result<(String, u64, bool), Refusal> {
     let _serial = s.inner.spec_lock.lock().await;
+    let spec = sub.spec.clone();
+    let (rec, existed) = accept(s, sub).await?;
+    let (name, generation) = (rec.name.clone(), rec.generation);
+    s.install(rec, spec, true).await.map_err(|e| (500, "internal", format!("{e:#}")))?;
+    Ok((name, generation, existed))
+}
+
+/// Validates and writes a new generation (with its rollout) without installing it. The caller
+/// holds `spec_lock`.
+pub(crate) async fn accept(s: &Control, sub: Submission) -> Result<(ServiceRecord, bool), Refusal> {
     let name = sub.spec.name.clone();
     // Everything that can fail is checked before the write.
     crate::compile_plans(&sub.spec).map_err(|e| (422, "invalid_spec", format!("plans: {e}")))?;
@@ -76,12 +89,35 @@ pub async fn submit(s: &Control, sub: Submission) -> Result<(String, u64, bool),
         Some(kv) => Compare::mod_revision_eq(&key, kv.mod_revision),
         None => Compare::absent(&key),
     };
-    let r = s
-        .inner
-        .store
-        .txn(Txn::new().when(cmp).then(TxnOp::put(&key, v)))
-        .await
-        .map_err(|e| (503, "store", e.to_string()))?;
+    // The rollout of this generation is written with it (intent): nobody following it can see
+    // an earlier generation's plan as its own.
+    let prev = match s.inner.store.get(&crate::rollout::rollout_key(&name)).await {
+        Ok(kv) => kv.and_then(|kv| serde_json::from_slice::<crate::rollout::RolloutRecord>(&kv.value).ok()),
+        Err(e) => return Err((503, "store", e.to_string())),
+    };
+    let rollout = crate::rollout::next(prev.as_ref(), generation, sub.rollback);
+    let rv = serde_json::to_vec(&rollout).map_err(|e| (500, "internal", e.to_string()))?;
+    let mut txn = Txn::new()
+        .when(cmp)
+        .then(TxnOp::put(&key, v.clone()))
+        .then(TxnOp::put(crate::rollout::rollout_key(&name), rv))
+        .then(TxnOp::put(crate::configs::generation_key(&name, generation), v));
+    // Generations kept for the configs instances still run (see `configs`).
+    if let Some(old) = &old {
+        let ov = serde_json::to_vec(old).map_err(|e| (500, "internal", e.to_string()))?;
+        txn = txn.then(TxnOp::put(crate::configs::generation_key(&name, old.generation), ov));
+        if let Some(rt) = s.service(&name) {
+            let configs = rt.lock().unwrap_or_else(|e| e.into_inner()).configs.clone();
+            let in_use = s.instances(&name).await.map_err(|e| (503, "store", e.to_string()))?;
+            let in_use = in_use.into_iter().map(|(_, r)| r.config).collect();
+            let keep =
+                [generation, old.generation, prev.as_ref().and_then(|p| p.deployed_generation).unwrap_or(0)];
+            for op in configs.prune(&name, &in_use, &keep) {
+                txn = txn.then(op);
+            }
+        }
+    }
+    let r = s.inner.store.txn(txn).await.map_err(|e| (503, "store", e.to_string()))?;
     if !r.succeeded {
         return Err((
             409,
@@ -90,8 +126,7 @@ pub async fn submit(s: &Control, sub: Submission) -> Result<(String, u64, bool),
         ));
     }
     s.inner.broken.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
-    s.install(rec, sub.spec, true).await.map_err(|e| (500, "internal", format!("{e:#}")))?;
-    Ok((name, generation, old.is_some()))
+    Ok((rec, old.is_some()))
 }
 
 /// What a delete did.

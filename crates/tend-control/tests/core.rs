@@ -24,6 +24,7 @@ fn submission(text: &str, expected: Option<u64>) -> Submission {
         file: "s.yml".into(),
         artifacts: Default::default(),
         expected_generation: expected,
+        rollback: None,
     }
 }
 

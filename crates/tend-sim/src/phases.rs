@@ -163,7 +163,8 @@ pub async fn converged(w: &World) -> Result<(), String> {
     nothing_else_runs(w, &expected)
 }
 
-/// One service: its deploy plan complete, every instance running and ready where the store says.
+/// One service: its rollout complete (the plan of its current generation), every instance
+/// running and ready where the store says.
 async fn service_converged(
     w: &World,
     server: &tend_control::Control,
@@ -171,18 +172,27 @@ async fn service_converged(
     expected: &mut Expected,
 ) -> Result<(), String> {
     let rt = server.service(name).ok_or_else(|| format!("service {name} not loaded"))?;
-    let (plan, ids) = {
+    let (rollout, _) = tend_control::rollout::read(server, name).await.map_err(|e| e.to_string())?;
+    let (plan, ids, generation) = {
         let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
-        (rt.plans.get("deploy").cloned(), rt.identities.clone())
+        (rt.plans.get(&rollout.plan).cloned(), rt.identities.clone(), rt.record.generation)
     };
-    let plan = plan.ok_or_else(|| format!("{name}: no deploy plan"))?;
+    // (A rollback restores configs, never counts: the workload's count stands.)
+    let wanted = m.count;
+    let plan = plan.ok_or_else(|| format!("{name}: no {} plan", rollout.plan))?;
     let view = tend_control::deploy::engine(server, name).view(&plan).await.map_err(|e| e.to_string())?;
     if view.status.as_str() != "complete" {
-        return Err(format!("{name}: deploy plan {}", view.status.as_str()));
+        return Err(format!("{name}: {} plan {}", rollout.plan, view.status.as_str()));
+    }
+    if rollout.generation != generation || rollout.state != tend_control::rollout::RolloutState::Complete {
+        return Err(format!(
+            "{name}: rollout of generation {} ({} plan) {:?}, service at generation {generation}",
+            rollout.generation, rollout.plan, rollout.state
+        ));
     }
     let recs = server.instances(name).await.map_err(|e| e.to_string())?;
-    if recs.len() != m.count as usize {
-        return Err(format!("{name}: {} instance records, {} wanted", recs.len(), m.count));
+    if recs.len() != wanted as usize {
+        return Err(format!("{name}: {} instance records, {wanted} wanted", recs.len()));
     }
     for (inst, rec) in recs {
         let agent = rec.agent.clone().ok_or_else(|| format!("{name}/{inst} not placed"))?;

@@ -80,6 +80,7 @@ pub async fn push(w: &World, name: &str) -> Result<u64, String> {
         file: "sim.yml".into(),
         artifacts: BTreeMap::new(),
         expected_generation: None,
+        rollback: None,
     };
     submit(&server, sub).await.map(|(_, g, _)| g).map_err(|(_, code, msg)| format!("{code}: {msg}"))
 }

@@ -322,7 +322,11 @@ impl ServiceSpec {
 /// Decodes a service spec, collecting every problem; None if there was any.
 pub fn decode_service(root: &Node, cx: &mut Ctx) -> Option<ServiceSpec> {
     let before = cx.diags.len();
-    let f = cx.fields(root, "the service spec", &["version", "name", "pods", "plans", "recovery", "jobs", "update"])?;
+    let f = cx.fields(
+        root,
+        "the service spec",
+        &["version", "name", "pods", "plans", "recovery", "jobs", "update"],
+    )?;
     let version = match cx.require(&f, "version", "the service spec", "1") {
         Some(n) => match cx.int(n, "version", 0, u32::MAX as i128) {
             Some(v) if v as u32 == SPEC_VERSION => Some(SPEC_VERSION),
@@ -358,7 +362,10 @@ pub fn decode_service(root: &Node, cx: &mut Ctx) -> Option<ServiceSpec> {
             if items.is_empty() && matches!(n.kind, NodeKind::Map(_)) {
                 cx.at("empty", n, "a service needs at least one pod".into(), None);
             }
-            items.into_iter().filter_map(|(name, _, v)| decode_pod(cx, name, v).map(|p| (p, v))).collect::<Vec<_>>()
+            items
+                .into_iter()
+                .filter_map(|(name, _, v)| decode_pod(cx, name, v).map(|p| (p, v)))
+                .collect::<Vec<_>>()
         }
         None => Vec::new(),
     };
@@ -504,7 +511,17 @@ fn decode_pod(cx: &mut Ctx, name: String, node: &Node) -> Option<PodSpec> {
             }
         }
     }
-    Some(PodSpec { name, count, placement, artifacts, volumes, env, tasks, on_replace, update: UpdatePolicy::default() })
+    Some(PodSpec {
+        name,
+        count,
+        placement,
+        artifacts,
+        volumes,
+        env,
+        tasks,
+        on_replace,
+        update: UpdatePolicy::default(),
+    })
 }
 
 /// A pod's own `update` mapping, if it has one (its fields were checked by `decode_pod`).

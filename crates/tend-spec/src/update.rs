@@ -49,12 +49,24 @@ impl Default for UpdatePolicy {
     }
 }
 
-const FIELDS: &[&str] =
-    &["max_parallel", "min_healthy_seconds", "progress_deadline_seconds", "auto_rollback", "canary", "health_gate"];
+const FIELDS: &[&str] = &[
+    "max_parallel",
+    "min_healthy_seconds",
+    "progress_deadline_seconds",
+    "auto_rollback",
+    "canary",
+    "health_gate",
+];
 
 /// Decodes an `update` mapping on top of `base` (the defaults, or the service's section for a
 /// pod's override). The health gate's pod is checked against `pods`.
-pub(crate) fn decode_update(cx: &mut Ctx, node: &Node, what: &str, base: &UpdatePolicy, pods: &[&str]) -> UpdatePolicy {
+pub(crate) fn decode_update(
+    cx: &mut Ctx,
+    node: &Node,
+    what: &str,
+    base: &UpdatePolicy,
+    pods: &[&str],
+) -> UpdatePolicy {
     let mut u = base.clone();
     let Some(f) = cx.fields(node, what, FIELDS) else { return u };
     if let Some(v) = f.get("max_parallel").and_then(|n| cx.int(n, "max_parallel", 1, 10_000)) {
@@ -101,7 +113,12 @@ fn decode_gate(cx: &mut Ctx, node: &Node, pods: &[&str]) -> Option<HealthGate> {
                 Some(m) => format!("did you mean `{m}`?"),
                 None => format!("this service's pods: {}", pods.join(", ")),
             };
-            cx.at("unknown-pod", n, format!("health_gate names pod `{p}`, which this service does not have"), Some(hint));
+            cx.at(
+                "unknown-pod",
+                n,
+                format!("health_gate names pod `{p}`, which this service does not have"),
+                Some(hint),
+            );
             return None;
         }
         Some(p)

@@ -167,14 +167,21 @@ fn update_section_has_defaults_and_pod_overrides() {
     let gate = tend_spec::HealthGate { pod: "data".into(), cmd: "./healthy.sh".into(), timeout_seconds: 30 };
     let data = &s.pod("data").unwrap().update;
     assert_eq!(
-        (data.max_parallel, data.min_healthy_seconds, data.progress_deadline_seconds, data.auto_rollback, data.canary),
+        (
+            data.max_parallel,
+            data.min_healthy_seconds,
+            data.progress_deadline_seconds,
+            data.auto_rollback,
+            data.canary
+        ),
         (2, 5, 600, true, 0)
     );
     assert_eq!(data.health_gate.as_ref(), Some(&gate));
     let web = &s.pod("web").unwrap().update;
     assert_eq!((web.max_parallel, web.min_healthy_seconds, web.auto_rollback, web.canary), (4, 5, false, 1));
     assert_eq!(web.health_gate.as_ref(), Some(&gate), "inherited from the service");
-    let plain = load_service("p.yml", "version: 1\nname: p\npods:\n  a:\n    tasks: { t: { cmd: ./t } }\n").unwrap();
+    let plain =
+        load_service("p.yml", "version: 1\nname: p\npods:\n  a:\n    tasks: { t: { cmd: ./t } }\n").unwrap();
     assert_eq!(plain.update, tend_spec::UpdatePolicy::default());
     assert_eq!(plain.pods[0].update, tend_spec::UpdatePolicy::default());
 }

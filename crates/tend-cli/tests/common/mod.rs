@@ -139,7 +139,9 @@ impl Cluster {
             .output()
             .unwrap();
         if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+            // Errors on stderr; with --json, a command's own account of a failure on stdout.
+            let (err, text) = (String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+            return Err(format!("{err}{text}"));
         }
         let text = String::from_utf8_lossy(&out.stdout);
         // `service deploy --json` prints one event per line; other commands one document.

@@ -90,8 +90,9 @@ pub(super) async fn create_service(
     State(s): State<Arc<Server>>,
     JsonBody(req): JsonBody<ServiceRequest>,
 ) -> Result<(StatusCode, Json<ServiceSummary>), ApiError> {
-    let (name, status) = submit(&s, req, None).await?;
-    Ok((status, Json(summary(&s, &name).await?)))
+    let (name, generation, status) = submit(&s, req, None).await?;
+    // The generation this request made (a later one may already be running).
+    Ok((status, Json(ServiceSummary { generation, ..summary(&s, &name).await? })))
 }
 
 pub(super) async fn replace_service(
@@ -99,8 +100,8 @@ pub(super) async fn replace_service(
     Path(name): Path<String>,
     JsonBody(req): JsonBody<ServiceRequest>,
 ) -> ApiResult<ServiceSummary> {
-    let (name, _) = submit(&s, req, Some(&name)).await?;
-    Ok(Json(summary(&s, &name).await?))
+    let (name, generation, _) = submit(&s, req, Some(&name)).await?;
+    Ok(Json(ServiceSummary { generation, ..summary(&s, &name).await? }))
 }
 
 /// Validates and stores a service spec (create or replace); nothing changes on any error.
@@ -108,7 +109,7 @@ pub(super) async fn submit(
     s: &Server,
     req: ServiceRequest,
     expect: Option<&str>,
-) -> Result<(String, StatusCode), ApiError> {
+) -> Result<(String, u64, StatusCode), ApiError> {
     let file = req.file.clone().unwrap_or_else(|| "spec.yml".into());
     let spec = tend_spec::load_service(&file, &req.spec)
         .map_err(|r| ApiError(StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec", r.render()))?;
@@ -134,9 +135,35 @@ pub(super) async fn submit(
         file,
         artifacts: req.artifacts,
         expected_generation: req.expected_generation,
+        rollback: None,
     };
-    let (name, _generation, existed) = tend_control::services::submit(s, sub).await.map_err(refusal)?;
-    Ok((name, if existed { StatusCode::OK } else { StatusCode::CREATED }))
+    let (name, generation, existed) = tend_control::services::submit(s, sub).await.map_err(refusal)?;
+    Ok((name, generation, if existed { StatusCode::OK } else { StatusCode::CREATED }))
+}
+
+/// Where the service's rollout stands.
+pub(super) async fn get_rollout(
+    State(s): State<Arc<Server>>,
+    Path(name): Path<String>,
+) -> ApiResult<RolloutInfo> {
+    if s.service(&name).is_none() {
+        return Err(not_found("service", &name));
+    }
+    let (r, _) = tend_control::rollout::read(&s, &name).await?;
+    Ok(Json(RolloutInfo {
+        service: name,
+        generation: r.generation,
+        plan: r.plan,
+        state: match r.state {
+            tend_control::rollout::RolloutState::InProgress => RolloutState::InProgress,
+            tend_control::rollout::RolloutState::Complete => RolloutState::Complete,
+            tend_control::rollout::RolloutState::Failed => RolloutState::Failed,
+        },
+        deployed_generation: r.deployed_generation,
+        rollback_from: r.rollback_from,
+        rollback_to: r.rollback_to,
+        message: r.message,
+    }))
 }
 
 #[derive(Deserialize)]

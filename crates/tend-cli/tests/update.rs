@@ -1,0 +1,171 @@
+//! Updates as their own plan, end to end with the real binary: a rolling update never takes
+//! more than `max_parallel` instances down, the CLI follows exactly the generation it submitted,
+//! a bad revision rolls back on its own (and the CLI says so, exit 1), a canary pauses the plan
+//! until `tend plan continue`, and an instance not yet updated keeps running its old config even
+//! when it restarts.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Cluster;
+use serde_json::Value;
+
+/// Three members; `VERSION` is what an update changes. A member is ready once it has written
+/// its version into its volume.
+fn spec(version: &str, extra: &str) -> String {
+    format!(
+        "version: 1
+name: kv
+update: {{ max_parallel: 1, min_healthy_seconds: 1{extra} }}
+pods:
+  m:
+    count: 3
+    env: {{ VERSION: '{version}' }}
+    volumes: [ {{ name: data, path: data, size_mb: 1 }} ]
+    tasks:
+      server:
+        cmd: 'echo $VERSION > data/version; exec sleep 600'
+        readiness_check: {{ cmd: 'test -s data/version', interval_seconds: 1 }}
+"
+    )
+}
+
+fn rollout(c: &Cluster) -> Value {
+    c.raw("GET", "/v1/services/kv/rollout", Some(&c.token()), None).1
+}
+
+/// (instance → (incarnation, state, running VERSION from its volume)).
+fn members(c: &Cluster) -> Vec<(String, u64, String, String)> {
+    c.pods("kv")
+        .iter()
+        .map(|p| {
+            let v = c.volume_file(p, "version").trim().to_string();
+            (
+                p["instance"].as_str().unwrap_or("").to_string(),
+                p["incarnation"].as_u64().unwrap_or(0),
+                p["state"].as_str().unwrap_or("").to_string(),
+                v,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_rolling_update_takes_one_member_down_at_a_time_and_the_cli_follows_its_generation() {
+    let c = Cluster::start();
+    c.deploy(&c.write_spec("v1.yml", &spec("1", "")), true).unwrap();
+    assert!(members(&c).iter().all(|m| m.1 == 1 && m.2 == "running" && m.3 == "1"), "{:?}", members(&c));
+    let volumes =
+        |c: &Cluster| c.pods("kv").iter().map(|p| p["reservation"]["volume_id"].clone()).collect::<Vec<_>>();
+    let before = volumes(&c);
+    // A sampler counts members not running and ready, every 50 ms, through the API.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (url, token) = (c.url(), c.token());
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut worst = 0;
+            let mut samples = 0;
+            while !stop.load(Ordering::SeqCst) && samples < 2_000 {
+                let out = std::process::Command::new("curl")
+                    .args([
+                        "-s",
+                        "-H",
+                        &format!("Authorization: Bearer {token}"),
+                        &format!("{url}/v1/services/kv/pods"),
+                    ])
+                    .output()
+                    .expect("curl is installed");
+                if let Ok(Value::Array(pods)) = serde_json::from_slice::<Value>(&out.stdout) {
+                    let down = pods.iter().filter(|p| p["state"] != "running").count();
+                    worst = worst.max(down);
+                    samples += 1;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (worst, samples)
+        })
+    };
+    // The CLI returns only once generation 2 itself is deployed (never on generation 1's plan).
+    let out = c.deploy(&c.write_spec("v2.yml", &spec("2", "")), true).unwrap();
+    let now = members(&c);
+    stop.store(true, Ordering::SeqCst);
+    let (worst, samples) = sampler.join().unwrap();
+    assert!(
+        now.iter().all(|m| m.1 == 2 && m.2 == "running" && m.3 == "2"),
+        "right after the CLI returned: {now:?}\n{out}"
+    );
+    assert!(samples > 20, "only {samples} samples");
+    assert_eq!(worst, 1, "at most max_parallel (1) member down at once, and the update did take one down");
+    let r = rollout(&c);
+    assert_eq!(
+        (r["generation"].as_u64(), r["plan"].as_str(), r["state"].as_str()),
+        (Some(2), Some("update"), Some("complete")),
+        "{r}"
+    );
+    // Each member kept its volume.
+    assert_eq!(volumes(&c), before);
+}
+
+#[test]
+fn a_bad_revision_rolls_back_on_its_own_and_the_cli_exits_1() {
+    let c = Cluster::start();
+    c.deploy(&c.write_spec("v1.yml", &spec("1", "")), true).unwrap();
+    let bad = spec("2", "").replace("exec sleep 600", "exit 3");
+    let e = c.deploy(&c.write_spec("bad.yml", &bad), true).expect_err("a failed update exits 1");
+    assert!(e.contains("rolled back to generation 1"), "{e}");
+    let r = rollout(&c);
+    assert_eq!(
+        (r["generation"].as_u64(), r["plan"].as_str(), r["state"].as_str(), r["rollback_from"].as_u64()),
+        (Some(3), Some("rollback"), Some("complete"), Some(2)),
+        "{r}"
+    );
+    // m-0 was updated (and crash-looped), so it was rolled back; m-1 and m-2 were never touched.
+    let now = members(&c);
+    assert!(now.iter().all(|m| m.2 == "running" && m.3 == "1"), "{now:?}");
+    assert_eq!(now.iter().map(|m| m.1).collect::<Vec<_>>(), vec![3, 1, 1], "{now:?}");
+    let events = c.api(&["events", "--service", "kv"]).unwrap().to_string();
+    assert!(events.contains("rolling back to generation 1"), "{events}");
+}
+
+#[test]
+fn a_canary_pauses_the_update_until_continue() {
+    let c = Cluster::start();
+    c.deploy(&c.write_spec("v1.yml", &spec("1", ", canary: 1")), true).unwrap();
+    c.deploy(&c.write_spec("v2.yml", &spec("2", ", canary: 1")), false).unwrap();
+    c.wait_for(Duration::from_secs(30), "the canary updated", |c| {
+        let m = members(c);
+        m.len() == 3 && m[0].1 == 2 && m[0].2 == "running"
+    });
+    // Paused: the others stay on the old version, and the rollout is still in progress.
+    std::thread::sleep(Duration::from_secs(3));
+    let m = members(&c);
+    assert_eq!(m.iter().map(|m| m.1).collect::<Vec<_>>(), vec![2, 1, 1], "{m:?}");
+    assert_eq!(rollout(&c)["state"], "in_progress");
+    c.api(&["plan", "continue", "update", "--service", "kv"]).unwrap();
+    c.wait_for(Duration::from_secs(40), "the update complete after continue", |c| {
+        rollout(c)["state"] == "complete"
+    });
+    assert!(members(&c).iter().all(|m| m.1 == 2 && m.3 == "2"), "{:?}", members(&c));
+}
+
+#[test]
+fn an_instance_not_yet_updated_restarts_on_its_own_config() {
+    let c = Cluster::start();
+    c.deploy(&c.write_spec("v1.yml", &spec("1", "")), true).unwrap();
+    // An update whose first member never becomes ready holds the plan at m-0 (no rollback here).
+    let stuck = spec("2", ", auto_rollback: false").replace("test -s data/version", "false");
+    c.deploy(&c.write_spec("v2.yml", &stuck), false).unwrap();
+    c.wait_for(Duration::from_secs(30), "m-0 on the new config", |c| {
+        members(c).first().is_some_and(|m| m.1 == 2)
+    });
+    // An operator restarts m-2, which the update has not reached: it must come back on version 1.
+    c.api(&["pod", "restart", "m-2", "--service", "kv"]).unwrap();
+    c.wait_for(Duration::from_secs(30), "m-2 restarted", |c| {
+        members(c).get(2).is_some_and(|m| m.1 == 2 && m.2 == "running")
+    });
+    assert_eq!(members(&c)[2].3, "1", "m-2 runs the config its record names, not the update's");
+}
