@@ -395,6 +395,9 @@ pub struct RolloutInfo {
     /// `deploy` (never fully deployed before), `update`, or `rollback`.
     pub plan: String,
     pub state: RolloutState,
+    /// Whether its plan has started (before, the plan still shows an earlier run's steps).
+    #[serde(default)]
+    pub started: bool,
     /// The last generation fully deployed.
     #[serde(default)]
     pub deployed_generation: Option<u64>,
@@ -406,6 +409,62 @@ pub struct RolloutInfo {
     /// Why it failed, or why it rolls back.
     #[serde(default)]
     pub message: Option<String>,
+}
+
+/// What a spec change would do (`POST /v1/services/{name}/plan`): nothing is changed.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ChangePreview {
+    pub service: String,
+    /// The service's generation now (0: it does not exist) — the change would be the next.
+    pub generation: u64,
+    /// The plan that would roll it out: `deploy` or `update`.
+    pub plan: String,
+    pub changes: Vec<InstanceChange>,
+}
+
+/// What a spec change would do to one instance.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InstanceChange {
+    pub instance: String,
+    pub pod: String,
+    pub action: ChangeAction,
+    pub data: DataFate,
+    /// For a restart: the config fields that change.
+    #[serde(default)]
+    pub fields: Vec<FieldChange>,
+    /// For a refusal: why.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeAction {
+    Unchanged,
+    /// Its config changes: a new incarnation on the same agent and volumes.
+    Restart,
+    New,
+    /// The change is refused (the reason says why); nothing would happen.
+    Refused,
+}
+
+/// What becomes of an instance's volumes.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DataFate {
+    Kept,
+    CreatedEmpty,
+    Retained,
+    /// The pod has no volumes.
+    None,
+}
+
+/// A config field that changes: its dotted path, old and new values.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FieldChange {
+    pub path: String,
+    pub old: serde_json::Value,
+    pub new: serde_json::Value,
 }
 
 /// A rollout's state.

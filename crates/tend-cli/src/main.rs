@@ -118,12 +118,18 @@ enum AgentCmd {
 
 #[derive(Subcommand)]
 enum ServiceCmd {
-    /// Create or update a service from its spec and follow the deploy plan.
+    /// Create or update a service from its spec and follow that generation's rollout
+    /// (exit 0 once deployed; 1 if it failed, was rolled back or was replaced).
     Deploy {
         file: PathBuf,
-        /// Return once submitted, without following the plan.
+        /// Return once submitted, without following the rollout.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Dry run: what deploying FILE would do to each instance, and to its data. Changes
+    /// nothing. Exit 0: nothing would change; 2: something would; 1: it would be refused.
+    Plan {
+        file: PathBuf,
     },
     List,
     Status {
@@ -344,6 +350,7 @@ async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result
             let c = client::Client::new(&conn)?;
             match cmd {
                 ServiceCmd::Deploy { file, no_wait } => sc::deploy(&c, &file, !no_wait, json).await,
+                ServiceCmd::Plan { file } => sc::preview(&c, &file, json).await,
                 ServiceCmd::List => sc::list(&c, json).await,
                 ServiceCmd::Status { name } => sc::status(&c, name, json).await,
                 ServiceCmd::Endpoints { name } => sc::endpoints(&c, name, json).await,

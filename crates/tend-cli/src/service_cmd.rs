@@ -18,9 +18,12 @@ fn json_out<T: serde::Serialize>(v: &T) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Uploads the spec's local artifacts and submits it; returns the service name and the
-/// generation it became.
-pub async fn submit(client: &Client, file: &Path) -> anyhow::Result<(String, u64)> {
+/// Reads and checks a spec, with the digests of its local artifacts (uploaded when `upload`).
+async fn request(
+    client: &Client,
+    file: &Path,
+    upload: bool,
+) -> anyhow::Result<(tend_spec::ServiceSpec, ServiceRequest)> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let label = file.display().to_string();
     let spec = match tend_spec::load_service(&label, &text) {
@@ -42,10 +45,19 @@ pub async fn submit(client: &Client, file: &Path) -> anyhow::Result<(String, u64
                 bail!("artifact {}: the file has sha256 {sha}, the spec says {want}", a.uri);
             }
         }
-        let _: serde_json::Value = client.put_bytes(&format!("/v1/artifacts/{sha}"), bytes).await?;
+        if upload {
+            let _: serde_json::Value = client.put_bytes(&format!("/v1/artifacts/{sha}"), bytes).await?;
+        }
         artifacts.insert(a.uri.clone(), sha);
     }
     let req = ServiceRequest { spec: text, file: Some(label), artifacts, expected_generation: None };
+    Ok((spec, req))
+}
+
+/// Uploads the spec's local artifacts and submits it; returns the service name and the
+/// generation it became.
+pub async fn submit(client: &Client, file: &Path) -> anyhow::Result<(String, u64)> {
+    let (spec, req) = request(client, file, true).await?;
     let exists = client.get::<ServiceSummary>(&format!("/v1/services/{}", spec.name)).await.is_ok();
     let summary: ServiceSummary = if exists {
         client.put_json(&format!("/v1/services/{}", spec.name), &req).await?
@@ -111,8 +123,8 @@ pub async fn follow_rollout(
             return Ok(Followed::Superseded(r.generation));
         }
         if r.generation >= generation {
-            if let Ok(info) =
-                client.get::<PlanInfo>(&format!("/v1/services/{service}/plans/{}", r.plan)).await
+            if let (true, Ok(info)) =
+                (r.started, client.get::<PlanInfo>(&format!("/v1/services/{service}/plans/{}", r.plan)).await)
             {
                 progress.show(&info, r.generation);
             }
@@ -242,6 +254,59 @@ impl Progress {
         }
         how
     }
+}
+
+/// `tend service plan FILE`: what deploying it would do, per instance.
+pub async fn preview(client: &Client, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let (spec, req) = request(client, file, false).await?;
+    let p: ChangePreview = client.post(&format!("/v1/services/{}/plan", spec.name), &req).await?;
+    let count = |a: ChangeAction| p.changes.iter().filter(|c| c.action == a).count();
+    let code = if count(ChangeAction::Refused) > 0 {
+        1
+    } else if count(ChangeAction::Restart) + count(ChangeAction::New) > 0 {
+        2
+    } else {
+        0
+    };
+    if json {
+        json_out(&p)?;
+        return Ok(ExitCode::from(code));
+    }
+    let next = if p.generation == 0 {
+        "new service".to_string()
+    } else {
+        format!("generation {} → {}", p.generation, p.generation + 1)
+    };
+    println!("service `{}`: {next}, rolled out by its {} plan", p.service, p.plan);
+    for c in &p.changes {
+        let action = match c.action {
+            ChangeAction::Unchanged => "unchanged",
+            ChangeAction::Restart => "restart in place",
+            ChangeAction::New => "new instance",
+            ChangeAction::Refused => "refused",
+        };
+        let data = match c.data {
+            DataFate::Kept => "data kept",
+            DataFate::CreatedEmpty => "volumes created empty",
+            DataFate::Retained => "volumes retained",
+            DataFate::None => "no volumes",
+        };
+        println!("  {:<16} {:<17} {data}", c.instance, action);
+        for f in &c.fields {
+            println!("      {}: {} → {}", f.path, f.old, f.new);
+        }
+        if let Some(r) = &c.reason {
+            println!("      {r}");
+        }
+    }
+    println!(
+        "{} to restart, {} new, {} unchanged, {} refused",
+        count(ChangeAction::Restart),
+        count(ChangeAction::New),
+        count(ChangeAction::Unchanged),
+        count(ChangeAction::Refused)
+    );
+    Ok(ExitCode::from(code))
 }
 
 pub async fn deploy(client: &Client, file: &Path, wait: bool, json: bool) -> anyhow::Result<ExitCode> {

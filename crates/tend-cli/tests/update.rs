@@ -14,7 +14,7 @@ use common::Cluster;
 use serde_json::Value;
 
 /// Three members; `VERSION` is what an update changes. A member is ready once it has written
-/// its version into its volume.
+/// its own version into its volume (half a second after it starts).
 fn spec(version: &str, extra: &str) -> String {
     format!(
         "version: 1
@@ -27,8 +27,8 @@ pods:
     volumes: [ {{ name: data, path: data, size_mb: 1 }} ]
     tasks:
       server:
-        cmd: 'echo $VERSION > data/version; exec sleep 600'
-        readiness_check: {{ cmd: 'test -s data/version', interval_seconds: 1 }}
+        cmd: 'sleep 0.5; echo $VERSION > data/version; exec sleep 600'
+        readiness_check: {{ cmd: 'grep -qx \"$VERSION\" data/version', interval_seconds: 1 }}
 "
     )
 }
@@ -157,7 +157,7 @@ fn an_instance_not_yet_updated_restarts_on_its_own_config() {
     let c = Cluster::start();
     c.deploy(&c.write_spec("v1.yml", &spec("1", "")), true).unwrap();
     // An update whose first member never becomes ready holds the plan at m-0 (no rollback here).
-    let stuck = spec("2", ", auto_rollback: false").replace("test -s data/version", "false");
+    let stuck = spec("2", ", auto_rollback: false").replace("grep -qx \"$VERSION\" data/version", "false");
     c.deploy(&c.write_spec("v2.yml", &stuck), false).unwrap();
     c.wait_for(Duration::from_secs(30), "m-0 on the new config", |c| {
         members(c).first().is_some_and(|m| m.1 == 2)
@@ -168,4 +168,70 @@ fn an_instance_not_yet_updated_restarts_on_its_own_config() {
         members(c).get(2).is_some_and(|m| m.1 == 2 && m.2 == "running")
     });
     assert_eq!(members(&c)[2].3, "1", "m-2 runs the config its record names, not the update's");
+}
+
+#[test]
+fn the_health_gate_holds_an_update_until_the_cluster_is_healthy() {
+    let c = Cluster::start();
+    let closed = c.data().join("gate-closed");
+    let gate =
+        format!(", health_gate: {{ pod: m, cmd: 'test ! -e {}', timeout_seconds: 5 }}", closed.display());
+    c.deploy(&c.write_spec("v1.yml", &spec("1", &gate)), true).unwrap();
+    std::fs::write(&closed, "").unwrap();
+    c.deploy(&c.write_spec("v2.yml", &spec("2", &gate)), false).unwrap();
+    // While the gate fails, no member is touched.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(members(&c).iter().all(|m| m.1 == 1), "{:?}", members(&c));
+    assert_eq!(rollout(&c)["state"], "in_progress");
+    std::fs::remove_file(&closed).unwrap();
+    c.wait_for(Duration::from_secs(60), "the update complete once the gate passes", |c| {
+        rollout(c)["state"] == "complete"
+    });
+    assert!(members(&c).iter().all(|m| m.1 == 2 && m.3 == "2"), "{:?}", members(&c));
+}
+
+/// `tend service plan FILE`: (code, text) without --json.
+fn dry_run(c: &Cluster, file: &std::path::Path) -> (i32, String) {
+    let out = common::tend()
+        .args(["service", "plan", file.to_str().unwrap(), "--addr", &c.url(), "--token", &c.token()])
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Compares with `tests/snapshots/<name>`; UPDATE_SNAPSHOTS=1 rewrites it.
+fn snapshot(name: &str, actual: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots").join(name);
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected =
+        std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing snapshot {}", path.display()));
+    assert_eq!(expected, actual, "{} differs", path.display());
+}
+
+#[test]
+fn the_dry_run_shows_each_kind_of_change_and_changes_nothing() {
+    let c = Cluster::start();
+    let v1 = c.write_spec("v1.yml", &spec("1", ""));
+    let (code, text) = dry_run(&c, &v1);
+    assert_eq!(code, 2, "{text}");
+    snapshot("plan_new_service.txt", &text);
+    c.deploy(&v1, true).unwrap();
+    let cases = [
+        ("plan_unchanged.txt", spec("1", ""), 0),
+        ("plan_restart_and_new.txt", spec("2", "").replace("count: 3", "count: 4"), 2),
+        ("plan_volume_change_refused.txt", spec("1", "").replace("size_mb: 1", "size_mb: 2"), 1),
+        ("plan_scale_down_refused.txt", spec("1", "").replace("count: 3", "count: 2"), 1),
+    ];
+    for (name, text, want) in cases {
+        let (code, out) = dry_run(&c, &c.write_spec(name, &text));
+        assert_eq!(code, want, "{name}: {out}");
+        snapshot(name, &out);
+    }
+    // Nothing changed: still generation 1, every member on incarnation 1.
+    assert_eq!(rollout(&c)["generation"], 1);
+    assert!(members(&c).iter().all(|m| m.1 == 1), "{:?}", members(&c));
 }

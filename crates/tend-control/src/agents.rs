@@ -113,7 +113,8 @@ impl AgentProtocol for Control {
             tracing::error!(%agent, "{msg}");
             self.event(None, EventKind::Agent, msg).await;
         }
-        crate::jobs::on_results(self, agent, r.job_results).await;
+        let job_results = crate::gates::on_results(self, agent, r.job_results);
+        crate::jobs::on_results(self, agent, job_results).await;
         if !self.on_status(agent, r.tasks, r.released_volumes).await {
             return Err(unknown(agent));
         }

@@ -30,18 +30,31 @@ pub struct DeployWork {
     /// instance must stay up `min_healthy_seconds`, and a step fails after
     /// `progress_deadline_seconds`. Deploy plans use the control plane's step deadline.
     pub rolling: bool,
-    /// Steps this work launched in this run (only they wait out the minimum healthy time).
+    /// Steps this work launched in this run (only they wait out the minimum healthy time and
+    /// the health gate after them).
     applied: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Why the health gate after a step has not passed yet (for its deadline's message).
+    gate_failures: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl DeployWork {
     pub fn new(server: Control, service: impl Into<String>) -> DeployWork {
-        DeployWork { server, service: service.into(), rolling: false, applied: Default::default() }
+        DeployWork {
+            server,
+            service: service.into(),
+            rolling: false,
+            applied: Default::default(),
+            gate_failures: Default::default(),
+        }
     }
 
     /// The work of a rolling plan (`update`, `rollback`).
     pub fn rolling(server: Control, service: impl Into<String>) -> DeployWork {
         DeployWork { rolling: true, ..DeployWork::new(server, service) }
+    }
+
+    fn launched_here(&self, step: &str) -> bool {
+        self.applied.lock().unwrap_or_else(|e| e.into_inner()).contains(step)
     }
 
     /// Whether an instance this work launched has been up long enough to move on.
@@ -52,8 +65,7 @@ impl DeployWork {
         tasks: &[tend_api::TaskStatus],
         now: u64,
     ) -> bool {
-        let launched_here = self.applied.lock().unwrap_or_else(|e| e.into_inner()).contains(step);
-        if !self.rolling || !launched_here {
+        if !self.rolling || !self.launched_here(step) {
             return true;
         }
         let min = pod.update.min_healthy_seconds * 1000;
@@ -256,13 +268,32 @@ impl StepWork for DeployWork {
             return Ok(CheckResult::Needed);
         };
         let now = self.server.now_ms();
-        Ok(match judge(pod, &tasks, now) {
-            Ok(true) if self.healthy_long_enough(pod, &step.name, &tasks, now) => CheckResult::Done,
-            _ => CheckResult::Needed,
-        })
+        if judge(pod, &tasks, now) != Ok(true) || !self.healthy_long_enough(pod, &step.name, &tasks, now) {
+            return Ok(CheckResult::Needed);
+        }
+        // After the change: the cluster's health gate must pass too.
+        let gate = pod.update.health_gate.as_ref().filter(|_| self.rolling && self.launched_here(&step.name));
+        if let Some(gate) = gate {
+            if let Err(e) = crate::gates::run_once(&self.server, &self.service, &spec, gate, &step.name).await
+            {
+                self.gate_failures.lock().unwrap_or_else(|e| e.into_inner()).insert(step.name.clone(), e);
+                return Ok(CheckResult::Needed);
+            }
+        }
+        Ok(CheckResult::Done)
     }
 
     async fn apply(&self, step: &StepNode, _reason: &ApplyReason) -> Result<Applied, String> {
+        // Before the change: the cluster's health gate must pass (within the step's deadline).
+        if self.rolling {
+            let (spec, _) = self.spec().ok_or("service is gone")?;
+            let (pod, _) = pod_of(&spec, &step.name).ok_or_else(|| format!("no pod for {}", step.name))?;
+            if let Some(gate) = &pod.update.health_gate {
+                let deadline = self.server.now_ms() + self.deadline_ms(pod);
+                crate::gates::pass_before(&self.server, &self.service, &spec, gate, &step.name, deadline)
+                    .await?;
+            }
+        }
         self.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(step.name.clone());
         self.ensure_launched(&step.name).await?;
         Ok(Applied::InProgress)
@@ -298,9 +329,11 @@ impl StepWork for DeployWork {
         // Every wait on agents has a deadline, and says what it waited for.
         let deadline = self.deadline_ms(pod);
         if now.saturating_sub(rec.launched_ms) > deadline {
-            let what = match &tasks {
-                Some(t) => waiting_for(pod, t),
-                None => format!("agent {agent} to report (not heard from)"),
+            let gate = self.gate_failures.lock().unwrap_or_else(|e| e.into_inner()).get(&step.name).cloned();
+            let what = match (&tasks, gate) {
+                (_, Some(g)) => format!("the health gate to pass ({g})"),
+                (Some(t), None) => waiting_for(pod, t),
+                (None, None) => format!("agent {agent} to report (not heard from)"),
             };
             return Err(format!(
                 "{} incarnation {} on agent {agent} not running after {} s: waited for {what}",
@@ -490,7 +523,7 @@ pub async fn wait_desired(
         revision,
         assignments: desired_for(server, agent).await?,
         release_volumes,
-        job_runs: crate::jobs::runs_for(server, agent),
+        job_runs: [crate::jobs::runs_for(server, agent), crate::gates::runs_for(server, agent)].concat(),
     })
 }
 

@@ -13,6 +13,8 @@
 pub mod agents;
 pub mod configs;
 pub mod deploy;
+pub mod dryrun;
+pub mod gates;
 pub mod housekeeping;
 pub mod ids;
 pub mod jobs;
@@ -146,6 +148,10 @@ pub struct Inner {
     pub reconciled: watch::Sender<bool>,
     /// Recovery's view of instances that are down or being replaced.
     pub recovery: Mutex<recovery::RecoveryBoard>,
+    /// Health-gate runs of rolling updates in flight.
+    pub gates: Mutex<gates::Gates>,
+    /// Bumped when a gate run's result comes in.
+    pub gates_gen: watch::Sender<u64>,
     /// The maintenance scheduler's memory (active runs, statuses, alarms).
     pub jobs: Mutex<jobs::JobsState>,
     pub event_seq: AtomicU64,
@@ -228,6 +234,8 @@ impl Control {
             reconciled: watch::channel(false).0,
             recovery: Mutex::new(recovery::RecoveryBoard::default()),
             jobs: Mutex::new(jobs::JobsState::default()),
+            gates: Mutex::new(gates::Gates::default()),
+            gates_gen: watch::channel(0).0,
             event_seq: AtomicU64::new(last_event),
         });
         let server = Control { inner };
@@ -360,10 +368,13 @@ impl Control {
         }
         self.inner.jobs_gen.send_modify(|g| *g += 1);
         if announce {
+            let generation = self
+                .service(&name)
+                .map_or(0, |rt| rt.lock().unwrap_or_else(|e| e.into_inner()).record.generation);
             self.event(
                 Some(&name),
                 EventKind::Service,
-                format!("service `{name}` accepted; deploy plan started"),
+                format!("service `{name}` generation {generation} accepted"),
             )
             .await;
         }

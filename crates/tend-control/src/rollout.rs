@@ -242,6 +242,8 @@ async fn start(
     rev: Option<i64>,
 ) -> anyhow::Result<()> {
     let hold = if r.plan == "update" { crate::plans::after_canary(plan) } else { Vec::new() };
+    // The plan's steps show this generation's progress from here on, not an earlier run's.
+    engine(s, service).reset(plan).await?;
     for phase in &hold {
         engine(s, service).interrupt(plan, Some(phase)).await?;
     }

@@ -68,10 +68,15 @@ pub(crate) async fn accept(s: &Control, sub: Submission) -> Result<(ServiceRecor
         if let Ok(old_spec) = tend_spec::load_service(&old.file, &old.spec) {
             // Volumes of a deployed pod cannot change (their data would be lost or stranded).
             for p in &sub.spec.pods {
-                if let Some(op) = old_spec.pod(&p.name) {
-                    if op.volumes != p.volumes {
-                        return Err((409, "unsafe_change", format!("volumes of pod `{}` cannot change once deployed (data would be lost); deploy a new pod instead", p.name)));
-                    }
+                if let Some(why) = old_spec.pod(&p.name).and_then(|op| crate::dryrun::refuse(op, p)) {
+                    return Err((409, "unsafe_change", why));
+                }
+            }
+            // Instances are never dropped silently: decommissioning is not built yet.
+            for op in &old_spec.pods {
+                let count = sub.spec.pod(&op.name).map_or(0, |p| p.count);
+                if count < op.count {
+                    return Err((409, "unsupported_change", format!("pod `{}` would go from {} to {count} instances: scale-down and pod removal are not supported yet (the instances would keep running unmanaged); keep the count", op.name, op.count)));
                 }
             }
         }

@@ -597,6 +597,19 @@ impl Engine {
         }
         Ok(done)
     }
+
+    /// Shows every step as pending again (a new run of the plan for a new target begins),
+    /// without forcing any work: what each step does is still decided by its check and record.
+    pub async fn reset(&self, plan: &Plan) -> Result<(), EngineError> {
+        let records = self.records(plan).await?;
+        for (step, rec) in plan.steps.iter().zip(records) {
+            if rec.status.is_some() && !rec.forced {
+                let mut rec = StepRecord { status: None, last_error: None, ..rec };
+                self.save(plan, step, &mut rec).await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 enum Visit {

@@ -140,6 +140,7 @@ pub(super) async fn openapi() -> Json<serde_json::Value> {
             "/v1/health": { "get": op("liveness, no token needed") },
             "/v1/services": { "get": op("list services"), "post": op("create a service from a spec (ServiceRequest)") },
             "/v1/services/{name}": { "get": op("service status"), "put": op("replace the spec: a rolling update; body may carry `expected_generation` (409 stale_generation)"), "delete": op("delete; `?force=true` while tasks run, `?wait_seconds=` for the agents' confirmation; volumes are retained") },
+            "/v1/services/{name}/plan": { "post": op("dry run: what a spec (ServiceRequest body) would do to each instance; nothing changes") },
             "/v1/services/{name}/rollout": { "get": op("the rollout: generation being rolled out, plan (deploy/update/rollback), state, last deployed generation, rollback") },
             "/v1/services/{name}/plans": { "get": op("plans with phases and steps") },
             "/v1/services/{name}/plans/{plan}": { "get": op("one plan") },

@@ -106,6 +106,7 @@ pub fn router(server: Server) -> Router {
         .route("/v1/services", get(list_services).post(create_service))
         .route("/v1/services/{name}", get(get_service).put(replace_service).delete(delete_service))
         .route("/v1/services/{name}/rollout", get(get_rollout))
+        .route("/v1/services/{name}/plan", post(preview_change))
         .route("/v1/services/{name}/plans", get(list_plans))
         .route("/v1/services/{name}/plans/{plan}", get(get_plan))
         .route("/v1/services/{name}/plans/{plan}/{action}", post(plan_action))

@@ -141,6 +141,36 @@ pub(super) async fn submit(
     Ok((name, generation, if existed { StatusCode::OK } else { StatusCode::CREATED }))
 }
 
+/// What a spec would change, instance by instance; nothing is changed.
+pub(super) async fn preview_change(
+    State(s): State<Arc<Server>>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<ServiceRequest>,
+) -> ApiResult<ChangePreview> {
+    let file = req.file.clone().unwrap_or_else(|| "spec.yml".into());
+    let spec = tend_spec::load_service(&file, &req.spec)
+        .map_err(|r| ApiError(StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec", r.render()))?;
+    if spec.name != name {
+        return Err(bad(format!("the spec names service `{}`, the URL `{name}`", spec.name)));
+    }
+    tend_control::compile_plans(&spec)
+        .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec", format!("plans: {e}")))?;
+    let Some(rt) = s.service(&name) else {
+        let changes = tend_control::dryrun::plan(None, &spec, &req.artifacts);
+        return Ok(Json(ChangePreview { service: name, generation: 0, plan: "deploy".into(), changes }));
+    };
+    let (current, configs, generation) = {
+        let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+        (rt.spec.clone(), rt.configs.clone(), rt.record.generation)
+    };
+    let instances = s.instances(&name).await?.into_iter().collect();
+    let running = tend_control::dryrun::Running { configs: &configs, instances: &instances, spec: &current };
+    let changes = tend_control::dryrun::plan(Some(&running), &spec, &req.artifacts);
+    let (rollout, _) = tend_control::rollout::read(&s, &name).await?;
+    let plan = if rollout.deployed_generation.is_some() { "update" } else { "deploy" };
+    Ok(Json(ChangePreview { service: name, generation, plan: plan.into(), changes }))
+}
+
 /// Where the service's rollout stands.
 pub(super) async fn get_rollout(
     State(s): State<Arc<Server>>,
@@ -159,6 +189,7 @@ pub(super) async fn get_rollout(
             tend_control::rollout::RolloutState::Complete => RolloutState::Complete,
             tend_control::rollout::RolloutState::Failed => RolloutState::Failed,
         },
+        started: r.started_ms.is_some(),
         deployed_generation: r.deployed_generation,
         rollback_from: r.rollback_from,
         rollback_to: r.rollback_to,
