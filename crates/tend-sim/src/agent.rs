@@ -179,8 +179,10 @@ impl SimAgent {
         let k = rng.pick(&keys)?.clone();
         let now = st.clock.now_ms();
         let p = st.pods.get_mut(&k)?;
-        p.crash_until = now + loop_ms;
+        // Only a fault that happened (a serving task to crash) keeps crashing it: one that did
+        // not is neither traced nor a cause.
         let t = p.crash_one(rng, now)?;
+        p.crash_until = now + loop_ms;
         Some((k.0.clone(), k.1.clone(), format!("{}/{} task {t}", k.0, k.1)))
     }
 
