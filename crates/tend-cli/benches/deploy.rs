@@ -144,7 +144,7 @@ async fn main() {
                 if m.starts_with("reconciled") && reconciled.is_none() {
                     reconciled = Some(t.elapsed().as_secs_f64());
                 }
-                if m.starts_with("deploy plan complete") && complete.is_none() {
+                if m.contains("plan complete:") && complete.is_none() {
                     complete = Some((t.elapsed().as_secs_f64(), m.to_string()));
                 }
             }

@@ -268,6 +268,13 @@ async fn run(s: &Control, service: &str, plan: &Plan, r: &RolloutRecord) -> anyh
     };
     let sum = engine(s, service).run(plan, &work, &NoObserver).await?;
     if sum.complete() {
+        let msg = format!(
+            "{} plan complete: {} step(s) did work, {} already done",
+            r.plan,
+            sum.applied.len(),
+            sum.skipped.len()
+        );
+        s.event(Some(service), EventKind::Plan, msg).await;
         return Ok(Outcome::Complete);
     }
     for (step, e) in &sum.failed {
