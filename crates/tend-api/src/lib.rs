@@ -548,6 +548,9 @@ pub struct PodInfo {
     pub config: String,
     pub target_config: String,
     pub state: PodState,
+    /// More on the state, e.g. "restart 6, next in 2.6 s" for a crash loop.
+    #[serde(default)]
+    pub detail: Option<String>,
     #[serde(default)]
     pub pending_reason: Option<String>,
     pub ports: BTreeMap<String, u16>,

@@ -42,6 +42,12 @@ pub enum PodState {
     Running,
     /// A task failed (and is not being restarted).
     Failed,
+    /// Its agent keeps restarting a task that exits at once (`detail` says when next).
+    CrashLooping,
+    /// Its step of an update is under way.
+    Updating,
+    /// Its step of a rollback is under way.
+    RollingBack,
     /// Its agent has not reported it since this control plane started.
     Unknown,
 }
@@ -128,7 +134,8 @@ words! {
     }
     PodState {
         Pending => "pending", Reserved => "reserved", Launching => "launching", Running => "running",
-        Failed => "failed", Unknown => "unknown",
+        Failed => "failed", Unknown => "unknown", CrashLooping => "crash_looping", Updating => "updating",
+        RollingBack => "rolling_back",
     }
     AgentState { Up => "up", Lost => "lost" }
     ProbeKind { Cmd => "cmd", Http => "http", Tcp => "tcp", Unknown => "unknown" }

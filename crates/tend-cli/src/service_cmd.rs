@@ -555,12 +555,12 @@ pub async fn pod_list(client: &Client, service: Option<String>, json: bool) -> a
     if json {
         return json_out(&pods);
     }
-    println!("{:<16} {:<10} {:<8} {:>5}  {:<24} NOTE", "INSTANCE", "STATE", "AGENT", "INC", "PORTS");
+    println!("{:<16} {:<13} {:<8} {:>5}  {:<24} NOTE", "INSTANCE", "STATE", "AGENT", "INC", "PORTS");
     for p in pods {
         let ports: Vec<String> = p.ports.iter().map(|(n, v)| format!("{n}={v}")).collect();
-        let note = p.pending_reason.clone().unwrap_or_default();
+        let note = p.detail.clone().or_else(|| p.pending_reason.clone()).unwrap_or_default();
         println!(
-            "{:<16} {:<10} {:<8} {:>5}  {:<24} {note}",
+            "{:<16} {:<13} {:<8} {:>5}  {:<24} {note}",
             p.instance,
             p.state,
             p.agent.clone().unwrap_or_else(|| "-".into()),

@@ -55,6 +55,11 @@ fn a_bad_config_update_is_blocked_not_replaced_and_keeps_its_volume() {
         let p = plan(c, "db");
         p["status"] == "error" && p.to_string().contains("crash-looping")
     });
+    // Its agent keeps restarting it: shown as crash-looping, with when it tries next.
+    c.wait_for(Duration::from_secs(10), "the instance shown as crash-looping", |c| {
+        let p = c.pods("db")[0].clone();
+        p["state"] == "crash_looping" && p["detail"].as_str().is_some_and(|d| d.contains("next in"))
+    });
     // Far past the failure timeout: still on its agent, on its volume, shown as blocked.
     std::thread::sleep(Duration::from_secs(6));
     let p = c.pods("db")[0].clone();

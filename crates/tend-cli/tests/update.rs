@@ -235,3 +235,29 @@ fn the_dry_run_shows_each_kind_of_change_and_changes_nothing() {
     assert_eq!(rollout(&c)["generation"], 1);
     assert!(members(&c).iter().all(|m| m.1 == 1), "{:?}", members(&c));
 }
+
+#[test]
+fn the_cli_follows_its_generation_across_a_control_plane_restart() {
+    let mut c = Cluster::start();
+    c.deploy(&c.write_spec("v1.yml", &spec("1", "")), true).unwrap();
+    // Each member must stay up 3 s: the update takes about 10 s.
+    let v2 =
+        c.write_spec("v2.yml", &spec("2", "").replace("min_healthy_seconds: 1", "min_healthy_seconds: 3"));
+    let follower = common::tend()
+        .args(["service", "deploy", v2.to_str().unwrap(), "--addr", &c.url(), "--token", &c.token()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let guard = common::ChildGuard(Some(follower));
+    std::thread::sleep(Duration::from_secs(2));
+    c.kill_server();
+    std::thread::sleep(Duration::from_secs(1));
+    c.start_server();
+    let out = guard.wait_with_output(Duration::from_secs(60));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("cannot reach the control plane") && text.contains("control plane back"), "{text}");
+    assert!(text.contains("generation 2 of `kv` deployed"), "{text}");
+    assert!(members(&c).iter().all(|m| m.1 == 2 && m.3 == "2"), "{:?}", members(&c));
+}

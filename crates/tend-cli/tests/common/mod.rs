@@ -231,3 +231,32 @@ impl Cluster {
         Pid::from_raw(self.agents[i].id() as i32)
     }
 }
+
+/// A client process a test started: killed (by its pid) if the test ends before it does.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    /// Waits for it to exit, at most `limit` (then kills it and fails).
+    pub fn wait_with_output(mut self, limit: Duration) -> std::process::Output {
+        let mut child = self.0.take().expect("a child");
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return child.wait_with_output().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let out = child.wait_with_output().unwrap();
+        panic!("still running after {limit:?}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+}

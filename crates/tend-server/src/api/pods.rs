@@ -151,24 +151,44 @@ pub(super) async fn plan_action(
 
 // ---------- pods, tasks, endpoints ----------
 
+/// An instance's state (and more on it), from its record, its reported tasks, and its step in
+/// the plan of the running rollout.
 pub(super) fn pod_state(
     rec: &InstanceRecord,
     tasks: Option<&Vec<TaskStatus>>,
     pod: Option<&tend_spec::PodSpec>,
     now_ms: u64,
-) -> PodState {
+    step: Option<(&str, tend_plan::Status)>,
+) -> (PodState, Option<String>) {
+    if let Some((plan, tend_plan::Status::Starting | tend_plan::Status::Started)) = step {
+        match plan {
+            "update" => return (PodState::Updating, None),
+            "rollback" => return (PodState::RollingBack, None),
+            _ => {}
+        }
+    }
     if rec.agent.is_none() {
-        return PodState::Pending;
+        return (PodState::Pending, None);
     }
     if rec.incarnation == 0 {
-        return PodState::Reserved;
+        return (PodState::Reserved, None);
     }
-    let (Some(tasks), Some(pod)) = (tasks, pod) else { return PodState::Unknown };
-    match judge(pod, tasks, now_ms) {
+    let (Some(tasks), Some(pod)) = (tasks, pod) else { return (PodState::Unknown, None) };
+    // A crash loop is the agent's to handle: show it as such, with when it tries next.
+    let looping = tasks.iter().find(|t| t.crash_loop >= 2 && t.next_restart_ms.is_some());
+    if let Some(t) = looping {
+        let next = t.next_restart_ms.unwrap_or(now_ms).saturating_sub(now_ms) as f64 / 1000.0;
+        return (
+            PodState::CrashLooping,
+            Some(format!("task {}: restart {}, next in {next:.1} s", t.task, t.restarts)),
+        );
+    }
+    let state = match judge(pod, tasks, now_ms) {
         Ok(true) => PodState::Running,
         Ok(false) => PodState::Launching,
         Err(_) => PodState::Failed,
-    }
+    };
+    (state, None)
 }
 
 /// The plan engine's status on the wire.
@@ -187,10 +207,20 @@ pub(super) fn step_status(s: tend_plan::Status) -> StepStatus {
 
 pub(super) async fn pod_infos(s: &Server, name: &str) -> Result<Vec<PodInfo>, ApiError> {
     let rt = s.service(name).ok_or_else(|| not_found("service", name))?;
-    let (spec, ids) = {
+    let (spec, ids, plan) = {
         let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
-        (rt.spec.clone(), rt.identities.clone())
+        (rt.spec.clone(), rt.identities.clone(), rt.plans.get(&rt.active_plan).cloned())
     };
+    // Each instance's step in the plan the rollout runs.
+    let mut steps: BTreeMap<String, tend_plan::Status> = BTreeMap::new();
+    if let Some(plan) = &plan {
+        let records =
+            tend_control::deploy::engine(s, name).records(plan).await.map_err(anyhow::Error::from)?;
+        for (node, r) in plan.steps.iter().zip(records) {
+            steps.insert(node.name.clone(), r.status());
+        }
+    }
+    let plan_name = plan.as_ref().map(|p| p.def.name.clone()).unwrap_or_default();
     let mut recs: BTreeMap<String, InstanceRecord> = s.instances(name).await?.into_iter().collect();
     let mut out = Vec::new();
     for p in &spec.pods {
@@ -203,9 +233,12 @@ pub(super) async fn pod_infos(s: &Server, name: &str) -> Result<Vec<PodInfo>, Ap
                 ..Default::default()
             });
             let tasks = rec.agent.as_ref().and_then(|a| s.task_statuses(a, name, &inst, rec.incarnation));
+            let step = steps.get(&inst).map(|st| (plan_name.as_str(), *st));
+            let (state, detail) = pod_state(&rec, tasks.as_ref(), Some(p), s.now_ms(), step);
             out.push(PodInfo {
                 service: name.into(),
-                state: pod_state(&rec, tasks.as_ref(), Some(p), s.now_ms()),
+                state,
+                detail,
                 instance: inst,
                 pod: p.name.clone(),
                 index: i,
