@@ -444,6 +444,9 @@ pub enum ChangeAction {
     /// Its config changes: a new incarnation on the same agent and volumes.
     Restart,
     New,
+    /// The new spec no longer has it: its `on_decommission` runs, it stops, its volumes are
+    /// retained.
+    Decommission,
     /// The change is refused (the reason says why); nothing would happen.
     Refused,
 }

@@ -48,6 +48,8 @@ pub enum PodState {
     Updating,
     /// Its step of a rollback is under way.
     RollingBack,
+    /// The spec no longer has it: it goes once the rollout's plan is complete.
+    Decommissioning,
     /// Its agent has not reported it since this control plane started.
     Unknown,
 }
@@ -135,7 +137,7 @@ words! {
     PodState {
         Pending => "pending", Reserved => "reserved", Launching => "launching", Running => "running",
         Failed => "failed", Unknown => "unknown", CrashLooping => "crash_looping", Updating => "updating",
-        RollingBack => "rolling_back",
+        RollingBack => "rolling_back", Decommissioning => "decommissioning",
     }
     AgentState { Up => "up", Lost => "lost" }
     ProbeKind { Cmd => "cmd", Http => "http", Tcp => "tcp", Unknown => "unknown" }

@@ -263,7 +263,8 @@ pub async fn preview(client: &Client, file: &Path, json: bool) -> anyhow::Result
     let count = |a: ChangeAction| p.changes.iter().filter(|c| c.action == a).count();
     let code = if count(ChangeAction::Refused) > 0 {
         1
-    } else if count(ChangeAction::Restart) + count(ChangeAction::New) > 0 {
+    } else if count(ChangeAction::Restart) + count(ChangeAction::New) + count(ChangeAction::Decommission) > 0
+    {
         2
     } else {
         0
@@ -283,6 +284,7 @@ pub async fn preview(client: &Client, file: &Path, json: bool) -> anyhow::Result
             ChangeAction::Unchanged => "unchanged",
             ChangeAction::Restart => "restart in place",
             ChangeAction::New => "new instance",
+            ChangeAction::Decommission => "decommission",
             ChangeAction::Refused => "refused",
         };
         let data = match c.data {
@@ -300,9 +302,10 @@ pub async fn preview(client: &Client, file: &Path, json: bool) -> anyhow::Result
         }
     }
     println!(
-        "{} to restart, {} new, {} unchanged, {} refused",
+        "{} to restart, {} new, {} to decommission, {} unchanged, {} refused",
         count(ChangeAction::Restart),
         count(ChangeAction::New),
+        count(ChangeAction::Decommission),
         count(ChangeAction::Unchanged),
         count(ChangeAction::Refused)
     );

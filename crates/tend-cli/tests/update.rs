@@ -224,7 +224,7 @@ fn the_dry_run_shows_each_kind_of_change_and_changes_nothing() {
         ("plan_unchanged.txt", spec("1", ""), 0),
         ("plan_restart_and_new.txt", spec("2", "").replace("count: 3", "count: 4"), 2),
         ("plan_volume_change_refused.txt", spec("1", "").replace("size_mb: 1", "size_mb: 2"), 1),
-        ("plan_scale_down_refused.txt", spec("1", "").replace("count: 3", "count: 2"), 1),
+        ("plan_scale_down.txt", spec("1", "").replace("count: 3", "count: 2"), 2),
     ];
     for (name, text, want) in cases {
         let (code, out) = dry_run(&c, &c.write_spec(name, &text));
@@ -260,4 +260,36 @@ fn the_cli_follows_its_generation_across_a_control_plane_restart() {
     assert!(text.contains("cannot reach the control plane") && text.contains("control plane back"), "{text}");
     assert!(text.contains("generation 2 of `kv` deployed"), "{text}");
     assert!(members(&c).iter().all(|m| m.1 == 2 && m.3 == "2"), "{:?}", members(&c));
+}
+
+#[test]
+fn scaling_up_then_down_decommissions_highest_first_and_retains_the_volumes() {
+    let c = Cluster::start();
+    let log = c.data().join("decommissioned");
+    let with_hook = |count: u32| {
+        spec("1", "").replace("count: 3", &format!("count: {count}")).replace(
+            "    volumes:",
+            &format!("    on_decommission: 'echo $TEND_INSTANCE >> {}'\n    volumes:", log.display()),
+        )
+    };
+    c.deploy(&c.write_spec("v3.yml", &with_hook(3)), true).unwrap();
+    c.deploy(&c.write_spec("v5.yml", &with_hook(5)), true).unwrap();
+    assert_eq!(members(&c).len(), 5);
+    let volume_of = |c: &Cluster, i: &str| {
+        c.pods("kv").iter().find(|p| p["instance"] == i).map(|p| p["reservation"]["volume_id"].clone())
+    };
+    let gone: Vec<Value> = ["m-4", "m-3", "m-2"].iter().filter_map(|i| volume_of(&c, i)).collect();
+    c.deploy(&c.write_spec("v2.yml", &with_hook(2)), true).unwrap();
+    // The hook ran in each decommissioned instance, highest index first; two members are left.
+    assert_eq!(std::fs::read_to_string(&log).unwrap_or_default(), "m-4\nm-3\nm-2\n");
+    let left = members(&c);
+    assert_eq!(left.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(), vec!["m-0", "m-1"], "{left:?}");
+    // Their volumes are retained, not deleted.
+    let vols = c.api(&["volume", "list"]).unwrap();
+    for id in &gone {
+        let v = vols.as_array().unwrap().iter().find(|v| &v["id"] == id).unwrap_or(&Value::Null).clone();
+        assert_eq!(v["state"], "retained", "{id}: {vols}");
+    }
+    let events = c.api(&["events", "--service", "kv"]).unwrap().to_string();
+    assert!(events.contains("decommissioned m-4"), "{events}");
 }

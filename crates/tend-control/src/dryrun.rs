@@ -1,6 +1,6 @@
 //! Dry run of a spec change (`tend service plan FILE`): what would happen to each instance —
-//! unchanged, restarted in place (with the fields that changed), new, or refused — and what
-//! becomes of its data. Pure: the running service's configs and records in, the answer out.
+//! unchanged, restarted in place (with the fields that changed), new, decommissioned, or
+//! refused — and what becomes of its data. Pure: the running service's configs and records in, the answer out.
 
 use std::collections::BTreeMap;
 
@@ -53,15 +53,16 @@ pub fn plan(
     if let Some(r) = running {
         for (instance, rec) in r.instances {
             let kept = new.pod(&rec.pod).is_some_and(|p| rec.index < p.count);
-            if !kept && rec.incarnation > 0 {
-                let why = "scale-down and pod removal are not supported yet: the spec is refused".to_string();
+            if !kept {
+                let hook = r.configs.get(&rec.config).and_then(|c| c.pod.on_decommission.clone());
+                let data = if rec.volume_id.is_some() { DataFate::Retained } else { DataFate::None };
                 out.push(InstanceChange {
                     instance: instance.clone(),
                     pod: rec.pod.clone(),
-                    action: ChangeAction::Refused,
-                    data: DataFate::Kept,
+                    action: ChangeAction::Decommission,
+                    data,
                     fields: vec![],
-                    reason: Some(why),
+                    reason: hook.map(|h| format!("runs on_decommission first: {h}")),
                 });
             }
         }

@@ -82,25 +82,45 @@ pub async fn run_once(
             gate.pod
         ));
     };
+    let run = Command { job: "health-gate", cmd: &gate.cmd, timeout_seconds: gate.timeout_seconds };
+    run_on(s, service, &instance, &agent, run).await.map_err(|e| format!("health gate {e}"))
+}
+
+/// A command to run in an instance's sandbox through its agent.
+pub struct Command<'a> {
+    /// Its name in the agent's job runs (`health-gate`, `decommission`).
+    pub job: &'a str,
+    pub cmd: &'a str,
+    pub timeout_seconds: u64,
+}
+
+/// Runs a command in `instance` (on `agent`) and waits for its result. Err says how it failed.
+pub async fn run_on(
+    s: &Control,
+    service: &str,
+    instance: &str,
+    agent: &str,
+    c: Command<'_>,
+) -> Result<(), String> {
     let run_id = {
         let mut g = s.inner.gates.lock().unwrap_or_else(|e| e.into_inner());
         g.seq += 1;
-        let run_id = format!("gate-{}-{}", s.inner.epoch, g.seq);
+        let run_id = format!("{}-{}-{}", c.job, s.inner.epoch, g.seq);
         let run = JobRun {
             run_id: run_id.clone(),
             service: service.to_string(),
-            instance: instance.clone(),
-            job: "health-gate".into(),
-            cmd: gate.cmd.clone(),
-            timeout_seconds: gate.timeout_seconds,
+            instance: instance.to_string(),
+            job: c.job.into(),
+            cmd: c.cmd.into(),
+            timeout_seconds: c.timeout_seconds,
         };
-        g.runs.insert(run_id.clone(), (agent.clone(), run, None));
+        g.runs.insert(run_id.clone(), (agent.to_string(), run, None));
         run_id
     };
     s.inner.desired_gen.send_modify(|n| *n += 1);
     let mut rx = s.inner.gates_gen.subscribe();
     // The command's own timeout, plus time for the agent to hear of it and report.
-    let wait = Duration::from_secs(gate.timeout_seconds) + Duration::from_secs(10);
+    let wait = Duration::from_secs(c.timeout_seconds) + Duration::from_secs(10);
     let result = tokio::time::timeout(wait, async {
         loop {
             let done = s
@@ -125,19 +145,17 @@ pub async fn run_once(
     match result {
         Ok(r) if r.state == RunState::Succeeded => Ok(()),
         Ok(r) => Err(format!(
-            "health gate `{}` in {instance} {}: {}",
-            gate.cmd,
+            "`{}` in {instance} {}: {}",
+            c.cmd,
             match r.state {
                 RunState::TimedOut => "timed out".to_string(),
                 _ => format!("exited with {}", r.exit_code.map_or("no code".into(), |c| c.to_string())),
             },
             r.output_tail.trim()
         )),
-        Err(_) => Err(format!(
-            "health gate `{}` in {instance}: no result from agent {agent} in {} s",
-            gate.cmd,
-            wait.as_secs()
-        )),
+        Err(_) => {
+            Err(format!("`{}` in {instance}: no result from agent {agent} in {} s", c.cmd, wait.as_secs()))
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 
 pub mod agents;
 pub mod configs;
+pub mod decommission;
 pub mod deploy;
 pub mod dryrun;
 pub mod gates;

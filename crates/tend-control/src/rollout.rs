@@ -51,6 +51,10 @@ pub struct RolloutRecord {
     pub started_ms: Option<u64>,
     #[serde(default)]
     pub ended_ms: Option<u64>,
+    /// Instances this generation no longer has (a lower count, a pod removed), highest index
+    /// first: decommissioned once its plan is complete.
+    #[serde(default)]
+    pub decommission: Vec<String>,
 }
 
 pub fn rollout_key(service: &str) -> String {
@@ -88,6 +92,7 @@ pub fn next(
         message,
         started_ms: None,
         ended_ms: None,
+        decommission: Vec::new(),
     }
 }
 
@@ -199,13 +204,21 @@ pub async fn drive(server: Control, service: String) {
             }
         };
         let failed = match outcome {
-            Outcome::Complete => {
-                if rollout.state != RolloutState::Complete {
-                    let _ = finish(&server, &service, &record, rollout, rev).await;
-                }
+            Outcome::Complete if rollout.state == RolloutState::Complete => {
                 retry_ms = STEP_RETRY_MS;
                 notified.await;
                 continue;
+            }
+            Outcome::Complete => {
+                match crate::decommission::run(&server, &service, &rollout.decommission).await {
+                    Ok(()) => {
+                        let _ = finish(&server, &service, &record, rollout, rev).await;
+                        retry_ms = STEP_RETRY_MS;
+                        notified.await;
+                        continue;
+                    }
+                    Err((instance, e)) => vec![(format!("decommission/{instance}"), e)],
+                }
             }
             Outcome::Held => {
                 notified.await;

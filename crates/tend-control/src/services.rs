@@ -72,13 +72,6 @@ pub(crate) async fn accept(s: &Control, sub: Submission) -> Result<(ServiceRecor
                     return Err((409, "unsafe_change", why));
                 }
             }
-            // Instances are never dropped silently: decommissioning is not built yet.
-            for op in &old_spec.pods {
-                let count = sub.spec.pod(&op.name).map_or(0, |p| p.count);
-                if count < op.count {
-                    return Err((409, "unsupported_change", format!("pod `{}` would go from {} to {count} instances: scale-down and pod removal are not supported yet (the instances would keep running unmanaged); keep the count", op.name, op.count)));
-                }
-            }
         }
     }
     let generation = current_gen + 1;
@@ -100,7 +93,11 @@ pub(crate) async fn accept(s: &Control, sub: Submission) -> Result<(ServiceRecor
         Ok(kv) => kv.and_then(|kv| serde_json::from_slice::<crate::rollout::RolloutRecord>(&kv.value).ok()),
         Err(e) => return Err((503, "store", e.to_string())),
     };
-    let rollout = crate::rollout::next(prev.as_ref(), generation, sub.rollback);
+    let mut rollout = crate::rollout::next(prev.as_ref(), generation, sub.rollback);
+    rollout.decommission = crate::decommission::beyond(
+        &sub.spec,
+        &s.instances(&name).await.map_err(|e| (503, "store", e.to_string()))?,
+    );
     let rv = serde_json::to_vec(&rollout).map_err(|e| (500, "internal", e.to_string()))?;
     let mut txn = Txn::new()
         .when(cmp)

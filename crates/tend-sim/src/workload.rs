@@ -185,17 +185,20 @@ async fn act(
         }
         65..=74 => {
             let cap = w.cfg.instances as u32 * 2;
-            let grew = w.model(svc, |m| {
-                let grow = m.count < cap;
-                if grow {
-                    m.count += 1;
+            // Down a third of the time (decommission: hook, stop, volumes retained), else up.
+            let down = w.rng(|r| r.chance(0.33));
+            let changed = w.model(svc, |m| {
+                let ok = if down { m.count > 1 } else { m.count < cap };
+                if ok {
+                    m.count = if down { m.count - 1 } else { m.count + 1 };
                 }
-                grow
+                ok
             });
-            if !grew {
+            if !changed {
                 return None;
             }
-            ("scale", format!("scale up {svc}: {:?}", push(w, svc).await))
+            let how = if down { "down" } else { "up" };
+            ("scale", format!("scale {how} {svc}: {:?}", push(w, svc).await))
         }
         75..=84 if svc == "alpha" => {
             let i = inst?;

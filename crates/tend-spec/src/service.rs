@@ -76,6 +76,10 @@ pub struct PodSpec {
     /// TEND_REPLACED_AGENT, TEND_REPLACED_HOST), e.g. to bootstrap from the surviving replicas.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_replace: Option<String>,
+    /// Run in an instance's sandbox before it is decommissioned (count lowered or pod removed),
+    /// e.g. to remove a member from its cluster; it MUST exit 0 or the instance is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_decommission: Option<String>,
     /// How changes roll out to this pod: the service's `update`, with the pod's overrides.
     pub update: UpdatePolicy,
 }
@@ -436,9 +440,20 @@ fn decode_pod(cx: &mut Ctx, name: String, node: &Node) -> Option<PodSpec> {
     let f = cx.fields(
         node,
         &what,
-        &["count", "placement", "artifacts", "volumes", "env", "tasks", "on_replace", "update"],
+        &[
+            "count",
+            "placement",
+            "artifacts",
+            "volumes",
+            "env",
+            "tasks",
+            "on_replace",
+            "on_decommission",
+            "update",
+        ],
     )?;
     let on_replace = f.get("on_replace").and_then(|n| cx.nonempty_string(n, "on_replace"));
+    let on_decommission = f.get("on_decommission").and_then(|n| cx.nonempty_string(n, "on_decommission"));
     let count = opt(&f, "count", |n| cx.int(n, "count", 0, 10_000)).map(|c| c as u32).unwrap_or(1);
     let placement = f.get("placement").map(|n| decode_placement(cx, n)).unwrap_or_default();
     let artifacts = match f.get("artifacts") {
@@ -520,6 +535,7 @@ fn decode_pod(cx: &mut Ctx, name: String, node: &Node) -> Option<PodSpec> {
         env,
         tasks,
         on_replace,
+        on_decommission,
         update: UpdatePolicy::default(),
     })
 }

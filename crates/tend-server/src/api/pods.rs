@@ -269,6 +269,27 @@ pub(super) async fn pod_infos(s: &Server, name: &str) -> Result<Vec<PodInfo>, Ap
             });
         }
     }
+    // Instances the spec no longer has: going once the rollout's plan is complete.
+    for (inst, rec) in recs {
+        let tasks = rec.agent.as_ref().and_then(|a| s.task_statuses(a, name, &inst, rec.incarnation));
+        out.push(PodInfo {
+            service: name.into(),
+            state: PodState::Decommissioning,
+            detail: None,
+            instance: inst,
+            pod: rec.pod.clone(),
+            index: rec.index,
+            agent: rec.agent.clone(),
+            incarnation: rec.incarnation,
+            config: rec.config.clone(),
+            target_config: String::new(),
+            pending_reason: None,
+            ports: rec.ports.clone(),
+            reservation: None,
+            tasks: tasks.unwrap_or_default(),
+            recovery: None,
+        });
+    }
     Ok(out)
 }
 
