@@ -293,3 +293,25 @@ fn scaling_up_then_down_decommissions_highest_first_and_retains_the_volumes() {
     let events = c.api(&["events", "--service", "kv"]).unwrap().to_string();
     assert!(events.contains("decommissioned m-4"), "{events}");
 }
+
+#[test]
+fn an_update_that_needs_more_memory_is_reserved_in_place_or_waits_with_the_reason() {
+    let c = Cluster::start();
+    c.deploy(&c.write_spec("v1.yml", &spec("1", "")), true).unwrap();
+    let memory =
+        |c: &Cluster| c.pods("kv").iter().map(|p| p["reservation"]["memory_mb"].clone()).collect::<Vec<_>>();
+    assert_eq!(memory(&c), vec![Value::from(128); 3]);
+    // 512 MB fits on every agent (2,048 MB each): each member's reservation follows its config.
+    let more = |mb: u32| {
+        spec("2", "").replace("        cmd: 'sleep", &format!("        memory_mb: {mb}\n        cmd: 'sleep"))
+    };
+    c.deploy(&c.write_spec("v2.yml", &more(512)), true).unwrap();
+    assert_eq!(memory(&c), vec![Value::from(512); 3]);
+    // 4,096 MB does not: the first member waits on its agent, saying why; nothing was relaunched.
+    c.deploy(&c.write_spec("v3.yml", &more(4096).replace("VERSION: '2'", "VERSION: '3'")), false).unwrap();
+    c.wait_for(Duration::from_secs(20), "the update waiting with the reason", |c| {
+        c.pods("kv")[0]["pending_reason"].as_str().is_some_and(|r| r.contains("MB more memory"))
+    });
+    assert_eq!(members(&c).iter().map(|m| m.1).collect::<Vec<_>>(), vec![2, 2, 2]);
+    assert_eq!(memory(&c), vec![Value::from(512); 3]);
+}

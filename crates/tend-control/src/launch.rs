@@ -15,6 +15,53 @@ use crate::records::InstanceRecord;
 use crate::Control;
 use tend_api::EventKind;
 
+/// What an instance of `pod` reserves.
+pub fn needs_of(pod: &PodSpec) -> Resources {
+    Resources {
+        cpus_milli: pod.tasks.iter().map(|t| (t.cpus * 1000.0).round() as u64).sum(),
+        memory_mb: pod.tasks.iter().map(|t| t.memory_mb).sum(),
+        disk_mb: pod.volumes.iter().map(|v| v.size_mb).sum(),
+    }
+}
+
+/// An instance relaunched in place on a new config keeps its agent; its reservation follows the
+/// new config's needs when the agent has room for the difference. Err: why it must wait.
+fn re_reserve(server: &Control, rec: &mut InstanceRecord, pod: &PodSpec) -> Result<(), String> {
+    let needs = needs_of(pod);
+    let old = Resources { cpus_milli: rec.cpus_milli, memory_mb: rec.memory_mb, disk_mb: rec.disk_mb };
+    let agent = rec.agent.clone().unwrap_or_default();
+    let more = needs.minus(&old);
+    if more != Resources::default() {
+        let capacity = {
+            let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+            let r =
+                agents.get(&agent).map(|a| &a.record).ok_or_else(|| format!("agent {agent} is unknown"))?;
+            Resources { cpus_milli: r.cpus_milli, memory_mb: r.memory_mb, disk_mb: r.disk_mb }
+        };
+        let mut reserved = Resources::default();
+        server.inner.state.for_each_placed(|_, r| {
+            if r.agent.as_deref() == Some(agent.as_str()) {
+                reserved = reserved.plus(&Resources {
+                    cpus_milli: r.cpus_milli,
+                    memory_mb: r.memory_mb,
+                    disk_mb: r.disk_mb,
+                });
+            }
+        });
+        let free = capacity.minus(&reserved);
+        if !more.fits_in(&free) {
+            return Err(format!(
+                "the new config needs {} more cpu (milli) and {} MB more memory on agent {agent}, which has {} and {} MB free",
+                more.cpus_milli, more.memory_mb, free.cpus_milli, free.memory_mb
+            ));
+        }
+    }
+    rec.cpus_milli = needs.cpus_milli;
+    rec.memory_mb = needs.memory_mb;
+    rec.disk_mb = needs.disk_mb.max(rec.disk_mb);
+    Ok(())
+}
+
 /// Launch requests waiting for the lock, and results of requests another holder processed.
 /// Each request has its own id, so a result is only ever taken by the waiter that asked (a
 /// cancelled waiter's result is never handed to a later request for the same instance).
@@ -90,11 +137,7 @@ impl Snapshot {
                 self.cluster.count_existing(&group, a);
             }
         }
-        let needs = Resources {
-            cpus_milli: pod.tasks.iter().map(|t| (t.cpus * 1000.0).round() as u64).sum(),
-            memory_mb: pod.tasks.iter().map(|t| t.memory_mb).sum(),
-            disk_mb: pod.volumes.iter().map(|v| v.size_mb).sum(),
-        };
+        let needs = needs_of(pod);
         let ports: Vec<(String, u16)> =
             pod.tasks.iter().flat_map(|t| t.ports.iter().map(|(n, p)| (n.clone(), *p))).collect();
         let req = Request {
@@ -220,6 +263,7 @@ async fn decide(work: &DeployWork, instance: &str, snapshot: &mut Option<Snapsho
         return Ok(Plan::Nothing); // Already launched: the intent is on record, the agent acts on it.
     }
     let mut extra = Vec::new();
+    let in_place = rec.agent.is_some() && rec.incarnation > 0;
     if rec.agent.is_none() {
         if let Some(reason) = fence_wait(work, &spec, instance, (&rec, rev)) {
             if rec.pending_reason.as_deref() == Some(reason.as_str()) {
@@ -242,6 +286,17 @@ async fn decide(work: &DeployWork, instance: &str, snapshot: &mut Option<Snapsho
                 return Ok(Plan::Pending { rec, rev, reason });
             }
         }
+    }
+    if in_place {
+        // Relaunched in place on a new config: the reservation follows it, or the step waits.
+        if let Err(reason) = re_reserve(&work.server, &mut rec, pod) {
+            if rec.pending_reason.as_deref() == Some(reason.as_str()) {
+                return Ok(Plan::Nothing);
+            }
+            rec.pending_reason = Some(reason.clone());
+            return Ok(Plan::Pending { rec, rev, reason });
+        }
+        rec.pending_reason = None;
     }
     if rec.incarnation == 0 {
         // A first launch starts above any incarnation a deleted service's namesake reached.
