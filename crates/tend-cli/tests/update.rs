@@ -315,3 +315,19 @@ fn an_update_that_needs_more_memory_is_reserved_in_place_or_waits_with_the_reaso
     assert_eq!(members(&c).iter().map(|m| m.1).collect::<Vec<_>>(), vec![2, 2, 2]);
     assert_eq!(memory(&c), vec![Value::from(512); 3]);
 }
+
+#[test]
+fn a_port_added_by_an_update_is_reserved_in_place() {
+    let c = Cluster::start();
+    c.deploy(&c.write_spec("v1.yml", &spec("1", "")), true).unwrap();
+    let with_port = spec("2", "").replace(
+        "cmd: 'sleep 0.5; echo",
+        "ports: { admin: 0 }\n        cmd: 'sleep 0.5; echo $PORT_ADMIN > data/admin; echo",
+    );
+    c.deploy(&c.write_spec("v2.yml", &with_port), true).unwrap();
+    for p in c.pods("kv") {
+        let port = p["ports"]["admin"].as_u64().unwrap_or(0);
+        assert!(port > 0, "no admin port: {p}");
+        assert_eq!(c.volume_file(&p, "admin").trim(), port.to_string(), "the task saw its new port: {p}");
+    }
+}

@@ -56,10 +56,58 @@ fn re_reserve(server: &Control, rec: &mut InstanceRecord, pod: &PodSpec) -> Resu
             ));
         }
     }
+    rec.ports = re_port(server, &agent, rec, pod)?;
     rec.cpus_milli = needs.cpus_milli;
     rec.memory_mb = needs.memory_mb;
     rec.disk_mb = needs.disk_mb.max(rec.disk_mb);
     Ok(())
+}
+
+/// The instance's named ports under the new config: those it had are kept, new ones are taken
+/// on its agent (a fixed number if free, else the lowest free in the agent's range), gone ones
+/// are released. Err: a port that cannot be had there.
+fn re_port(
+    server: &Control,
+    agent: &str,
+    rec: &InstanceRecord,
+    pod: &PodSpec,
+) -> Result<BTreeMap<String, u16>, String> {
+    let wanted: Vec<(String, u16)> =
+        pod.tasks.iter().flat_map(|t| t.ports.iter().map(|(n, p)| (n.clone(), *p))).collect();
+    if wanted.iter().all(|(n, p)| rec.ports.get(n).is_some_and(|have| *p == 0 || have == p)) {
+        return Ok(wanted.iter().filter_map(|(n, _)| rec.ports.get(n).map(|p| (n.clone(), *p))).collect());
+    }
+    let (lo, hi) = {
+        let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+        let r = agents.get(agent).map(|a| &a.record).ok_or_else(|| format!("agent {agent} is unknown"))?;
+        (r.port_lo, r.port_hi)
+    };
+    let mut used: HashSet<u16> = HashSet::new();
+    server.inner.state.for_each_placed(|_, r| {
+        if r.agent.as_deref() == Some(agent) {
+            used.extend(r.ports.values().copied());
+        }
+    });
+    // This instance's own ports are free for it.
+    for p in rec.ports.values() {
+        used.remove(p);
+    }
+    let mut out = BTreeMap::new();
+    for (name, fixed) in &wanted {
+        let port = match (rec.ports.get(name), *fixed) {
+            (Some(have), 0) => *have,
+            (Some(have), f) if *have == f => f,
+            (_, 0) => (lo..=hi)
+                .find(|p| !used.contains(p) && !out.values().any(|v| v == p))
+                .ok_or_else(|| format!("no free port on agent {agent} for the new port `{name}`"))?,
+            (_, f) if used.contains(&f) => {
+                return Err(format!("port {f} (`{name}`) is taken on agent {agent}"))
+            }
+            (_, f) => f,
+        };
+        out.insert(name.clone(), port);
+    }
+    Ok(out)
 }
 
 /// Launch requests waiting for the lock, and results of requests another holder processed.
