@@ -29,43 +29,38 @@ pub struct DeployWork {
     /// Steps of a rolling plan (`update`, `rollback`) follow the pod's update policy: an updated
     /// instance must stay up `min_healthy_seconds`, and a step fails after
     /// `progress_deadline_seconds`. Deploy plans use the control plane's step deadline.
-    pub rolling: bool,
-    /// Steps this work launched in this run (only they wait out the minimum healthy time and
-    /// the health gate after them).
-    applied: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Some(when the rollout started, from its record): incarnations launched since then are
+    /// this rollout's, and only they wait out the minimum healthy time and the health gate
+    /// after them — read from the store, so a restarted control plane judges them alike.
+    pub rolling: Option<u64>,
     /// Why the health gate after a step has not passed yet (for its deadline's message).
     gate_failures: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 impl DeployWork {
     pub fn new(server: Control, service: impl Into<String>) -> DeployWork {
-        DeployWork {
-            server,
-            service: service.into(),
-            rolling: false,
-            applied: Default::default(),
-            gate_failures: Default::default(),
-        }
+        DeployWork { server, service: service.into(), rolling: None, gate_failures: Default::default() }
     }
 
-    /// The work of a rolling plan (`update`, `rollback`).
-    pub fn rolling(server: Control, service: impl Into<String>) -> DeployWork {
-        DeployWork { rolling: true, ..DeployWork::new(server, service) }
+    /// The work of a rolling plan (`update`, `rollback`) of a rollout started at `since_ms`.
+    pub fn rolling(server: Control, service: impl Into<String>, since_ms: u64) -> DeployWork {
+        DeployWork { rolling: Some(since_ms), ..DeployWork::new(server, service) }
     }
 
-    fn launched_here(&self, step: &str) -> bool {
-        self.applied.lock().unwrap_or_else(|e| e.into_inner()).contains(step)
+    /// Whether the instance's incarnation was launched by this rolling plan's rollout.
+    fn launched_here(&self, rec: &InstanceRecord) -> bool {
+        self.rolling.is_some_and(|since| rec.launched_ms >= since)
     }
 
     /// Whether an instance this work launched has been up long enough to move on.
     fn healthy_long_enough(
         &self,
         pod: &PodSpec,
-        step: &str,
+        rec: &InstanceRecord,
         tasks: &[tend_api::TaskStatus],
         now: u64,
     ) -> bool {
-        if !self.rolling || !self.launched_here(step) {
+        if !self.launched_here(rec) {
             return true;
         }
         let min = pod.update.min_healthy_seconds * 1000;
@@ -73,7 +68,7 @@ impl DeployWork {
     }
 
     fn deadline_ms(&self, pod: &PodSpec) -> u64 {
-        if self.rolling {
+        if self.rolling.is_some() {
             pod.update.progress_deadline_seconds * 1000
         } else {
             self.server.inner.cfg.step_deadline_ms
@@ -268,11 +263,11 @@ impl StepWork for DeployWork {
             return Ok(CheckResult::Needed);
         };
         let now = self.server.now_ms();
-        if judge(pod, &tasks, now) != Ok(true) || !self.healthy_long_enough(pod, &step.name, &tasks, now) {
+        if judge(pod, &tasks, now) != Ok(true) || !self.healthy_long_enough(pod, &rec, &tasks, now) {
             return Ok(CheckResult::Needed);
         }
         // After the change: the cluster's health gate must pass too.
-        let gate = pod.update.health_gate.as_ref().filter(|_| self.rolling && self.launched_here(&step.name));
+        let gate = pod.update.health_gate.as_ref().filter(|_| self.launched_here(&rec));
         if let Some(gate) = gate {
             if let Err(e) = crate::gates::run_once(&self.server, &self.service, &spec, gate, &step.name).await
             {
@@ -285,7 +280,7 @@ impl StepWork for DeployWork {
 
     async fn apply(&self, step: &StepNode, _reason: &ApplyReason) -> Result<Applied, String> {
         // Before the change: the cluster's health gate must pass (within the step's deadline).
-        if self.rolling {
+        if self.rolling.is_some() {
             let (spec, _) = self.spec().ok_or("service is gone")?;
             let (pod, _) = pod_of(&spec, &step.name).ok_or_else(|| format!("no pod for {}", step.name))?;
             if let Some(gate) = &pod.update.health_gate {
@@ -294,7 +289,6 @@ impl StepWork for DeployWork {
                     .await?;
             }
         }
-        self.applied.lock().unwrap_or_else(|e| e.into_inner()).insert(step.name.clone());
         self.ensure_launched(&step.name).await?;
         Ok(Applied::InProgress)
     }

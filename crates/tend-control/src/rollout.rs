@@ -277,7 +277,7 @@ async fn run(s: &Control, service: &str, plan: &Plan, r: &RolloutRecord) -> anyh
     let work = if r.plan == "deploy" {
         DeployWork::new(s.clone(), service)
     } else {
-        DeployWork::rolling(s.clone(), service)
+        DeployWork::rolling(s.clone(), service, r.started_ms.unwrap_or(0))
     };
     let sum = engine(s, service).run(plan, &work, &NoObserver).await?;
     if sum.complete() {
