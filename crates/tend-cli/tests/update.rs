@@ -331,3 +331,32 @@ fn a_port_added_by_an_update_is_reserved_in_place() {
         assert_eq!(c.volume_file(&p, "admin").trim(), port.to_string(), "the task saw its new port: {p}");
     }
 }
+
+/// The new routes refuse bad input with a JSON error and change nothing.
+#[test]
+fn the_rollout_and_plan_routes_refuse_bad_input_and_change_nothing() {
+    let c = Cluster::start();
+    c.deploy(&c.write_spec("v1.yml", &spec("1", "")), true).unwrap();
+    let token = c.token();
+    let good = serde_json::json!({ "spec": spec("2", "") }).to_string();
+    let renamed = serde_json::json!({ "spec": spec("2", "").replace("name: kv", "name: other") }).to_string();
+    let broken = serde_json::json!({ "spec": spec("2", "").replace("max_parallel: 1", "max_parallel: 0") })
+        .to_string();
+    let cases: Vec<(&str, &str, Option<&str>, u16, &str)> = vec![
+        ("GET", "/v1/services/nope/rollout", None, 404, "not_found"),
+        ("POST", "/v1/services/kv/plan", Some("{not json"), 400, ""),
+        ("POST", "/v1/services/kv/plan", Some(renamed.as_str()), 400, "bad_request"),
+        ("POST", "/v1/services/kv/plan", Some(broken.as_str()), 422, "invalid_spec"),
+    ];
+    for (method, path, body, want, code) in cases {
+        let (status, v) = c.raw(method, path, Some(&token), body);
+        assert_eq!(status, want, "{method} {path} {body:?}: {v}");
+        assert!(v["error"]["code"].as_str().is_some_and(|c| code.is_empty() || c == code), "{v}");
+    }
+    let (status, _) = c.raw("POST", "/v1/services/kv/plan", None, Some(good.as_str()));
+    assert_eq!(status, 401, "no token, no answer");
+    // Nothing changed: still generation 1, deployed, every member on its first incarnation.
+    let r = rollout(&c);
+    assert_eq!((r["generation"].as_u64(), r["state"].as_str()), (Some(1), Some("complete")), "{r}");
+    assert!(members(&c).iter().all(|m| m.1 == 1), "{:?}", members(&c));
+}
