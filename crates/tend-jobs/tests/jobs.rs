@@ -42,6 +42,18 @@ fn job(name: &str, inst: &str, weight: Weight, last_success: Option<u64>) -> Job
     }
 }
 
+/// A window `start`–`end` in `zone`, for `job` (None: every job).
+fn w(start: &str, end: &str, zone: &str, job: Option<&str>) -> RunPolicy {
+    RunPolicy {
+        id: "w".into(),
+        job: job.map(str::to_string),
+        pods: vec![],
+        start: parse_time(start).unwrap(),
+        end: parse_time(end).unwrap(),
+        utc_offset_minutes: parse_zone(zone).unwrap(),
+    }
+}
+
 /// (case, job, now, expected priority)
 #[test]
 fn priority_formula() {
@@ -109,14 +121,6 @@ fn queue_order_on_demand_first_then_priority_then_names() {
 /// (case, window, utc offset, now (minute of the UTC day), covered?)
 #[test]
 fn windows() {
-    let w = |start: &str, end: &str, zone: &str, job: Option<&str>| RunPolicy {
-        id: "w".into(),
-        job: job.map(str::to_string),
-        pods: vec![],
-        start: parse_time(start).unwrap(),
-        end: parse_time(end).unwrap(),
-        utc_offset_minutes: parse_zone(zone).unwrap(),
-    };
     let at = |hh: u64, mm: u64| (10 * 24 * 60 + hh * 60 + mm) * MIN;
     let cases: Vec<(&str, RunPolicy, u64, bool)> = vec![
         ("inside, non-wrapping", w("09:00", "17:00", "UTC", None), at(12, 0), true),
@@ -333,14 +337,6 @@ fn granularity_scales_with_the_interval_and_ties_go_to_the_longest_due() {
 /// (case, job, policies, now, expected next change).
 #[test]
 fn next_change_is_the_earliest_future_deadline() {
-    let w = |start: &str, end: &str, zone: &str, job: Option<&str>| RunPolicy {
-        id: "w".into(),
-        job: job.map(str::to_string),
-        pods: vec![],
-        start: parse_time(start).unwrap(),
-        end: parse_time(end).unwrap(),
-        utc_offset_minutes: parse_zone(zone).unwrap(),
-    };
     let day = 10 * 24 * H;
     let done_at = |t: u64| job("repair", "data-0", Weight::Low, Some(t));
     let mut failed = done_at(day);
