@@ -385,6 +385,10 @@ pub struct ServiceRequest {
     /// 409 `stale_generation` otherwise.
     #[serde(default)]
     pub expected_generation: Option<u64>,
+    /// Accept shrinking or removing a deployed pod's volumes (refused otherwise, 409
+    /// `unsafe_change`). Nothing is deleted even then: the data stays in the volume set.
+    #[serde(default)]
+    pub allow_data_loss: bool,
 }
 
 /// Where a service's rollout stands: the generation being rolled out and by which plan.

@@ -220,7 +220,7 @@ pub async fn dev(
     );
     let client = Client::with(address.clone(), server.edge.api_token.clone());
     let deployed = async {
-        let (name, generation) = crate::service_cmd::submit(&client, spec).await?;
+        let (name, generation) = crate::service_cmd::submit(&client, spec, false).await?;
         let how = crate::service_cmd::follow_rollout(&client, &name, generation, false, None).await?;
         anyhow::Ok((name, how == crate::service_cmd::Followed::Deployed))
     };

@@ -125,11 +125,18 @@ enum ServiceCmd {
         /// Return once submitted, without following the rollout.
         #[arg(long)]
         no_wait: bool,
+        /// Accept shrinking or removing a deployed pod's volumes (refused otherwise). Nothing
+        /// is deleted even then: the data stays in each instance's volume set.
+        #[arg(long)]
+        allow_data_loss: bool,
     },
     /// Dry run: what deploying FILE would do to each instance, and to its data. Changes
     /// nothing. Exit 0: nothing would change; 2: something would; 1: it would be refused.
     Plan {
         file: PathBuf,
+        /// Preview as `service deploy --allow-data-loss` would submit it.
+        #[arg(long)]
+        allow_data_loss: bool,
     },
     List,
     Status {
@@ -349,8 +356,13 @@ async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result
         Command::Service(cmd) => {
             let c = client::Client::new(&conn)?;
             match cmd {
-                ServiceCmd::Deploy { file, no_wait } => sc::deploy(&c, &file, !no_wait, json).await,
-                ServiceCmd::Plan { file } => sc::preview(&c, &file, json).await,
+                ServiceCmd::Deploy { file, no_wait, allow_data_loss } => {
+                    let args = sc::DeployArgs { file: &file, wait: !no_wait, allow_data_loss };
+                    sc::deploy(&c, args, json).await
+                }
+                ServiceCmd::Plan { file, allow_data_loss } => {
+                    sc::preview(&c, &file, allow_data_loss, json).await
+                }
                 ServiceCmd::List => sc::list(&c, json).await,
                 ServiceCmd::Status { name } => sc::status(&c, name, json).await,
                 ServiceCmd::Endpoints { name } => sc::endpoints(&c, name, json).await,

@@ -23,6 +23,7 @@ async fn request(
     client: &Client,
     file: &Path,
     upload: bool,
+    allow_data_loss: bool,
 ) -> anyhow::Result<(tend_spec::ServiceSpec, ServiceRequest)> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let label = file.display().to_string();
@@ -50,14 +51,20 @@ async fn request(
         }
         artifacts.insert(a.uri.clone(), sha);
     }
-    let req = ServiceRequest { spec: text, file: Some(label), artifacts, expected_generation: None };
+    let req = ServiceRequest {
+        spec: text,
+        file: Some(label),
+        artifacts,
+        expected_generation: None,
+        allow_data_loss,
+    };
     Ok((spec, req))
 }
 
 /// Uploads the spec's local artifacts and submits it; returns the service name and the
-/// generation it became.
-pub async fn submit(client: &Client, file: &Path) -> anyhow::Result<(String, u64)> {
-    let (spec, req) = request(client, file, true).await?;
+/// generation it became. `allow_data_loss`: accept shrinking or removing a deployed volume.
+pub async fn submit(client: &Client, file: &Path, allow_data_loss: bool) -> anyhow::Result<(String, u64)> {
+    let (spec, req) = request(client, file, true, allow_data_loss).await?;
     let exists = client.get::<ServiceSummary>(&format!("/v1/services/{}", spec.name)).await.is_ok();
     let summary: ServiceSummary = if exists {
         client.put_json(&format!("/v1/services/{}", spec.name), &req).await?
@@ -257,8 +264,13 @@ impl Progress {
 }
 
 /// `tend service plan FILE`: what deploying it would do, per instance.
-pub async fn preview(client: &Client, file: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    let (spec, req) = request(client, file, false).await?;
+pub async fn preview(
+    client: &Client,
+    file: &Path,
+    allow_data_loss: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (spec, req) = request(client, file, false, allow_data_loss).await?;
     let p: ChangePreview = client.post(&format!("/v1/services/{}/plan", spec.name), &req).await?;
     let count = |a: ChangeAction| p.changes.iter().filter(|c| c.action == a).count();
     let code = if count(ChangeAction::Refused) > 0 {
@@ -312,8 +324,16 @@ pub async fn preview(client: &Client, file: &Path, json: bool) -> anyhow::Result
     Ok(ExitCode::from(code))
 }
 
-pub async fn deploy(client: &Client, file: &Path, wait: bool, json: bool) -> anyhow::Result<ExitCode> {
-    let (name, generation) = submit(client, file).await?;
+/// What `service deploy` was asked.
+pub struct DeployArgs<'a> {
+    pub file: &'a Path,
+    pub wait: bool,
+    pub allow_data_loss: bool,
+}
+
+pub async fn deploy(client: &Client, args: DeployArgs<'_>, json: bool) -> anyhow::Result<ExitCode> {
+    let (file, wait) = (args.file, args.wait);
+    let (name, generation) = submit(client, file, args.allow_data_loss).await?;
     if !json {
         println!("service `{name}` generation {generation} submitted; following its rollout");
     }

@@ -1,8 +1,9 @@
 //! Updates as their own plan, end to end with the real binary: a rolling update never takes
 //! more than `max_parallel` instances down, the CLI follows exactly the generation it submitted,
 //! a bad revision rolls back on its own (and the CLI says so, exit 1), a canary pauses the plan
-//! until `tend plan continue`, and an instance not yet updated keeps running its old config even
-//! when it restarts.
+//! until `tend plan continue`, an instance not yet updated keeps running its old config even
+//! when it restarts, and volumes are added and grown in place (removing one needs
+//! `--allow-data-loss`, and deletes nothing).
 
 mod common;
 
@@ -223,7 +224,8 @@ fn the_dry_run_shows_each_kind_of_change_and_changes_nothing() {
     let cases = [
         ("plan_unchanged.txt", spec("1", ""), 0),
         ("plan_restart_and_new.txt", spec("2", "").replace("count: 3", "count: 4"), 2),
-        ("plan_volume_change_refused.txt", spec("1", "").replace("size_mb: 1", "size_mb: 2"), 1),
+        ("plan_volume_grow_and_add.txt", spec("1", "").replace(DATA_VOLUME, GROWN_WITH_WAL), 2),
+        ("plan_volume_removed_refused.txt", spec("1", "").replace(DATA_VOLUME, ""), 1),
         ("plan_scale_down.txt", spec("1", "").replace("count: 3", "count: 2"), 2),
     ];
     for (name, text, want) in cases {
@@ -234,6 +236,81 @@ fn the_dry_run_shows_each_kind_of_change_and_changes_nothing() {
     // Nothing changed: still generation 1, every member on incarnation 1.
     assert_eq!(rollout(&c)["generation"], 1);
     assert!(members(&c).iter().all(|m| m.1 == 1), "{:?}", members(&c));
+}
+
+const DATA_VOLUME: &str = "    volumes: [ { name: data, path: data, size_mb: 1 } ]\n";
+const GROWN_WITH_WAL: &str =
+    "    volumes: [ { name: data, path: data, size_mb: 1000 }, { name: wal, path: wal, size_mb: 1 } ]\n";
+
+/// `tend service deploy` with extra arguments: (exit code, stdout and stderr).
+fn deploy_with(c: &Cluster, file: &std::path::Path, extra: &[&str]) -> (i32, String) {
+    let out = common::tend()
+        .args(["service", "deploy", file.to_str().unwrap(), "--addr", &c.url(), "--token", &c.token()])
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn volumes_are_added_and_grown_in_place_and_removing_one_needs_allow_data_loss() {
+    let c = Cluster::start();
+    c.deploy(&c.write_spec("v1.yml", &spec("1", "")), true).unwrap();
+    let before = c.pods("kv");
+    for p in &before {
+        std::fs::write(c.volume_dir(p).join("data/keep"), "precious").unwrap();
+    }
+    // v2 grows `data` and adds `wal`: a rolling restart in place on the same volume sets.
+    let v2 = spec("2", "")
+        .replace(DATA_VOLUME, GROWN_WITH_WAL)
+        .replace("sleep 0.5;", "sleep 0.5; echo w > wal/mark;");
+    c.deploy(&c.write_spec("v2.yml", &v2), true).unwrap();
+    let after = c.pods("kv");
+    for (old, new) in before.iter().zip(&after) {
+        let same = |k: &str| old["reservation"][k] == new["reservation"][k];
+        assert!(same("volume_id") && same("agent"), "kept its volume set and agent: {old} → {new}");
+        assert_eq!(new["incarnation"], 2, "{new}");
+        assert_eq!(new["reservation"]["disk_mb"], 1001, "{new}");
+        let dir = c.volume_dir(new);
+        assert_eq!(std::fs::read_to_string(dir.join("data/keep")).unwrap(), "precious", "data kept");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("wal/mark")).unwrap().trim(),
+            "w",
+            "the new volume is used"
+        );
+    }
+    let vols = c.api(&["volume", "list"]).unwrap().to_string();
+    assert!(
+        vols.contains("\"wal\"") && vols.contains("\"size_mb\":1001"),
+        "the volume sets list the change: {vols}"
+    );
+    // A size no agent has: the first member waits, saying why; nothing is relaunched.
+    let huge = v2.replace("size_mb: 1000", "size_mb: 300000").replace("VERSION: '2'", "VERSION: '3'");
+    c.deploy(&c.write_spec("v3.yml", &huge), false).unwrap();
+    c.wait_for(Duration::from_secs(20), "the update waiting for disk, with the reason", |c| {
+        c.pods("kv").iter().any(|p| p["pending_reason"].as_str().is_some_and(|r| r.contains("MB more disk")))
+    });
+    assert!(members(&c).iter().all(|m| m.1 == 2), "{:?}", members(&c));
+    // Removing `wal` (and shrinking `data` back) is refused without --allow-data-loss…
+    let v4 = c.write_spec("v4.yml", &spec("4", "").replace("size_mb: 1", "size_mb: 1000"));
+    let (code, text) = deploy_with(&c, &v4, &[]);
+    assert_ne!(code, 0, "{text}");
+    assert!(text.contains("removes volume `wal`") && text.contains("--allow-data-loss"), "{text}");
+    assert_eq!(rollout(&c)["generation"], 3, "a refused spec changes nothing");
+    // …and with it the update runs; the removed volume's data stays in the volume set.
+    let (code, text) = deploy_with(&c, &v4, &["--allow-data-loss"]);
+    assert_eq!(code, 0, "{text}");
+    for p in c.pods("kv") {
+        assert_eq!(p["reservation"]["volumes"], serde_json::json!(["data"]), "{p}");
+        let dir = c.volume_dir(&p);
+        assert_eq!(
+            std::fs::read_to_string(dir.join("wal/mark")).unwrap().trim(),
+            "w",
+            "nothing deleted: {p}"
+        );
+        assert_eq!(std::fs::read_to_string(dir.join("data/keep")).unwrap(), "precious");
+    }
 }
 
 #[test]

@@ -25,9 +25,10 @@ pub fn needs_of(pod: &PodSpec) -> Resources {
 }
 
 /// An instance relaunched in place on a new config keeps its agent; its reservation follows the
-/// new config's needs when the agent has room for the difference. Err: why it must wait.
-fn re_reserve(server: &Control, rec: &mut InstanceRecord, pod: &PodSpec) -> Result<(), String> {
-    let needs = needs_of(pod);
+/// new config's needs (`disk_mb`: what its volume set takes) when the agent has room for the
+/// difference. Err: why it must wait.
+fn re_reserve(server: &Control, rec: &mut InstanceRecord, pod: &PodSpec, disk_mb: u64) -> Result<(), String> {
+    let needs = Resources { disk_mb, ..needs_of(pod) };
     let old = Resources { cpus_milli: rec.cpus_milli, memory_mb: rec.memory_mb, disk_mb: rec.disk_mb };
     let agent = rec.agent.clone().unwrap_or_default();
     let more = needs.minus(&old);
@@ -51,8 +52,8 @@ fn re_reserve(server: &Control, rec: &mut InstanceRecord, pod: &PodSpec) -> Resu
         let free = capacity.minus(&reserved);
         if !more.fits_in(&free) {
             return Err(format!(
-                "the new config needs {} more cpu (milli) and {} MB more memory on agent {agent}, which has {} and {} MB free",
-                more.cpus_milli, more.memory_mb, free.cpus_milli, free.memory_mb
+                "the new config needs {} more cpu (milli), {} MB more memory and {} MB more disk on agent {agent}, which has {}, {} MB and {} MB free",
+                more.cpus_milli, more.memory_mb, more.disk_mb, free.cpus_milli, free.memory_mb, free.disk_mb
             ));
         }
     }
@@ -60,6 +61,7 @@ fn re_reserve(server: &Control, rec: &mut InstanceRecord, pod: &PodSpec) -> Resu
     rec.cpus_milli = needs.cpus_milli;
     rec.memory_mb = needs.memory_mb;
     rec.disk_mb = needs.disk_mb.max(rec.disk_mb);
+    rec.volumes = pod.volumes.iter().map(|v| v.name.clone()).collect();
     Ok(())
 }
 
@@ -336,14 +338,19 @@ async fn decide(work: &DeployWork, instance: &str, snapshot: &mut Option<Snapsho
         }
     }
     if in_place {
-        // Relaunched in place on a new config: the reservation follows it, or the step waits.
-        if let Err(reason) = re_reserve(&work.server, &mut rec, pod) {
+        // Relaunched in place on a new config: the reservation and the volume set follow it, or
+        // the step waits.
+        let volumes =
+            crate::volumes::in_place(&work.server, (&work.service, instance), &spec, pod, &rec).await?;
+        if let Err(reason) = re_reserve(&work.server, &mut rec, pod, volumes.disk_mb) {
             if rec.pending_reason.as_deref() == Some(reason.as_str()) {
                 return Ok(Plan::Nothing);
             }
             rec.pending_reason = Some(reason.clone());
             return Ok(Plan::Pending { rec, rev, reason });
         }
+        rec.volume_id = volumes.volume_id;
+        extra.extend(volumes.op);
         rec.pending_reason = None;
     }
     if rec.incarnation == 0 {

@@ -386,6 +386,7 @@ async fn rollback(
         artifacts: old.artifacts,
         expected_generation: Some(from),
         rollback: Some((from, to, why.to_string())),
+        allow_data_loss: true,
     };
     let _serial = s.inner.spec_lock.lock().await;
     let (rec, _) =

@@ -23,6 +23,8 @@ pub struct Submission {
     /// Set when the control plane itself restores an earlier generation's spec after a failed
     /// update: (generation rolled back from, generation restored, why).
     pub rollback: Option<(u64, u64, String)>,
+    /// Accept shrinking or removing a deployed pod's volumes (see `dryrun::volume_changes`).
+    pub allow_data_loss: bool,
 }
 
 /// Accepts a spec as the service's next generation. Spec changes are serialised, and the store
@@ -66,10 +68,12 @@ pub(crate) async fn accept(s: &Control, sub: Submission) -> Result<(ServiceRecor
     }
     if let Some(old) = &old {
         if let Ok(old_spec) = tend_spec::load_service(&old.file, &old.spec) {
-            // Volumes of a deployed pod cannot change (their data would be lost or stranded).
+            // Volumes of a deployed pod may be added or grown; shrinking or removing one needs
+            // `allow_data_loss` (a rollback restores what was deployed: never refused).
+            let allow = sub.allow_data_loss || sub.rollback.is_some();
             for p in &sub.spec.pods {
-                if let Some(why) = old_spec.pod(&p.name).and_then(|op| crate::dryrun::refuse(op, p)) {
-                    return Err((409, "unsafe_change", why));
+                if let Some(op) = old_spec.pod(&p.name) {
+                    crate::dryrun::volume_changes(op, p, allow).map_err(|why| (409, "unsafe_change", why))?;
                 }
             }
         }

@@ -63,6 +63,63 @@ pub fn new_record(
     }
 }
 
+/// What relaunching an instance in place on a new config does to its volume set.
+pub struct InPlace {
+    /// The set's id (a pod that had no volumes gets its first set, on the instance's agent).
+    pub volume_id: Option<String>,
+    /// The record to write with the instance (None: unchanged).
+    pub op: Option<TxnOp>,
+    /// Disk the set takes on the agent: every volume it holds, including removed ones.
+    pub disk_mb: u64,
+}
+
+/// An instance relaunched in place keeps its volume set, which follows the new config: an
+/// added volume is listed (its agent creates it empty at launch), a grown one takes its new size,
+/// and a removed or shrunk one keeps its entry and size (its directory and data stay in the set,
+/// deleted only with the set once its retention ends or a user deletes it).
+pub async fn in_place(
+    server: &Control,
+    (service, instance): (&str, &str),
+    spec: &tend_spec::ServiceSpec,
+    pod: &tend_spec::PodSpec,
+    rec: &InstanceRecord,
+) -> Result<InPlace, String> {
+    let wanted: u64 = pod.volumes.iter().map(|v| v.size_mb).sum();
+    let unchanged = InPlace { volume_id: rec.volume_id.clone(), op: None, disk_mb: wanted };
+    if pod.volumes.is_empty() && rec.volume_id.is_none() {
+        return Ok(unchanged);
+    }
+    let agent = rec.agent.clone().unwrap_or_default();
+    let Some(id) = &rec.volume_id else {
+        if rec.volume_generation > 0 {
+            return Ok(unchanged); // The old layout: its agent creates added volumes there.
+        }
+        let id = next_id(server).await?;
+        let retain = spec.recovery.retain_volumes_seconds;
+        let vrec = new_record(server, &id, service, instance, &agent, pod, retain);
+        return Ok(InPlace { volume_id: Some(id.to_string()), op: Some(put_op(&vrec)?), disk_mb: wanted });
+    };
+    let Some(kv) = server.inner.store.get(&volume_key(id)).await.map_err(|e| e.to_string())? else {
+        return Ok(unchanged);
+    };
+    let mut vrec: VolumeRecord = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;
+    let mut names = vrec.names.clone();
+    for v in &pod.volumes {
+        match names.iter_mut().find(|(n, _)| *n == v.name) {
+            Some((_, size)) => *size = (*size).max(v.size_mb),
+            None => names.push((v.name.clone(), v.size_mb)),
+        }
+    }
+    let disk_mb = names.iter().map(|(_, s)| s).sum();
+    let op = if names != vrec.names {
+        vrec.names = names;
+        Some(put_op(&vrec)?)
+    } else {
+        None
+    };
+    Ok(InPlace { volume_id: Some(id.clone()), op, disk_mb })
+}
+
 /// The put of a volume record inside an instance's transaction.
 pub fn put_op(rec: &VolumeRecord) -> Result<TxnOp, String> {
     Ok(TxnOp::put(volume_key(&rec.id), serde_json::to_vec(rec).map_err(|e| e.to_string())?))

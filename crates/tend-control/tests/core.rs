@@ -25,6 +25,7 @@ fn submission(text: &str, expected: Option<u64>) -> Submission {
         artifacts: Default::default(),
         expected_generation: expected,
         rollback: None,
+        allow_data_loss: false,
     }
 }
 

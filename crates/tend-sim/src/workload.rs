@@ -81,6 +81,7 @@ pub async fn push(w: &World, name: &str) -> Result<u64, String> {
         artifacts: BTreeMap::new(),
         expected_generation: None,
         rollback: None,
+        allow_data_loss: false,
     };
     submit(&server, sub).await.map(|(_, g, _)| g).map_err(|(_, code, msg)| format!("{code}: {msg}"))
 }

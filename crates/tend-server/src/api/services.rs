@@ -136,6 +136,7 @@ pub(super) async fn submit(
         artifacts: req.artifacts,
         expected_generation: req.expected_generation,
         rollback: None,
+        allow_data_loss: req.allow_data_loss,
     };
     let (name, generation, existed) = tend_control::services::submit(s, sub).await.map_err(refusal)?;
     Ok((name, generation, if existed { StatusCode::OK } else { StatusCode::CREATED }))
@@ -156,7 +157,7 @@ pub(super) async fn preview_change(
     tend_control::compile_plans(&spec)
         .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec", format!("plans: {e}")))?;
     let Some(rt) = s.service(&name) else {
-        let changes = tend_control::dryrun::plan(None, &spec, &req.artifacts);
+        let changes = tend_control::dryrun::plan(None, &spec, &req.artifacts, req.allow_data_loss);
         return Ok(Json(ChangePreview { service: name, generation: 0, plan: "deploy".into(), changes }));
     };
     let (current, configs, generation) = {
@@ -165,7 +166,7 @@ pub(super) async fn preview_change(
     };
     let instances = s.instances(&name).await?.into_iter().collect();
     let running = tend_control::dryrun::Running { configs: &configs, instances: &instances, spec: &current };
-    let changes = tend_control::dryrun::plan(Some(&running), &spec, &req.artifacts);
+    let changes = tend_control::dryrun::plan(Some(&running), &spec, &req.artifacts, req.allow_data_loss);
     let (rollout, _) = tend_control::rollout::read(&s, &name).await?;
     let plan = if rollout.deployed_generation.is_some() { "update" } else { "deploy" };
     Ok(Json(ChangePreview { service: name, generation, plan: plan.into(), changes }))
