@@ -158,6 +158,10 @@ async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterRe
         cluster_id: memory.cluster_id,
         revision: Some(memory.revision),
     };
+    // Contact counts from when a request was sent, never from when its answer came: the control
+    // plane noted the agent seen at or after this instant, so the agent's fence deadline is never
+    // later than the one the control plane waits out before it replaces an instance.
+    let sent = pod::now_ms();
     let r = st
         .http
         .post(format!("{}/v1/agent/register", st.cfg.server))
@@ -171,6 +175,9 @@ async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterRe
         anyhow::bail!("registration refused ({code}): {body}");
     }
     let reg: RegisterResponse = r.json().await?;
+    // A registration is contact (the control plane marks the agent seen): what it is then told
+    // to run is not fenced for a silence that just ended.
+    st.last_contact.fetch_max(sent, std::sync::atomic::Ordering::SeqCst);
     // A fresh agent joins the cluster; an adopted one (the operator said so) changes cluster.
     let mut mem = st.cluster.lock().unwrap_or_else(|e| e.into_inner());
     if !reg.cluster_id.is_empty() && mem.cluster_id.as_deref() != Some(reg.cluster_id.as_str()) {
@@ -198,6 +205,7 @@ async fn post_status(st: &AgentState, seq: u64) -> anyhow::Result<()> {
         job_results: st.jobs.results(),
         revision: Some(st.cluster.lock().unwrap_or_else(|e| e.into_inner()).revision),
     };
+    let sent = pod::now_ms();
     let r = st
         .http
         .post(format!("{}/v1/agent/{}/status", st.cfg.server, st.cfg.id))
@@ -209,7 +217,7 @@ async fn post_status(st: &AgentState, seq: u64) -> anyhow::Result<()> {
     if !r.status().is_success() {
         anyhow::bail!("status refused: {}", r.status());
     }
-    st.last_contact.store(pod::now_ms(), std::sync::atomic::Ordering::SeqCst);
+    st.last_contact.fetch_max(sent, std::sync::atomic::Ordering::SeqCst);
     Ok(())
 }
 

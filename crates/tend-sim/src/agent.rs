@@ -202,8 +202,11 @@ async fn register(ag: &Arc<SimAgent>, w: &World) -> Result<(), NetError> {
         cluster_id: mem.cluster_id,
         revision: Some(mem.revision),
     };
+    // Contact counts from the send, as the real agent counts it; a registration is contact.
+    let sent = ag.lock().clock.now_ms();
     let reg = w.net.call(&ag.id, |s| async move { s.register(req).await }).await?;
     let mut st = ag.lock();
+    st.last_contact = st.last_contact.max(sent);
     if !reg.cluster_id.is_empty() && st.mem.cluster_id.as_deref() != Some(reg.cluster_id.as_str()) {
         st.mem = ClusterMemory { cluster_id: Some(reg.cluster_id.clone()), revision: 0 };
     } else if st.mem.revision > reg.revision {
@@ -262,6 +265,7 @@ async fn report_loop(ag: Arc<SimAgent>, w: Arc<World>) {
             });
         }
         let id = ag.id.clone();
+        let sent = ag.lock().clock.now_ms();
         let res = w.net.call(&ag.id, |s| async move { s.status(&id, r).await }).await;
         let interval = {
             let st = ag.lock();
@@ -271,7 +275,7 @@ async fn report_loop(ag: Arc<SimAgent>, w: Arc<World>) {
         let wait = match res {
             Ok(_) => {
                 let mut st = ag.lock();
-                st.last_contact = st.clock.now_ms();
+                st.last_contact = st.last_contact.max(sent);
                 retry = 25;
                 interval
             }

@@ -46,8 +46,10 @@ pub fn spec_yaml(name: &str, m: &SvcModel) -> String {
     let cmd = if m.bad { "sim-crash" } else { "sim-serve" };
     let (pod, partition) = if m.fence { ("db", "fence") } else { ("cache", "replace") };
     let mut s = format!(
-        "version: 1\nname: {name}\npods:\n  {pod}:\n    count: {count}\n    volumes:\n      - {{ name: data, path: data, size_mb: 1 }}\n    tasks:\n",
-        count = m.count
+        "version: 1\nname: {name}\npods:\n  {pod}:\n    count: {count}\n    volumes:\n      - {{ name: data, path: data, size_mb: {size} }}\n    tasks:\n",
+        count = m.count,
+        // Updates grow the volume now and then (re-reserved in place); never shrink it.
+        size = 1 + m.generation / 3,
     );
     if m.fence {
         s.push_str("      init: { goal: once, cmd: sim-ok, cpus: 0.01, memory_mb: 1 }\n");
