@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
-use tend_store::{EventKind, Revision, StateStore, WatchEvent, Watcher};
+use tend_store::{Change, EventKind, Revision, StateStore, WatchEvent, Watcher};
 use tokio::sync::watch;
 
 use crate::records::{InstanceRecord, VolumeRecord, VolumeRecordState, VOLUMES_PREFIX};
@@ -118,6 +118,8 @@ pub struct ClusterState {
     index: RwLock<Index>,
     /// The store revision applied so far.
     applied: watch::Sender<Revision>,
+    /// How to ask the watch for progress (backends whose revision moves with other keys).
+    sync: Option<tend_store::SyncHandle>,
 }
 
 impl ClusterState {
@@ -138,20 +140,57 @@ impl ClusterState {
         // Everything: the applied revision must follow the store's, whatever the change.
         let watcher = store.watch("", start + 1).await?;
         let r = tend_store::RangeResponse { kvs: Vec::new(), revision: start };
-        let state =
-            Arc::new(ClusterState { index: RwLock::new(index), applied: watch::channel(r.revision).0 });
+        let state = Arc::new(ClusterState {
+            index: RwLock::new(index),
+            applied: watch::channel(r.revision).0,
+            sync: watcher.sync_handle(),
+        });
         Ok((state, watcher))
     }
 
     /// Applies the store's changes as they come (run as a task; ends when the store does).
     pub async fn follow(self: Arc<Self>, mut watcher: Watcher) {
-        while let Some(ev) = watcher.next().await {
-            let mut batch = vec![ev];
-            while let Some(ev) = watcher.try_next() {
-                batch.push(ev);
+        while let Some(first) = watcher.next_change().await {
+            let mut batch = Vec::new();
+            let mut next = Some(first);
+            while let Some(change) = next.take() {
+                match change {
+                    Change::Event(ev) => batch.push(ev),
+                    Change::Progress(rev) => {
+                        self.apply(&std::mem::take(&mut batch));
+                        self.mark_applied(rev);
+                    }
+                    Change::Resync(range) => {
+                        self.apply(&std::mem::take(&mut batch));
+                        self.resync(range);
+                    }
+                }
+                next = watcher.try_next_change();
             }
             self.apply(&batch);
         }
+    }
+
+    /// Replaces the whole index with the store's keys as of `range.revision` (the watch could
+    /// not resume: history was compacted).
+    fn resync(&self, range: tend_store::RangeResponse) {
+        let mut fresh = Index::default();
+        for kv in &range.kvs {
+            if kv.key.starts_with("services/") || kv.key.starts_with(VOLUMES_PREFIX) {
+                fresh.change(&kv.key, Some(&kv.value), kv.mod_revision);
+            }
+        }
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        tracing::warn!(revision = range.revision, "cluster state resynced from the store");
+        self.mark_applied(range.revision);
+    }
+
+    fn mark_applied(&self, rev: Revision) {
+        self.applied.send_if_modified(|r| {
+            let newer = rev > *r;
+            *r = (*r).max(rev);
+            newer
+        });
     }
 
     fn apply(&self, events: &[WatchEvent]) {
@@ -164,20 +203,32 @@ impl ClusterState {
                 index.change(&ev.kv.key, value, ev.revision());
             }
         }
-        self.applied.send_if_modified(|r| {
-            let newer = top > *r;
-            *r = (*r).max(top);
-            newer
-        });
+        self.mark_applied(top);
     }
 
     /// Waits until every change up to the store's current revision is applied.
     pub async fn caught_up(&self, store: &dyn StateStore) -> Result<(), tend_store::StoreError> {
         let want = store.revision().await?;
         let mut rx = self.applied.subscribe();
+        let mut asked = false;
         while *rx.borrow_and_update() < want {
-            if rx.changed().await.is_err() {
-                break;
+            let Some(sync) = &self.sync else {
+                // The revision moves only with watched changes: they arrive.
+                if rx.changed().await.is_err() {
+                    break;
+                }
+                continue;
+            };
+            // Changes of ours arrive by the watch within moments; when they do not (the store's
+            // revision moved with keys the watch does not see), ask it for progress.
+            let wait = std::time::Duration::from_millis(if asked { 1_000 } else { 50 });
+            match tokio::time::timeout(wait, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    sync.request();
+                    asked = true;
+                }
             }
         }
         Ok(())

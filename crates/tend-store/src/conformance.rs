@@ -1,10 +1,15 @@
 //! The conformance suite every StateStore backend must pass: etcd's semantics, checked case by case.
 //!
 //! A backend's test file calls [`conformance_tests!`] with a factory taking a
-//! [`ManualClock`](tend_model::ManualClock) and returning an `Arc<dyn StateStore>`; the macro
-//! expands to one `#[tokio::test]` per case so a failure names its case.
+//! [`ManualClock`](tend_model::ManualClock) and returning an `Arc<dyn StateStore>`; a backend on
+//! real time (etcd, whose leases expire by its own clock) calls `conformance_tests!(real_time:
+//! f)` with an async factory that also returns what keeps its server alive for the case. The
+//! macro expands to one `#[tokio::test]` per case so a failure names its case.
 
+use std::any::Any;
 use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,14 +18,35 @@ use tend_model::ManualClock;
 use crate::types::*;
 use crate::{StateStore, StoreError};
 
-/// A backend under test: a fresh, empty store on the given clock.
+/// A backend under test on a manual clock: a fresh, empty store on the given clock.
 pub type Factory = Arc<dyn Fn(ManualClock) -> Arc<dyn StateStore> + Send + Sync>;
+/// A fresh store on real time, and what must live as long as the case (its server); None when
+/// the backend is not installed here (the case then says it skips, and passes nothing off as
+/// tested).
+pub type Opened = Option<(Arc<dyn StateStore>, Box<dyn Any + Send>)>;
+/// A backend under test on real time.
+pub type RealFactory = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Opened> + Send>> + Send + Sync>;
+
+/// How a case gets its store.
+pub enum Backend {
+    Manual(Factory),
+    Real(RealFactory),
+}
 
 /// Expands to one test per conformance case for the given factory expression.
 #[macro_export]
 macro_rules! conformance_tests {
+    (real_time: $factory:expr) => {
+        $crate::conformance_tests!(@all {
+            let f = $factory;
+            $crate::conformance::Backend::Real(std::sync::Arc::new(move || Box::pin(f())))
+        });
+    };
     ($factory:expr) => {
-        $crate::conformance_tests!(@cases $factory;
+        $crate::conformance_tests!(@all $crate::conformance::Backend::Manual(std::sync::Arc::new($factory)));
+    };
+    (@all $backend:expr) => {
+        $crate::conformance_tests!(@cases $backend;
             put_get_and_revisions, versions_and_create_revision, txn_compares,
             txn_failure_branch_and_reads, reads_do_not_bump_revision, delete_and_prefix,
             duplicate_key_in_txn_refused, cas_race_one_winner_per_round, create_if_absent_race,
@@ -28,24 +54,78 @@ macro_rules! conformance_tests {
             put_with_unknown_lease_refused_and_changes_nothing, watch_replays_then_follows,
             watch_prefix_filter, watch_sees_lease_expiry, compaction);
     };
-    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+    (@cases $backend:expr; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let f: $crate::conformance::Factory = std::sync::Arc::new($factory);
-                $crate::conformance::$case(f).await;
+                $crate::conformance::$case($backend).await;
             }
         )*
     };
 }
 
-fn fresh(f: &Factory) -> (Arc<dyn StateStore>, ManualClock) {
-    let clock = ManualClock::new(1_000_000);
-    (f(clock.clone()), clock)
+/// A case's store and its time.
+struct Subject {
+    store: Arc<dyn StateStore>,
+    clock: Option<ManualClock>,
+    _alive: Option<Box<dyn Any + Send>>,
 }
 
-pub async fn put_get_and_revisions(f: Factory) {
-    let (s, _) = fresh(&f);
+impl Subject {
+    /// Lets `ms` pass: on the manual clock at once, on real time by sleeping.
+    async fn advance_ms(&self, ms: u64) {
+        match &self.clock {
+            Some(c) => c.advance_ms(ms),
+            None => tokio::time::sleep(Duration::from_millis(ms)).await,
+        }
+    }
+    /// Expires due leases: a manual-clock backend when told; a real-time one (etcd) on its own
+    /// schedule, so this waits (up to 5 s) until `key` is gone.
+    async fn expire(&self, key: &str) {
+        self.store.expire_leases().await.unwrap();
+        if self.clock.is_none() {
+            for _ in 0..100 {
+                if self.store.get(key).await.unwrap().is_none() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    /// Rounds of a loop that lets time pass: fewer on real time, where each costs seconds.
+    fn rounds(&self, manual: usize) -> usize {
+        if self.clock.is_some() {
+            manual
+        } else {
+            2
+        }
+    }
+    /// Seconds a lease has left, as reported: a real-time backend counts whole seconds down
+    /// while the case runs, so one less is accepted there.
+    fn ttl_ok(&self, got: i64, want: i64) -> bool {
+        got == want || (self.clock.is_none() && got == want - 1)
+    }
+}
+
+async fn fresh(b: &Backend) -> Option<Subject> {
+    match b {
+        Backend::Manual(f) => {
+            let clock = ManualClock::new(1_000_000);
+            Some(Subject { store: f(clock.clone()), clock: Some(clock), _alive: None })
+        }
+        Backend::Real(f) => {
+            let Some((store, alive)) = f().await else {
+                eprintln!("SKIPPED: the backend under test is not installed here");
+                return None;
+            };
+            Some(Subject { store, clock: None, _alive: Some(alive) })
+        }
+    }
+}
+
+pub async fn put_get_and_revisions(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     assert_eq!(s.revision().await.unwrap(), 0);
     assert_eq!(s.put("a", b"1").await.unwrap(), 1);
     assert_eq!(s.put("b", b"2").await.unwrap(), 2);
@@ -58,8 +138,9 @@ pub async fn put_get_and_revisions(f: Factory) {
     assert_eq!(r.kvs.iter().map(|k| k.key.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
 }
 
-pub async fn versions_and_create_revision(f: Factory) {
-    let (s, _) = fresh(&f);
+pub async fn versions_and_create_revision(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     s.put("k", b"1").await.unwrap();
     s.put("x", b"x").await.unwrap();
     s.put("k", b"2").await.unwrap();
@@ -72,8 +153,9 @@ pub async fn versions_and_create_revision(f: Factory) {
     assert_eq!((k.create_revision, k.version), (5, 1), "recreated key starts over");
 }
 
-pub async fn txn_compares(f: Factory) {
-    let (s, _) = fresh(&f);
+pub async fn txn_compares(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     s.put("k", b"v1").await.unwrap();
     let cases: Vec<(Compare, bool)> = vec![
         (Compare::value_eq("k", b"v1".to_vec()), true),
@@ -96,8 +178,9 @@ pub async fn txn_compares(f: Factory) {
     }
 }
 
-pub async fn txn_failure_branch_and_reads(f: Factory) {
-    let (s, _) = fresh(&f);
+pub async fn txn_failure_branch_and_reads(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     s.put("k", b"old").await.unwrap();
     let r = s
         .txn(
@@ -131,8 +214,9 @@ pub async fn txn_failure_branch_and_reads(f: Factory) {
     );
 }
 
-pub async fn reads_do_not_bump_revision(f: Factory) {
-    let (s, _) = fresh(&f);
+pub async fn reads_do_not_bump_revision(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     s.put("k", b"1").await.unwrap();
     let r = s.txn(Txn::new().then(TxnOp::get("k")).then(TxnOp::Range { prefix: "".into() })).await.unwrap();
     assert_eq!(r.revision, 1);
@@ -141,8 +225,9 @@ pub async fn reads_do_not_bump_revision(f: Factory) {
     assert_eq!(s.revision().await.unwrap(), 1);
 }
 
-pub async fn delete_and_prefix(f: Factory) {
-    let (s, _) = fresh(&f);
+pub async fn delete_and_prefix(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     for k in ["p/a", "p/b", "p/c/d", "q/a", "p"] {
         s.put(k, b"x").await.unwrap();
     }
@@ -153,8 +238,9 @@ pub async fn delete_and_prefix(f: Factory) {
     assert_eq!(keys, vec!["p", "q/a"]);
 }
 
-pub async fn duplicate_key_in_txn_refused(f: Factory) {
-    let (s, _) = fresh(&f);
+pub async fn duplicate_key_in_txn_refused(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     let e = s.txn(Txn::new().then(TxnOp::put("k", b"1".to_vec())).then(TxnOp::put("k", b"2".to_vec()))).await;
     assert!(matches!(e, Err(StoreError::InvalidRequest(_))), "got {e:?}");
     assert_eq!(s.revision().await.unwrap(), 0);
@@ -162,8 +248,9 @@ pub async fn duplicate_key_in_txn_refused(f: Factory) {
 }
 
 /// N writers increment a counter with compare-and-swap; every success is unique, none lost.
-pub async fn cas_race_one_winner_per_round(f: Factory) {
-    let (s, _) = fresh(&f);
+pub async fn cas_race_one_winner_per_round(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     s.put("counter", b"0").await.unwrap();
     let writers = 8;
     let per_writer = 25;
@@ -205,8 +292,9 @@ pub async fn cas_race_one_winner_per_round(f: Factory) {
     assert_eq!(String::from_utf8(v.value).unwrap(), total.to_string());
 }
 
-pub async fn create_if_absent_race(f: Factory) {
-    let (s, _) = fresh(&f);
+pub async fn create_if_absent_race(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     for round in 0..20 {
         let key = format!("lock/{round}");
         let mut handles = Vec::new();
@@ -232,37 +320,43 @@ pub async fn create_if_absent_race(f: Factory) {
     }
 }
 
-pub async fn lease_expiry_deletes_keys(f: Factory) {
-    let (s, clock) = fresh(&f);
+pub async fn lease_expiry_deletes_keys(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     let l = s.grant_lease(10).await.unwrap();
     s.txn(Txn::new().then(TxnOp::put_with_lease("held", b"x".to_vec(), l.id))).await.unwrap();
     s.put("free", b"y").await.unwrap();
-    clock.advance_ms(9_000);
+    t.advance_ms(9_000).await;
     assert!(s.get("held").await.unwrap().is_some(), "alive before the TTL");
-    assert_eq!(s.lease_time_to_live(l.id).await.unwrap(), 1);
-    clock.advance_ms(1_000);
-    s.expire_leases().await.unwrap();
+    let ttl = s.lease_time_to_live(l.id).await.unwrap();
+    assert!(t.ttl_ok(ttl, 1), "1 s left, not {ttl}");
+    t.advance_ms(1_000).await;
+    t.expire("held").await;
     assert!(s.get("held").await.unwrap().is_none(), "gone at the TTL");
     assert!(s.get("free").await.unwrap().is_some());
-    assert!(matches!(s.keep_alive(l.id).await, Err(StoreError::LeaseNotFound(_))));
+    let e = s.keep_alive(l.id).await;
+    assert!(matches!(e, Err(StoreError::LeaseNotFound(_))), "got {e:?}");
     assert_eq!(s.revision().await.unwrap(), 3, "expiry is a revision of its own");
 }
 
-pub async fn keep_alive_extends(f: Factory) {
-    let (s, clock) = fresh(&f);
+pub async fn keep_alive_extends(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     let l = s.grant_lease(5).await.unwrap();
     s.txn(Txn::new().then(TxnOp::put_with_lease("k", b"x".to_vec(), l.id))).await.unwrap();
-    for _ in 0..10 {
-        clock.advance_ms(4_000);
+    for _ in 0..t.rounds(10) {
+        t.advance_ms(4_000).await;
         assert_eq!(s.keep_alive(l.id).await.unwrap(), 5);
     }
-    assert!(s.get("k").await.unwrap().is_some(), "40 s later, kept alive every 4 s");
-    clock.advance_ms(5_001);
+    assert!(s.get("k").await.unwrap().is_some(), "kept alive every 4 s");
+    t.advance_ms(5_001).await;
+    t.expire("k").await;
     assert!(s.get("k").await.unwrap().is_none());
 }
 
-pub async fn revoke_deletes_keys(f: Factory) {
-    let (s, _) = fresh(&f);
+pub async fn revoke_deletes_keys(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     let l = s.grant_lease(60).await.unwrap();
     s.txn(Txn::new().then(TxnOp::put_with_lease("a", b"1".to_vec(), l.id)).then(TxnOp::put_with_lease(
         "b",
@@ -280,8 +374,9 @@ pub async fn revoke_deletes_keys(f: Factory) {
     assert!(matches!(s.grant_lease(0).await, Err(StoreError::InvalidRequest(_))));
 }
 
-pub async fn put_with_unknown_lease_refused_and_changes_nothing(f: Factory) {
-    let (s, _) = fresh(&f);
+pub async fn put_with_unknown_lease_refused_and_changes_nothing(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     s.put("x", b"1").await.unwrap();
     let e = s
         .txn(Txn::new().then(TxnOp::put("x", b"2".to_vec())).then(TxnOp::put_with_lease(
@@ -302,8 +397,9 @@ async fn next_event(w: &mut crate::Watcher) -> WatchEvent {
         .expect("stream open")
 }
 
-pub async fn watch_replays_then_follows(f: Factory) {
-    let (s, _) = fresh(&f);
+pub async fn watch_replays_then_follows(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     for i in 0..5 {
         s.put(&format!("k{i}"), format!("{i}").as_bytes()).await.unwrap();
     }
@@ -331,8 +427,9 @@ pub async fn watch_replays_then_follows(f: Factory) {
     assert_eq!((e.kind, e.kv.key.as_str(), e.revision()), (EventKind::Delete, "k1", 51));
 }
 
-pub async fn watch_prefix_filter(f: Factory) {
-    let (s, _) = fresh(&f);
+pub async fn watch_prefix_filter(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     let mut w = s.watch("svc/a/", 1).await.unwrap();
     s.put("svc/a/x", b"1").await.unwrap();
     s.put("svc/b/x", b"2").await.unwrap();
@@ -342,20 +439,22 @@ pub async fn watch_prefix_filter(f: Factory) {
     assert_eq!((e.kv.key.as_str(), e.revision()), ("svc/a/y", 3));
 }
 
-pub async fn watch_sees_lease_expiry(f: Factory) {
-    let (s, clock) = fresh(&f);
+pub async fn watch_sees_lease_expiry(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     let l = s.grant_lease(3).await.unwrap();
     s.txn(Txn::new().then(TxnOp::put_with_lease("agents/a", b"up".to_vec(), l.id))).await.unwrap();
     let mut w = s.watch("agents/", 1).await.unwrap();
     assert_eq!(next_event(&mut w).await.kind, EventKind::Put);
-    clock.advance_ms(3_000);
-    s.expire_leases().await.unwrap();
+    t.advance_ms(3_000).await;
+    t.expire("agents/a").await;
     let e = next_event(&mut w).await;
     assert_eq!((e.kind, e.kv.key.as_str()), (EventKind::Delete, "agents/a"));
 }
 
-pub async fn compaction(f: Factory) {
-    let (s, _) = fresh(&f);
+pub async fn compaction(f: Backend) {
+    let Some(t) = fresh(&f).await else { return };
+    let s = t.store.clone();
     for i in 0..10 {
         s.put("k", format!("{i}").as_bytes()).await.unwrap();
     }

@@ -176,7 +176,7 @@ impl LeaseClock {
 
 struct WatcherSlot {
     prefix: String,
-    tx: mpsc::UnboundedSender<WatchEvent>,
+    tx: mpsc::UnboundedSender<Change>,
 }
 
 /// Fans committed events out to watchers, with no gap and no duplicate between history and live
@@ -204,7 +204,7 @@ impl WatchHub {
         inner.published = inner.published.max(rev);
         inner.watchers.retain(|w| {
             for e in events {
-                if e.kv.key.starts_with(&w.prefix) && w.tx.send(e.clone()).is_err() {
+                if e.kv.key.starts_with(&w.prefix) && w.tx.send(Change::Event(e.clone())).is_err() {
                     return false;
                 }
             }
@@ -222,25 +222,90 @@ impl WatchHub {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for e in history(inner.published)? {
-            let _ = tx.send(e);
+            let _ = tx.send(Change::Event(e));
         }
         inner.watchers.push(WatcherSlot { prefix: prefix.to_string(), tx });
-        Ok(Watcher { rx })
+        Ok(Watcher::new(rx))
+    }
+}
+
+/// What a watcher delivers, in revision order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// One change of a watched key.
+    Event(WatchEvent),
+    /// Every change of the watched keys up to this revision was delivered: the store's revision
+    /// also counts changes outside them (etcd shared with other prefixes or clusters), which a
+    /// watcher never sees, so this is how it learns that it is current (see [`SyncHandle`]).
+    Progress(Revision),
+    /// The watch could not resume where it stopped (history compacted): these are the watched
+    /// keys as they are at `revision`, to replace whatever the follower held; events follow it.
+    Resync(RangeResponse),
+}
+
+/// Asks a watcher's backend for a [`Change::Progress`] at or beyond the store's revision now
+/// (a backend whose revision moves with keys nobody watches, like etcd, writes a marker and
+/// reports it once every earlier change was delivered). Requests made together are served by one.
+#[derive(Clone, Debug)]
+pub struct SyncHandle(mpsc::UnboundedSender<()>);
+
+impl SyncHandle {
+    pub fn new(tx: mpsc::UnboundedSender<()>) -> SyncHandle {
+        SyncHandle(tx)
+    }
+    pub fn request(&self) {
+        let _ = self.0.send(());
     }
 }
 
 /// A stream of changes under a prefix, in revision order.
 pub struct Watcher {
-    rx: mpsc::UnboundedReceiver<WatchEvent>,
+    rx: mpsc::UnboundedReceiver<Change>,
+    sync: Option<SyncHandle>,
 }
 
 impl Watcher {
-    /// The next change; None once the store is dropped.
+    /// A watcher fed by a backend through `rx`.
+    pub fn new(rx: mpsc::UnboundedReceiver<Change>) -> Watcher {
+        Watcher { rx, sync: None }
+    }
+    /// A watcher whose backend can be asked for progress through `sync`.
+    pub fn with_sync(rx: mpsc::UnboundedReceiver<Change>, sync: SyncHandle) -> Watcher {
+        Watcher { rx, sync: Some(sync) }
+    }
+    /// How to ask for progress (None: the backend's revision moves only with watched changes,
+    /// so waiting for events is enough).
+    pub fn sync_handle(&self) -> Option<SyncHandle> {
+        self.sync.clone()
+    }
+    /// The next change of a watched key; None once the store is dropped or the watch ended.
+    /// Progress marks are skipped; a resync ends the stream of events (use `next_change` to
+    /// follow across one).
     pub async fn next(&mut self) -> Option<WatchEvent> {
+        loop {
+            match self.rx.recv().await? {
+                Change::Event(e) => return Some(e),
+                Change::Progress(_) => {}
+                Change::Resync(_) => return None,
+            }
+        }
+    }
+    /// A change if one is already queued (progress marks skipped).
+    pub fn try_next(&mut self) -> Option<WatchEvent> {
+        loop {
+            match self.rx.try_recv().ok()? {
+                Change::Event(e) => return Some(e),
+                Change::Progress(_) => {}
+                Change::Resync(_) => return None,
+            }
+        }
+    }
+    /// The next item, progress marks and resyncs included.
+    pub async fn next_change(&mut self) -> Option<Change> {
         self.rx.recv().await
     }
-    /// A change if one is already queued.
-    pub fn try_next(&mut self) -> Option<WatchEvent> {
+    /// An item if one is already queued.
+    pub fn try_next_change(&mut self) -> Option<Change> {
         self.rx.try_recv().ok()
     }
 }

@@ -9,7 +9,7 @@ pub mod core;
 pub mod memory;
 pub mod types;
 
-pub use crate::core::Watcher;
+pub use crate::core::{Change, SyncHandle, Watcher};
 pub use crate::types::*;
 
 use async_trait::async_trait;

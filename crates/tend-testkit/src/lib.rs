@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+pub mod etcd;
+
 /// Child processes that get SIGCONT + SIGTERM, then SIGKILL after `grace`, when dropped.
 pub struct Procs {
     pub children: Vec<Child>,
