@@ -25,7 +25,7 @@ pub enum ArtifactError {
 /// Where artifacts come from: the control plane for uploaded ones, HTTP, or local files.
 pub struct Fetcher {
     pub cache_dir: PathBuf,
-    pub server: String,
+    pub servers: std::sync::Arc<crate::servers::Servers>,
     pub token: String,
     pub http: reqwest::Client,
 }
@@ -64,14 +64,12 @@ impl Fetcher {
         }
         let fetch_err = |e: String| ArtifactError::Fetch { uri: a.uri.clone(), error: e };
         let bytes: Vec<u8> = if let Some(sha) = a.uri.strip_prefix("tend://artifacts/") {
-            let url = format!("{}/v1/artifacts/{sha}", self.server);
-            let r = self
-                .http
-                .get(&url)
-                .bearer_auth(&self.token)
-                .send()
-                .await
-                .map_err(|e| fetch_err(e.to_string()))?;
+            let base = self.servers.url();
+            let url = format!("{base}/v1/artifacts/{sha}");
+            let r = self.http.get(&url).bearer_auth(&self.token).send().await.map_err(|e| {
+                self.servers.failed(&base);
+                fetch_err(e.to_string())
+            })?;
             if !r.status().is_success() {
                 return Err(fetch_err(format!("control plane answered {}", r.status())));
             }

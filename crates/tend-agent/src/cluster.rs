@@ -11,10 +11,24 @@ use serde::{Deserialize, Serialize};
 pub struct ClusterMemory {
     pub cluster_id: Option<String>,
     pub revision: u64,
+    /// The highest leadership epoch obeyed: a deposed leader (a lower epoch) is refused.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// Why a desired state must not be obeyed.
-pub fn refuse(mem: &ClusterMemory, cluster_id: &str, revision: u64) -> Option<String> {
+pub fn refuse(mem: &ClusterMemory, d: &tend_api::DesiredState) -> Option<String> {
+    if d.epoch < mem.epoch {
+        return Some(format!(
+            "desired state from a deposed leader (epoch {}; this agent follows epoch {}): refusing it; tasks keep running",
+            d.epoch, mem.epoch
+        ));
+    }
+    refuse_store(mem, &d.cluster_id, d.revision)
+}
+
+/// Why a desired state of this cluster and store revision must not be obeyed.
+pub fn refuse_store(mem: &ClusterMemory, cluster_id: &str, revision: u64) -> Option<String> {
     if let Some(mine) = &mem.cluster_id {
         if !cluster_id.is_empty() && cluster_id != mine {
             return Some(format!(
@@ -83,19 +97,29 @@ mod tests {
         assert!(f.load().unwrap_err().to_string().contains("unreadable"));
         std::fs::write(dir.path().join("cluster.json"), vec![b' '; 100_000]).unwrap();
         assert!(f.load().unwrap_err().to_string().contains("larger than 64 KiB"));
-        let mem = ClusterMemory { cluster_id: Some("c-1".into()), revision: 7 };
+        let mem = ClusterMemory { cluster_id: Some("c-1".into()), revision: 7, epoch: 3 };
         f.save(&mem).unwrap();
         assert_eq!(f.load().unwrap(), mem);
     }
 
     #[test]
     fn refuses_another_cluster_and_an_older_store() {
+        let d = |cluster: &str, revision: u64, epoch: u64| tend_api::DesiredState {
+            index: 0,
+            cluster_id: cluster.into(),
+            revision,
+            epoch,
+            assignments: vec![],
+            release_volumes: vec![],
+            job_runs: vec![],
+        };
         let fresh = ClusterMemory::default();
-        assert_eq!(refuse(&fresh, "c-1", 0), None);
-        let mem = ClusterMemory { cluster_id: Some("c-1".into()), revision: 100 };
-        assert_eq!(refuse(&mem, "c-1", 100), None);
-        assert_eq!(refuse(&mem, "c-1", 250), None);
-        assert!(refuse(&mem, "c-2", 500).unwrap().contains("belongs to cluster c-1"));
-        assert!(refuse(&mem, "c-1", 99).unwrap().contains("older than revision 100"));
+        assert_eq!(refuse(&fresh, &d("c-1", 0, 0)), None);
+        let mem = ClusterMemory { cluster_id: Some("c-1".into()), revision: 100, epoch: 90 };
+        assert_eq!(refuse(&mem, &d("c-1", 100, 90)), None);
+        assert_eq!(refuse(&mem, &d("c-1", 250, 200)), None);
+        assert!(refuse(&mem, &d("c-2", 500, 90)).unwrap().contains("belongs to cluster c-1"));
+        assert!(refuse(&mem, &d("c-1", 99, 90)).unwrap().contains("older than revision 100"));
+        assert!(refuse(&mem, &d("c-1", 300, 89)).unwrap().contains("deposed leader (epoch 89"));
     }
 }

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod jobs;
 pub mod pod;
 pub mod process;
+pub mod servers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -37,7 +38,8 @@ use crate::pod::{Board, PodCtx, PodHandle, Pods};
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub id: String,
-    /// Control plane base URL, e.g. `http://127.0.0.1:7070`.
+    /// Control-plane base URLs, comma-separated (any member; the next one when it is down),
+    /// e.g. `http://10.0.0.1:7070,http://10.0.0.2:7070`.
     pub server: String,
     pub cluster_token: String,
     /// Host that clients use to reach this agent's tasks.
@@ -51,6 +53,7 @@ pub struct AgentConfig {
 
 struct AgentState {
     cfg: AgentConfig,
+    servers: Arc<servers::Servers>,
     http: reqwest::Client,
     ctx: Arc<PodCtx>,
     pods: Pods,
@@ -80,12 +83,14 @@ pub async fn run(
     // Volume links and sandbox paths must not depend on the working directory.
     cfg.data_dir = std::path::absolute(&cfg.data_dir)?;
     let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?;
+    let servers = Arc::new(servers::Servers::parse(&cfg.server));
+    anyhow::ensure!(!servers.all().is_empty(), "no control-plane URL given (--server URL[,URL…])");
     let board = Arc::new(Board::default());
     let ctx = Arc::new(PodCtx {
         data_dir: cfg.data_dir.clone(),
         fetcher: Fetcher {
             cache_dir: cfg.data_dir.join("artifact-cache"),
-            server: cfg.server.clone(),
+            servers: servers.clone(),
             token: cfg.cluster_token.clone(),
             http: http.clone(),
         },
@@ -114,6 +119,7 @@ pub async fn run(
         conflict: std::sync::Mutex::new(None),
         refetch: std::sync::atomic::AtomicBool::new(false),
         cfg: cfg.clone(),
+        servers,
         http,
         ctx,
         pods: Pods::default(),
@@ -162,13 +168,18 @@ async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterRe
     // plane noted the agent seen at or after this instant, so the agent's fence deadline is never
     // later than the one the control plane waits out before it replaces an instance.
     let sent = pod::now_ms();
+    let base = st.servers.url();
     let r = st
         .http
-        .post(format!("{}/v1/agent/register", st.cfg.server))
+        .post(format!("{base}/v1/agent/register"))
         .bearer_auth(&st.cfg.cluster_token)
         .json(&req)
         .send()
-        .await?;
+        .await
+        .inspect_err(|_| st.servers.failed(&base))?;
+    if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+        st.servers.failed(&base);
+    }
     if !r.status().is_success() {
         let code = r.status();
         let body = r.text().await.unwrap_or_default();
@@ -184,13 +195,21 @@ async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterRe
         if let Some(old) = &mem.cluster_id {
             tracing::warn!(agent = %st.cfg.id, from = %old, to = %reg.cluster_id, "adopted by another cluster");
         }
-        *mem = cluster::ClusterMemory { cluster_id: Some(reg.cluster_id.clone()), revision: 0 };
+        *mem = cluster::ClusterMemory { cluster_id: Some(reg.cluster_id.clone()), revision: 0, epoch: 0 };
         st.cluster_file.save(&mem)?;
     } else if mem.revision > reg.revision {
         // Accepted although it obeyed a newer store: an operator adopted it (--adopt-agents).
         tracing::warn!(agent = %st.cfg.id, from = mem.revision, to = reg.revision, "adopted by a control plane with an older store");
         mem.revision = reg.revision;
+        mem.epoch = reg.epoch;
         st.cluster_file.save(&mem)?;
+    } else if reg.epoch < mem.epoch {
+        // A deposed leader (its lease lost, another elected): it may not command this agent.
+        anyhow::bail!(
+            "registration answered by a deposed leader (epoch {}; this agent follows epoch {})",
+            reg.epoch,
+            mem.epoch
+        );
     }
     Ok(reg)
 }
@@ -206,14 +225,19 @@ async fn post_status(st: &AgentState, seq: u64) -> anyhow::Result<()> {
         revision: Some(st.cluster.lock().unwrap_or_else(|e| e.into_inner()).revision),
     };
     let sent = pod::now_ms();
+    let base = st.servers.url();
     let r = st
         .http
-        .post(format!("{}/v1/agent/{}/status", st.cfg.server, st.cfg.id))
+        .post(format!("{base}/v1/agent/{}/status", st.cfg.id))
         .bearer_auth(&st.cfg.cluster_token)
         .timeout(Duration::from_secs(5))
         .json(&report)
         .send()
-        .await?;
+        .await
+        .inspect_err(|_| st.servers.failed(&base))?;
+    if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+        st.servers.failed(&base);
+    }
     if !r.status().is_success() {
         anyhow::bail!("status refused: {}", r.status());
     }
@@ -303,7 +327,8 @@ async fn desired_loop(st: &Arc<AgentState>, mut stop: watch::Receiver<bool>) -> 
     let mut index = 0u64;
     let mut failures = 0;
     loop {
-        let url = format!("{}/v1/agent/{}/desired", st.cfg.server, st.cfg.id);
+        let base = st.servers.url();
+        let url = format!("{base}/v1/agent/{}/desired", st.cfg.id);
         let asked = if st.refetch.swap(false, std::sync::atomic::Ordering::SeqCst) { 0 } else { index };
         let req = st
             .http
@@ -322,6 +347,9 @@ async fn desired_loop(st: &Arc<AgentState>, mut stop: watch::Receiver<bool>) -> 
             }
             Ok(r) => {
                 failures += 1;
+                if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+                    st.servers.failed(&base);
+                }
                 if failures > 3 {
                     anyhow::bail!("control plane answered {}", r.status());
                 }
@@ -329,6 +357,7 @@ async fn desired_loop(st: &Arc<AgentState>, mut stop: watch::Receiver<bool>) -> 
                 continue;
             }
             Err(e) => {
+                st.servers.failed(&base);
                 failures += 1;
                 if failures > 3 {
                     return Err(e.into());
@@ -347,7 +376,7 @@ async fn desired_loop(st: &Arc<AgentState>, mut stop: watch::Receiver<bool>) -> 
         index = desired.index;
         let refusal = {
             let mem = st.cluster.lock().unwrap_or_else(|e| e.into_inner());
-            cluster::refuse(&mem, &desired.cluster_id, desired.revision)
+            cluster::refuse(&mem, &desired)
         };
         if let Some(why) = refusal {
             tracing::error!(agent = %st.cfg.id, "{why}");
@@ -356,16 +385,17 @@ async fn desired_loop(st: &Arc<AgentState>, mut stop: watch::Receiver<bool>) -> 
             continue;
         }
         *st.conflict.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        remember_revision(st, desired.revision);
+        remember_revision(st, desired.revision, desired.epoch);
         reconcile(st, desired).await;
     }
 }
 
-/// Remembers the highest store revision obeyed (before acting on it).
-fn remember_revision(st: &AgentState, revision: u64) {
+/// Remembers the highest store revision and leadership epoch obeyed (before acting on them).
+fn remember_revision(st: &AgentState, revision: u64, epoch: u64) {
     let mut mem = st.cluster.lock().unwrap_or_else(|e| e.into_inner());
-    if revision > mem.revision {
-        mem.revision = revision;
+    if revision > mem.revision || epoch > mem.epoch {
+        mem.revision = mem.revision.max(revision);
+        mem.epoch = mem.epoch.max(epoch);
         if let Err(e) = st.cluster_file.save(&mem) {
             tracing::warn!(error = %e, "cannot save the cluster memory");
         }

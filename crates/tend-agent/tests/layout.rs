@@ -13,7 +13,7 @@ fn ctx(dir: &Path) -> PodCtx {
         data_dir: dir.to_path_buf(),
         fetcher: Fetcher {
             cache_dir: dir.join("cache"),
-            server: "http://127.0.0.1:1".into(),
+            servers: std::sync::Arc::new(tend_agent::servers::Servers::parse("http://127.0.0.1:1")),
             token: "t".into(),
             http: reqwest::Client::new(),
         },

@@ -71,6 +71,9 @@ pub struct RegisterResponse {
     /// newer store starts over from it).
     #[serde(default)]
     pub revision: u64,
+    /// The leadership that accepted it (see `DesiredState::epoch`).
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 /// What an agent must run: every live incarnation placed on it.
@@ -84,6 +87,10 @@ pub struct DesiredState {
     pub cluster_id: String,
     #[serde(default)]
     pub revision: u64,
+    /// The leadership that sent it (the revision at which its leader was elected; 0 without
+    /// an election): an agent that obeyed epoch N refuses anything from an older one.
+    #[serde(default)]
+    pub epoch: u64,
     pub assignments: Vec<Assignment>,
     /// Volumes to delete on this agent (retention ended or a user asked); confirmed in status
     /// reports. Never a volume an instance uses.
@@ -621,4 +628,40 @@ pub struct LogChunk {
     pub stream: String,
     pub data: String,
     pub truncated: bool,
+}
+
+// ---------- control plane ----------
+
+/// A member of the control plane (`tend status`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MemberInfo {
+    pub id: String,
+    pub url: String,
+    pub leader: bool,
+    /// When it started (ms since the epoch).
+    pub since_ms: u64,
+}
+
+/// The store a control plane runs on, and its health as the answering member sees it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StoreInfo {
+    /// `redb` or `etcd`.
+    pub backend: String,
+    /// Where: a file, or endpoints and prefix.
+    pub location: String,
+    pub healthy: bool,
+    pub detail: String,
+}
+
+/// The control plane as one member sees it: members, the leader and its epoch, the store.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ClusterStatus {
+    /// The member that answered.
+    pub answered_by: String,
+    /// Its role: `leader`, `follower` or `campaigning`.
+    pub role: String,
+    pub leader: Option<String>,
+    pub epoch: u64,
+    pub members: Vec<MemberInfo>,
+    pub store: StoreInfo,
 }

@@ -19,7 +19,10 @@ pub struct Conn {
 }
 
 pub struct Client {
-    pub base: String,
+    /// Control-plane members (`TEND_ADDR` may list several, comma-separated): any one serves
+    /// (followers forward to the leader); the next is tried when one cannot be reached.
+    bases: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
     token: String,
     http: reqwest::Client,
 }
@@ -31,29 +34,69 @@ fn read_trim(p: &Path) -> Option<String> {
 impl Client {
     pub fn new(conn: &Conn) -> anyhow::Result<Client> {
         let dir = PathBuf::from(".tend");
-        let base = match conn.addr.clone().or_else(|| read_trim(&dir.join("address"))) {
-            Some(a) if a.starts_with("http://") || a.starts_with("https://") => a,
-            Some(a) => format!("http://{a}"),
-            None => bail!("no control plane address: pass --addr or TEND_ADDR, or run from the directory where `tend dev` keeps .tend/"),
+        let Some(list) = conn.addr.clone().or_else(|| read_trim(&dir.join("address"))) else {
+            bail!("no control plane address: pass --addr or TEND_ADDR, or run from the directory where `tend dev` keeps .tend/")
         };
         let token = conn
             .token
             .clone()
             .or_else(|| read_trim(&dir.join("token")))
             .context("no API token: pass --token or TEND_TOKEN, or run from the directory where `tend dev` keeps .tend/")?;
-        Ok(Client::with(base.trim_end_matches('/').to_string(), token))
+        Ok(Client::with(&list, token))
     }
 
-    pub fn with(base: String, token: String) -> Client {
-        Client { base, token, http: reqwest::Client::new() }
+    /// `list`: one address or several, comma-separated (`http://` assumed when absent).
+    pub fn with(list: &str, token: String) -> Client {
+        let bases = list
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                let a = if a.starts_with("http://") || a.starts_with("https://") {
+                    a.to_string()
+                } else {
+                    format!("http://{a}")
+                };
+                a.trim_end_matches('/').to_string()
+            })
+            .collect();
+        Client { bases, current: Default::default(), token, http: reqwest::Client::new() }
     }
 
-    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
-        let r = req
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| anyhow::Error::new(e).context(Unreachable(self.base.clone())))?;
+    /// The member in use.
+    pub fn base(&self) -> String {
+        let i = self.current.load(std::sync::atomic::Ordering::SeqCst);
+        self.bases.get(i % self.bases.len().max(1)).cloned().unwrap_or_default()
+    }
+
+    /// Sends to the member in use; one that cannot be reached (nothing was sent), or that has
+    /// no leader, makes way for the next, once round the list.
+    async fn send<T: DeserializeOwned>(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> anyhow::Result<T> {
+        let n = self.bases.len().max(1);
+        let mut tries = 0;
+        // A control plane between leaders (an election takes up to its lease TTL) answers 503:
+        // wait for the next one, up to this long.
+        let patience = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let r = loop {
+            let base = self.base();
+            tries += 1;
+            match build(&base).bearer_auth(&self.token).send().await {
+                Ok(r) if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && tries < n => {}
+                Ok(r)
+                    if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                        && std::time::Instant::now() < patience =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Ok(r) => break r,
+                Err(e) if e.is_connect() && tries < n => {}
+                Err(e) => return Err(anyhow::Error::new(e).context(Unreachable(base))),
+            }
+            self.current.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        };
         let status = r.status();
         let bytes = r.bytes().await?;
         if !status.is_success() {
@@ -66,11 +109,11 @@ impl Client {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(self.http.get(format!("{}{path}", self.base))).await
+        self.send(|b| self.http.get(format!("{b}{path}"))).await
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
+        self.send(|b| self.http.post(format!("{b}{path}")).json(body)).await
     }
 
     pub async fn put_json<B: Serialize, T: DeserializeOwned>(
@@ -78,15 +121,16 @@ impl Client {
         path: &str,
         body: &B,
     ) -> anyhow::Result<T> {
-        self.send(self.http.put(format!("{}{path}", self.base)).json(body)).await
+        self.send(|b| self.http.put(format!("{b}{path}")).json(body)).await
     }
 
     pub async fn put_bytes<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> anyhow::Result<T> {
-        self.send(self.http.put(format!("{}{path}", self.base)).body(body)).await
+        let body = bytes::Bytes::from(body); // Cloned per try without copying.
+        self.send(|b| self.http.put(format!("{b}{path}")).body(body.clone())).await
     }
 
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        self.send(self.http.delete(format!("{}{path}", self.base))).await
+        self.send(|b| self.http.delete(format!("{b}{path}"))).await
     }
 
     /// The service a command is about: the one given, or the only one there is.

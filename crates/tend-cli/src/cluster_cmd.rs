@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use std::sync::Arc;
 use tend_agent::AgentConfig;
 use tend_api::AgentResources;
+
 use tend_server::{Server, ServerConfig};
+use tend_store::StateStore;
 
 use crate::client::Client;
 
@@ -30,38 +33,145 @@ pub async fn shutdown_signal() {
 }
 
 /// Options of `tend server`.
-pub struct ServerOpts {
-    pub lost_after_seconds: u64,
+#[derive(clap::Args)]
+pub struct ServerArgs {
+    #[arg(long, default_value = ".tend")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Where the state lives: `redb` (the embedded store in DATA_DIR/server.redb; one member)
+    /// or `etcd://HOST:PORT[,HOST:PORT…][/prefix]` (several members elect a leader).
+    #[arg(long, default_value = "redb")]
+    pub store: String,
+    /// CA certificate (PEM) of a TLS-secured etcd.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) when etcd asks for one.
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
+    /// This member's id, unique in the control plane (default: host name and port).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The URL other members forward requests to (default: http://LISTEN).
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// TTL of the leadership lease: a dead leader is replaced within it (keep-alive every third).
+    #[arg(long, default_value_t = 5)]
+    pub leader_ttl_seconds: i64,
+    /// An agent silent for this long is lost.
+    #[arg(long, default_value_t = 5)]
+    pub agent_lost_after_seconds: u64,
+    /// TTL of maintenance-run leases (renewed every TTL/10).
+    #[arg(long, default_value_t = 30)]
     pub job_lease_ttl_seconds: i64,
+    /// Take command of agents that obeyed another cluster (after a lost store): they then
+    /// stop every task this control plane does not know.
+    #[arg(long)]
     pub adopt_agents: bool,
+    /// A deploy step waiting on an agent fails after this long, saying what it waited for.
+    #[arg(long, default_value_t = 600)]
     pub step_deadline_seconds: u64,
 }
 
-pub async fn server(data_dir: PathBuf, listen: SocketAddr, o: ServerOpts) -> anyhow::Result<ExitCode> {
-    anyhow::ensure!(o.job_lease_ttl_seconds >= 1, "--job-lease-ttl-seconds must be at least 1");
-    anyhow::ensure!(o.step_deadline_seconds >= 1, "--step-deadline-seconds must be at least 1");
-    let mut cfg = ServerConfig::new(&data_dir, listen);
-    cfg.control.agent_lost_after_ms = o.lost_after_seconds * 1000;
-    cfg.control.job_lease_ttl_seconds = o.job_lease_ttl_seconds;
-    cfg.control.adopt_agents = o.adopt_agents;
-    cfg.control.step_deadline_ms = o.step_deadline_seconds * 1000;
-    let server = Server::open(cfg).await?;
-    let s2 = server.clone();
-    let serve = tokio::spawn(async move { s2.serve(shutdown_signal()).await });
+/// The store `--store` names, what `tend status` shows of it, and its health check.
+async fn open_store(
+    a: &ServerArgs,
+    clock: tend_model::SharedClock,
+) -> anyhow::Result<(Arc<dyn StateStore>, tend_api::StoreInfo, tend_server::ha::HealthCheck, bool)> {
+    if a.store == "redb" {
+        let path = a.data_dir.join("server.redb");
+        std::fs::create_dir_all(&a.data_dir)
+            .with_context(|| format!("cannot create {}", a.data_dir.display()))?;
+        let store: Arc<dyn StateStore> = tend_store_redb::RedbStore::open(&path, clock)?;
+        let info = tend_api::StoreInfo {
+            backend: "redb".into(),
+            location: path.display().to_string(),
+            healthy: true,
+            detail: String::new(),
+        };
+        let health: tend_server::ha::HealthCheck =
+            Arc::new(|| Box::pin(async { Ok("embedded, this member only".to_string()) }));
+        return Ok((store, info, health, true));
+    }
+    let mut cfg =
+        tend_store_etcd::EtcdConfig::parse(&a.store).map_err(|e| anyhow::anyhow!("--store: {e}"))?;
+    if a.etcd_ca.is_some() || a.etcd_cert.is_some() || a.etcd_key.is_some() {
+        cfg.tls = Some(tend_store_etcd::EtcdTls {
+            ca: a.etcd_ca.clone(),
+            cert: a.etcd_cert.clone(),
+            key: a.etcd_key.clone(),
+        });
+    }
+    let etcd = tend_store_etcd::EtcdStore::connect(&cfg)
+        .await
+        .with_context(|| format!("cannot open the store on etcd {}", cfg.endpoints.join(",")))?;
+    let info = tend_api::StoreInfo {
+        backend: "etcd".into(),
+        location: format!("{} (prefix {})", cfg.endpoints.join(","), cfg.prefix),
+        healthy: true,
+        detail: String::new(),
+    };
+    let probe = etcd.clone();
+    let health: tend_server::ha::HealthCheck = Arc::new(move || {
+        let probe = probe.clone();
+        Box::pin(async move {
+            probe
+                .status()
+                .await
+                .map(|(v, leader)| format!("etcd {v}, raft leader {leader:x}"))
+                .map_err(|e| e.to_string())
+        })
+    });
+    Ok((etcd, info, health, false))
+}
+
+pub async fn server(a: ServerArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(a.job_lease_ttl_seconds >= 1, "--job-lease-ttl-seconds must be at least 1");
+    anyhow::ensure!(a.step_deadline_seconds >= 1, "--step-deadline-seconds must be at least 1");
+    anyhow::ensure!(a.leader_ttl_seconds >= 2, "--leader-ttl-seconds must be at least 2");
+    let mut cfg = ServerConfig::new(&a.data_dir, a.listen);
+    cfg.control.agent_lost_after_ms = a.agent_lost_after_seconds * 1000;
+    cfg.control.job_lease_ttl_seconds = a.job_lease_ttl_seconds;
+    cfg.control.adopt_agents = a.adopt_agents;
+    cfg.control.step_deadline_ms = a.step_deadline_seconds * 1000;
+    // An address file left by a member that died describes nobody.
+    let _ = std::fs::remove_file(a.data_dir.join("address"));
+    let clock: tend_model::SharedClock = Arc::new(tend_model::SystemClock);
+    let (store, store_info, health, exclusive_store) = open_store(&a, clock.clone()).await?;
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let id = a
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", if host.is_empty() { "tend" } else { &host }, a.listen.port()));
+    anyhow::ensure!(tend_spec::decode::valid_name(&id), "--id `{id}`: use lowercase letters, digits and `-`");
+    let advertise = a.advertise.clone().unwrap_or_else(|| format!("http://{}", a.listen));
+    let member_cfg = tend_server::ha::MemberConfig {
+        server: cfg,
+        id,
+        advertise,
+        ttl_seconds: a.leader_ttl_seconds,
+        exclusive_store,
+        store_info,
+    };
+    let member = tend_server::ha::Member::new(member_cfg, store, clock, health).await?;
+    let run = tokio::spawn(member.clone().run(shutdown_signal()));
+    let address = a.data_dir.join("address");
     for _ in 0..200 {
-        if server.address().is_some() {
+        if address.exists() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     println!(
-        "tend control plane listening on {} (data in {}; API token in {}/token, cluster token in {}/cluster-token)",
-        server.address().unwrap_or_default(),
-        data_dir.display(),
-        data_dir.display(),
-        data_dir.display()
+        "tend control plane member {} listening on {} (store {}; API token in {d}/token, cluster token in {d}/cluster-token)",
+        member.cfg.id,
+        std::fs::read_to_string(&address).unwrap_or_default().trim(),
+        a.store,
+        d = a.data_dir.display(),
     );
-    serve.await??;
+    run.await??;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -218,7 +328,7 @@ pub async fn dev(
         "  API token in {}/token — from this directory, `tend pod list` needs no flags",
         data_dir.display()
     );
-    let client = Client::with(address.clone(), server.edge.api_token.clone());
+    let client = Client::with(&address, server.edge.api_token.clone());
     let deployed = async {
         let (name, generation) = crate::service_cmd::submit(&client, spec, false).await?;
         let how = crate::service_cmd::follow_rollout(&client, &name, generation, false, None).await?;
@@ -246,5 +356,23 @@ pub async fn dev(
     }
     let _ = serve.await;
     println!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tend status`: the control plane as the member reached sees it.
+pub async fn status(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
+    let st: tend_api::ClusterStatus = client.get("/v1/cluster").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let leader = st.leader.as_deref().unwrap_or("none elected");
+    println!("leader {leader} (epoch {}); answered by {} ({})", st.epoch, st.answered_by, st.role);
+    let health = if st.store.healthy { "healthy" } else { "UNHEALTHY" };
+    println!("store  {} at {}: {health} ({})", st.store.backend, st.store.location, st.store.detail);
+    println!("{:<24} {:<8} URL", "MEMBER", "ROLE");
+    for m in &st.members {
+        println!("{:<24} {:<8} {}", m.id, if m.leader { "leader" } else { "follower" }, m.url);
+    }
     Ok(ExitCode::SUCCESS)
 }

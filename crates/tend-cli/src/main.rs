@@ -34,26 +34,11 @@ enum Command {
     /// Run standalone resumable workflows.
     #[command(subcommand)]
     Workflow(WorkflowCmd),
-    /// Run a control plane.
-    Server {
-        #[arg(long, default_value = ".tend")]
-        data_dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:7070")]
-        listen: SocketAddr,
-        /// An agent silent for this long is lost.
-        #[arg(long, default_value_t = 5)]
-        agent_lost_after_seconds: u64,
-        /// TTL of maintenance-run leases (renewed every TTL/10).
-        #[arg(long, default_value_t = 30)]
-        job_lease_ttl_seconds: i64,
-        /// Take command of agents that obeyed another cluster (after a lost store): they then
-        /// stop every task this control plane does not know.
-        #[arg(long)]
-        adopt_agents: bool,
-        /// A deploy step waiting on an agent fails after this long, saying what it waited for.
-        #[arg(long, default_value_t = 600)]
-        step_deadline_seconds: u64,
-    },
+    /// Run a control-plane member: on the embedded store (one member), or on etcd with several
+    /// members electing a leader.
+    Server(Box<cluster_cmd::ServerArgs>),
+    /// The control plane: its members, the leader and its epoch, the store and its health.
+    Status,
     /// Control plane, three local agents and an embedded store in one process, deploying SPEC.
     Dev {
         spec: PathBuf,
@@ -325,22 +310,7 @@ enum WorkflowCmd {
 async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result<ExitCode> {
     use service_cmd as sc;
     match cmd {
-        Command::Server {
-            data_dir,
-            listen,
-            agent_lost_after_seconds,
-            job_lease_ttl_seconds,
-            adopt_agents,
-            step_deadline_seconds,
-        } => {
-            let opts = cluster_cmd::ServerOpts {
-                lost_after_seconds: agent_lost_after_seconds,
-                job_lease_ttl_seconds,
-                adopt_agents,
-                step_deadline_seconds,
-            };
-            cluster_cmd::server(data_dir, listen, opts).await
-        }
+        Command::Server(args) => cluster_cmd::server(*args).await,
         Command::Volume(cmd) => {
             let c = client::Client::new(&conn)?;
             match cmd {
@@ -348,6 +318,7 @@ async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result
                 VolumeCmd::Delete { id } => sc::volume_delete(&c, &id, json).await,
             }
         }
+        Command::Status => cluster_cmd::status(&client::Client::new(&conn)?, json).await,
         Command::Dev { spec, data_dir, listen, agents, adopt_agents } => {
             cluster_cmd::dev(&spec, data_dir, listen, agents, adopt_agents).await
         }

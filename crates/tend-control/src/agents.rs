@@ -85,6 +85,7 @@ impl AgentProtocol for Control {
             cluster_id: self.inner.cluster_id.clone(),
             revision: self.inner.store.revision().await.map_err(|e| (503, "store", e.to_string()))?.max(0)
                 as u64,
+            epoch: self.inner.cfg.leader_epoch,
         })
     }
 

@@ -515,6 +515,7 @@ pub async fn wait_desired(
         index: gen,
         cluster_id: server.inner.cluster_id.clone(),
         revision,
+        epoch: server.inner.cfg.leader_epoch,
         assignments: desired_for(server, agent).await?,
         release_volumes,
         job_runs: [crate::jobs::runs_for(server, agent), crate::gates::runs_for(server, agent)].concat(),

@@ -20,6 +20,7 @@ pub mod housekeeping;
 pub mod ids;
 pub mod jobs;
 pub mod launch;
+pub mod leader;
 pub mod plans;
 pub mod records;
 pub mod recovery;
@@ -71,6 +72,10 @@ pub struct ControlConfig {
     /// Derive the cluster id and epochs from this seed instead of the system's randomness:
     /// a simulation replays byte for byte. `None` (the default) in every real control plane.
     pub id_seed: Option<u64>,
+    /// The epoch of the leadership this control plane runs under (the revision at which it was
+    /// elected; 0 when there is no election): every desired state carries it, and agents refuse
+    /// an older one.
+    pub leader_epoch: u64,
 }
 
 impl Default for ControlConfig {
@@ -86,6 +91,7 @@ impl Default for ControlConfig {
             events_keep_ms: 7 * 86_400_000,
             history_keep_revisions: 1_000,
             id_seed: None,
+            leader_epoch: 0,
         }
     }
 }

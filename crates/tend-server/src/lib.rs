@@ -4,6 +4,7 @@
 //! long polls and reports become calls on its [`AgentProtocol`](tend_control::agents::AgentProtocol).
 
 pub mod api;
+pub mod ha;
 mod tokens;
 
 use std::net::SocketAddr;
@@ -78,15 +79,24 @@ impl Server {
     ) -> anyhow::Result<Server> {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+        let tokens = (
+            tokens::token_file(&cfg.data_dir.join("token"))?,
+            tokens::token_file(&cfg.data_dir.join("cluster-token"))?,
+        );
+        Server::with_tokens(cfg, store, clock, tokens).await
+    }
+
+    /// Starts a control plane with the given (API, cluster) tokens.
+    pub async fn with_tokens(
+        cfg: ServerConfig,
+        store: Arc<dyn StateStore>,
+        clock: SharedClock,
+        (api_token, cluster_token): (String, String),
+    ) -> anyhow::Result<Server> {
         let artifacts_dir = cfg.data_dir.join("artifacts");
         std::fs::create_dir_all(&artifacts_dir)?;
-        let edge = Edge {
-            api_token: tokens::token_file(&cfg.data_dir.join("token"))?,
-            cluster_token: tokens::token_file(&cfg.data_dir.join("cluster-token"))?,
-            artifacts_dir,
-            data_dir: cfg.data_dir,
-            listen: cfg.listen,
-        };
+        let edge =
+            Edge { api_token, cluster_token, artifacts_dir, data_dir: cfg.data_dir, listen: cfg.listen };
         let control = Control::new(cfg.control, store, clock).await?;
         Ok(Server { control, edge: Arc::new(edge) })
     }

@@ -208,7 +208,7 @@ async fn register(ag: &Arc<SimAgent>, w: &World) -> Result<(), NetError> {
     let mut st = ag.lock();
     st.last_contact = st.last_contact.max(sent);
     if !reg.cluster_id.is_empty() && st.mem.cluster_id.as_deref() != Some(reg.cluster_id.as_str()) {
-        st.mem = ClusterMemory { cluster_id: Some(reg.cluster_id.clone()), revision: 0 };
+        st.mem = ClusterMemory { cluster_id: Some(reg.cluster_id.clone()), revision: 0, epoch: 0 };
     } else if st.mem.revision > reg.revision {
         st.mem.revision = reg.revision;
     }
@@ -320,7 +320,7 @@ async fn desired_loop(ag: &Arc<SimAgent>, w: &Arc<World>) {
         index = desired.index;
         let refusal = {
             let mut st = ag.lock();
-            let why = refuse(&st.mem, &desired.cluster_id, desired.revision);
+            let why = refuse(&st.mem, &desired);
             st.conflict = why.clone();
             if why.is_none() && desired.revision > st.mem.revision {
                 st.mem.revision = desired.revision;

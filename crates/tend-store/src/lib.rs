@@ -6,6 +6,7 @@
 
 pub mod conformance;
 pub mod core;
+pub mod fenced;
 pub mod memory;
 pub mod types;
 
@@ -37,6 +38,8 @@ pub enum StoreError {
     Io(String),
     #[error("store is closed")]
     Closed,
+    #[error("not the leader any more (leadership of epoch {epoch} lost): nothing was written")]
+    NotLeader { epoch: Revision },
 }
 
 /// An etcd-shaped state store. All writes are durable when the call returns (for durable backends).

@@ -110,8 +110,9 @@ impl Cluster {
         self.server = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && self.data().join("token").exists()
+            // Serving, and leading (a member answers 503 until it is elected).
+            if self.data().join("token").exists()
+                && self.raw("GET", "/v1/health", None, None).1["role"] == "leader"
             {
                 return;
             }

@@ -1,0 +1,153 @@
+//! The HTTP front of a member: `/v1/health` and `/v1/cluster` answered by every member; every
+//! other request served by the leader's API when this member leads, forwarded to the leader when
+//! it follows (bounded body, one hop only), refused with 503 `no_leader` while none is elected.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tend_api::{ClusterStatus, MemberInfo};
+use tower::ServiceExt;
+
+use super::{Member, Role};
+
+/// Requests bigger than this are not forwarded (the API's own limit for artifact uploads).
+const MAX_FORWARD_BYTES: usize = 256 * 1024 * 1024;
+/// Marks a forwarded request: a member never forwards one again (no loops between members
+/// that disagree for a moment on who leads).
+const FORWARDED: &str = "x-tend-forwarded-by";
+
+pub fn router(m: Arc<Member>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/cluster", get(cluster))
+        .fallback(dispatch)
+        .with_state(m)
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": { "code": code, "message": message } }))).into_response()
+}
+
+fn role_name(r: &Role) -> &'static str {
+    match r {
+        Role::Leader { .. } => "leader",
+        Role::Follower { .. } => "follower",
+        Role::Campaigning => "campaigning",
+    }
+}
+
+async fn health(State(m): State<Arc<Member>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok", "role": role_name(&m.role()), "member": m.cfg.id }))
+}
+
+fn authorized(m: &Member, req: &Request) -> bool {
+    let got = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    crate::api::constant_time_eq(got.as_bytes(), m.tokens.0.as_bytes())
+}
+
+/// Members, leader, epoch and store health, as this member sees them.
+async fn cluster(State(m): State<Arc<Member>>, req: Request) -> Response {
+    if !authorized(&m, &req) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required".into());
+    }
+    let role = m.role();
+    let current = tend_control::leader::current(&*m.store).await.ok().flatten();
+    let mut store = m.cfg.store_info.clone();
+    match tokio::time::timeout(std::time::Duration::from_secs(3), (m.health)()).await {
+        Ok(Ok(detail)) => (store.healthy, store.detail) = (true, detail),
+        Ok(Err(e)) => (store.healthy, store.detail) = (false, e),
+        Err(_) => (store.healthy, store.detail) = (false, "no answer within 3 s".into()),
+    }
+    let leader_id = current.as_ref().map(|(r, _)| r.id.clone());
+    let members = tend_control::leader::members(&*m.store)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| MemberInfo {
+            leader: Some(&r.id) == leader_id.as_ref(),
+            id: r.id,
+            url: r.url,
+            since_ms: r.since_ms,
+        })
+        .collect();
+    Json(ClusterStatus {
+        answered_by: m.cfg.id.clone(),
+        role: role_name(&role).into(),
+        leader: leader_id,
+        epoch: current.map_or(0, |(_, e)| e.max(0) as u64),
+        members,
+        store,
+    })
+    .into_response()
+}
+
+async fn dispatch(State(m): State<Arc<Member>>, req: Request) -> Response {
+    match m.role() {
+        Role::Leader { router, .. } => match router.oneshot(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        },
+        Role::Follower { leader, .. } => forward(&m, &leader.url, req).await,
+        Role::Campaigning => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            "no control-plane leader is elected yet; retry in a moment".into(),
+        ),
+    }
+}
+
+/// Forwards one request to the leader and its answer back.
+async fn forward(m: &Member, base: &str, req: Request) -> Response {
+    if req.headers().contains_key(FORWARDED) {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            format!("member {} does not lead either; retry in a moment", m.cfg.id),
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let body: Bytes = match axum::body::to_bytes(body, MAX_FORWARD_BYTES).await {
+        Ok(b) => b,
+        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("request body: {e}")),
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut rb =
+        m.http.request(parts.method.clone(), format!("{}{path}", base.trim_end_matches('/'))).body(body);
+    for h in ["authorization", "content-type", "accept", "last-event-id"] {
+        if let Some(v) = parts.headers.get(h) {
+            rb = rb.header(h, v.clone());
+        }
+    }
+    rb = rb.header(FORWARDED, m.cfg.id.as_str());
+    let resp = match rb.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "leader_unreachable",
+                format!("cannot reach the leader at {base}: {e}; retry in a moment"),
+            )
+        }
+    };
+    let status = resp.status();
+    let content_type = resp.headers().get("content-type").cloned();
+    let bytes = resp.bytes().await.unwrap_or_default();
+    let mut out = Response::new(Body::from(bytes));
+    *out.status_mut() = status;
+    if let Some(ct) = content_type {
+        out.headers_mut().insert("content-type", ct);
+    }
+    out.headers_mut()
+        .insert(FORWARDED, HeaderValue::from_str(&m.cfg.id).unwrap_or(HeaderValue::from_static("?")));
+    out
+}
