@@ -90,6 +90,34 @@ fn io(e: ec::Error) -> StoreError {
     convert::error(e, None)
 }
 
+/// Whether etcd was not reached at all (nothing was sent): safe to send again, to another
+/// member — the client's balancer may still pick one that just died.
+fn unsent(e: &ec::Error) -> bool {
+    let m = e.to_string();
+    m.contains("tcp connect error")
+        || m.contains("Connection refused")
+        || m.contains("error trying to connect")
+}
+
+/// Runs `f`, again while etcd cannot be reached (up to ~3 s).
+async fn retry<T, F, Fut>(mut f: F) -> Result<T, ec::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ec::Error>>,
+{
+    let mut wait = Duration::from_millis(25);
+    for _ in 0..12 {
+        match f().await {
+            Err(e) if unsent(&e) => {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_millis(400));
+            }
+            r => return r,
+        }
+    }
+    f().await
+}
+
 impl EtcdStore {
     /// Connects, and creates the store (its format key) when the prefix holds none yet.
     pub async fn connect(cfg: &EtcdConfig) -> Result<Arc<EtcdStore>, StoreError> {
@@ -118,7 +146,12 @@ impl EtcdStore {
             .when([ec::Compare::version(k.clone(), ec::CompareOp::Equal, 0)])
             .and_then([ec::TxnOp::put(k.clone(), FORMAT_VERSION.to_string(), None)])
             .or_else([ec::TxnOp::get(k, None)]);
-        let r = self.client.kv_client().txn(txn).await.map_err(io)?;
+        let r = retry(|| {
+            let (mut c, t) = (self.client.kv_client(), txn.clone());
+            async move { c.txn(t).await }
+        })
+        .await
+        .map_err(io)?;
         if r.succeeded() {
             return Ok(r.header().map_or(0, |h| h.revision()));
         }
@@ -145,7 +178,12 @@ impl EtcdStore {
 
     /// Health of the etcd member this client reaches: (its version, the cluster's leader id).
     pub async fn status(&self) -> Result<(String, u64), StoreError> {
-        let r = self.client.maintenance_client().status().await.map_err(io)?;
+        let r = retry(|| {
+            let mut c = self.client.maintenance_client();
+            async move { c.status().await }
+        })
+        .await
+        .map_err(io)?;
         Ok((r.version().to_string(), r.leader()))
     }
 }
@@ -170,7 +208,12 @@ fn tls_options(t: &EtcdTls) -> Result<ec::TlsOptions, StoreError> {
 impl StateStore for EtcdStore {
     async fn range(&self, prefix: &str) -> Result<RangeResponse, StoreError> {
         let opts = ec::GetOptions::new().with_prefix();
-        let r = self.client.kv_client().get(self.frame.key(prefix), Some(opts)).await.map_err(io)?;
+        let r = retry(|| {
+            let (mut c, k, o) = (self.client.kv_client(), self.frame.key(prefix), opts.clone());
+            async move { c.get(k, Some(o)).await }
+        })
+        .await
+        .map_err(io)?;
         let kvs = r.kvs().iter().filter_map(|kv| self.frame.kv(kv)).collect();
         Ok(RangeResponse { kvs, revision: self.frame.from_etcd(r.header().map_or(0, |h| h.revision())) })
     }
@@ -185,7 +228,12 @@ impl StateStore for EtcdStore {
             .when(txn.compare.iter().map(|c| f.compare(c)).collect::<Vec<_>>())
             .and_then(txn.success.iter().map(|o| f.op(o)).collect::<Vec<_>>())
             .or_else(txn.failure.iter().map(|o| f.op(o)).collect::<Vec<_>>());
-        let r = self.client.kv_client().txn(t).await.map_err(|e| convert::error(e, lease))?;
+        let r = retry(|| {
+            let (mut c, t) = (self.client.kv_client(), t.clone());
+            async move { c.txn(t).await }
+        })
+        .await
+        .map_err(|e| convert::error(e, lease))?;
         let ops = if r.succeeded() { &txn.success } else { &txn.failure };
         let responses =
             ops.iter().zip(r.op_responses().iter()).map(|(op, resp)| f.response(op, resp)).collect();
@@ -198,7 +246,12 @@ impl StateStore for EtcdStore {
 
     async fn revision(&self) -> Result<Revision, StoreError> {
         let opts = ec::GetOptions::new().with_count_only();
-        let r = self.client.kv_client().get(self.meta_key.clone(), Some(opts)).await.map_err(io)?;
+        let r = retry(|| {
+            let (mut c, k, o) = (self.client.kv_client(), self.meta_key.clone(), opts.clone());
+            async move { c.get(k, Some(o)).await }
+        })
+        .await
+        .map_err(io)?;
         Ok(self.frame.from_etcd(r.header().map_or(0, |h| h.revision())))
     }
 
@@ -206,13 +259,22 @@ impl StateStore for EtcdStore {
         if ttl_seconds < 1 {
             return Err(StoreError::InvalidRequest(format!("lease TTL must be ≥ 1 s, not {ttl_seconds}")));
         }
-        let r = self.client.lease_client().grant(ttl_seconds, None).await.map_err(io)?;
+        let r = retry(|| {
+            let mut c = self.client.lease_client();
+            async move { c.grant(ttl_seconds, None).await }
+        })
+        .await
+        .map_err(io)?;
         Ok(LeaseGrant { id: r.id(), ttl_seconds: r.ttl() })
     }
 
     async fn keep_alive(&self, id: LeaseId) -> Result<i64, StoreError> {
-        let (mut keeper, mut stream) =
-            self.client.lease_client().keep_alive(id).await.map_err(|e| convert::error(e, Some(id)))?;
+        let (mut keeper, mut stream) = retry(|| {
+            let mut c = self.client.lease_client();
+            async move { c.keep_alive(id).await }
+        })
+        .await
+        .map_err(|e| convert::error(e, Some(id)))?;
         keeper.keep_alive().await.map_err(|e| convert::error(e, Some(id)))?;
         let r = stream.message().await.map_err(|e| convert::error(e, Some(id)))?;
         match r {
@@ -222,12 +284,12 @@ impl StateStore for EtcdStore {
     }
 
     async fn lease_time_to_live(&self, id: LeaseId) -> Result<i64, StoreError> {
-        let r = self
-            .client
-            .lease_client()
-            .time_to_live(id, None)
-            .await
-            .map_err(|e| convert::error(e, Some(id)))?;
+        let r = retry(|| {
+            let mut c = self.client.lease_client();
+            async move { c.time_to_live(id, None).await }
+        })
+        .await
+        .map_err(|e| convert::error(e, Some(id)))?;
         if r.ttl() < 0 {
             return Err(StoreError::LeaseNotFound(id));
         }
@@ -235,7 +297,12 @@ impl StateStore for EtcdStore {
     }
 
     async fn revoke_lease(&self, id: LeaseId) -> Result<(), StoreError> {
-        self.client.lease_client().revoke(id).await.map_err(|e| convert::error(e, Some(id)))?;
+        retry(|| {
+            let mut c = self.client.lease_client();
+            async move { c.revoke(id).await }
+        })
+        .await
+        .map_err(|e| convert::error(e, Some(id)))?;
         Ok(())
     }
 
@@ -278,7 +345,12 @@ impl StateStore for EtcdStore {
                 "cannot compact to {rev}: beyond the current revision {current}"
             )));
         }
-        match self.client.clone().compact(self.frame.to_etcd(rev), None).await {
+        match retry(|| {
+            let (mut c, r) = (self.client.clone(), self.frame.to_etcd(rev));
+            async move { c.compact(r, None).await }
+        })
+        .await
+        {
             Err(e) if e.to_string().contains("compacted") => {
                 Err(StoreError::Compacted { requested: rev, compacted: 0 })
             }
