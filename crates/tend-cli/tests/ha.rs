@@ -214,7 +214,7 @@ fn killing_the_leader_during_a_deploy_never_doubles_an_instance_and_the_deploy_c
     std::fs::write(&spec, self::spec(71, 6)).unwrap();
     ha.api(&["service", "deploy", spec.to_str().unwrap(), "--no-wait"]).unwrap();
     let mut first: BTreeMap<usize, i32> = BTreeMap::new();
-    let mut sample = |first: &mut BTreeMap<usize, i32>| {
+    let sample = |first: &mut BTreeMap<usize, i32>| {
         for (i, pids) in task_pids(71, 6) {
             assert!(pids.len() <= 1, "instance m-{i} has {} live processes: {pids:?}", pids.len());
             if let Some(p) = pids.first() {
