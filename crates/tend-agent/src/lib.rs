@@ -261,11 +261,16 @@ async fn main_loop(
                     // Loud, and nothing is stopped: the tasks keep running.
                     tracing::error!(agent = %st.cfg.id, error = %text, "the control plane belongs to another cluster; tasks keep running");
                     backoff = Duration::from_secs(5);
+                } else if text.contains("503") {
+                    // A member answered, between two leaders: the next one is seconds away at
+                    // most, and this agent's tasks should be reconciled as soon as it leads.
+                    tracing::warn!(agent = %st.cfg.id, error = %e, "no control-plane leader yet; retrying");
+                    backoff = Duration::from_millis(250);
                 } else {
                     tracing::warn!(agent = %st.cfg.id, error = %e, "cannot register; retrying");
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };

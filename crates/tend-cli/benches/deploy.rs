@@ -2,6 +2,10 @@
 //! on a control plane and 3 agents (separate processes), beside the spawn rate of /bin/true
 //! measured in the same run; then a SIGKILL of the control plane with the 500 tasks running:
 //! time until reconciled and the deploy plan complete again, and the number of relaunches.
+//!
+//! `cargo bench -p tend-cli --bench deploy` on the embedded store;
+//! `TEND_BENCH_STORE=etcd cargo bench -p tend-cli --bench deploy` on a 3-member etcd (the
+//! restarted control plane then also waits out its predecessor's leadership lease).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -26,9 +30,10 @@ async fn get(http: &reqwest::Client, base: &str, token: &str, path: &str) -> Opt
     http.get(format!("{base}{path}")).bearer_auth(token).send().await.ok()?.json().await.ok()
 }
 
-fn start_server(dir: &std::path::Path, port: u16) -> Child {
+fn start_server(dir: &std::path::Path, port: u16, store: &str) -> Child {
     tend()
         .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--agent-lost-after-seconds", "10"])
+        .args(["--store", store])
         .arg("--data-dir")
         .arg(dir.join("server"))
         .stdout(Stdio::null())
@@ -57,8 +62,14 @@ async fn main() {
     let base = format!("http://127.0.0.1:{port}");
     let spawn = spawn_rate(1000);
     println!("reference: spawn+wait of /bin/true          {spawn:>8.0} /s");
+    let etcd = match std::env::var("TEND_BENCH_STORE").as_deref() {
+        Ok("etcd") => Some(tend_testkit::etcd::EtcdCluster::start(dir.path(), 3).expect("etcd is installed")),
+        _ => None,
+    };
+    let store = etcd.as_ref().map_or("redb".to_string(), |e| format!("etcd://{}/bench", e.endpoints()));
+    println!("store: {store}");
     let mut procs = tend_testkit::Procs::new(Duration::from_secs(30));
-    procs.children.push(start_server(dir.path(), port));
+    procs.children.push(start_server(dir.path(), port, &store));
     wait_port(port).await;
     let token = std::fs::read_to_string(dir.path().join("server/token")).expect("token").trim().to_string();
     for (i, zone) in ["a", "b", "c"].iter().enumerate() {
@@ -132,7 +143,7 @@ async fn main() {
         .expect("kill");
     server.wait().expect("reap");
     let t = Instant::now();
-    procs.children.insert(0, start_server(dir.path(), port));
+    procs.children.insert(0, start_server(dir.path(), port, &store));
     wait_port(port).await;
     let listening = t.elapsed().as_secs_f64();
     let (mut reconciled, mut complete) = (None, None);

@@ -411,6 +411,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_env("TEND_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: logs kept in files stay readable.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let (conn, json) = (cli.conn, cli.json);

@@ -76,7 +76,7 @@ impl Ha {
             .args(["--listen", &format!("127.0.0.1:{}", self.ports[i]), "--agent-lost-after-seconds", "5"])
             .arg("--data-dir")
             .arg(&data)
-            .env("RUST_LOG", "tend_server=info")
+            .env("TEND_LOG", "tend_server=info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -183,7 +183,8 @@ impl Member {
 
     /// While another leads: forward to it, until its key is gone (then campaign again).
     async fn follow(&self, stop: &mut tokio::sync::watch::Receiver<bool>) {
-        let poll = (self.ttl() / 10).max(Duration::from_millis(100));
+        // A dead leader's key goes when its lease expires: notice within a fifth of a second.
+        let poll = (self.ttl() / 25).max(Duration::from_millis(100));
         loop {
             match leader::current(&*self.store).await {
                 Ok(Some((rec, epoch))) if rec.id != self.cfg.id => {
