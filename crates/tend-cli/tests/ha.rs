@@ -316,3 +316,47 @@ fn tend_keeps_working_when_an_etcd_member_is_killed() {
     assert!(st["leader"].is_string(), "{st}");
     assert_eq!(ha.api(&["pod", "list", "--service", "ha"]).unwrap().as_array().map(Vec::len), Some(2));
 }
+
+#[test]
+fn an_uploaded_artifact_is_copied_to_every_member_and_pulled_by_a_new_leader() {
+    let Some(mut ha) = Ha::start(2) else { return };
+    std::fs::write(ha.dir.path().join("run.sh"), "exec sleep 7477\n").unwrap();
+    let spec = |count: usize| {
+        format!(
+            "version: 1\nname: art\npods:\n  m:\n    count: {count}\n    placement: {{ unique_per_agent: true }}\n    artifacts: [ {{ uri: ./run.sh }} ]\n    tasks:\n      t: {{ cmd: 'sh run.sh' }}\n"
+        )
+    };
+    let file = ha.dir.path().join("art.yml");
+    std::fs::write(&file, spec(1)).unwrap();
+    ha.api(&["service", "deploy", file.to_str().unwrap()]).unwrap();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(b"exec sleep 7477\n"))
+    };
+    let copy = |i: usize| ha.dir.path().join(format!("member-{i}/artifacts/{sha}"));
+    ha.wait(Duration::from_secs(10), "the upload copied to every member", |_| {
+        (0..3).all(|i| copy(i).is_file())
+    });
+    // The leader goes; the new one has lost its copy (and so has the third member): it pulls
+    // the artifact from the old leader, back as a follower, when the second instance needs it.
+    let (old, epoch) = ha.leader().unwrap();
+    let _ = kill(ha.member_pid(old), Signal::SIGKILL);
+    ha.members[old] = None;
+    ha.wait(Duration::from_secs(20), "a new leader", |h| {
+        h.leader().is_some_and(|(l, e)| l != old && e > epoch)
+    });
+    let m = ha.spawn_member(old);
+    ha.members[old] = Some(m);
+    for i in (0..3).filter(|i| *i != old) {
+        std::fs::remove_file(copy(i)).unwrap();
+    }
+    std::fs::write(&file, spec(2)).unwrap();
+    ha.api(&["service", "deploy", file.to_str().unwrap()]).unwrap();
+    assert_eq!(
+        tend_testkit::pids_with_cmdline(&["sleep", "7477"]).len(),
+        2,
+        "both instances run the artifact"
+    );
+    let (now, _) = ha.leader().unwrap();
+    assert!(copy(now).is_file(), "the new leader pulled the artifact and kept it");
+}

@@ -4,6 +4,7 @@
 //! long polls and reports become calls on its [`AgentProtocol`](tend_control::agents::AgentProtocol).
 
 pub mod api;
+pub mod artifacts;
 pub mod ha;
 mod tokens;
 

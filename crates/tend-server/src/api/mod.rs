@@ -190,7 +190,11 @@ async fn download_artifact(
     if !valid_sha(&sha) {
         return Err(bad("an artifact is named by its sha256 (64 lowercase hex characters)"));
     }
-    tokio::fs::read(s.edge.artifacts_dir.join(&sha)).await.map_err(|_| not_found("artifact", &sha))
+    if let Ok(b) = tokio::fs::read(s.edge.artifacts_dir.join(&sha)).await {
+        return Ok(b);
+    }
+    // Uploaded to another member (a leader before a failover): pulled from it.
+    crate::artifacts::pull(&s, &sha).await.ok_or_else(|| not_found("artifact", &sha))
 }
 
 async fn upload_artifact(
@@ -205,15 +209,12 @@ async fn upload_artifact(
     if actual != sha {
         return Err(bad(format!("body has sha256 {actual}, not {sha}")));
     }
-    let path = s.edge.artifacts_dir.join(&sha);
-    let tmp = s.edge.artifacts_dir.join(format!(".{sha}.part"));
-    tokio::fs::write(&tmp, &body)
+    crate::artifacts::store_local(&s.edge.artifacts_dir, &sha, &body)
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    tokio::fs::rename(&tmp, &path)
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    Ok(Json(serde_json::json!({ "sha256": sha, "bytes": body.len() })))
+    let len = body.len();
+    crate::artifacts::push(&s, sha.clone(), body);
+    Ok(Json(serde_json::json!({ "sha256": sha, "bytes": len })))
 }
 
 fn refusal((code, kind, msg): tend_control::services::Refusal) -> ApiError {

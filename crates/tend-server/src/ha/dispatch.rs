@@ -25,6 +25,12 @@ pub fn router(m: Arc<Member>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/cluster", get(cluster))
+        .route(
+            &format!("{}/{{sha}}", crate::artifacts::MEMBER_ROUTE),
+            get(member_artifact)
+                .put(member_artifact_put)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_FORWARD_BYTES)),
+        )
         .fallback(dispatch)
         .with_state(m)
 }
@@ -45,14 +51,62 @@ async fn health(State(m): State<Arc<Member>>) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok", "role": role_name(&m.role()), "member": m.cfg.id }))
 }
 
-fn authorized(m: &Member, req: &Request) -> bool {
-    let got = req
-        .headers()
+fn bearer(headers: &axum::http::HeaderMap) -> &str {
+    headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    crate::api::constant_time_eq(got.as_bytes(), m.tokens.0.as_bytes())
+        .unwrap_or("")
+}
+
+fn authorized(m: &Member, req: &Request) -> bool {
+    crate::api::constant_time_eq(bearer(req.headers()).as_bytes(), m.tokens.0.as_bytes())
+}
+
+fn valid_sha(sha: &str) -> bool {
+    sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// An artifact from this member's own directory (for another member; cluster token).
+async fn member_artifact(
+    State(m): State<Arc<Member>>,
+    axum::extract::Path(sha): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if !crate::api::constant_time_eq(bearer(&headers).as_bytes(), m.tokens.1.as_bytes()) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "the cluster token is required".into());
+    }
+    if !valid_sha(&sha) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "an artifact is named by its sha256".into());
+    }
+    match tokio::fs::read(m.cfg.server.data_dir.join("artifacts").join(&sha)).await {
+        Ok(b) => b.into_response(),
+        Err(_) => {
+            error(StatusCode::NOT_FOUND, "not_found", format!("no artifact {sha} on member {}", m.cfg.id))
+        }
+    }
+}
+
+/// An artifact another member received (cluster token; its digest is checked).
+async fn member_artifact_put(
+    State(m): State<Arc<Member>>,
+    axum::extract::Path(sha): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> Response {
+    use sha2::Digest;
+    if !crate::api::constant_time_eq(bearer(&headers).as_bytes(), m.tokens.1.as_bytes()) {
+        return error(StatusCode::UNAUTHORIZED, "unauthorized", "the cluster token is required".into());
+    }
+    if !valid_sha(&sha) || hex::encode(sha2::Sha256::digest(&body)) != sha {
+        return error(StatusCode::BAD_REQUEST, "bad_request", format!("the body's sha256 is not {sha}"));
+    }
+    let dir = m.cfg.server.data_dir.join("artifacts");
+    let _ = tokio::fs::create_dir_all(&dir).await;
+    match crate::artifacts::store_local(&dir, &sha, &body).await {
+        Ok(()) => Json(serde_json::json!({ "sha256": sha, "bytes": body.len() })).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
 }
 
 /// Members, leader, epoch and store health, as this member sees them.
