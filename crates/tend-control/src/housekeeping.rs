@@ -38,7 +38,8 @@ impl Control {
             })
             .count();
         let excess = by_count.max(by_age);
-        for chunk in kvs[..excess].chunks(500) {
+        // 100 deletes a transaction: within etcd's default limit of 128 operations.
+        for chunk in kvs[..excess].chunks(100) {
             let mut txn = tend_store::Txn::new();
             for kv in chunk {
                 txn = txn.then(tend_store::TxnOp::delete(&kv.key));
