@@ -119,8 +119,12 @@ pub fn error(e: ec::Error, lease: Option<LeaseId>) -> StoreError {
     if msg.contains("required revision has been compacted") {
         return StoreError::Compacted { requested: 0, compacted: 0 };
     }
-    if msg.contains("future revision") || msg.contains("duplicate key") || msg.contains("too many operations")
-    {
+    if msg.contains("too many operations") {
+        return StoreError::InvalidRequest(format!(
+            "{msg}: start etcd with a higher --max-txn-ops (e.g. 10000): tend deletes a service, with its instances and volume records, in one transaction"
+        ));
+    }
+    if msg.contains("future revision") || msg.contains("duplicate key") {
         return StoreError::InvalidRequest(msg);
     }
     if msg.contains("request is too large") {

@@ -90,6 +90,8 @@ impl EtcdCluster {
             .args(["--initial-cluster-token", "tend-test"])
             // Short raft timers: elections in well under a second on loopback.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            // As tend's docs ask: a service's delete is one transaction.
+            .args(["--max-txn-ops", "10000"])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
             .stdout(Stdio::null())
             .stderr(log.map(Stdio::from).unwrap_or_else(Stdio::null))
