@@ -130,5 +130,18 @@ pub fn error(e: ec::Error, lease: Option<LeaseId>) -> StoreError {
     if msg.contains("request is too large") {
         return StoreError::InvalidRequest(msg);
     }
-    StoreError::Io(format!("etcd: {msg}"))
+    // The causes too: a transport error says no more than "transport error" on its own.
+    let mut text = match &e {
+        ec::Error::TransportError(t) => format!("etcd: {msg} ({t:?})"),
+        _ => format!("etcd: {msg}"),
+    };
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let c_text = c.to_string();
+        if !text.contains(&c_text) {
+            text.push_str(&format!(": {c_text}"));
+        }
+        cause = c.source();
+    }
+    StoreError::Io(text)
 }

@@ -187,16 +187,8 @@ pub async fn on_results(server: &Control, agent: &str, results: Vec<JobResult>) 
         };
         let record =
             RunRecord { end_ms: Some(end), status, output_tail: res.output_tail.clone(), ..r.record.clone() };
-        let written =
-            history::record(server.inner.store.as_ref(), &history_prefix(&r.service), &r.held, &record).await;
-        // The history changed: forget the cached summary of this job-instance.
-        server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).summaries.remove(&(
-            r.service.clone(),
-            r.job.clone(),
-            r.instance.clone(),
-        ));
-        let holder = format!("cp-{}", server.inner.epoch);
-        let _ = lm(server).release(&holder, &r.held).await;
+        // Pacing is stored before the result: whoever sees the run finished (a restarted
+        // control plane too) also sees its pause.
         let duration = end.saturating_sub(r.record.start_ms);
         if r.pacing_ratio > 0.0 {
             let until = end + (duration as f64 * r.pacing_ratio) as u64;
@@ -212,6 +204,16 @@ pub async fn on_results(server: &Control, agent: &str, results: Vec<JobResult>) 
                 .pace_until
                 .insert((r.service.clone(), r.job.clone()), until);
         }
+        let written =
+            history::record(server.inner.store.as_ref(), &history_prefix(&r.service), &r.held, &record).await;
+        // The history changed: forget the cached summary of this job-instance.
+        server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).summaries.remove(&(
+            r.service.clone(),
+            r.job.clone(),
+            r.instance.clone(),
+        ));
+        let holder = format!("cp-{}", server.inner.epoch);
+        let _ = lm(server).release(&holder, &r.held).await;
         let msg = match written {
             Ok(()) => {
                 format!("job {} on {} {:?} after {duration} ms", r.job, r.instance, status).to_lowercase()
