@@ -1,8 +1,7 @@
 //! Artifacts: fetch into a checksum-keyed cache, verify sha256, copy or extract into the sandbox,
 //! refusing archive entries that would escape it.
 
-use std::io::Read;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tend_api::ArtifactRef;
@@ -43,7 +42,7 @@ impl Fetcher {
         let a2 = a.clone();
         tokio::task::spawn_blocking(move || {
             if a2.extract {
-                extract(&a2, &cached, &dest)
+                crate::extract::extract(&a2, &cached, &dest)
             } else {
                 let target = dest.join(&a2.name);
                 std::fs::copy(&cached, &target).map_err(io)?;
@@ -107,121 +106,10 @@ impl Fetcher {
     }
 }
 
-/// The path of an archive entry inside `dest`, or why it would escape.
-fn safe_join(dest: &Path, entry: &Path) -> Result<PathBuf, &'static str> {
-    let mut out = dest.to_path_buf();
-    for c in entry.components() {
-        match c {
-            Component::Normal(x) => out.push(x),
-            Component::CurDir => {}
-            Component::ParentDir => return Err("`..` in its path"),
-            Component::RootDir | Component::Prefix(_) => return Err("absolute path"),
-        }
-    }
-    Ok(out)
-}
-
-/// Checks a link target stays inside the sandbox once resolved from the link's directory.
-fn link_stays_inside(dest: &Path, link_path: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
-    }
-    let base = link_path.parent().unwrap_or(dest);
-    let mut depth: i64 = base.strip_prefix(dest).map(|p| p.components().count() as i64).unwrap_or(-1);
-    if depth < 0 {
-        return false;
-    }
-    for c in target.components() {
-        match c {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            _ => return false,
-        }
-        if depth < 0 {
-            return false;
-        }
-    }
-    true
-}
-
-/// Extracts a .tar.gz/.tgz or .zip into `dest`. Every entry is checked before anything is written.
-pub fn extract(a: &ArtifactRef, archive: &Path, dest: &Path) -> Result<(), ArtifactError> {
-    let ex = |e: String| ArtifactError::Extract { uri: a.uri.clone(), error: e };
-    let escape = |entry: &Path, why| ArtifactError::Escape {
-        uri: a.uri.clone(),
-        entry: entry.display().to_string(),
-        why,
-    };
-    let name = a.uri.to_ascii_lowercase();
-    if name.ends_with(".zip") {
-        let f = std::fs::File::open(archive).map_err(io)?;
-        let mut z = zip::ZipArchive::new(f).map_err(|e| ex(e.to_string()))?;
-        for i in 0..z.len() {
-            let e = z.by_index(i).map_err(|e| ex(e.to_string()))?;
-            let raw = PathBuf::from(e.name());
-            safe_join(dest, &raw).map_err(|why| escape(&raw, why))?;
-            if e.is_symlink() {
-                return Err(escape(&raw, "symbolic link"));
-            }
-        }
-        for i in 0..z.len() {
-            let mut e = z.by_index(i).map_err(|e| ex(e.to_string()))?;
-            let path = safe_join(dest, Path::new(e.name())).map_err(|why| escape(Path::new(""), why))?;
-            if e.is_dir() {
-                std::fs::create_dir_all(&path).map_err(io)?;
-                continue;
-            }
-            if let Some(p) = path.parent() {
-                std::fs::create_dir_all(p).map_err(io)?;
-            }
-            let mut buf = Vec::new();
-            e.read_to_end(&mut buf).map_err(io)?;
-            std::fs::write(&path, &buf).map_err(io)?;
-            #[cfg(unix)]
-            if let Some(mode) = e.unix_mode() {
-                use std::os::unix::fs::PermissionsExt;
-                let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o777));
-            }
-        }
-        return Ok(());
-    }
-    if !(name.ends_with(".tar.gz") || name.ends_with(".tgz")) {
-        return Err(ex("only .zip, .tar.gz and .tgz can be extracted".into()));
-    }
-    // First pass: check every entry.
-    {
-        let f = std::fs::File::open(archive).map_err(io)?;
-        let mut t = tar::Archive::new(flate2::read::GzDecoder::new(f));
-        for e in t.entries().map_err(|e| ex(e.to_string()))? {
-            let e = e.map_err(|e| ex(e.to_string()))?;
-            let raw = e.path().map_err(|e| ex(e.to_string()))?.into_owned();
-            let target = safe_join(dest, &raw).map_err(|why| escape(&raw, why))?;
-            let kind = e.header().entry_type();
-            if kind.is_symlink() || kind.is_hard_link() {
-                let link =
-                    e.link_name().map_err(|e| ex(e.to_string()))?.map(|l| l.into_owned()).unwrap_or_default();
-                let inside = if kind.is_hard_link() {
-                    safe_join(dest, &link).is_ok()
-                } else {
-                    link_stays_inside(dest, &target, &link)
-                };
-                if !inside {
-                    return Err(escape(&raw, "a link pointing outside the sandbox"));
-                }
-            }
-        }
-    }
-    let f = std::fs::File::open(archive).map_err(io)?;
-    let mut t = tar::Archive::new(flate2::read::GzDecoder::new(f));
-    t.set_preserve_permissions(true);
-    t.unpack(dest).map_err(|e| ex(e.to_string()))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::extract::extract;
 
     fn art(uri: &str) -> ArtifactRef {
         ArtifactRef { uri: uri.into(), sha256: None, extract: true, name: "x".into() }

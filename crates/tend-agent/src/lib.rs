@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod checkpoint;
 pub mod checks;
 pub mod cluster;
+pub mod extract;
 pub mod jobs;
 pub mod pod;
 pub mod process;
