@@ -95,10 +95,20 @@ impl Checkpoints {
         f(&mut ck);
         if let Some(parent) = path.parent() {
             let _ = std::fs::create_dir_all(parent);
+            // Checkpoints hold the tasks' env (secrets too): the owner's only.
+            let _ = std::fs::set_permissions(parent, std::os::unix::fs::PermissionsExt::from_mode(0o700));
         }
         let tmp = path.with_extension("json.part");
         if let Ok(bytes) = serde_json::to_vec(&ck) {
-            if std::fs::write(&tmp, bytes).is_ok() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes));
+            if written.is_ok() {
                 let _ = std::fs::rename(&tmp, &path);
             }
         }

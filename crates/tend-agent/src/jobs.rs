@@ -145,16 +145,13 @@ async fn execute(ctx: &PodCtx, a: &Assignment, r: &JobRun, runner: &JobRunner) -
     if let Some(pg) = pgid {
         runner.groups.lock().unwrap_or_else(|e| e.into_inner()).insert(r.run_id.clone(), pg.as_raw());
     }
-    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+    let (out, err) = (child.stdout.take(), child.stderr.take());
+    // Both pipes drained at once (a full stderr pipe would block the run forever otherwise),
+    // keeping only their tails.
     let collect = async move {
-        let mut buf = Vec::new();
-        if let Some(o) = out.as_mut() {
-            let _ = o.read_to_end(&mut buf).await;
-        }
-        if let Some(e) = err.as_mut() {
-            let _ = e.read_to_end(&mut buf).await;
-        }
-        buf
+        let (mut o, e) = tokio::join!(tail_of(out), tail_of(err));
+        o.extend(e);
+        o
     };
     let work = async { tokio::join!(child.wait(), collect) };
     match tokio::time::timeout(Duration::from_secs(r.timeout_seconds.max(1)), work).await {
@@ -181,5 +178,48 @@ async fn execute(ctx: &PodCtx, a: &Assignment, r: &JobRun, runner: &JobRunner) -
                 format!("killed after its timeout of {} s", r.timeout_seconds),
             )
         }
+    }
+}
+
+/// Reads a pipe to its end, keeping its last `OUTPUT_TAIL_BYTES` bytes.
+async fn tail_of<R: tokio::io::AsyncRead + Unpin>(pipe: Option<R>) -> Vec<u8> {
+    let Some(mut pipe) = pipe else { return Vec::new() };
+    let (mut keep, mut chunk) = (Vec::new(), vec![0u8; 16 * 1024]);
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => return keep,
+            Ok(n) => {
+                keep.extend_from_slice(&chunk[..n]);
+                if keep.len() > 2 * OUTPUT_TAIL_BYTES {
+                    keep.drain(..keep.len() - OUTPUT_TAIL_BYTES);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 200 KB on stderr (more than a pipe holds) before the last line on stdout: both pipes are
+    /// drained at once, so the run ends, and only the tails are kept.
+    #[tokio::test]
+    async fn a_run_flooding_stderr_ends_and_keeps_tails() {
+        let mut child = tokio::process::Command::new("/bin/sh")
+            .args(["-c", "yes e | head -c 200000 >&2; echo done"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (out, err) = (child.stdout.take(), child.stderr.take());
+        let both = async { tokio::join!(child.wait(), tail_of(out), tail_of(err)) };
+        let (status, out, err) = tokio::time::timeout(Duration::from_secs(20), both)
+            .await
+            .expect("the run ends (no full pipe blocks it)");
+        assert!(status.unwrap().success());
+        assert_eq!(out, b"done\n");
+        assert!(err.len() <= 2 * OUTPUT_TAIL_BYTES && err.len() >= OUTPUT_TAIL_BYTES, "{}", err.len());
+        assert!(err.iter().all(|b| *b == b'e' || *b == b'\n'));
     }
 }

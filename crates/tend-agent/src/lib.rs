@@ -12,6 +12,7 @@ pub mod checks;
 pub mod cluster;
 pub mod extract;
 pub mod jobs;
+mod logs;
 pub mod pod;
 pub mod process;
 pub mod servers;
@@ -23,12 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use axum::routing::get;
-use axum::Json;
-use serde::Deserialize;
 use tend_api::{AgentResources, Assignment, DesiredState, RegisterRequest, RegisterResponse, StatusReport};
 use tokio::sync::watch;
 
@@ -129,7 +126,7 @@ pub async fn run(
         released: std::sync::Mutex::new(Vec::new()),
         jobs: Arc::new(jobs::JobRunner::default()),
     });
-    let app = axum::Router::new().route("/v1/logs", get(logs)).with_state(state.clone());
+    let app = axum::Router::new().route("/v1/logs", get(logs::logs)).with_state(state.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut srv_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
@@ -586,49 +583,4 @@ async fn stop_all(st: &AgentState) {
     for c in st.ctx.checkpoints.load_all() {
         st.ctx.checkpoints.remove(&c.assignment.service, &c.assignment.instance);
     }
-}
-
-#[derive(Deserialize)]
-struct LogQuery {
-    service: String,
-    instance: String,
-    incarnation: u64,
-    task: String,
-    #[serde(default)]
-    stream: Option<String>,
-    #[serde(default)]
-    tail_bytes: Option<u64>,
-}
-
-fn api_error(code: StatusCode, kind: &str, msg: String) -> Response {
-    (code, Json(serde_json::json!({ "error": { "code": kind, "message": msg } }))).into_response()
-}
-
-/// Serves the tail of a task's stdout or stderr to the control plane.
-async fn logs(State(st): State<Arc<AgentState>>, headers: HeaderMap, Query(q): Query<LogQuery>) -> Response {
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
-    if auth != format!("Bearer {}", st.cfg.cluster_token) {
-        return api_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid cluster token is required".into(),
-        );
-    }
-    let stream = q.stream.unwrap_or_else(|| "stdout".into());
-    if stream != "stdout" && stream != "stderr" {
-        return api_error(StatusCode::BAD_REQUEST, "bad_request", "stream must be stdout or stderr".into());
-    }
-    let valid = |s: &str| !s.is_empty() && !s.contains('/') && s != ".." && s != ".";
-    if !valid(&q.service) || !valid(&q.instance) || !valid(&q.task) {
-        return api_error(StatusCode::BAD_REQUEST, "bad_request", "invalid name".into());
-    }
-    let path =
-        st.ctx.sandbox_dir(&q.service, &q.instance, q.incarnation).join(format!("{}.{stream}", q.task));
-    let Ok(bytes) = tokio::fs::read(&path).await else {
-        return api_error(StatusCode::NOT_FOUND, "not_found", format!("no {stream} log for that task"));
-    };
-    let tail = q.tail_bytes.unwrap_or(64 * 1024).min(pod::LOG_CAP_BYTES) as usize;
-    let truncated = bytes.len() > tail;
-    let data = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(tail)..]).into_owned();
-    Json(tend_api::LogChunk { stream, data, truncated }).into_response()
 }

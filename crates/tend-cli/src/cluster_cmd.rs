@@ -82,9 +82,8 @@ async fn open_store(
 ) -> anyhow::Result<(Arc<dyn StateStore>, tend_api::StoreInfo, tend_server::ha::HealthCheck, bool)> {
     if a.store == "redb" {
         let path = a.data_dir.join("server.redb");
-        std::fs::create_dir_all(&a.data_dir)
-            .with_context(|| format!("cannot create {}", a.data_dir.display()))?;
-        let store: Arc<dyn StateStore> = tend_store_redb::RedbStore::open(&path, clock)?;
+        tend_server::private_dir(&a.data_dir)?;
+        let store = tend_server::open_redb(&path, clock)?;
         let info = tend_api::StoreInfo {
             backend: "redb".into(),
             location: path.display().to_string(),

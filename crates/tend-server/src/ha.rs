@@ -68,8 +68,7 @@ impl Member {
         health: HealthCheck,
     ) -> anyhow::Result<Arc<Member>> {
         anyhow::ensure!(cfg.ttl_seconds >= 2, "the leadership TTL must be at least 2 s");
-        std::fs::create_dir_all(&cfg.server.data_dir)
-            .with_context(|| format!("cannot create {}", cfg.server.data_dir.display()))?;
+        crate::private_dir(&cfg.server.data_dir)?;
         let tokens = crate::tokens::shared(&*store, &cfg.server.data_dir).await?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(90)).build()?;
         let started_ms = clock.now_ms();

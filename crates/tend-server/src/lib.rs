@@ -57,17 +57,34 @@ impl Deref for Server {
     }
 }
 
+/// Creates a data directory (and its parents) readable by its owner only (0700): it holds the
+/// store, tokens and artifacts.
+pub fn private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot make {} private", dir.display()))
+}
+
+/// Opens the embedded store at `path`, a file readable by its owner only (0600): task env and
+/// the cluster's tokens are in it.
+pub fn open_redb(path: &std::path::Path, clock: SharedClock) -> anyhow::Result<Arc<dyn StateStore>> {
+    use std::os::unix::fs::PermissionsExt;
+    let store: Arc<dyn StateStore> = tend_store_redb::RedbStore::open(path, clock)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot make {} private", path.display()))?;
+    Ok(store)
+}
+
 impl Server {
     /// Opens the data directory (redb store, tokens) with the system clock, and starts.
     pub async fn open(cfg: ServerConfig) -> anyhow::Result<Server> {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+        private_dir(&cfg.data_dir)?;
         // An address file left by a control plane that died describes nobody: `serve` writes
         // the new one once it listens.
         let _ = std::fs::remove_file(cfg.data_dir.join("address"));
         let clock: SharedClock = Arc::new(SystemClock);
-        let store: Arc<dyn StateStore> =
-            tend_store_redb::RedbStore::open(cfg.data_dir.join("server.redb"), clock.clone())?;
+        let store = open_redb(&cfg.data_dir.join("server.redb"), clock.clone())?;
         Server::new(cfg, store, clock).await
     }
 
@@ -78,12 +95,12 @@ impl Server {
         store: Arc<dyn StateStore>,
         clock: SharedClock,
     ) -> anyhow::Result<Server> {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+        private_dir(&cfg.data_dir)?;
         let tokens = (
             tokens::token_file(&cfg.data_dir.join("token"))?,
             tokens::token_file(&cfg.data_dir.join("cluster-token"))?,
         );
+        tokens::check_pair(&tokens.0, &tokens.1)?;
         Server::with_tokens(cfg, store, clock, tokens).await
     }
 

@@ -1,0 +1,93 @@
+//! The agent's log endpoint: the tail of a task's stdout or stderr, for the control plane
+//! (cluster token, compared in constant time), read from the end of the file.
+
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use crate::{pod, AgentState};
+
+#[derive(Deserialize)]
+pub(crate) struct LogQuery {
+    service: String,
+    instance: String,
+    incarnation: u64,
+    task: String,
+    #[serde(default)]
+    stream: Option<String>,
+    #[serde(default)]
+    tail_bytes: Option<u64>,
+}
+
+fn api_error(code: StatusCode, kind: &str, msg: String) -> Response {
+    (code, Json(serde_json::json!({ "error": { "code": kind, "message": msg } }))).into_response()
+}
+
+/// Serves the tail of a task's stdout or stderr to the control plane.
+pub(crate) async fn logs(
+    State(st): State<Arc<AgentState>>,
+    headers: HeaderMap,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let want = format!("Bearer {}", st.cfg.cluster_token);
+    // Constant time: how long a refusal takes says nothing of how much of the token matched.
+    let same = auth.len() == want.len()
+        && auth.bytes().zip(want.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    if !same {
+        return api_error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid cluster token is required".into(),
+        );
+    }
+    let stream = q.stream.unwrap_or_else(|| "stdout".into());
+    if stream != "stdout" && stream != "stderr" {
+        return api_error(StatusCode::BAD_REQUEST, "bad_request", "stream must be stdout or stderr".into());
+    }
+    let valid = |s: &str| !s.is_empty() && !s.contains('/') && s != ".." && s != ".";
+    if !valid(&q.service) || !valid(&q.instance) || !valid(&q.task) {
+        return api_error(StatusCode::BAD_REQUEST, "bad_request", "invalid name".into());
+    }
+    let path =
+        st.ctx.sandbox_dir(&q.service, &q.instance, q.incarnation).join(format!("{}.{stream}", q.task));
+    let tail = q.tail_bytes.unwrap_or(64 * 1024).min(pod::LOG_CAP_BYTES);
+    // Only the tail is read, from the end of the file: a huge log costs no more than its tail.
+    let Ok((bytes, truncated)) = read_tail(&path, tail).await else {
+        return api_error(StatusCode::NOT_FOUND, "not_found", format!("no {stream} log for that task"));
+    };
+    let data = String::from_utf8_lossy(&bytes).into_owned();
+    Json(tend_api::LogChunk { stream, data, truncated }).into_response()
+}
+
+/// The last `n` bytes of a file, and whether there was more before them.
+async fn read_tail(path: &std::path::Path, n: u64) -> std::io::Result<(Vec<u8>, bool)> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut f = tokio::fs::File::open(path).await?;
+    let len = f.metadata().await?.len();
+    let start = len.saturating_sub(n);
+    f.seek(std::io::SeekFrom::Start(start)).await?;
+    let mut buf = Vec::with_capacity((len - start) as usize);
+    f.take(n).read_to_end(&mut buf).await?;
+    Ok((buf, start > 0))
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn only_the_tail_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.stdout");
+        let mut body = vec![b'x'; 1 << 20];
+        body.extend_from_slice(b"last line\n");
+        std::fs::write(&p, &body).unwrap();
+        let (tail, truncated) = super::read_tail(&p, 10).await.unwrap();
+        assert_eq!((tail.as_slice(), truncated), (&b"last line\n"[..], true));
+        let (all, truncated) = super::read_tail(&p, 10 << 20).await.unwrap();
+        assert_eq!((all.len(), truncated), (body.len(), false));
+    }
+}
