@@ -302,12 +302,12 @@ impl Ctx {
                 );
                 continue;
             }
-            if name.starts_with("TEND_") {
+            if name.starts_with("TEND_") || name.starts_with("PORT_") {
                 self.at(
                     "reserved-name",
                     k,
-                    format!("`{name}`: variables starting with TEND_ are set by tend"),
-                    Some("choose another name".into()),
+                    format!("`{name}`: variables starting with TEND_ or PORT_ are set by tend"),
+                    Some("choose another name (tend sets PORT_<NAME> for each named port)".into()),
                 );
                 continue;
             }

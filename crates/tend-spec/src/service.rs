@@ -478,6 +478,20 @@ fn decode_pod(cx: &mut Ctx, name: String, node: &Node) -> Option<PodSpec> {
                         format!("two volumes of {what} use path `{}`", vol.path),
                         None,
                     );
+                } else if let Some(o) = volumes.iter().find(|o| nested(&o.path, &vol.path)) {
+                    cx.at(
+                        "nested-volume",
+                        v,
+                        format!("volume `{}` (path `{}`) and volume `{}` (path `{}`) are nested in {what}", vol.name, vol.path, o.name, o.path),
+                        Some("give each volume a path of its own, side by side".into()),
+                    );
+                } else if let Some(o) = volumes.iter().find(|o| volume_env_name(&o.name) == volume_env_name(&vol.name)) {
+                    cx.at(
+                        "env-clash",
+                        v,
+                        format!("volumes `{}` and `{}` of {what} both become {}", vol.name, o.name, volume_env_name(&vol.name)),
+                        Some("rename one of them".into()),
+                    );
                 } else {
                     volumes.push(vol);
                 }
@@ -538,6 +552,17 @@ fn decode_pod(cx: &mut Ctx, name: String, node: &Node) -> Option<PodSpec> {
         on_decommission,
         update: UpdatePolicy::default(),
     })
+}
+
+/// Whether one volume path lies inside the other (`data` and `data/wal`).
+fn nested(a: &str, b: &str) -> bool {
+    let inside = |x: &str, y: &str| y.strip_prefix(x).is_some_and(|rest| rest.starts_with('/'));
+    inside(a, b) || inside(b, a)
+}
+
+/// The variable that gives a task a volume's path.
+pub fn volume_env_name(volume: &str) -> String {
+    format!("TEND_VOLUME_{}", volume.to_ascii_uppercase().replace('-', "_"))
 }
 
 /// A pod's own `update` mapping, if it has one (its fields were checked by `decode_pod`).
@@ -630,6 +655,18 @@ fn decode_artifact(cx: &mut Ctx, node: &Node) -> Option<Artifact> {
             );
             return None;
         }
+    }
+    let path = uri.split_once("://").map_or(uri.as_str(), |(_, rest)| rest);
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let last = path.rsplit('/').next().unwrap_or("");
+    if last.is_empty() || last == "." || last == ".." || path.split('/').any(|c| c == "..") {
+        cx.at(
+            "invalid-uri",
+            uri_node,
+            format!("artifact `{uri}` does not name a file (its last part is `{last}`, or it climbs with `..`)"),
+            Some("name the file itself, e.g. ./dist/server.tar.gz".into()),
+        );
+        return None;
     }
     let sha256 = opt(&f, "sha256", |n| {
         let s = cx.string(n, "sha256")?.to_ascii_lowercase();
@@ -816,7 +853,20 @@ fn decode_check(cx: &mut Ctx, node: &Node, what: &str, ports: &BTreeMap<String, 
         "http" => {
             let hf = cx.fields(f.get("http")?, "http check", &["port", "path"])?;
             let port = port_ref(cx, &hf);
-            let path = opt(&hf, "path", |n| cx.nonempty_string(n, "path")).unwrap_or_else(|| "/".into());
+            let path = opt(&hf, "path", |n| {
+                let p = cx.nonempty_string(n, "path")?;
+                if !p.starts_with('/') || p.chars().any(|c| c.is_control() || c == ' ') {
+                    cx.at(
+                        "invalid-path",
+                        n,
+                        format!("HTTP check path `{}` must start with `/` and hold no spaces or control characters", p.escape_debug()),
+                        Some("for example `/ready`".into()),
+                    );
+                    return None;
+                }
+                Some(p)
+            })
+            .unwrap_or_else(|| "/".into());
             Probe::Http { port: port?, path }
         }
         _ => {
@@ -853,7 +903,11 @@ fn decode_plan(cx: &mut Ctx, name: String, node: &Node, pods: &[&str]) -> Option
     let mut phases = Vec::new();
     let mut dep_nodes: Vec<(String, Vec<(String, crate::node::Pos)>)> = Vec::new();
     if let Some(n) = cx.require(&f, "phases", &what, "{ data: { pod: data } }") {
-        for (pname, _, pnode) in cx.named(n, "`phases`", "phase") {
+        let named = cx.named(n, "`phases`", "phase");
+        if named.is_empty() && matches!(n.kind, NodeKind::Map(_)) {
+            cx.at("empty", n, format!("{what} needs at least one phase"), Some("{ data: { pod: data } }".into()));
+        }
+        for (pname, _, pnode) in named {
             let pw = format!("phase `{pname}` of {what}");
             let Some(pf) = cx.fields(pnode, &pw, &["pod", "strategy", "depends_on"]) else { continue };
             let pod = cx.require(&pf, "pod", &pw, pods.first().copied().unwrap_or("data")).and_then(|n| {
