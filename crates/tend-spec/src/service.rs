@@ -482,14 +482,24 @@ fn decode_pod(cx: &mut Ctx, name: String, node: &Node) -> Option<PodSpec> {
                     cx.at(
                         "nested-volume",
                         v,
-                        format!("volume `{}` (path `{}`) and volume `{}` (path `{}`) are nested in {what}", vol.name, vol.path, o.name, o.path),
+                        format!(
+                            "volume `{}` (path `{}`) and volume `{}` (path `{}`) are nested in {what}",
+                            vol.name, vol.path, o.name, o.path
+                        ),
                         Some("give each volume a path of its own, side by side".into()),
                     );
-                } else if let Some(o) = volumes.iter().find(|o| volume_env_name(&o.name) == volume_env_name(&vol.name)) {
+                } else if let Some(o) =
+                    volumes.iter().find(|o| volume_env_name(&o.name) == volume_env_name(&vol.name))
+                {
                     cx.at(
                         "env-clash",
                         v,
-                        format!("volumes `{}` and `{}` of {what} both become {}", vol.name, o.name, volume_env_name(&vol.name)),
+                        format!(
+                            "volumes `{}` and `{}` of {what} both become {}",
+                            vol.name,
+                            o.name,
+                            volume_env_name(&vol.name)
+                        ),
                         Some("rename one of them".into()),
                     );
                 } else {
@@ -663,7 +673,9 @@ fn decode_artifact(cx: &mut Ctx, node: &Node) -> Option<Artifact> {
         cx.at(
             "invalid-uri",
             uri_node,
-            format!("artifact `{uri}` does not name a file (its last part is `{last}`, or it climbs with `..`)"),
+            format!(
+                "artifact `{uri}` does not name a file (its last part is `{last}`, or it climbs with `..`)"
+            ),
             Some("name the file itself, e.g. ./dist/server.tar.gz".into()),
         );
         return None;
@@ -905,7 +917,12 @@ fn decode_plan(cx: &mut Ctx, name: String, node: &Node, pods: &[&str]) -> Option
     if let Some(n) = cx.require(&f, "phases", &what, "{ data: { pod: data } }") {
         let named = cx.named(n, "`phases`", "phase");
         if named.is_empty() && matches!(n.kind, NodeKind::Map(_)) {
-            cx.at("empty", n, format!("{what} needs at least one phase"), Some("{ data: { pod: data } }".into()));
+            cx.at(
+                "empty",
+                n,
+                format!("{what} needs at least one phase"),
+                Some("{ data: { pod: data } }".into()),
+            );
         }
         for (pname, _, pnode) in named {
             let pw = format!("phase `{pname}` of {what}");
