@@ -73,6 +73,12 @@ pub struct ServerArgs {
     /// A deploy step waiting on an agent fails after this long, saying what it waited for.
     #[arg(long, default_value_t = 600)]
     pub step_deadline_seconds: u64,
+    /// Open API connections at most (and at most ¾ of the open-file limit); more are closed.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// A request's headers must arrive within this long (slow clients, idle keep-alives dropped).
+    #[arg(long, default_value_t = 10)]
+    pub header_timeout_seconds: u64,
 }
 
 /// The store `--store` names, what `tend status` shows of it, and its health check.
@@ -135,6 +141,12 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<ExitCode> {
     cfg.control.job_lease_ttl_seconds = a.job_lease_ttl_seconds;
     cfg.control.adopt_agents = a.adopt_agents;
     cfg.control.step_deadline_ms = a.step_deadline_seconds * 1000;
+    anyhow::ensure!(a.max_connections >= 16, "--max-connections must be at least 16");
+    anyhow::ensure!(a.header_timeout_seconds >= 1, "--header-timeout-seconds must be at least 1");
+    cfg.bounds = tend_server::listen::Bounds {
+        max_connections: a.max_connections,
+        header_timeout: std::time::Duration::from_secs(a.header_timeout_seconds),
+    };
     // An address file left by a member that died describes nobody.
     let _ = std::fs::remove_file(a.data_dir.join("address"));
     let clock: tend_model::SharedClock = Arc::new(tend_model::SystemClock);

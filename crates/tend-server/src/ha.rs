@@ -114,13 +114,10 @@ impl Member {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let app = dispatch::router(self.clone());
         let mut serve_stop = stop_rx.clone();
-        let serve = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = serve_stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let bounds = self.cfg.server.bounds;
+        let serve = tokio::spawn(crate::listen::serve(listener, app, bounds, async move {
+            let _ = serve_stop.wait_for(|s| *s).await;
+        }));
         let announce = tokio::spawn(self.clone().announce_loop());
         let elect = tokio::spawn(self.clone().election_loop(stop_rx));
         shutdown.await;

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod artifacts;
 pub mod ha;
+pub mod listen;
 mod tokens;
 
 use std::net::SocketAddr;
@@ -26,11 +27,18 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub control: ControlConfig,
+    /// Connection cap and header deadline of the API.
+    pub bounds: listen::Bounds,
 }
 
 impl ServerConfig {
     pub fn new(data_dir: impl Into<PathBuf>, listen: SocketAddr) -> Self {
-        Self { data_dir: data_dir.into(), listen, control: ControlConfig::default() }
+        Self {
+            data_dir: data_dir.into(),
+            listen,
+            control: ControlConfig::default(),
+            bounds: Default::default(),
+        }
     }
 }
 
@@ -41,6 +49,7 @@ pub struct Edge {
     pub api_token: String,
     pub cluster_token: String,
     pub artifacts_dir: PathBuf,
+    pub bounds: listen::Bounds,
 }
 
 /// A running control plane with its HTTP edge. Derefs to its [`Control`].
@@ -113,8 +122,14 @@ impl Server {
     ) -> anyhow::Result<Server> {
         let artifacts_dir = cfg.data_dir.join("artifacts");
         std::fs::create_dir_all(&artifacts_dir)?;
-        let edge =
-            Edge { api_token, cluster_token, artifacts_dir, data_dir: cfg.data_dir, listen: cfg.listen };
+        let edge = Edge {
+            api_token,
+            cluster_token,
+            artifacts_dir,
+            data_dir: cfg.data_dir,
+            listen: cfg.listen,
+            bounds: cfg.bounds,
+        };
         let control = Control::new(cfg.control, store, clock).await?;
         Ok(Server { control, edge: Arc::new(edge) })
     }
@@ -131,7 +146,7 @@ impl Server {
         std::fs::write(self.edge.data_dir.join("address"), format!("http://{addr}\n"))?;
         tracing::info!(%addr, "control plane listening");
         let app = api::router(self.clone());
-        axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+        listen::serve(listener, app, self.edge.bounds, shutdown).await;
         Ok(())
     }
 
