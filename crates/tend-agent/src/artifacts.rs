@@ -33,6 +33,43 @@ fn io(e: impl std::fmt::Display) -> ArtifactError {
     ArtifactError::Io(e.to_string())
 }
 
+/// Copies a single-file artifact into the sandbox under its name: never through a link there
+/// (`O_NOFOLLOW`), and executable when it is a script (`#!`) or an ELF binary — an uploaded
+/// file carries no mode of its own.
+pub fn place_file(a: &ArtifactRef, cached: &Path, dest: &Path) -> Result<(), ArtifactError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let single =
+        matches!(Path::new(&a.name).components().collect::<Vec<_>>()[..], [std::path::Component::Normal(_)]);
+    if !single {
+        return Err(ArtifactError::Escape {
+            uri: a.uri.clone(),
+            entry: a.name.clone(),
+            why: "a name that is not a plain file name",
+        });
+    }
+    let mut src = std::fs::File::open(cached).map_err(io)?;
+    let mut head = [0u8; 4];
+    let n = std::io::Read::read(&mut src, &mut head).map_err(io)?;
+    let runnable = head[..n].starts_with(b"#!") || head[..n] == *b"\x7fELF";
+    let target = dest.join(&a.name);
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(&target)
+        .map_err(|_| ArtifactError::Escape {
+            uri: a.uri.clone(),
+            entry: a.name.clone(),
+            why: "a link or special file where the artifact goes",
+        })?;
+    std::io::Write::write_all(&mut out, &head[..n]).map_err(io)?;
+    std::io::copy(&mut src, &mut out).map_err(io)?;
+    let mode = if runnable { 0o755 } else { 0o644 };
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).map_err(io)
+}
+
 impl Fetcher {
     /// Fetches `a` (from the cache when its checksum is known and present) and places it in
     /// `sandbox`: copied under its name, or extracted.
@@ -44,9 +81,7 @@ impl Fetcher {
             if a2.extract {
                 crate::extract::extract(&a2, &cached, &dest)
             } else {
-                let target = dest.join(&a2.name);
-                std::fs::copy(&cached, &target).map_err(io)?;
-                Ok(())
+                place_file(&a2, &cached, &dest)
             }
         })
         .await
@@ -193,5 +228,46 @@ mod tests {
         let e = extract(&art("bad.zip"), &bad, &dest).unwrap_err().to_string();
         assert!(e.contains("escape the sandbox"), "{e}");
         assert!(!dir.path().join("escape.txt").exists());
+    }
+
+    #[test]
+    fn single_files_keep_runnable_and_never_go_through_a_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, dest) = (dir.path().join("cache"), dir.path().join("sandbox"));
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::create_dir_all(&dest).unwrap();
+        let file = |name: &str, body: &[u8]| {
+            let p = cache.join(name);
+            std::fs::write(&p, body).unwrap();
+            (
+                ArtifactRef {
+                    uri: format!("tend://artifacts/{name}"),
+                    sha256: None,
+                    extract: false,
+                    name: name.into(),
+                },
+                p,
+            )
+        };
+        let mode = |n: &str| std::fs::metadata(dest.join(n)).unwrap().permissions().mode() & 0o777;
+        for (name, body, want) in [
+            ("run.sh", &b"#!/bin/sh\necho hi\n"[..], 0o755),
+            ("elf", b"\x7fELF\x02", 0o755),
+            ("conf", b"a=1\n", 0o644),
+        ] {
+            let (a, p) = file(name, body);
+            place_file(&a, &p, &dest).unwrap();
+            assert_eq!(
+                (std::fs::read(dest.join(name)).unwrap().as_slice(), mode(name)),
+                (body, want),
+                "{name}"
+            );
+        }
+        // A link where the artifact goes (a volume, an earlier archive): refused, nothing written through it.
+        std::os::unix::fs::symlink(dir.path().join("outside"), dest.join("linked")).unwrap();
+        let (a, p) = file("linked", b"x");
+        assert!(place_file(&a, &p, &dest).unwrap_err().to_string().contains("a link"));
+        assert!(!dir.path().join("outside").exists());
     }
 }
