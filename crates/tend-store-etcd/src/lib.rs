@@ -171,6 +171,18 @@ impl EtcdStore {
         Ok(kv.create_revision())
     }
 
+    /// etcd's current revision (not relative to this store).
+    async fn etcd_revision(&self) -> Result<i64, StoreError> {
+        let opts = ec::GetOptions::new().with_count_only();
+        let r = retry(|| {
+            let (mut c, k, o) = (self.client.kv_client(), self.meta_key.clone(), opts.clone());
+            async move { c.get(k, Some(o)).await }
+        })
+        .await
+        .map_err(io)?;
+        Ok(r.header().map_or(0, |h| h.revision()))
+    }
+
     /// The frame (prefix and base revision) this store maps keys and revisions with.
     pub fn frame(&self) -> &Frame {
         &self.frame
@@ -329,7 +341,10 @@ impl StateStore for EtcdStore {
             frame: self.frame.clone(),
             prefix: prefix.to_string(),
         };
-        tokio::spawn(w.run(self.frame.to_etcd(from), tx, sync_rx));
+        // "From now" is fixed here, not when the stream is set up in the background: a change
+        // made right after this call returns is seen.
+        let start = if from > 0 { self.frame.to_etcd(from) } else { self.etcd_revision().await? + 1 };
+        tokio::spawn(w.run(start, tx, sync_rx));
         // Only a watch of every key also sees the sync marker.
         Ok(if prefix.is_empty() {
             Watcher::with_sync(rx, SyncHandle::new(sync_tx))
