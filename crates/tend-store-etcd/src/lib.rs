@@ -257,14 +257,7 @@ impl StateStore for EtcdStore {
     }
 
     async fn revision(&self) -> Result<Revision, StoreError> {
-        let opts = ec::GetOptions::new().with_count_only();
-        let r = retry(|| {
-            let (mut c, k, o) = (self.client.kv_client(), self.meta_key.clone(), opts.clone());
-            async move { c.get(k, Some(o)).await }
-        })
-        .await
-        .map_err(io)?;
-        Ok(self.frame.from_etcd(r.header().map_or(0, |h| h.revision())))
+        Ok(self.frame.from_etcd(self.etcd_revision().await?))
     }
 
     async fn grant_lease(&self, ttl_seconds: i64) -> Result<LeaseGrant, StoreError> {
