@@ -1,7 +1,8 @@
 //! The API under a connection flood, with the real binary: 300 clients that send half a request
 //! and stall (slow headers) against a cap of 200 connections and a 2 s header deadline. The
 //! stalled connections are closed by the server within the deadline, and `/v1/health` answers
-//! again right after — the flood costs seconds, not the control plane.
+//! again right after — the flood costs seconds, not the control plane. And the routes and flags
+//! the HA control plane added refuse bad input.
 
 mod common;
 
@@ -39,4 +40,51 @@ fn a_slow_header_flood_is_bounded_in_time() {
     let (status, v) = c.raw("GET", "/v1/health", None, None);
     assert_eq!((status, v["status"].as_str()), (200, Some("ok")), "{v}");
     drop(stalled);
+}
+
+/// The routes and flags this control plane gained refuse bad input with a clear error and
+/// change nothing: `/v1/cluster` without a token, member artifacts without the cluster token,
+/// with a bad name or a body that is not what its name says; server flags out of range.
+#[test]
+fn new_routes_and_flags_refuse_bad_input() {
+    let c = Cluster::start();
+    let cluster_token = std::fs::read_to_string(c.data().join("cluster-token")).unwrap().trim().to_string();
+    let sha = "a".repeat(64);
+    let cases: Vec<(&str, String, Option<String>, Option<&str>, u16)> = vec![
+        ("GET", "/v1/cluster".into(), None, None, 401),
+        ("GET", "/v1/cluster".into(), Some(cluster_token.clone()), None, 401),
+        ("GET", format!("/v1/member/artifacts/{sha}"), None, None, 401),
+        ("GET", format!("/v1/member/artifacts/{sha}"), Some(c.token()), None, 401),
+        ("GET", "/v1/member/artifacts/NOT-A-SHA".into(), Some(cluster_token.clone()), None, 400),
+        ("GET", format!("/v1/member/artifacts/{sha}"), Some(cluster_token.clone()), None, 404),
+        ("PUT", format!("/v1/member/artifacts/{sha}"), Some(cluster_token.clone()), Some("not that"), 400),
+    ];
+    for (method, path, token, body, want) in cases {
+        let (status, v) = c.raw(method, &path, token.as_deref(), body);
+        assert_eq!(status, want, "{method} {path}: {v}");
+        assert!(v["error"]["code"].is_string(), "{method} {path}: a JSON error: {v}");
+    }
+    assert!(!c.data().join("artifacts").join(&sha).exists(), "nothing stored");
+    let (status, v) = c.raw("GET", "/v1/cluster", Some(&c.token()), None);
+    assert_eq!((status, v["role"].as_str()), (200, Some("leader")), "{v}");
+    // Flags out of range: refused before anything starts.
+    for (args, says) in [
+        (vec!["--store", "bogus://x"], "etcd://HOST:PORT"),
+        (vec!["--store", "etcd://h:0"], "port 1–65535"),
+        (vec!["--leader-ttl-seconds", "1"], "--leader-ttl-seconds must be at least 2"),
+        (vec!["--max-connections", "3"], "--max-connections must be at least 16"),
+        (vec!["--header-timeout-seconds", "0"], "--header-timeout-seconds must be at least 1"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = common::tend()
+            .arg("server")
+            .args(&args)
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{args:?}: {err}");
+        assert!(!dir.path().join("server.redb").exists(), "{args:?}: no store created");
+    }
 }
