@@ -50,7 +50,9 @@ fn new_routes_and_flags_refuse_bad_input() {
     let c = Cluster::start();
     let cluster_token = std::fs::read_to_string(c.data().join("cluster-token")).unwrap().trim().to_string();
     let sha = "a".repeat(64);
-    let cases: Vec<(&str, String, Option<String>, Option<&str>, u16)> = vec![
+    /// (method, path, bearer token, body, expected status)
+    type Case<'a> = (&'a str, String, Option<String>, Option<&'a str>, u16);
+    let cases: Vec<Case> = vec![
         ("GET", "/v1/cluster".into(), None, None, 401),
         ("GET", "/v1/cluster".into(), Some(cluster_token.clone()), None, 401),
         ("GET", format!("/v1/member/artifacts/{sha}"), None, None, 401),
