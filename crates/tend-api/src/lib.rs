@@ -7,7 +7,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod auth;
 mod status;
+pub use auth::{
+    JoinRequest, JoinResponse, JoinTokenCreated, JoinTokenRequest, Role, TokenCreateRequest, TokenCreated,
+    TokenInfo,
+};
 pub use status::{AgentState, EventKind, PodState, ProbeKind, StepStatus};
 
 /// The API version prefix.

@@ -88,6 +88,8 @@ pub enum EventKind {
     Agent,
     /// The control plane starting and reconciling.
     ControlPlane,
+    /// A call that changed (or tried to change) something, with the token's name.
+    Audit,
     /// Something that stops a service from running (e.g. a stored spec that no longer loads).
     Error,
     /// A kind this version does not know (written by a newer one).
@@ -144,7 +146,8 @@ words! {
     EventKind {
         Service => "service", Plan => "plan", Launch => "launch", Pending => "pending",
         Restart => "restart", Replace => "replace", Volume => "volume", Job => "job", Alarm => "alarm",
-        Agent => "agent", ControlPlane => "control-plane", Error => "error", Other => "other",
+        Agent => "agent", ControlPlane => "control-plane", Audit => "audit", Error => "error",
+        Other => "other",
     }
 }
 

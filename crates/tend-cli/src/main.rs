@@ -5,6 +5,7 @@ mod cluster_cmd;
 mod progress;
 mod service_cmd;
 mod spec_cmd;
+mod token_cmd;
 mod workflow_cmd;
 
 use std::net::SocketAddr;
@@ -78,6 +79,9 @@ enum Command {
     /// Deterministic simulation of the control plane: seeds, faults, invariants (no cluster
     /// needed; the same as the `tend-sim` binary).
     Sim(tend_sim::cli::Args),
+    /// Named API tokens with roles: create, list, revoke.
+    #[command(subcommand)]
+    Token(token_cmd::TokenCmd),
     /// What happened, in order.
     Events {
         #[arg(long)]
@@ -391,6 +395,7 @@ async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result
                 JobCmd::Window(WindowCmd::Remove { id }) => sc::window_remove(&c, &id, json).await,
             }
         }
+        Command::Token(cmd) => token_cmd::run(&client::Client::new(&conn)?, cmd, json).await,
         Command::Events { service } => sc::events(&client::Client::new(&conn)?, service, json).await,
         Command::Spec(_) | Command::Workflow(_) | Command::Sim(_) => {
             Err(anyhow::anyhow!("internal: command dispatched twice"))

@@ -13,7 +13,7 @@ use tend_api::*;
 
 use crate::client::Client;
 
-fn json_out<T: serde::Serialize>(v: &T) -> anyhow::Result<ExitCode> {
+pub(crate) fn json_out<T: serde::Serialize>(v: &T) -> anyhow::Result<ExitCode> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(ExitCode::SUCCESS)
 }
@@ -447,7 +447,7 @@ pub async fn delete(client: &Client, name: &str, force: bool, json: bool) -> any
     Ok(if confirmed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn ago(now_ms: u64, t: u64) -> String {
+pub(crate) fn ago(now_ms: u64, t: u64) -> String {
     let s = now_ms.saturating_sub(t) / 1000;
     if s >= 86_400 {
         format!("{}d ago", s / 86_400)

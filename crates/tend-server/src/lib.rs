@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod artifacts;
+pub mod auth;
 pub mod ha;
 pub mod listen;
 mod tokens;
@@ -50,6 +51,8 @@ pub struct Edge {
     pub cluster_token: String,
     pub artifacts_dir: PathBuf,
     pub bounds: listen::Bounds,
+    /// The store (fenced by leadership on a control plane of several members): named tokens.
+    pub store: Arc<dyn StateStore>,
 }
 
 /// A running control plane with its HTTP edge. Derefs to its [`Control`].
@@ -129,6 +132,7 @@ impl Server {
             data_dir: cfg.data_dir,
             listen: cfg.listen,
             bounds: cfg.bounds,
+            store: store.clone(),
         };
         let control = Control::new(cfg.control, store, clock).await?;
         Ok(Server { control, edge: Arc::new(edge) })

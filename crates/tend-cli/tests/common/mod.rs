@@ -134,11 +134,13 @@ impl Cluster {
 
     /// Runs a client command with --json; returns its parsed output (Err: stderr).
     pub fn api(&self, args: &[&str]) -> Result<Value, String> {
-        let out = tend()
-            .args(args)
-            .args(["--json", "--addr", &self.url(), "--token", &self.token()])
-            .output()
-            .unwrap();
+        self.api_as(&self.token(), args)
+    }
+
+    /// Runs a client command with --json and the given API token.
+    pub fn api_as(&self, token: &str, args: &[&str]) -> Result<Value, String> {
+        let out =
+            tend().args(args).args(["--json", "--addr", &self.url(), "--token", token]).output().unwrap();
         if !out.status.success() {
             // Errors on stderr; with --json, a command's own account of a failure on stdout.
             let (err, text) = (String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));

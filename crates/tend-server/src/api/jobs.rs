@@ -127,7 +127,7 @@ pub(super) async fn list_alarms(
 }
 
 pub(super) async fn openapi() -> Json<serde_json::Value> {
-    let op = |summary: &str| serde_json::json!({ "summary": summary, "responses": { "200": { "description": "OK" }, "401": { "description": "missing or invalid bearer token" } } });
+    let op = |summary: &str| serde_json::json!({ "summary": summary, "responses": { "200": { "description": "OK" }, "401": { "description": "missing or invalid bearer token" }, "403": { "description": "the token's role or service does not allow this call" } } });
     Json(serde_json::json!({
         "openapi": "3.0.3",
         "info": { "title": "tend API", "version": "v1" },
@@ -162,6 +162,8 @@ pub(super) async fn openapi() -> Json<serde_json::Value> {
             "/v1/volumes": { "get": op("volume sets: owner, agent, size, state (active | retained | deleting), retained until") },
             "/v1/volumes/{id}": { "delete": op("delete a volume set no instance uses (409 volume_in_use otherwise)") },
             "/v1/artifacts/{sha256}": { "put": op("upload an artifact (body = bytes, named by its sha256)") },
+            "/v1/tokens": { "get": op("named API tokens (admin): name, role, service, created; never their secrets"), "post": op("create a token {name, role: admin|operator|viewer, service?}; the secret is in this answer only") },
+            "/v1/tokens/{token}": { "delete": op("revoke a named token (admin); it stops working at once") },
             "/v1/agent/register": { "post": op("agent joins (cluster token)") },
             "/v1/agent/{id}/desired": { "get": op("long-poll the incarnations to run: ?index=&wait_ms=") },
             "/v1/agent/{id}/status": { "post": op("full status report; also the heartbeat") }

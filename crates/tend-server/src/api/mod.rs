@@ -100,7 +100,6 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The whole API.
 pub fn router(server: Server) -> Router {
     let s = Arc::new(server);
-    let api_token = s.edge.api_token.clone();
     let cluster_token = s.edge.cluster_token.clone();
     let user = Router::new()
         .route("/v1/services", get(list_services).post(create_service))
@@ -127,8 +126,10 @@ pub fn router(server: Server) -> Router {
         .route("/v1/volumes", get(list_volumes))
         .route("/v1/volumes/{id}", axum::routing::delete(delete_volume))
         .route("/v1/artifacts/{sha}", put(upload_artifact))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{token}", axum::routing::delete(revoke_token))
         .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
-        .layer(middleware::from_fn(move |req, next| require(api_token.clone(), req, next)));
+        .route_layer(middleware::from_fn_with_state(s.clone(), crate::auth::guard));
     let agents = Router::new()
         .route("/v1/agent/register", post(register))
         .route("/v1/agent/{id}/desired", get(desired))
@@ -215,6 +216,21 @@ async fn upload_artifact(
     let len = body.len();
     crate::artifacts::push(&s, sha.clone(), body);
     Ok(Json(serde_json::json!({ "sha256": sha, "bytes": len })))
+}
+
+async fn list_tokens(State(s): State<Arc<Server>>) -> ApiResult<Vec<TokenInfo>> {
+    Ok(Json(crate::auth::list(&s).await?))
+}
+
+async fn create_token(
+    State(s): State<Arc<Server>>,
+    JsonBody(req): JsonBody<TokenCreateRequest>,
+) -> ApiResult<TokenCreated> {
+    Ok(Json(crate::auth::create(&s, req).await?))
+}
+
+async fn revoke_token(State(s): State<Arc<Server>>, Path(name): Path<String>) -> ApiResult<TokenInfo> {
+    Ok(Json(crate::auth::revoke(&s, &name).await?))
 }
 
 fn refusal((code, kind, msg): tend_control::services::Refusal) -> ApiError {
