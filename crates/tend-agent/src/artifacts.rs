@@ -26,7 +26,10 @@ pub struct Fetcher {
     pub cache_dir: PathBuf,
     pub servers: std::sync::Arc<crate::servers::Servers>,
     pub token: String,
+    /// The control plane's client (uploaded artifacts).
     pub http: reqwest::Client,
+    /// Everyone else's: `http://` and `https://` (the system's roots and a given CA).
+    pub web: reqwest::Client,
 }
 
 fn io(e: impl std::fmt::Display) -> ArtifactError {
@@ -108,19 +111,17 @@ impl Fetcher {
                 return Err(fetch_err(format!("control plane answered {}", r.status())));
             }
             r.bytes().await.map_err(|e| fetch_err(e.to_string()))?.to_vec()
-        } else if a.uri.starts_with("http://") {
-            let r = self.http.get(&a.uri).send().await.map_err(|e| fetch_err(e.to_string()))?;
+        } else if a.uri.starts_with("http://") || a.uri.starts_with("https://") {
+            let r = self.web.get(&a.uri).send().await.map_err(|e| fetch_err(format!("{e:#}")))?;
             if !r.status().is_success() {
                 return Err(fetch_err(format!("server answered {}", r.status())));
             }
             r.bytes().await.map_err(|e| fetch_err(e.to_string()))?.to_vec()
-        } else if a.uri.starts_with("https://") {
-            return Err(fetch_err("https is not supported by this build of the agent (no TLS stack); upload the file with the spec or serve it over http".into()));
         } else if let Some(path) = a.uri.strip_prefix("file://") {
             tokio::fs::read(path).await.map_err(|e| fetch_err(e.to_string()))?
         } else {
             return Err(fetch_err(
-                "unsupported URI (expected http://, file:// or an uploaded artifact)".into(),
+                "unsupported URI (expected http://, https://, file:// or an uploaded artifact)".into(),
             ));
         };
         let actual = hex::encode(Sha256::digest(&bytes));

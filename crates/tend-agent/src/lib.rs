@@ -1,4 +1,5 @@
-//! The tend agent: joins the control plane with the cluster token, long-polls the incarnations it
+//! The tend agent: joins the control plane (a certificate naming it, got with a join token; or the
+//! cluster token in plain HTTP), long-polls the incarnations it
 //! must run, runs them as real processes, and reports every task's status (its heartbeat).
 //!
 //! The agent is level-triggered: it makes its running set equal to the desired set. An
@@ -11,6 +12,7 @@ pub mod checkpoint;
 pub mod checks;
 pub mod cluster;
 pub mod extract;
+pub mod identity;
 pub mod jobs;
 mod logs;
 pub mod pod;
@@ -39,7 +41,12 @@ pub struct AgentConfig {
     /// Control-plane base URLs, comma-separated (any member; the next one when it is down),
     /// e.g. `http://10.0.0.1:7070,http://10.0.0.2:7070`.
     pub server: String,
+    /// Plain HTTP only: the cluster token (over https the agent's certificate stands for it).
     pub cluster_token: String,
+    /// A single-use join token, for an agent that has no certificate yet (https).
+    pub join_token: Option<String>,
+    /// A CA (PEM) trusted for `https://` artifacts besides the system's roots.
+    pub artifact_ca_pem: Option<String>,
     /// Host that clients use to reach this agent's tasks.
     pub host: String,
     pub attributes: BTreeMap<String, String>,
@@ -53,6 +60,7 @@ struct AgentState {
     cfg: AgentConfig,
     servers: Arc<servers::Servers>,
     http: reqwest::Client,
+    identity: Option<Arc<identity::Identity>>,
     ctx: Arc<PodCtx>,
     pods: Pods,
     adoptable: std::sync::Mutex<HashMap<(String, String), checkpoint::Checkpoint>>,
@@ -80,9 +88,31 @@ pub async fn run(
         .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     // Volume links and sandbox paths must not depend on the working directory.
     cfg.data_dir = std::path::absolute(&cfg.data_dir)?;
-    let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(3)).build()?;
     let servers = Arc::new(servers::Servers::parse(&cfg.server));
     anyhow::ensure!(!servers.all().is_empty(), "no control-plane URL given (--server URL[,URL…])");
+    let tls = servers.all().iter().any(|u| u.starts_with("https://"));
+    anyhow::ensure!(
+        !tls || servers.all().iter().all(|u| u.starts_with("https://")),
+        "--server lists both https:// and http:// members; a control plane is one or the other"
+    );
+    let identity = match tls {
+        true => Some(
+            identity::Identity::establish(&cfg.id, &cfg.data_dir, &servers, cfg.join_token.as_deref())
+                .await?,
+        ),
+        false => None,
+    };
+    let http = match &identity {
+        Some(i) => i.client()?,
+        None => reqwest::Client::builder()
+            .use_preconfigured_tls(tend_tls::plain_client_config()?)
+            .connect_timeout(Duration::from_secs(3))
+            .build()?,
+    };
+    let web = reqwest::Client::builder()
+        .use_preconfigured_tls(tend_tls::system_client_config(cfg.artifact_ca_pem.as_deref())?)
+        .connect_timeout(Duration::from_secs(10))
+        .build()?;
     let board = Arc::new(Board::default());
     let ctx = Arc::new(PodCtx {
         data_dir: cfg.data_dir.clone(),
@@ -91,6 +121,7 @@ pub async fn run(
             servers: servers.clone(),
             token: cfg.cluster_token.clone(),
             http: http.clone(),
+            web,
         },
         board: board.clone(),
         checkpoints: checkpoint::Checkpoints::new(&cfg.data_dir),
@@ -108,7 +139,8 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let agent_url = format!("http://{}", listener.local_addr()?);
+    let scheme = if identity.is_some() { "https" } else { "http" };
+    let agent_url = format!("{scheme}://{}", listener.local_addr()?);
     let cluster_file = cluster::ClusterFile::new(&cfg.data_dir);
     let memory = cluster_file.load()?;
     let state = Arc::new(AgentState {
@@ -119,6 +151,7 @@ pub async fn run(
         cfg: cfg.clone(),
         servers,
         http,
+        identity: identity.clone(),
         ctx,
         pods: Pods::default(),
         adoptable: std::sync::Mutex::new(adoptable),
@@ -129,13 +162,19 @@ pub async fn run(
     let app = axum::Router::new().route("/v1/logs", get(logs::logs)).with_state(state.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut srv_stop = stop_rx.clone();
+    // Over TLS the agent's own server asks for a client certificate of the cluster (the logs
+    // route then wants the control plane's).
+    let tls = match &identity {
+        Some(i) => Some(Arc::new(tend_tls::server_config(i.cert.clone(), &i.ca_pem, true)?)),
+        None => None,
+    };
     let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = srv_stop.changed().await;
-            })
-            .await;
+        let stop = async move {
+            let _ = srv_stop.changed().await;
+        };
+        tend_tls::serve::serve(listener, app, Default::default(), tls, stop).await;
     });
+    let renewer = tokio::spawn(renew_loop(state.clone()));
     let fencer = tokio::spawn(fence_loop(state.clone()));
     let main = main_loop(state.clone(), agent_url, stop_rx.clone());
     tokio::select! {
@@ -144,11 +183,28 @@ pub async fn run(
     }
     let _ = stop_tx.send(true);
     fencer.abort();
+    renewer.abort();
     stop_all(&state).await;
     // One last report so the control plane sees the tasks stopped.
     let _ = post_status(&state, u64::MAX).await;
     let _ = server.await;
     Ok(())
+}
+
+/// Renews the agent's certificate at two thirds of its life (checked every 10 s; a failed
+/// renewal is tried again at the next check, until the certificate expires).
+async fn renew_loop(st: Arc<AgentState>) {
+    let Some(id) = st.identity.clone() else { return };
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let now = (pod::now_ms() / 1000) as i64;
+        if id.due(now) {
+            let base = st.servers.url();
+            if let Err(e) = id.renew(&st.cfg.id, &st.http, &base).await {
+                tracing::warn!(agent = %st.cfg.id, error = %format!("{e:#}"), "cannot renew the certificate yet");
+            }
+        }
+    }
 }
 
 async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterResponse> {

@@ -1,5 +1,6 @@
 //! The agent's log endpoint: the tail of a task's stdout or stderr, for the control plane
-//! (cluster token, compared in constant time), read from the end of the file.
+//! (its certificate over TLS; the cluster token, in constant time, in plain HTTP), read from the
+//! end of the file.
 
 use std::sync::Arc;
 
@@ -31,19 +32,12 @@ fn api_error(code: StatusCode, kind: &str, msg: String) -> Response {
 pub(crate) async fn logs(
     State(st): State<Arc<AgentState>>,
     headers: HeaderMap,
+    peer: Option<axum::Extension<tend_tls::serve::Peer>>,
     Query(q): Query<LogQuery>,
 ) -> Response {
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let want = format!("Bearer {}", st.cfg.cluster_token);
-    // Constant time: how long a refusal takes says nothing of how much of the token matched.
-    let same = auth.len() == want.len()
-        && auth.bytes().zip(want.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
-    if !same {
-        return api_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid cluster token is required".into(),
-        );
+    let peer = peer.and_then(|p| p.0 .0);
+    if let Some(refusal) = caller_refused(&st, &headers, peer.as_ref()) {
+        return api_error(StatusCode::UNAUTHORIZED, "unauthorized", refusal.into());
     }
     let stream = q.stream.unwrap_or_else(|| "stdout".into());
     if stream != "stdout" && stream != "stderr" {
@@ -74,6 +68,27 @@ async fn read_tail(path: &std::path::Path, n: u64) -> std::io::Result<(Vec<u8>, 
     let mut buf = Vec::with_capacity((len - start) as usize);
     f.take(n).read_to_end(&mut buf).await?;
     Ok((buf, start > 0))
+}
+
+/// Over TLS only the control plane's certificate may read logs; in plain HTTP the cluster
+/// token, compared in constant time (how long a refusal takes says nothing of how much of the
+/// token matched).
+fn caller_refused(
+    st: &AgentState,
+    headers: &HeaderMap,
+    peer: Option<&tend_tls::PeerCert>,
+) -> Option<&'static str> {
+    if st.identity.is_some() {
+        return match peer {
+            Some(p) if p.is_control_plane() => None,
+            _ => Some("only the control plane's certificate may read logs"),
+        };
+    }
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let want = format!("Bearer {}", st.cfg.cluster_token);
+    let same = auth.len() == want.len()
+        && auth.bytes().zip(want.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0;
+    (!same).then_some("a valid cluster token is required")
 }
 
 #[cfg(test)]

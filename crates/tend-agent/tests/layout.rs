@@ -15,7 +15,14 @@ fn ctx(dir: &Path) -> PodCtx {
             cache_dir: dir.join("cache"),
             servers: std::sync::Arc::new(tend_agent::servers::Servers::parse("http://127.0.0.1:1")),
             token: "t".into(),
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder()
+                .use_preconfigured_tls(tend_tls::plain_client_config().unwrap())
+                .build()
+                .unwrap(),
+            web: reqwest::Client::builder()
+                .use_preconfigured_tls(tend_tls::plain_client_config().unwrap())
+                .build()
+                .unwrap(),
         },
         board: Arc::new(Board::default()),
         checkpoints: tend_agent::checkpoint::Checkpoints::new(dir),

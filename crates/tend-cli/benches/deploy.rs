@@ -1,7 +1,9 @@
 //! End-to-end deploy benchmark with the real binary: 500 long-running tasks with a parallel plan
 //! on a control plane and 3 agents (separate processes), beside the spawn rate of /bin/true
-//! measured in the same run; then a SIGKILL of the control plane with the 500 tasks running:
-//! time until reconciled and the deploy plan complete again, and the number of relaunches.
+//! measured in the same run; once over plain HTTP (`--plain-http`, the cluster token) and once
+//! with mutual TLS (agents joined with join tokens), the overhead as a ratio; then a SIGKILL of
+//! the (TLS) control plane with the 500 tasks running: time until reconciled and the deploy plan
+//! complete again, and the number of relaunches.
 //!
 //! `cargo bench -p tend-cli --bench deploy` on the embedded store;
 //! `TEND_BENCH_STORE=etcd cargo bench -p tend-cli --bench deploy` on a 3-member etcd (the
@@ -30,10 +32,13 @@ async fn get(http: &reqwest::Client, base: &str, token: &str, path: &str) -> Opt
     http.get(format!("{base}{path}")).bearer_auth(token).send().await.ok()?.json().await.ok()
 }
 
-fn start_server(dir: &std::path::Path, port: u16, store: &str) -> Child {
-    tend()
-        .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--agent-lost-after-seconds", "10"])
-        .args(["--store", store])
+fn start_server(dir: &std::path::Path, port: u16, store: &str, tls: bool) -> Child {
+    let mut c = tend();
+    c.args(["server", "--listen", &format!("127.0.0.1:{port}"), "--agent-lost-after-seconds", "10"]);
+    if !tls {
+        c.arg("--plain-http");
+    }
+    c.args(["--store", store])
         .arg("--data-dir")
         .arg(dir.join("server"))
         .stdout(Stdio::null())
@@ -54,26 +59,66 @@ async fn wait_port(port: u16) {
 
 #[tokio::main]
 async fn main() {
+    let top = tempfile::tempdir().expect("tempdir");
+    let spawn = spawn_rate(1000);
+    println!("reference: spawn+wait of /bin/true          {spawn:>8.0} /s");
+    let etcd = match std::env::var("TEND_BENCH_STORE").as_deref() {
+        Ok("etcd") => Some(tend_testkit::etcd::EtcdCluster::start(top.path(), 3).expect("etcd is installed")),
+        _ => None,
+    };
+    let store =
+        |name: &str| etcd.as_ref().map_or("redb".to_string(), |e| format!("etcd://{}/{name}", e.endpoints()));
+    println!("store: {}", store("bench"));
+    let plain = run(&store("bench-plain"), false, spawn).await;
+    let tls = run(&store("bench-tls"), true, spawn).await;
+    println!(
+        "mutual TLS vs plain HTTP, same run: deploy time {:.3}x ({tls:.2} s vs {plain:.2} s)",
+        tls / plain
+    );
+}
+
+/// A control plane and 3 agents, over mutual TLS or plain HTTP: deploys 500 tasks; with TLS,
+/// then kills and restarts the control plane. Returns the deploy time in seconds.
+async fn run(store: &str, tls: bool, spawn: f64) -> f64 {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("port");
-    let base = format!("http://127.0.0.1:{port}");
-    let spawn = spawn_rate(1000);
-    println!("reference: spawn+wait of /bin/true          {spawn:>8.0} /s");
-    let etcd = match std::env::var("TEND_BENCH_STORE").as_deref() {
-        Ok("etcd") => Some(tend_testkit::etcd::EtcdCluster::start(dir.path(), 3).expect("etcd is installed")),
-        _ => None,
-    };
-    let store = etcd.as_ref().map_or("redb".to_string(), |e| format!("etcd://{}/bench", e.endpoints()));
-    println!("store: {store}");
+    let base = format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" });
     let mut procs = tend_testkit::Procs::new(Duration::from_secs(30));
-    procs.children.push(start_server(dir.path(), port, &store));
+    procs.children.push(start_server(dir.path(), port, store, tls));
     wait_port(port).await;
     let token = std::fs::read_to_string(dir.path().join("server/token")).expect("token").trim().to_string();
+    let ca = dir.path().join("server/ca.pem");
+    let http = match tls {
+        true => {
+            let pem = std::fs::read_to_string(&ca).expect("the cluster CA");
+            let cfg = tend_tls::client_config(&pem, None, None).expect("a TLS client");
+            reqwest::Client::builder().use_preconfigured_tls(cfg).build().expect("client")
+        }
+        false => reqwest::Client::builder()
+            .use_preconfigured_tls(tend_tls::plain_client_config().expect("config"))
+            .build()
+            .expect("client"),
+    };
     for (i, zone) in ["a", "b", "c"].iter().enumerate() {
         let lo = 40_000 + i as u16 * 1000;
+        let mut extra = vec!["--cpus".to_string(), "64".into(), "--memory-mb".into(), "65536".into()];
+        if tls {
+            let t: Value = http
+                .post(format!("{base}/v1/agent-tokens"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({ "ttl_seconds": 600 }))
+                .send()
+                .await
+                .expect("join token")
+                .json()
+                .await
+                .expect("join token");
+            extra.extend(["--join-token".to_string(), t["token"].as_str().expect("a token").to_string()]);
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         procs.children.push(tend_testkit::spawn_agent(
             env!("CARGO_BIN_EXE_tend"),
             &base,
@@ -81,10 +126,9 @@ async fn main() {
             (lo, lo + 999),
             &dir.path().join("server/cluster-token"),
             &dir.path().join(format!("agent-{zone}")),
-            &["--cpus", "64", "--memory-mb", "65536"],
+            &extra,
         ));
     }
-    let http = reqwest::Client::new();
     for _ in 0..500 {
         let up = get(&http, &base, &token, "/v1/agents")
             .await
@@ -101,12 +145,12 @@ async fn main() {
     let spec_path = dir.path().join("bench.yml");
     std::fs::write(&spec_path, spec).expect("write spec");
     let t = Instant::now();
-    let st = tend()
-        .args(["service", "deploy", "--no-wait", "--addr", &base, "--token", &token])
-        .arg(&spec_path)
-        .stdout(Stdio::null())
-        .status()
-        .expect("deploy");
+    let mut deploy = tend();
+    deploy.args(["service", "deploy", "--no-wait", "--addr", &base, "--token", &token]);
+    if tls {
+        deploy.arg("--ca-cert").arg(&ca);
+    }
+    let st = deploy.arg(&spec_path).stdout(Stdio::null()).status().expect("deploy");
     assert!(st.success());
     loop {
         let plan = get(&http, &base, &token, "/v1/services/bench/plans/deploy").await;
@@ -118,10 +162,14 @@ async fn main() {
     }
     let secs = t.elapsed().as_secs_f64();
     let rate = TASKS as f64 / secs;
+    let mode = if tls { "mutual TLS" } else { "plain HTTP" };
     println!(
-        "deploy {TASKS} tasks (parallel plan, 3 agents): {secs:>6.2} s = {rate:>6.0} tasks running/s  ({:.3}x spawn rate)",
+        "deploy {TASKS} tasks (parallel plan, 3 agents, {mode}): {secs:>6.2} s = {rate:>6.0} tasks running/s  ({:.3}x spawn rate)",
         rate / spawn
     );
+    if !tls {
+        return secs;
+    }
     let pods_before = get(&http, &base, &token, "/v1/services/bench/pods").await.expect("pods");
     let pids = |pods: &Value| -> Vec<Value> {
         pods.as_array().map(|a| a.iter().map(|p| p["tasks"][0]["pid"].clone()).collect()).unwrap_or_default()
@@ -143,7 +191,7 @@ async fn main() {
         .expect("kill");
     server.wait().expect("reap");
     let t = Instant::now();
-    procs.children.insert(0, start_server(dir.path(), port, &store));
+    procs.children.insert(0, start_server(dir.path(), port, store, tls));
     wait_port(port).await;
     let listening = t.elapsed().as_secs_f64();
     let (mut reconciled, mut complete) = (None, None);
@@ -179,4 +227,5 @@ async fn main() {
         reconciled.unwrap_or(f64::NAN)
     );
     println!("  {msg}; relaunches: {relaunches}; tasks with unchanged pid: {same_pids}/{TASKS}");
+    secs
 }

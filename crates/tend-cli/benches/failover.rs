@@ -45,6 +45,8 @@ fn member(dir: &std::path::Path, store: &str, i: usize, port: u16) -> Kill {
                 &format!("m{i}"),
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                // Failover is measured here, not TLS (the deploy bench compares the two).
+                "--plain-http",
             ])
             .arg("--data-dir")
             .arg(dir.join(format!("m{i}")))

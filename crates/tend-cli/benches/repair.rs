@@ -107,6 +107,8 @@ fn main() {
     procs.children.push(
         tend()
             .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--agent-lost-after-seconds", "2"])
+            // Repair is measured here, not TLS (the deploy bench compares the two).
+            .arg("--plain-http")
             .arg("--data-dir")
             .arg(&data)
             .stdout(Stdio::null())

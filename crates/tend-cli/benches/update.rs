@@ -90,6 +90,8 @@ async fn main() {
     procs.children.push(
         tend()
             .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+            // Updates are measured here, not TLS (the deploy bench compares the two).
+            .arg("--plain-http")
             .arg("--data-dir")
             .arg(dir.path().join("server"))
             .stdout(Stdio::null())
@@ -97,7 +99,10 @@ async fn main() {
             .spawn()
             .expect("tend server starts"),
     );
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tend_tls::plain_client_config().expect("config"))
+        .build()
+        .expect("client");
     let token = loop {
         if let Ok(t) = std::fs::read_to_string(dir.path().join("server/token")) {
             if get(&http, &base, t.trim(), "/v1/agents").await.is_some() {

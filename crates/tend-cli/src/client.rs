@@ -16,6 +16,10 @@ pub struct Conn {
     /// API token (default: `.tend/token` in this directory).
     #[arg(long, env = "TEND_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// CA certificate (PEM) an https control plane is checked against (default: `.tend/ca.pem`
+    /// when present, else the system's roots).
+    #[arg(long, env = "TEND_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
 }
 
 pub struct Client {
@@ -42,11 +46,13 @@ impl Client {
             .clone()
             .or_else(|| read_trim(&dir.join("token")))
             .context("no API token: pass --token or TEND_TOKEN, or run from the directory where `tend dev` keeps .tend/")?;
-        Ok(Client::with(&list, token))
+        let ca = conn.ca_cert.clone().or_else(|| Some(dir.join("ca.pem")).filter(|p| p.exists()));
+        Client::with(&list, token, ca.as_deref())
     }
 
-    /// `list`: one address or several, comma-separated (`http://` assumed when absent).
-    pub fn with(list: &str, token: String) -> Client {
+    /// `list`: one address or several, comma-separated (`http://` assumed when absent); an
+    /// https one is checked against `ca` (a PEM file), or the system's roots without one.
+    pub fn with(list: &str, token: String, ca: Option<&Path>) -> anyhow::Result<Client> {
         let bases = list
             .split(',')
             .map(str::trim)
@@ -60,7 +66,16 @@ impl Client {
                 a.trim_end_matches('/').to_string()
             })
             .collect();
-        Client { bases, current: Default::default(), token, http: reqwest::Client::new() }
+        let tls = match ca {
+            Some(p) => {
+                let pem =
+                    std::fs::read_to_string(p).with_context(|| format!("cannot read CA {}", p.display()))?;
+                tend_tls::client_config(&pem, None, None)?
+            }
+            None => tend_tls::system_client_config(None)?,
+        };
+        let http = reqwest::Client::builder().use_preconfigured_tls(tls).build()?;
+        Ok(Client { bases, current: Default::default(), token, http })
     }
 
     /// The member in use.

@@ -79,6 +79,17 @@ pub struct ServerArgs {
     /// A request's headers must arrive within this long (slow clients, idle keep-alives dropped).
     #[arg(long, default_value_t = 10)]
     pub header_timeout_seconds: u64,
+    /// Serve plain HTTP: no TLS, agents authenticated by the shared cluster token instead of
+    /// their certificates. For benchmarks and trusted networks only.
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Lifetime of agents' certificates (renewed at two thirds of it).
+    #[arg(long, default_value_t = 7 * 86_400)]
+    pub agent_cert_ttl_seconds: u64,
+    /// Another host name or address the member's certificate names (repeatable), for clients
+    /// that reach it by a name other than loopback or its advertised host.
+    #[arg(long = "tls-host")]
+    pub tls_hosts: Vec<String>,
 }
 
 /// The store `--store` names, what `tend status` shows of it, and its health check.
@@ -147,6 +158,10 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<ExitCode> {
         max_connections: a.max_connections,
         header_timeout: std::time::Duration::from_secs(a.header_timeout_seconds),
     };
+    anyhow::ensure!(a.agent_cert_ttl_seconds >= 60, "--agent-cert-ttl-seconds must be at least 60");
+    cfg.plain_http = a.plain_http;
+    cfg.agent_cert_ttl_seconds = a.agent_cert_ttl_seconds;
+    cfg.tls_hosts = a.tls_hosts.clone();
     // An address file left by a member that died describes nobody.
     let _ = std::fs::remove_file(a.data_dir.join("address"));
     let clock: tend_model::SharedClock = Arc::new(tend_model::SystemClock);
@@ -157,7 +172,8 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| format!("{}-{}", if host.is_empty() { "tend" } else { &host }, a.listen.port()));
     anyhow::ensure!(tend_spec::decode::valid_name(&id), "--id `{id}`: use lowercase letters, digits and `-`");
-    let advertise = a.advertise.clone().unwrap_or_else(|| format!("http://{}", a.listen));
+    let scheme = if a.plain_http { "http" } else { "https" };
+    let advertise = a.advertise.clone().unwrap_or_else(|| format!("{scheme}://{}", a.listen));
     let member_cfg = tend_server::ha::MemberConfig {
         server: cfg,
         id,
@@ -192,11 +208,20 @@ pub struct AgentArgs {
     /// Control plane URL, e.g. http://127.0.0.1:7070.
     #[arg(long)]
     pub server: String,
-    /// The cluster token (or use --cluster-token-file).
+    /// A single-use join token from `tend agent token create` (https control planes; needed
+    /// once: the certificate it gets is kept in DATA_DIR/tls).
+    #[arg(long, env = "TEND_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    #[arg(long)]
+    pub join_token_file: Option<PathBuf>,
+    /// The cluster token, for a control plane run with --plain-http (or --cluster-token-file).
     #[arg(long, env = "TEND_CLUSTER_TOKEN", hide_env_values = true)]
     pub cluster_token: Option<String>,
     #[arg(long)]
     pub cluster_token_file: Option<PathBuf>,
+    /// A CA certificate (PEM) trusted for https:// artifacts besides the system's roots.
+    #[arg(long)]
+    pub artifact_ca: Option<PathBuf>,
     /// Unique id of this agent.
     #[arg(long)]
     pub id: String,
@@ -230,14 +255,32 @@ fn parse_ports(s: &str) -> anyhow::Result<[u16; 2]> {
     Ok([lo, hi])
 }
 
+fn secret(value: &Option<String>, file: &Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    Ok(match (value, file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    })
+}
+
 pub async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
-    let token = match (&a.cluster_token, &a.cluster_token_file) {
-        (Some(t), _) => t.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f)
-            .with_context(|| format!("cannot read {}", f.display()))?
-            .trim()
-            .to_string(),
-        (None, None) => anyhow::bail!("pass --cluster-token, TEND_CLUSTER_TOKEN or --cluster-token-file"),
+    let plain = a.server.split(',').any(|u| u.trim().starts_with("http://"));
+    let token = secret(&a.cluster_token, &a.cluster_token_file)?;
+    let token = match (plain, token) {
+        (true, Some(t)) => t,
+        (true, None) => anyhow::bail!(
+            "a plain-HTTP control plane needs --cluster-token, TEND_CLUSTER_TOKEN or --cluster-token-file"
+        ),
+        (false, _) => String::new(),
+    };
+    let artifact_ca_pem = match &a.artifact_ca {
+        Some(p) => Some(std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?),
+        None => None,
     };
     let mut attributes = BTreeMap::new();
     for kv in &a.attrs {
@@ -248,6 +291,8 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
         id: a.id,
         server: a.server.trim_end_matches('/').to_string(),
         cluster_token: token,
+        join_token: secret(&a.join_token, &a.join_token_file)?,
+        artifact_ca_pem,
         host: a.host,
         attributes,
         resources: AgentResources {
@@ -304,6 +349,7 @@ pub async fn dev(
     let address = address.context("the control plane did not start")?;
     let zones = ["a", "b", "c"];
     let mut handles = Vec::new();
+    let client = Client::with(&address, server.edge.api_token.clone(), Some(&data_dir.join("ca.pem")))?;
     for i in 0..agents {
         let zone = zones[i % zones.len()];
         let id = format!("{zone}{}", i / zones.len() + 1);
@@ -312,6 +358,9 @@ pub async fn dev(
             id: id.clone(),
             server: address.clone(),
             cluster_token: server.edge.cluster_token.clone(),
+            // Agents join as on a real cluster: each with its own single-use token.
+            join_token: Some(join_token(&client, 600).await?.token),
+            artifact_ca_pem: None,
             host: "127.0.0.1".into(),
             attributes: [("zone".to_string(), zone.to_string())].into(),
             resources: AgentResources {
@@ -339,7 +388,6 @@ pub async fn dev(
         "  API token in {}/token — from this directory, `tend pod list` needs no flags",
         data_dir.display()
     );
-    let client = Client::with(&address, server.edge.api_token.clone());
     let deployed = async {
         let (name, generation) = crate::service_cmd::submit(&client, spec, false).await?;
         let how = crate::service_cmd::follow_rollout(&client, &name, generation, false, None).await?;
@@ -386,4 +434,9 @@ pub async fn status(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
         println!("{:<24} {:<8} {}", m.id, if m.leader { "leader" } else { "follower" }, m.url);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A single-use join token valid `ttl_seconds`.
+pub async fn join_token(client: &Client, ttl_seconds: u64) -> anyhow::Result<tend_api::JoinTokenCreated> {
+    client.post("/v1/agent-tokens", &tend_api::JoinTokenRequest { ttl_seconds }).await
 }

@@ -103,6 +103,21 @@ enum AgentCmd {
     Run(Box<cluster_cmd::AgentArgs>),
     /// List agents.
     List,
+    /// Join tokens: `tend agent token create --ttl-seconds 3600` prints one (single use).
+    #[command(subcommand)]
+    Token(JoinTokenCmd),
+    /// Revoke every certificate issued to an agent: it is refused from now on (a new join
+    /// token lets it back with a new certificate).
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum JoinTokenCmd {
+    /// A single-use token an agent joins with (`tend agent run --join-token …`).
+    Create {
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -328,6 +343,30 @@ async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result
         }
         Command::Agent(AgentCmd::Run(a)) => cluster_cmd::agent(*a).await,
         Command::Agent(AgentCmd::List) => sc::agent_list(&client::Client::new(&conn)?, json).await,
+        Command::Agent(AgentCmd::Token(JoinTokenCmd::Create { ttl_seconds })) => {
+            let t = cluster_cmd::join_token(&client::Client::new(&conn)?, ttl_seconds).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                eprintln!("join token for one agent, valid {ttl_seconds} s (tend agent run --join-token …):");
+                println!("{}", t.token);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Agent(AgentCmd::Revoke { id }) => {
+            let c = client::Client::new(&conn)?;
+            let v: serde_json::Value =
+                c.post(&format!("/v1/agents/{id}/revoke"), &serde_json::json!({})).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "agent {id}: {} certificate(s) revoked",
+                    v["revoked"].as_array().map_or(0, |a| a.len())
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Service(cmd) => {
             let c = client::Client::new(&conn)?;
             match cmd {
@@ -404,12 +443,21 @@ async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result
 }
 
 fn main() -> ExitCode {
-    // Like other Unix tools, end quietly when the reader of our output goes away (`tend … | head`)
-    // instead of failing on a broken pipe.
-    // SAFETY: setting a signal's disposition to the default before any thread starts.
-    unsafe {
-        let _ =
-            nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+    tend_tls::install_default_provider();
+    let cli = Cli::parse();
+    // Like other Unix tools, a client command ends quietly when the reader of its output goes
+    // away (`tend … | head`) instead of failing on a broken pipe. Never a server, an agent or
+    // `tend dev`: a peer that hangs up on one of their sockets must not kill them.
+    let serves =
+        matches!(cli.command, Command::Server(_) | Command::Dev { .. } | Command::Agent(AgentCmd::Run(_)));
+    if !serves {
+        // SAFETY: setting a signal's disposition to the default before any thread starts.
+        unsafe {
+            let _ = nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGPIPE,
+                nix::sys::signal::SigHandler::SigDfl,
+            );
+        }
     }
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -419,7 +467,6 @@ fn main() -> ExitCode {
         // Colour codes only on a terminal: logs kept in files stay readable.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
     let (conn, json) = (cli.conn, cli.json);
     let result = match cli.command {
         Command::Spec(SpecCmd::Validate { file, json: j }) => spec_cmd::validate(&file, j || json),

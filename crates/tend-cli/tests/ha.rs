@@ -58,7 +58,7 @@ impl Ha {
         format!("etcd://{}/ha-test", self.etcd.endpoints())
     }
     fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.ports[i])
+        format!("https://127.0.0.1:{}", self.ports[i])
     }
     fn urls(&self) -> String {
         (0..3).map(|i| self.url(i)).collect::<Vec<_>>().join(",")
@@ -87,13 +87,20 @@ impl Ha {
     fn spawn_agent(&self, i: usize) -> ChildGuard {
         let zone = ["a", "b", "c"][i];
         let lo = 13_000 + i as u16 * 100;
-        // The cluster token is shared through the store: any member's file holds it.
-        let token_file = self.dir.path().join("member-0").join("cluster-token");
-        let child: Child = tend()
-            .args(["agent", "run", "--server", &self.urls(), "--id", &format!("{zone}1")])
-            .args(["--attr", &format!("zone={zone}"), "--ports", &format!("{lo}-{}", lo + 99)])
-            .arg("--cluster-token-file")
-            .arg(token_file)
+        // A new agent joins with a single-use token; a restarted one has its certificate.
+        let data = self.dir.path().join(format!("agent-{zone}"));
+        let mut cmd = tend();
+        cmd.args(["agent", "run", "--server", &self.urls(), "--id", &format!("{zone}1")]).args([
+            "--attr",
+            &format!("zone={zone}"),
+            "--ports",
+            &format!("{lo}-{}", lo + 99),
+        ]);
+        if !data.join("tls/cert.pem").exists() {
+            let t = self.api(&["agent", "token", "create", "--ttl-seconds", "600"]).expect("a join token");
+            cmd.args(["--join-token", t["token"].as_str().unwrap()]);
+        }
+        let child: Child = cmd
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("agent-{zone}")))
             .stdout(Stdio::null())
@@ -115,6 +122,9 @@ impl Ha {
         let out = tend()
             .args(args)
             .args(["--json", "--addr", &self.urls(), "--token", &self.token()])
+            // Every member's certificate is signed by the one cluster CA, shared through the store.
+            .arg("--ca-cert")
+            .arg(self.dir.path().join("member-0").join("ca.pem"))
             .output()
             .unwrap();
         if !out.status.success() {
@@ -130,6 +140,8 @@ impl Ha {
     fn cluster_seen_by(&self, i: usize) -> Option<Value> {
         let out = tend()
             .args(["status", "--json", "--addr", &self.url(i), "--token", &self.token()])
+            .arg("--ca-cert")
+            .arg(self.dir.path().join("member-0").join("ca.pem"))
             .output()
             .ok()?;
         serde_json::from_slice(&out.stdout).ok()

@@ -64,12 +64,13 @@ fn fence_mode_kills_the_cut_off_task_before_replacing_it() {
     }
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind((root_ip.as_str(), 0)).unwrap().local_addr().unwrap().port();
-    let url = format!("http://{root_ip}:{port}");
+    let url = format!("https://{root_ip}:{port}");
     let data = dir.path().join("server");
     let mut procs = tend_testkit::Procs::new(Duration::from_secs(15));
     procs.children.push(
         tend()
             .args(["server", "--listen", &format!("{root_ip}:{port}"), "--agent-lost-after-seconds", "3"])
+            .args(["--tls-host", &root_ip])
             .arg("--data-dir")
             .arg(&data)
             .stdout(Stdio::null())
@@ -78,12 +79,23 @@ fn fence_mode_kills_the_cut_off_task_before_replacing_it() {
             .unwrap(),
     );
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !(data.join("cluster-token").exists()
-        && std::net::TcpStream::connect((root_ip.as_str(), port)).is_ok())
-    {
+    while !(data.join("ca.pem").exists() && std::net::TcpStream::connect((root_ip.as_str(), port)).is_ok()) {
         assert!(Instant::now() < deadline, "server did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let token = std::fs::read_to_string(data.join("token")).unwrap().trim().to_string();
+    let ca = data.join("ca.pem");
+    // Each agent joins with a single-use token.
+    let join_token = || {
+        let out = tend()
+            .args(["agent", "token", "create", "--addr", &url, "--token", &token])
+            .arg("--ca-cert")
+            .arg(&ca)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
     let agent = |id: &str, ns: Option<&str>, host: &str, lo: u16| {
         let mut c = match ns {
             Some(ns) => {
@@ -106,8 +118,7 @@ fn fence_mode_kills_the_cut_off_task_before_replacing_it() {
             &format!("zone={id}"),
         ])
         .args(["--ports", &format!("{lo}-{}", lo + 50)])
-        .arg("--cluster-token-file")
-        .arg(data.join("cluster-token"))
+        .args(["--join-token", &join_token()])
         .arg("--data-dir")
         .arg(dir.path().join(id))
         .stdout(Stdio::null())
@@ -117,7 +128,6 @@ fn fence_mode_kills_the_cut_off_task_before_replacing_it() {
     };
     // Only the namespaced agent at first, so that the instance lands there.
     procs.children.push(agent("a1", Some(&net.ns), &ns_ip, 31_000));
-    let token = std::fs::read_to_string(data.join("token")).unwrap().trim().to_string();
     let spec = dir.path().join("f.yml");
     std::fs::write(
         &spec,
@@ -128,6 +138,8 @@ fn fence_mode_kills_the_cut_off_task_before_replacing_it() {
     loop {
         let ok = tend()
             .args(["service", "deploy", "--addr", &url, "--token", &token])
+            .arg("--ca-cert")
+            .arg(&ca)
             .arg(&spec)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

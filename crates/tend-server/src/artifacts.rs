@@ -44,7 +44,7 @@ async fn peers(s: &Server) -> Vec<String> {
 pub fn push(s: &Server, sha: String, body: Bytes) {
     let s = s.clone();
     tokio::spawn(async move {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap_or_default();
+        let Ok(http) = crate::member_client(s.edge.pki.as_deref(), Duration::from_secs(120)) else { return };
         for url in peers(&s).await {
             let r = http
                 .put(format!("{url}{MEMBER_ROUTE}/{sha}"))
@@ -61,7 +61,7 @@ pub fn push(s: &Server, sha: String, body: Bytes) {
 
 /// Fetches artifact `sha` from another member, checks it and keeps it here.
 pub async fn pull(s: &Server, sha: &str) -> Option<Vec<u8>> {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().ok()?;
+    let http = crate::member_client(s.edge.pki.as_deref(), Duration::from_secs(120)).ok()?;
     for url in peers(s).await {
         let Ok(r) =
             http.get(format!("{url}{MEMBER_ROUTE}/{sha}")).bearer_auth(&s.edge.cluster_token).send().await

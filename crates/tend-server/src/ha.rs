@@ -53,6 +53,7 @@ pub struct Member {
     store: Arc<dyn StateStore>,
     clock: SharedClock,
     tokens: (String, String),
+    pki: Option<Arc<crate::pki::Pki>>,
     role: RwLock<Role>,
     health: HealthCheck,
     http: reqwest::Client,
@@ -70,13 +71,22 @@ impl Member {
         anyhow::ensure!(cfg.ttl_seconds >= 2, "the leadership TTL must be at least 2 s");
         crate::private_dir(&cfg.server.data_dir)?;
         let tokens = crate::tokens::shared(&*store, &cfg.server.data_dir).await?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(90)).build()?;
+        let pki = match cfg.server.plain_http {
+            true => None,
+            false => {
+                let mut hosts = cfg.server.tls_hosts.clone();
+                hosts.extend(advertised_host(&cfg.advertise));
+                Some(crate::pki::Pki::shared(&*store, &cfg.server.data_dir, &hosts).await?)
+            }
+        };
+        let http = crate::member_client(pki.as_deref(), Duration::from_secs(90))?;
         let started_ms = clock.now_ms();
         Ok(Arc::new(Member {
             cfg,
             store,
             clock,
             tokens,
+            pki,
             role: RwLock::new(Role::Campaigning),
             health,
             http,
@@ -109,13 +119,15 @@ impl Member {
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         let data_dir = self.cfg.server.data_dir.clone();
-        std::fs::write(data_dir.join("address"), format!("http://{addr}\n"))?;
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        std::fs::write(data_dir.join("address"), format!("{scheme}://{addr}\n"))?;
         tracing::info!(%addr, id = %self.cfg.id, "control plane member listening");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let app = dispatch::router(self.clone());
         let mut serve_stop = stop_rx.clone();
         let bounds = self.cfg.server.bounds;
-        let serve = tokio::spawn(crate::listen::serve(listener, app, bounds, async move {
+        let tls = self.pki.as_ref().map(|p| p.server_tls.clone());
+        let serve = tokio::spawn(crate::listen::serve(listener, app, bounds, tls, async move {
             let _ = serve_stop.wait_for(|s| *s).await;
         }));
         let announce = tokio::spawn(self.clone().announce_loop());
@@ -203,16 +215,19 @@ impl Member {
         let mut cfg = self.cfg.server.clone();
         cfg.control.leader_epoch = l.epoch.max(0) as u64;
         let store: Arc<dyn StateStore> = fenced.clone();
-        let server = match Server::with_tokens(cfg, store, self.clock.clone(), self.tokens.clone()).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "elected, but cannot start the control plane; resigning");
-                fenced.fence();
-                let _ = leader::resign(&*self.store, l).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                return;
-            }
-        };
+        let server =
+            match Server::with_tokens(cfg, store, self.clock.clone(), self.tokens.clone(), self.pki.clone())
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "elected, but cannot start the control plane; resigning");
+                    fenced.fence();
+                    let _ = leader::resign(&*self.store, l).await;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    return;
+                }
+            };
         tracing::info!(
             epoch = l.epoch,
             load_ms = elected.elapsed().as_millis() as u64,
@@ -250,4 +265,15 @@ impl Member {
             }
         }
     }
+}
+
+/// The host of an advertised URL (`https://10.0.0.1:7070` → `10.0.0.1`), for the certificate.
+fn advertised_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let hostport = rest.split('/').next()?;
+    let host = match hostport.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => hostport.rsplit_once(':').map_or(hostport, |(h, _)| h),
+    };
+    (!host.is_empty()).then(|| host.to_string())
 }

@@ -7,8 +7,10 @@ pub mod api;
 pub mod artifacts;
 pub mod auth;
 pub mod ha;
-pub mod listen;
+pub mod pki;
 mod tokens;
+
+pub use tend_tls::serve as listen;
 
 use std::net::SocketAddr;
 use std::ops::Deref;
@@ -30,6 +32,14 @@ pub struct ServerConfig {
     pub control: ControlConfig,
     /// Connection cap and header deadline of the API.
     pub bounds: listen::Bounds,
+    /// Serve plain HTTP, agents authenticated by the cluster token (no TLS, no agent identity):
+    /// for benchmarks and trusted networks only.
+    pub plain_http: bool,
+    /// Lifetime of the certificates issued to agents (they renew at two thirds of it).
+    pub agent_cert_ttl_seconds: u64,
+    /// Host names and addresses this member's certificate names, besides `control.tend` and
+    /// loopback.
+    pub tls_hosts: Vec<String>,
 }
 
 impl ServerConfig {
@@ -39,6 +49,9 @@ impl ServerConfig {
             listen,
             control: ControlConfig::default(),
             bounds: Default::default(),
+            plain_http: false,
+            agent_cert_ttl_seconds: 7 * 86_400,
+            tls_hosts: Vec::new(),
         }
     }
 }
@@ -53,6 +66,9 @@ pub struct Edge {
     pub bounds: listen::Bounds,
     /// The store (fenced by leadership on a control plane of several members): named tokens.
     pub store: Arc<dyn StateStore>,
+    /// The cluster CA and this member's certificate; `None` with `--plain-http`.
+    pub pki: Option<Arc<pki::Pki>>,
+    pub agent_cert_ttl_seconds: u64,
 }
 
 /// A running control plane with its HTTP edge. Derefs to its [`Control`].
@@ -113,7 +129,11 @@ impl Server {
             tokens::token_file(&cfg.data_dir.join("cluster-token"))?,
         );
         tokens::check_pair(&tokens.0, &tokens.1)?;
-        Server::with_tokens(cfg, store, clock, tokens).await
+        let pki = match cfg.plain_http {
+            true => None,
+            false => Some(pki::Pki::shared(&*store, &cfg.data_dir, &cfg.tls_hosts).await?),
+        };
+        Server::with_tokens(cfg, store, clock, tokens, pki).await
     }
 
     /// Starts a control plane with the given (API, cluster) tokens.
@@ -122,6 +142,7 @@ impl Server {
         store: Arc<dyn StateStore>,
         clock: SharedClock,
         (api_token, cluster_token): (String, String),
+        pki: Option<Arc<pki::Pki>>,
     ) -> anyhow::Result<Server> {
         let artifacts_dir = cfg.data_dir.join("artifacts");
         std::fs::create_dir_all(&artifacts_dir)?;
@@ -133,6 +154,8 @@ impl Server {
             listen: cfg.listen,
             bounds: cfg.bounds,
             store: store.clone(),
+            pki,
+            agent_cert_ttl_seconds: cfg.agent_cert_ttl_seconds,
         };
         let control = Control::new(cfg.control, store, clock).await?;
         Ok(Server { control, edge: Arc::new(edge) })
@@ -147,15 +170,32 @@ impl Server {
             .await
             .with_context(|| format!("cannot listen on {}", self.edge.listen))?;
         let addr = listener.local_addr()?;
-        std::fs::write(self.edge.data_dir.join("address"), format!("http://{addr}\n"))?;
+        let scheme = if self.edge.pki.is_some() { "https" } else { "http" };
+        std::fs::write(self.edge.data_dir.join("address"), format!("{scheme}://{addr}\n"))?;
         tracing::info!(%addr, "control plane listening");
         let app = api::router(self.clone());
-        listen::serve(listener, app, self.edge.bounds, shutdown).await;
+        let tls = self.edge.pki.as_ref().map(|p| p.server_tls.clone());
+        listen::serve(listener, app, self.edge.bounds, tls, shutdown).await;
         Ok(())
     }
 
     /// The address written by `serve`.
     pub fn address(&self) -> Option<String> {
         std::fs::read_to_string(self.edge.data_dir.join("address")).ok().map(|s| s.trim().to_string())
+    }
+}
+
+/// A client of the other members: over TLS (checked as `control.tend`, with this member's
+/// certificate) unless the control plane runs plain HTTP.
+pub fn member_client(
+    pki: Option<&pki::Pki>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<reqwest::Client> {
+    match pki {
+        Some(p) => p.client(None, timeout),
+        None => Ok(reqwest::Client::builder()
+            .use_preconfigured_tls(tend_tls::plain_client_config()?)
+            .timeout(timeout)
+            .build()?),
     }
 }

@@ -229,3 +229,18 @@ pub fn fetch_config() -> Result<ClientConfig, TlsError> {
         .with_custom_certificate_verifier(Arc::new(AnyServer(provider())))
         .with_no_client_auth())
 }
+
+/// A client config that trusts nobody: for plain-HTTP clients (`--plain-http` control planes),
+/// which must still be given one (the build has no process-wide TLS provider).
+pub fn plain_client_config() -> Result<ClientConfig, TlsError> {
+    Ok(ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth())
+}
+
+/// Makes ring the process's TLS provider (for anything that asks rustls for the default);
+/// harmless when one is set already.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

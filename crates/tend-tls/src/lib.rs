@@ -1,6 +1,6 @@
-//! tend's trust: the cluster CA, certificates bound to an agent id or to the control plane, and
-//! rustls configurations for both ends. Pure of I/O: PEM text and `now` in, PEM text and
-//! configurations out; the edges keep the files.
+//! tend's trust: the cluster CA, certificates bound to an agent id or to the control plane,
+//! rustls configurations for both ends, and the bounded HTTP(S) server both ends serve with.
+//! Certificates are made from PEM text and a given `now`; the edges keep the files.
 //!
 //! Names, as Nomad does it: the control plane's certificate names `control.tend`, an agent's
 //! names `<agent id>.agent.tend`. An agent checks it reached the control plane (not another
@@ -9,10 +9,12 @@
 
 mod ca;
 mod config;
+pub mod serve;
 
 pub use ca::{agent_csr, ClusterCa, Issued};
 pub use config::{
-    certs_from_pem, client_config, fetch_config, server_config, system_client_config, ReloadableCert,
+    certs_from_pem, client_config, fetch_config, install_default_provider, plain_client_config,
+    server_config, system_client_config, ReloadableCert,
 };
 
 /// The name in every control-plane member's certificate.
@@ -42,6 +44,7 @@ pub struct PeerCert {
     /// Hex serial number.
     pub serial: String,
     /// Seconds since the epoch.
+    pub not_before_s: i64,
     pub not_after_s: i64,
 }
 
@@ -61,6 +64,7 @@ impl PeerCert {
         Some(PeerCert {
             names,
             serial: hex::encode(cert.raw_serial()),
+            not_before_s: cert.validity().not_before.timestamp(),
             not_after_s: cert.validity().not_after.timestamp(),
         })
     }

@@ -34,11 +34,16 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_with(&[])
+    }
+
+    /// A cluster whose control plane runs with `flags`.
+    pub fn start_with(flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let slot = SLOTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 75;
         let mut c = Cluster { dir, port, slot, server: None, agents: Vec::new() };
-        c.start_server();
+        c.start_server_with(flags);
         for i in 0..3 {
             let child = c.spawn_agent(i);
             c.agents.push(child);
@@ -51,31 +56,46 @@ impl Cluster {
         c
     }
 
-    /// Starts agent `i` (zone a, b or c) with its fixed id, ports and data directory.
+    /// Starts agent `i` (zone a, b or c) with its fixed id, ports and data directory. A new
+    /// agent joins with a fresh single-use join token; a restarted one has its certificate.
     pub fn spawn_agent(&self, i: usize) -> Child {
         let zone = ["a", "b", "c"][i];
         // Below the kernel's ephemeral range (32768–60999), so no client socket takes them.
         let lo = 10_000 + self.slot * 300 + i as u16 * 100;
-        tend()
-            .args([
-                "agent",
-                "run",
-                "--server",
-                &self.url(),
-                "--id",
-                &format!("{zone}1"),
-                "--attr",
-                &format!("zone={zone}"),
-            ])
-            .args(["--cpus", "2", "--memory-mb", "2048", "--ports", &format!("{lo}-{}", lo + 99)])
-            .arg("--cluster-token-file")
-            .arg(self.data().join("cluster-token"))
-            .arg("--data-dir")
-            .arg(self.dir.path().join(format!("agent-{zone}")))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+        let data = self.dir.path().join(format!("agent-{zone}"));
+        let mut cmd = tend();
+        cmd.args([
+            "agent",
+            "run",
+            "--server",
+            &self.url(),
+            "--id",
+            &format!("{zone}1"),
+            "--attr",
+            &format!("zone={zone}"),
+        ])
+        .args(["--cpus", "2", "--memory-mb", "2048", "--ports", &format!("{lo}-{}", lo + 99)]);
+        if !data.join("tls/cert.pem").exists() {
+            cmd.args(["--join-token", &self.join_token()]);
+        }
+        cmd.arg("--data-dir").arg(data).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+    }
+
+    /// A single-use join token for one agent.
+    pub fn join_token(&self) -> String {
+        let v = self.api(&["agent", "token", "create", "--ttl-seconds", "600"]).unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    /// The last lines of the control plane's log.
+    pub fn server_log(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        log[log.len().saturating_sub(3000)..].to_string()
+    }
+
+    /// The cluster CA certificate (PEM file).
+    pub fn ca(&self) -> PathBuf {
+        self.data().join("ca.pem")
     }
 
     pub fn data(&self) -> PathBuf {
@@ -83,7 +103,7 @@ impl Cluster {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("https://127.0.0.1:{}", self.port)
     }
 
     pub fn start_server(&mut self) {
@@ -103,8 +123,9 @@ impl Cluster {
             .args(extra)
             .arg("--data-dir")
             .arg(self.data())
+            .env("TEND_LOG", "tend_server=info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("server.log")).unwrap())
             .spawn()
             .unwrap();
         self.server = Some(child);
@@ -112,13 +133,15 @@ impl Cluster {
         while Instant::now() < deadline {
             // Serving, and leading (a member answers 503 until it is elected).
             if self.data().join("token").exists()
+                && self.ca().exists()
                 && self.raw("GET", "/v1/health", None, None).1["role"] == "leader"
             {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("control plane did not start");
+        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        panic!("control plane did not start:\n{}", &log[log.len().saturating_sub(3000)..]);
     }
 
     pub fn kill_server(&mut self) {
@@ -139,8 +162,13 @@ impl Cluster {
 
     /// Runs a client command with --json and the given API token.
     pub fn api_as(&self, token: &str, args: &[&str]) -> Result<Value, String> {
-        let out =
-            tend().args(args).args(["--json", "--addr", &self.url(), "--token", token]).output().unwrap();
+        let out = tend()
+            .args(args)
+            .args(["--json", "--addr", &self.url(), "--token", token])
+            .arg("--ca-cert")
+            .arg(self.ca())
+            .output()
+            .unwrap();
         if !out.status.success() {
             // Errors on stderr; with --json, a command's own account of a failure on stdout.
             let (err, text) = (String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
@@ -188,8 +216,29 @@ impl Cluster {
     }
 
     pub fn raw(&self, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, Value) {
+        self.raw_as(None, method, path, token, body)
+    }
+
+    /// A call presenting agent `zone`1's certificate and key (`DATA/tls/` of that agent).
+    pub fn raw_as_agent(&self, zone: &str, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        self.raw_as(Some(&self.dir.path().join(format!("agent-{zone}/tls"))), method, path, None, body)
+    }
+
+    /// A call with curl, presenting the client certificate in `tls` (`cert.pem`, `key.pem`).
+    pub fn raw_as(
+        &self,
+        tls: Option<&Path>,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, Value) {
         let mut c = Command::new("curl");
-        c.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method, &format!("{}{path}", self.url())]);
+        if let Some(dir) = tls {
+            c.arg("--cert").arg(dir.join("cert.pem")).arg("--key").arg(dir.join("key.pem"));
+        }
+        c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method, &format!("{}{path}", self.url())]);
+        c.arg("--cacert").arg(self.ca());
         if let Some(t) = token {
             c.args(["-H", &format!("Authorization: Bearer {t}")]);
         }
@@ -199,7 +248,12 @@ impl Cluster {
         let out = c.output().expect("curl is installed");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.trim().parse().unwrap_or(0), serde_json::from_str(body).unwrap_or(Value::Null))
+        let code = code.trim().parse().unwrap_or(0);
+        if code == 0 {
+            // No answer: what curl says instead.
+            return (0, Value::String(String::from_utf8_lossy(&out.stderr).into_owned()));
+        }
+        (code, serde_json::from_str(body).unwrap_or(Value::Null))
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::StatusCode;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -17,8 +17,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tend_api::*;
 
-use tend_control::agents::AgentProtocol;
-
+mod agents;
+pub use agents::AGENT_HEADER;
 mod jobs;
 mod pods;
 mod services;
@@ -79,20 +79,6 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
     }
 }
 
-async fn require(token: String, req: Request, next: Next) -> Response {
-    let ok = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
-    if !ok {
-        return ApiError(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required".into())
-            .into_response();
-    }
-    next.run(req).await
-}
-
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -100,7 +86,6 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The whole API.
 pub fn router(server: Server) -> Router {
     let s = Arc::new(server);
-    let cluster_token = s.edge.cluster_token.clone();
     let user = Router::new()
         .route("/v1/services", get(list_services).post(create_service))
         .route("/v1/services/{name}", get(get_service).put(replace_service).delete(delete_service))
@@ -128,56 +113,27 @@ pub fn router(server: Server) -> Router {
         .route("/v1/artifacts/{sha}", put(upload_artifact))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{token}", axum::routing::delete(revoke_token))
+        .route("/v1/agent-tokens", post(agents::create_join_token))
+        .route("/v1/agents/{id}/revoke", post(agents::revoke))
         .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
         .route_layer(middleware::from_fn_with_state(s.clone(), crate::auth::guard));
     let agents = Router::new()
-        .route("/v1/agent/register", post(register))
-        .route("/v1/agent/{id}/desired", get(desired))
-        .route("/v1/agent/{id}/status", post(status))
+        .route("/v1/agent/register", post(agents::register))
+        .route("/v1/agent/{id}/desired", get(agents::desired))
+        .route("/v1/agent/{id}/status", post(agents::status))
+        .route("/v1/agent/{id}/renew", post(agents::renew))
         .route("/v1/agent/artifacts/{sha}", get(download_artifact))
         .route("/v1/artifacts/{sha}", get(download_artifact))
-        .layer(middleware::from_fn(move |req, next| require(cluster_token.clone(), req, next)));
+        .route_layer(middleware::from_fn_with_state(s.clone(), agents::guard));
     Router::new()
         .route("/v1/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/v1/openapi.json", get(openapi))
+        .route("/v1/agent/ca", get(agents::ca))
+        .route("/v1/agent/join", post(agents::join))
         .merge(user)
         .merge(agents)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
         .with_state(s)
-}
-
-// ---------- agents ----------
-
-async fn register(
-    State(s): State<Arc<Server>>,
-    JsonBody(req): JsonBody<RegisterRequest>,
-) -> ApiResult<RegisterResponse> {
-    Ok(Json(AgentProtocol::register(&s.control, req).await.map_err(refusal)?))
-}
-
-#[derive(Deserialize)]
-struct DesiredQuery {
-    #[serde(default)]
-    index: u64,
-    #[serde(default)]
-    wait_ms: Option<u64>,
-}
-
-async fn desired(
-    State(s): State<Arc<Server>>,
-    Path(id): Path<String>,
-    Query(q): Query<DesiredQuery>,
-) -> ApiResult<DesiredState> {
-    let wait = Duration::from_millis(q.wait_ms.unwrap_or(20_000).min(60_000));
-    Ok(Json(AgentProtocol::desired(&s.control, &id, q.index, wait).await.map_err(refusal)?))
-}
-
-async fn status(
-    State(s): State<Arc<Server>>,
-    Path(id): Path<String>,
-    JsonBody(r): JsonBody<StatusReport>,
-) -> ApiResult<StatusAck> {
-    Ok(Json(AgentProtocol::status(&s.control, &id, r).await.map_err(refusal)?))
 }
 
 fn valid_sha(sha: &str) -> bool {

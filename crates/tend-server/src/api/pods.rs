@@ -461,10 +461,17 @@ pub(super) async fn task_logs(
         .get(&agent)
         .map(|a| a.record.agent_url.clone())
         .ok_or_else(|| not_found("agent", &agent))?;
-    let client = reqwest::Client::new();
-    let r = client
-        .get(format!("{url}/v1/logs"))
-        .bearer_auth(&s.edge.cluster_token)
+    // Over TLS the agent is checked as itself (its certificate names it) and it checks this
+    // member's; in plain HTTP the cluster token stands for both.
+    let (client, token) = match s.edge.pki.as_deref() {
+        Some(p) => (p.client(Some(&agent), Duration::from_secs(10))?, None),
+        None => (crate::member_client(None, Duration::from_secs(10))?, Some(s.edge.cluster_token.clone())),
+    };
+    let mut rq = client.get(format!("{url}/v1/logs"));
+    if let Some(t) = token {
+        rq = rq.bearer_auth(t);
+    }
+    let r = rq
         .query(&[
             ("service", name.as_str()),
             ("instance", instance.as_str()),

@@ -183,6 +183,13 @@ async fn forward(m: &Member, base: &str, req: Request) -> Response {
         }
     }
     rb = rb.header(FORWARDED, m.cfg.id.as_str());
+    // An agent's call: this member vouches for the certificate it checked (id and serial); the
+    // leader believes it only from a member's certificate, and checks the serial's revocation.
+    if let Some(peer) = parts.extensions.get::<tend_tls::serve::Peer>().and_then(|p| p.0.as_ref()) {
+        if let Some(id) = peer.agent_id() {
+            rb = rb.header(crate::api::AGENT_HEADER, format!("{id} {}", peer.serial));
+        }
+    }
     let resp = match rb.send().await {
         Ok(r) => r,
         Err(e) => {

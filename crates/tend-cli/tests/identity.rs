@@ -1,0 +1,210 @@
+//! Agent identity with mutual TLS, end to end with the real binary: every impersonation attempt
+//! is refused — no certificate, the old shared cluster token, a certificate of another CA,
+//! another agent's certificate, a revoked one; join tokens serve once and expire; an agent will
+//! not join a control plane whose CA its token does not pin; an agent's own server answers the
+//! control plane only; certificates rotate before they expire.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{tend, Cluster};
+
+/// A key and a self-signed certificate naming agent a1, made by openssl: another CA's.
+fn stranger(dir: &std::path::Path) -> std::path::PathBuf {
+    let d = dir.join("stranger");
+    std::fs::create_dir_all(&d).unwrap();
+    let ok = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+        .args(["-subj", "/CN=a1.agent.tend", "-addext", "subjectAltName=DNS:a1.agent.tend", "-days", "1"])
+        .arg("-keyout")
+        .arg(d.join("key.pem"))
+        .arg("-out")
+        .arg(d.join("cert.pem"))
+        .output()
+        .expect("openssl is installed");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    d
+}
+
+/// The port agent `pid` serves its logs on (its only listening socket).
+fn agent_port(pid: u32) -> u16 {
+    let out = Command::new("ss").args(["-ltnpH"]).output().expect("ss is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains(&format!("pid={pid},"))).expect("the agent listens");
+    line.split_whitespace().nth(3).and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok()).unwrap()
+}
+
+#[test]
+fn impersonation_attempts_are_refused() {
+    let mut c = Cluster::start();
+    let report = r#"{"seq":99,"tasks":[]}"#;
+    let cluster_token = std::fs::read_to_string(c.data().join("cluster-token")).unwrap();
+    let own = |c: &Cluster| c.raw_as_agent("a", "GET", "/v1/agent/a1/desired?wait_ms=1", None);
+    assert_eq!(own(&c).0, 200, "an agent reads its own desired state");
+    // No certificate; the old shared token; a certificate of another CA.
+    let (code, v) = c.raw("POST", "/v1/agent/a1/status", None, Some(report));
+    assert_eq!((code, v["error"]["code"].as_str()), (401, Some("unauthorized")), "{v}");
+    let (code, _) = c.raw("POST", "/v1/agent/a1/status", Some(cluster_token.trim()), Some(report));
+    assert_eq!(code, 401, "the shared cluster token opens nothing over TLS");
+    let s = stranger(c.dir.path());
+    let (code, _) = c.raw_as(Some(&s), "GET", "/v1/agent/a1/desired?wait_ms=1", None, None);
+    assert_ne!(code, 200, "another CA's certificate for a1");
+    // Another agent's certificate: b1 cannot read a1's desired state (its env secrets), report
+    // for a1, or register as a1 with its own address.
+    let (code, v) = c.raw_as_agent("b", "GET", "/v1/agent/a1/desired?wait_ms=1", None);
+    assert_eq!(code, 403, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("agent b1's"), "{v}");
+    let (code, _) = c.raw_as_agent("b", "POST", "/v1/agent/a1/status", Some(report));
+    assert_eq!(code, 403);
+    let register = r#"{"agent_id":"a1","host":"10.9.9.9","agent_url":"https://10.9.9.9:1","resources":{"cpus":1,"memory_mb":1,"disk_mb":1,"port_range":[1,2]}}"#;
+    let (code, _) = c.raw_as_agent("b", "POST", "/v1/agent/register", Some(register));
+    assert_eq!(code, 403);
+    let agents = c.api(&["agent", "list"]).unwrap();
+    assert!(!agents.to_string().contains("10.9.9.9"), "nobody re-registered a1: {agents}");
+    // An agent's own server answers the control plane's certificate only: not another agent's.
+    let port = agent_port(c.agents[0].id());
+    let url = format!("https://127.0.0.1:{port}/v1/logs?service=x&instance=x-0&task=t&incarnation=1");
+    let b_tls = c.dir.path().join("agent-b/tls");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--resolve",
+            &format!("a1.agent.tend:{port}:127.0.0.1"),
+        ])
+        .arg("--cacert")
+        .arg(c.ca())
+        .arg("--cert")
+        .arg(b_tls.join("cert.pem"))
+        .arg("--key")
+        .arg(b_tls.join("key.pem"))
+        .arg(url.replace("127.0.0.1", "a1.agent.tend"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "agent b1 reading a1's logs");
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-k", &url])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "000", "no certificate: no handshake");
+
+    // Revoked: a1's certificate is refused from now on, and a1 is lost.
+    c.api(&["agent", "revoke", "a1"]).unwrap();
+    assert_eq!(own(&c).0, 401);
+    c.wait_for(Duration::from_secs(20), "a1 lost", |c| {
+        c.api(&["agent", "list"])
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == "a1" && a["state"] == "lost")
+    });
+    // A new join token lets it back, with a new certificate.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c.agents[0].id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = c.agents[0].wait();
+    std::fs::remove_dir_all(c.dir.path().join("agent-a/tls")).unwrap();
+    c.agents[0] = c.spawn_agent(0);
+    c.wait_for(Duration::from_secs(20), "a1 back", |c| {
+        c.api(&["agent", "list"])
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == "a1" && a["state"] == "up")
+    });
+    assert_eq!(own(&c).0, 200);
+}
+
+/// An agent `id` joined with `token` (its certificate received), killed when dropped.
+fn joined(c: &Cluster, id: &str, token: &str, ports: &str) -> common::ChildGuard {
+    let child = tend()
+        .args(["agent", "run", "--server", &c.url(), "--id", id, "--join-token", token, "--ports", ports])
+        .arg("--data-dir")
+        .arg(c.dir.path().join(id))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = common::ChildGuard(Some(child));
+    let cert = c.dir.path().join(id).join("tls/cert.pem");
+    c.wait_for(Duration::from_secs(20), &format!("{id} joined"), |_| cert.exists());
+    guard
+}
+
+#[test]
+fn join_tokens_serve_once_expire_and_pin_the_ca() {
+    let c = Cluster::start();
+    let join = |token: &str, id: &str| {
+        let data = c.dir.path().join(format!("join-{id}"));
+        tend()
+            .args([
+                "agent",
+                "run",
+                "--server",
+                &c.url(),
+                "--id",
+                id,
+                "--join-token",
+                token,
+                "--ports",
+                "19000-19001",
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    // Spent: the token a1 joined with is gone; a token used once cannot be used again.
+    let token = c.join_token();
+    let first = joined(&c, "x1", &token, "19002-19003");
+    let out = join(&token, "x2");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown, spent or expired"), "{out:?}");
+    drop(first);
+    // Expired.
+    let v = c.api(&["agent", "token", "create", "--ttl-seconds", "1"]).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = join(v["token"].as_str().unwrap(), "x3");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown, spent or expired"), "{out:?}");
+    // A token pinning another CA: the agent does not join (and sends nothing).
+    let t = c.join_token();
+    let (head, _) = t.rsplit_once('.').unwrap();
+    let out = join(&format!("{head}.{}", "0".repeat(64)), "x4");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not joining"), "{out:?}");
+    // That token was not spent by the refused join: it still works.
+    drop(joined(&c, "x5", &t, "19004-19005"));
+    // Bad input changes nothing: a malformed token, a bad agent id, a request that is not one.
+    for (body, code) in [
+        (r#"{"agent_id":"a1","token":"nope","csr_pem":"x"}"#, 401),
+        (r#"{"agent_id":"A B","token":"nope","csr_pem":"x"}"#, 400),
+        (r#"{"agent_id":"a1"}"#, 400),
+    ] {
+        let (got, v) = c.raw("POST", "/v1/agent/join", None, Some(body));
+        assert_eq!(got, code, "{body}: {v}\n{}", c.server_log());
+        assert!(v["error"]["code"].is_string());
+    }
+}
+
+#[test]
+fn certificates_rotate_before_they_expire() {
+    let c = Cluster::start_with(&["--agent-cert-ttl-seconds", "60"]);
+    let cert = c.dir.path().join("agent-a/tls/cert.pem");
+    let before = std::fs::read_to_string(&cert).unwrap();
+    // Renewed at two thirds of its life (40 s), checked every 10 s.
+    c.wait_for(Duration::from_secs(75), "a1's certificate renewed", |_| {
+        std::fs::read_to_string(&cert).is_ok_and(|now| now != before)
+    });
+    // And in use: a1 stays up, its calls answered with the new certificate.
+    assert_eq!(c.raw_as_agent("a", "GET", "/v1/agent/a1/desired?wait_ms=1", None).0, 200);
+    c.wait_for(Duration::from_secs(10), "a1 up", |c| {
+        c.api(&["agent", "list"]).unwrap().as_array().unwrap().iter().all(|a| a["state"] == "up")
+    });
+}
