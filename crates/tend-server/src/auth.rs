@@ -90,7 +90,7 @@ struct TokenRecord {
     info: TokenInfo,
 }
 
-fn hash_key(secret: &str) -> String {
+pub(crate) fn hash_key(secret: &str) -> String {
     format!("tokens/hash/{}", hex::encode(Sha256::digest(secret.as_bytes())))
 }
 

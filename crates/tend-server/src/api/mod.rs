@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use tend_api::*;
 
 mod agents;
@@ -83,6 +82,11 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Largest JSON body of a user call.
+pub const USER_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// Largest JSON body of an agent call.
+pub const AGENT_BODY_BYTES: usize = 64 * 1024 * 1024;
+
 /// The whole API.
 pub fn router(server: Server) -> Router {
     let s = Arc::new(server);
@@ -115,7 +119,8 @@ pub fn router(server: Server) -> Router {
         .route("/v1/tokens/{token}", axum::routing::delete(revoke_token))
         .route("/v1/agent-tokens", post(agents::create_join_token))
         .route("/v1/agents/{id}/revoke", post(agents::revoke))
-        .layer(DefaultBodyLimit::max(256 * 1024 * 1024))
+        // JSON bodies (specs, actions); artifact uploads are streamed and bounded on their own.
+        .layer(DefaultBodyLimit::max(USER_BODY_BYTES))
         .route_layer(middleware::from_fn_with_state(s.clone(), crate::auth::guard));
     let agents = Router::new()
         .route("/v1/agent/register", post(agents::register))
@@ -124,7 +129,9 @@ pub fn router(server: Server) -> Router {
         .route("/v1/agent/{id}/renew", post(agents::renew))
         .route("/v1/agent/artifacts/{sha}", get(download_artifact))
         .route("/v1/artifacts/{sha}", get(download_artifact))
-        .route_layer(middleware::from_fn_with_state(s.clone(), agents::guard));
+        .route_layer(middleware::from_fn_with_state(s.clone(), agents::guard))
+        // A status report lists every task of the agent.
+        .layer(DefaultBodyLimit::max(AGENT_BODY_BYTES));
     Router::new()
         .route("/v1/health", get(|| async { Json(serde_json::json!({ "status": "ok" })) }))
         .route("/v1/openapi.json", get(openapi))
@@ -143,35 +150,37 @@ fn valid_sha(sha: &str) -> bool {
 async fn download_artifact(
     State(s): State<Arc<Server>>,
     Path(sha): Path<String>,
-) -> Result<Vec<u8>, ApiError> {
+) -> Result<axum::body::Body, ApiError> {
     if !valid_sha(&sha) {
         return Err(bad("an artifact is named by its sha256 (64 lowercase hex characters)"));
     }
-    if let Ok(b) = tokio::fs::read(s.edge.artifacts_dir.join(&sha)).await {
-        return Ok(b);
+    // Uploaded to another member (a leader before a failover): pulled from it first.
+    if !s.edge.artifacts_dir.join(&sha).is_file() {
+        crate::artifacts::pull(&s, &sha).await;
     }
-    // Uploaded to another member (a leader before a failover): pulled from it.
-    crate::artifacts::pull(&s, &sha).await.ok_or_else(|| not_found("artifact", &sha))
+    crate::artifacts::serve_file(&s.edge.artifacts_dir, &sha).await.ok_or_else(|| not_found("artifact", &sha))
 }
 
+/// Streamed to disk while hashed: a big upload costs disk, not memory.
 async fn upload_artifact(
     State(s): State<Arc<Server>>,
     Path(sha): Path<String>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> ApiResult<serde_json::Value> {
+    use crate::artifacts::ReceiveError;
     if !valid_sha(&sha) {
         return Err(bad("an artifact is named by its sha256 (64 lowercase hex characters)"));
     }
-    let actual = hex::encode(Sha256::digest(&body));
-    if actual != sha {
-        return Err(bad(format!("body has sha256 {actual}, not {sha}")));
-    }
-    crate::artifacts::store_local(&s.edge.artifacts_dir, &sha, &body)
-        .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let len = body.len();
-    crate::artifacts::push(&s, sha.clone(), body);
-    Ok(Json(serde_json::json!({ "sha256": sha, "bytes": len })))
+    let n = match crate::artifacts::receive(&s.edge.artifacts_dir, &sha, body).await {
+        Ok(n) => n,
+        Err(e @ (ReceiveError::Digest(..) | ReceiveError::Body(_))) => return Err(bad(e.to_string())),
+        Err(e @ ReceiveError::TooLarge) => {
+            return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string()))
+        }
+        Err(e) => return Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())),
+    };
+    crate::artifacts::push(&s, sha.clone());
+    Ok(Json(serde_json::json!({ "sha256": sha, "bytes": n })))
 }
 
 async fn list_tokens(State(s): State<Arc<Server>>) -> ApiResult<Vec<TokenInfo>> {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -59,8 +59,11 @@ fn bearer(headers: &axum::http::HeaderMap) -> &str {
         .unwrap_or("")
 }
 
-fn authorized(m: &Member, req: &Request) -> bool {
-    crate::api::constant_time_eq(bearer(req.headers()).as_bytes(), m.tokens.0.as_bytes())
+/// The bootstrap API token or any named one (every role may see the control plane).
+async fn authorized(m: &Member, headers: axum::http::HeaderMap) -> bool {
+    let t = bearer(&headers);
+    crate::api::constant_time_eq(t.as_bytes(), m.tokens.0.as_bytes())
+        || (!t.is_empty() && matches!(m.store.get(&crate::auth::hash_key(t)).await, Ok(Some(_))))
 }
 
 fn valid_sha(sha: &str) -> bool {
@@ -79,9 +82,9 @@ async fn member_artifact(
     if !valid_sha(&sha) {
         return error(StatusCode::BAD_REQUEST, "bad_request", "an artifact is named by its sha256".into());
     }
-    match tokio::fs::read(m.cfg.server.data_dir.join("artifacts").join(&sha)).await {
-        Ok(b) => b.into_response(),
-        Err(_) => {
+    match crate::artifacts::serve_file(&m.cfg.server.data_dir.join("artifacts"), &sha).await {
+        Some(body) => body.into_response(),
+        None => {
             error(StatusCode::NOT_FOUND, "not_found", format!("no artifact {sha} on member {}", m.cfg.id))
         }
     }
@@ -92,26 +95,29 @@ async fn member_artifact_put(
     State(m): State<Arc<Member>>,
     axum::extract::Path(sha): axum::extract::Path<String>,
     headers: axum::http::HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    use sha2::Digest;
+    use crate::artifacts::ReceiveError;
     if !crate::api::constant_time_eq(bearer(&headers).as_bytes(), m.tokens.1.as_bytes()) {
         return error(StatusCode::UNAUTHORIZED, "unauthorized", "the cluster token is required".into());
     }
-    if !valid_sha(&sha) || hex::encode(sha2::Sha256::digest(&body)) != sha {
-        return error(StatusCode::BAD_REQUEST, "bad_request", format!("the body's sha256 is not {sha}"));
+    if !valid_sha(&sha) {
+        return error(StatusCode::BAD_REQUEST, "bad_request", format!("`{sha}` is not a sha256"));
     }
     let dir = m.cfg.server.data_dir.join("artifacts");
     let _ = tokio::fs::create_dir_all(&dir).await;
-    match crate::artifacts::store_local(&dir, &sha, &body).await {
-        Ok(()) => Json(serde_json::json!({ "sha256": sha, "bytes": body.len() })).into_response(),
+    match crate::artifacts::receive(&dir, &sha, body).await {
+        Ok(n) => Json(serde_json::json!({ "sha256": sha, "bytes": n })).into_response(),
+        Err(e @ (ReceiveError::Digest(..) | ReceiveError::Body(_) | ReceiveError::TooLarge)) => {
+            error(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+        }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
 }
 
 /// Members, leader, epoch and store health, as this member sees them.
 async fn cluster(State(m): State<Arc<Member>>, req: Request) -> Response {
-    if !authorized(&m, &req) {
+    if !authorized(&m, req.headers().clone()).await {
         return error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required".into());
     }
     let role = m.role();
@@ -169,11 +175,10 @@ async fn forward(m: &Member, base: &str, req: Request) -> Response {
             format!("member {} does not lead either; retry in a moment", m.cfg.id),
         );
     }
+    // Streamed both ways: a big upload through a follower costs it no memory (the leader
+    // bounds what it accepts).
     let (parts, body) = req.into_parts();
-    let body: Bytes = match axum::body::to_bytes(body, MAX_FORWARD_BYTES).await {
-        Ok(b) => b,
-        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("request body: {e}")),
-    };
+    let body = reqwest::Body::wrap_stream(body.into_data_stream());
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut rb =
         m.http.request(parts.method.clone(), format!("{}{path}", base.trim_end_matches('/'))).body(body);
@@ -202,8 +207,7 @@ async fn forward(m: &Member, base: &str, req: Request) -> Response {
     };
     let status = resp.status();
     let content_type = resp.headers().get("content-type").cloned();
-    let bytes = resp.bytes().await.unwrap_or_default();
-    let mut out = Response::new(Body::from(bytes));
+    let mut out = Response::new(Body::from_stream(resp.bytes_stream()));
     *out.status_mut() = status;
     if let Some(ct) = content_type {
         out.headers_mut().insert("content-type", ct);
