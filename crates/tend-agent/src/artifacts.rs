@@ -32,6 +32,20 @@ pub struct Fetcher {
     pub web: reqwest::Client,
 }
 
+/// An error and its causes, `a: b: c` (a TLS refusal is only in the causes of reqwest's error).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out = format!("{out}: {s}");
+        }
+        next = c.source();
+    }
+    out
+}
+
 fn io(e: impl std::fmt::Display) -> ArtifactError {
     ArtifactError::Io(e.to_string())
 }
@@ -112,7 +126,7 @@ impl Fetcher {
             }
             r.bytes().await.map_err(|e| fetch_err(e.to_string()))?.to_vec()
         } else if a.uri.starts_with("http://") || a.uri.starts_with("https://") {
-            let r = self.web.get(&a.uri).send().await.map_err(|e| fetch_err(format!("{e:#}")))?;
+            let r = self.web.get(&a.uri).send().await.map_err(|e| fetch_err(causes(&e)))?;
             if !r.status().is_success() {
                 return Err(fetch_err(format!("server answered {}", r.status())));
             }

@@ -46,8 +46,8 @@ fn impersonation_attempts_are_refused() {
     // No certificate; the old shared token; a certificate of another CA.
     let (code, v) = c.raw("POST", "/v1/agent/a1/status", None, Some(report));
     assert_eq!((code, v["error"]["code"].as_str()), (401, Some("unauthorized")), "{v}");
-    let (code, _) = c.raw("POST", "/v1/agent/a1/status", Some(cluster_token.trim()), Some(report));
-    assert_eq!(code, 401, "the shared cluster token opens nothing over TLS");
+    let (code, v) = c.raw("POST", "/v1/agent/a1/status", Some(cluster_token.trim()), Some(report));
+    assert_eq!(code, 401, "the shared cluster token opens nothing over TLS: {v}\n{}", c.server_log());
     let s = stranger(c.dir.path());
     let (code, _) = c.raw_as(Some(&s), "GET", "/v1/agent/a1/desired?wait_ms=1", None, None);
     assert_ne!(code, 200, "another CA's certificate for a1");
@@ -207,4 +207,72 @@ fn certificates_rotate_before_they_expire() {
     c.wait_for(Duration::from_secs(10), "a1 up", |c| {
         c.api(&["agent", "list"]).unwrap().as_array().unwrap().iter().all(|a| a["state"] == "up")
     });
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it (openssl), in `dir`.
+fn web_ca(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let sh = format!(
+        "cd {d} && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=web-ca \
+         -keyout ca.key -out ca.pem -days 1 2>/dev/null && \
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+         -keyout srv.key -out srv.csr 2>/dev/null && \
+         printf 'subjectAltName=IP:127.0.0.1' > ext && \
+         openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile ext -out srv.pem 2>/dev/null",
+        d = dir.display()
+    );
+    assert!(Command::new("sh").arg("-c").arg(sh).status().unwrap().success());
+}
+
+/// `openssl s_server -WWW` serving `dir` over HTTPS with the certificate in `tls`.
+fn https_server(dir: &std::path::Path, tls: &std::path::Path, port: u16) -> common::ChildGuard {
+    let child = Command::new("openssl")
+        .args(["s_server", "-quiet", "-WWW", "-accept", &port.to_string()])
+        .arg("-cert")
+        .arg(tls.join("srv.pem"))
+        .arg("-key")
+        .arg(tls.join("srv.key"))
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    common::ChildGuard(Some(child))
+}
+
+/// `https://` artifacts: fetched when the server's certificate checks out against the agents'
+/// CA (`--artifact-ca`), refused with the TLS error when it is signed by a CA they do not trust.
+#[test]
+fn https_artifacts_are_checked_against_the_trusted_roots() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (trusted, other) = (tmp.path().join("trusted"), tmp.path().join("other"));
+    web_ca(&trusted);
+    web_ca(&other);
+    let site = tmp.path().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("hello.sh"), "#!/bin/sh\necho fetched over https > data/out; exec sleep 600\n")
+        .unwrap();
+    let ca = trusted.join("ca.pem");
+    let c = Cluster::start_with_agents(&[], &["--artifact-ca", ca.to_str().unwrap()]);
+    let (good, bad) = (common::free_port(), common::free_port());
+    let _servers = (https_server(&site, &trusted, good), https_server(&site, &other, bad));
+    std::thread::sleep(Duration::from_millis(500));
+    let spec = |name: &str, port: u16| {
+        format!(
+            "version: 1\nname: {name}\npods:\n  w:\n    volumes: [ {{ name: data, path: data, size_mb: 1 }} ]\n    artifacts: [ {{ uri: 'https://127.0.0.1:{port}/hello.sh' }} ]\n    tasks:\n      t: {{ cmd: './hello.sh' }}\nrecovery: {{ failure_timeout_seconds: 600 }}\n"
+        )
+    };
+    let ok = c.write_spec("ok.yml", &spec("ok", good));
+    c.deploy(&ok, true).unwrap();
+    let pod = c.pods("ok")[0].clone();
+    assert_eq!(c.volume_file(&pod, "out").trim(), "fetched over https");
+    // Another CA: the deploy fails, and says why.
+    let refused = c.write_spec("refused.yml", &spec("refused", bad));
+    let e = c.deploy(&refused, true).expect_err("an untrusted server");
+    let events = c.api(&["events", "--service", "refused"]).unwrap().to_string();
+    assert!(
+        events.contains("certificate") || e.contains("certificate"),
+        "the TLS refusal is reported: {e}\n{events}"
+    );
 }

@@ -98,7 +98,9 @@ pub fn server_config(
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(cert);
-    c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only: tend's clients speak it, and over h2 an early refusal (401 before the body
+    // is read) resets the stream, which curl reports as a framing error instead of the answer.
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(c)
 }
 

@@ -30,6 +30,8 @@ pub struct Cluster {
     pub slot: u16,
     pub server: Option<Child>,
     pub agents: Vec<Child>,
+    /// Extra flags of every agent this cluster starts.
+    pub agent_flags: Vec<String>,
 }
 
 impl Cluster {
@@ -39,10 +41,16 @@ impl Cluster {
 
     /// A cluster whose control plane runs with `flags`.
     pub fn start_with(flags: &[&str]) -> Cluster {
+        Cluster::start_with_agents(flags, &[])
+    }
+
+    /// A cluster whose control plane runs with `flags` and its agents with `agent_flags`.
+    pub fn start_with_agents(flags: &[&str], agent_flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let slot = SLOTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 75;
-        let mut c = Cluster { dir, port, slot, server: None, agents: Vec::new() };
+        let agent_flags = agent_flags.iter().map(|s| s.to_string()).collect();
+        let mut c = Cluster { dir, port, slot, server: None, agents: Vec::new(), agent_flags };
         c.start_server_with(flags);
         for i in 0..3 {
             let child = c.spawn_agent(i);
@@ -78,6 +86,7 @@ impl Cluster {
         if !data.join("tls/cert.pem").exists() {
             cmd.args(["--join-token", &self.join_token()]);
         }
+        cmd.args(&self.agent_flags);
         cmd.arg("--data-dir").arg(data).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
     }
 
