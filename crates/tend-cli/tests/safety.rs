@@ -234,6 +234,8 @@ fn concurrent_spec_updates_are_serialised_and_stale_ones_refused() {
             let body = serde_json::json!({ "spec": base.replace("VALUE", &i.to_string()) }).to_string();
             Command::new("curl")
                 .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", &url])
+                .arg("--cacert")
+                .arg(c.ca())
                 .args([
                     "-H",
                     &format!("Authorization: Bearer {token}"),

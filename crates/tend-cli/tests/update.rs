@@ -64,7 +64,7 @@ fn a_rolling_update_takes_one_member_down_at_a_time_and_the_cli_follows_its_gene
     let before = volumes(&c);
     // A sampler counts members not running and ready, every 50 ms, through the API.
     let stop = Arc::new(AtomicBool::new(false));
-    let (url, token) = (c.url(), c.token());
+    let (url, token, ca) = (c.url(), c.token(), c.ca());
     let sampler = {
         let stop = stop.clone();
         std::thread::spawn(move || {
@@ -72,6 +72,8 @@ fn a_rolling_update_takes_one_member_down_at_a_time_and_the_cli_follows_its_gene
             let mut samples = 0;
             while !stop.load(Ordering::SeqCst) && samples < 2_000 {
                 let out = std::process::Command::new("curl")
+                    .arg("--cacert")
+                    .arg(&ca)
                     .args([
                         "-s",
                         "-H",
@@ -195,6 +197,8 @@ fn the_health_gate_holds_an_update_until_the_cluster_is_healthy() {
 fn dry_run(c: &Cluster, file: &std::path::Path) -> (i32, String) {
     let out = common::tend()
         .args(["service", "plan", file.to_str().unwrap(), "--addr", &c.url(), "--token", &c.token()])
+        .arg("--ca-cert")
+        .arg(c.ca())
         .output()
         .unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
@@ -246,6 +250,8 @@ const GROWN_WITH_WAL: &str =
 fn deploy_with(c: &Cluster, file: &std::path::Path, extra: &[&str]) -> (i32, String) {
     let out = common::tend()
         .args(["service", "deploy", file.to_str().unwrap(), "--addr", &c.url(), "--token", &c.token()])
+        .arg("--ca-cert")
+        .arg(c.ca())
         .args(extra)
         .output()
         .unwrap();
@@ -322,6 +328,8 @@ fn the_cli_follows_its_generation_across_a_control_plane_restart() {
         c.write_spec("v2.yml", &spec("2", "").replace("min_healthy_seconds: 1", "min_healthy_seconds: 3"));
     let follower = common::tend()
         .args(["service", "deploy", v2.to_str().unwrap(), "--addr", &c.url(), "--token", &c.token()])
+        .arg("--ca-cert")
+        .arg(c.ca())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
