@@ -51,11 +51,30 @@ pub(crate) async fn logs(
         st.ctx.sandbox_dir(&q.service, &q.instance, q.incarnation).join(format!("{}.{stream}", q.task));
     let tail = q.tail_bytes.unwrap_or(64 * 1024).min(pod::LOG_CAP_BYTES);
     // Only the tail is read, from the end of the file: a huge log costs no more than its tail.
-    let Ok((bytes, truncated)) = read_tail(&path, tail).await else {
+    let rotated = path.with_file_name(format!("{}.{stream}.1", q.task));
+    let Ok((bytes, truncated)) = tail_across_rotation(&path, &rotated, tail).await else {
         return api_error(StatusCode::NOT_FOUND, "not_found", format!("no {stream} log for that task"));
     };
     let data = String::from_utf8_lossy(&bytes).into_owned();
     Json(tend_api::LogChunk { stream, data, truncated }).into_response()
+}
+
+/// The last `n` bytes of a log: of `current`, and when it holds fewer (just rotated), the rest
+/// from the end of `rotated`.
+async fn tail_across_rotation(
+    current: &std::path::Path,
+    rotated: &std::path::Path,
+    n: u64,
+) -> std::io::Result<(Vec<u8>, bool)> {
+    let (mut bytes, truncated) = read_tail(current, n).await?;
+    let short = n.saturating_sub(bytes.len() as u64);
+    if short > 0 {
+        if let Ok((mut older, more)) = read_tail(rotated, short).await {
+            older.append(&mut bytes);
+            return Ok((older, more));
+        }
+    }
+    Ok((bytes, truncated))
 }
 
 /// The last `n` bytes of a file, and whether there was more before them.
@@ -104,5 +123,24 @@ mod tests {
         assert_eq!((tail.as_slice(), truncated), (&b"last line\n"[..], true));
         let (all, truncated) = super::read_tail(&p, 10 << 20).await.unwrap();
         assert_eq!((all.len(), truncated), (body.len(), false));
+    }
+
+    /// A log past the cap keeps only the cap's worth in `.1`, and a tail read right after the
+    /// rotation still shows the last lines.
+    #[tokio::test]
+    async fn rotation_keeps_the_end_and_tails_read_across_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.stdout");
+        let cap = crate::pod::LOG_CAP_BYTES as usize;
+        let mut body = vec![b'x'; 3 * cap];
+        body.extend_from_slice(b"before rotation\n");
+        std::fs::write(&p, &body).unwrap();
+        crate::pod::rotate_logs(dir.path(), "t");
+        let rotated = dir.path().join("t.stdout.1");
+        assert_eq!(std::fs::metadata(&rotated).unwrap().len(), cap as u64, "only the cap is kept");
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 0);
+        std::fs::write(&p, b"after\n").unwrap();
+        let (tail, truncated) = super::tail_across_rotation(&p, &rotated, 22).await.unwrap();
+        assert_eq!((tail.as_slice(), truncated), (&b"before rotation\nafter\n"[..], true));
     }
 }

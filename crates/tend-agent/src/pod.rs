@@ -175,17 +175,31 @@ async fn prepare(ctx: &PodCtx, a: &Assignment) -> Result<PathBuf, String> {
     Ok(sandbox)
 }
 
-/// Rotates a task's log files past the cap (copy to `.1`, then truncate; the task appends).
-fn rotate_logs(sandbox: &Path, task: &str) {
+/// Rotates a task's log files past the cap: the last `LOG_CAP_BYTES` are copied to `.1`, then
+/// the file is truncated (the task appends). A task that wrote gigabytes between two checks
+/// leaves at most twice the cap on disk.
+pub(crate) fn rotate_logs(sandbox: &Path, task: &str) {
     for stream in ["stdout", "stderr"] {
         let p = sandbox.join(format!("{task}.{stream}"));
         if std::fs::metadata(&p).map(|m| m.len() > LOG_CAP_BYTES).unwrap_or(false) {
-            let _ = std::fs::copy(&p, sandbox.join(format!("{task}.{stream}.1")));
+            let _ = keep_tail(&p, &sandbox.join(format!("{task}.{stream}.1")));
             if let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p) {
                 let _ = f.set_len(0);
             }
         }
     }
+}
+
+/// Copies the last `LOG_CAP_BYTES` of `from` to `to` (through a temporary file, renamed).
+fn keep_tail(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek};
+    let mut src = std::fs::File::open(from)?;
+    let len = src.metadata()?.len();
+    src.seek(std::io::SeekFrom::Start(len.saturating_sub(LOG_CAP_BYTES)))?;
+    let tmp = to.with_extension("1.part");
+    let mut out = std::fs::File::create(&tmp)?;
+    std::io::copy(&mut src.take(LOG_CAP_BYTES), &mut out)?;
+    std::fs::rename(&tmp, to)
 }
 
 /// Runs one incarnation until it ends or `cancel` turns true.
