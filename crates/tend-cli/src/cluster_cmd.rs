@@ -90,6 +90,14 @@ pub struct ServerArgs {
     /// that reach it by a name other than loopback or its advertised host.
     #[arg(long = "tls-host")]
     pub tls_hosts: Vec<String>,
+    /// A second listener for the user API (CLI, browsers, tools) presenting the certificate in
+    /// --api-tls-cert (PEM chain) and --api-tls-key; agents keep using --listen.
+    #[arg(long, requires_all = ["api_tls_cert", "api_tls_key"])]
+    pub api_listen: Option<SocketAddr>,
+    #[arg(long, requires = "api_listen")]
+    pub api_tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "api_listen")]
+    pub api_tls_key: Option<PathBuf>,
 }
 
 /// The store `--store` names, what `tend status` shows of it, and its health check.
@@ -162,6 +170,13 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<ExitCode> {
     cfg.plain_http = a.plain_http;
     cfg.agent_cert_ttl_seconds = a.agent_cert_ttl_seconds;
     cfg.tls_hosts = a.tls_hosts.clone();
+    if let (Some(listen), Some(cert), Some(key)) = (a.api_listen, &a.api_tls_cert, &a.api_tls_key) {
+        let read =
+            |p: &PathBuf| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+        let tls = tend_tls::user_server_config(&read(cert)?, &read(key)?)
+            .context("--api-tls-cert/--api-tls-key")?;
+        cfg.user_api = Some(tend_server::UserApi { listen, tls: Arc::new(tls) });
+    }
     // An address file left by a member that died describes nobody.
     let _ = std::fs::remove_file(a.data_dir.join("address"));
     let clock: tend_model::SharedClock = Arc::new(tend_model::SystemClock);

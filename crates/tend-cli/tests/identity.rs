@@ -276,3 +276,51 @@ fn https_artifacts_are_checked_against_the_trusted_roots() {
         "the TLS refusal is reported: {e}\n{events}"
     );
 }
+
+/// The user API on a second listener with a certificate of the user's choosing: the CLI and
+/// curl check it against that certificate's CA; agents keep the cluster CA's listener (agent
+/// routes there find no agent certificate).
+#[test]
+fn the_user_api_can_present_a_user_given_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let web = tmp.path().join("web");
+    web_ca(&web);
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let (cert, key) = (web.join("srv.pem"), web.join("srv.key"));
+    let c = Cluster::start_with(&[
+        "--api-listen",
+        &listen,
+        "--api-tls-cert",
+        cert.to_str().unwrap(),
+        "--api-tls-key",
+        key.to_str().unwrap(),
+    ]);
+    let url = format!("https://{listen}");
+    let out = tend()
+        .args(["agent", "list", "--json", "--addr", &url, "--token", &c.token()])
+        .arg("--ca-cert")
+        .arg(web.join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let agents: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(agents.as_array().map(Vec::len), Some(3));
+    // The cluster CA does not vouch for the user's certificate, nor the other way round.
+    let out = tend()
+        .args(["agent", "list", "--addr", &url, "--token", &c.token()])
+        .arg("--ca-cert")
+        .arg(c.ca())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // An agent's call on the user listener: no agent certificate there.
+    let code = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("--cacert")
+        .arg(web.join("ca.pem"))
+        .arg(format!("{url}/v1/agent/a1/desired?wait_ms=1"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&code.stdout), "401");
+}

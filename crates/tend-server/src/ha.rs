@@ -130,6 +130,20 @@ impl Member {
         let serve = tokio::spawn(crate::listen::serve(listener, app, bounds, tls, async move {
             let _ = serve_stop.wait_for(|s| *s).await;
         }));
+        let user_api = match &self.cfg.server.user_api {
+            Some(u) => {
+                let l = tokio::net::TcpListener::bind(u.listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {} (--api-listen)", u.listen))?;
+                tracing::info!(addr = %l.local_addr()?, "user API listening with the given certificate");
+                let mut stop = stop_rx.clone();
+                let app = dispatch::router(self.clone());
+                Some(tokio::spawn(crate::listen::serve(l, app, bounds, Some(u.tls.clone()), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })))
+            }
+            None => None,
+        };
         let announce = tokio::spawn(self.clone().announce_loop());
         let elect = tokio::spawn(self.clone().election_loop(stop_rx));
         shutdown.await;
@@ -137,6 +151,9 @@ impl Member {
         let _ = elect.await;
         announce.abort();
         let _ = serve.await;
+        if let Some(u) = user_api {
+            let _ = u.await;
+        }
         Ok(())
     }
 

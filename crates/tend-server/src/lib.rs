@@ -40,6 +40,21 @@ pub struct ServerConfig {
     /// Host names and addresses this member's certificate names, besides `control.tend` and
     /// loopback.
     pub tls_hosts: Vec<String>,
+    /// A second listener for users only, with a certificate of their choosing.
+    pub user_api: Option<UserApi>,
+}
+
+/// A listener for the user API presenting a user-given certificate (agents keep the cluster's).
+#[derive(Clone)]
+pub struct UserApi {
+    pub listen: SocketAddr,
+    pub tls: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for UserApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserApi").field("listen", &self.listen).finish_non_exhaustive()
+    }
 }
 
 impl ServerConfig {
@@ -52,6 +67,7 @@ impl ServerConfig {
             plain_http: false,
             agent_cert_ttl_seconds: 7 * 86_400,
             tls_hosts: Vec::new(),
+            user_api: None,
         }
     }
 }

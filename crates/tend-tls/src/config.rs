@@ -104,6 +104,17 @@ pub fn server_config(
     Ok(c)
 }
 
+/// A server presenting a user-given certificate chain and key (PEM), e.g. one a public CA
+/// signed, for browsers and tools; no client certificates.
+pub fn user_server_config(chain_pem: &str, key_pem: &str) -> Result<ServerConfig, TlsError> {
+    let mut c = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs_from_pem(chain_pem)?, key_from_pem(key_pem)?)?;
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(c)
+}
+
 /// Checks a server's certificate against the CA as if it were `name`, whatever host was dialled.
 #[derive(Debug)]
 struct PinnedName {

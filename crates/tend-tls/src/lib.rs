@@ -14,7 +14,7 @@ pub mod serve;
 pub use ca::{agent_csr, ClusterCa, Issued};
 pub use config::{
     certs_from_pem, client_config, fetch_config, install_default_provider, plain_client_config,
-    server_config, system_client_config, ReloadableCert,
+    server_config, system_client_config, user_server_config, ReloadableCert,
 };
 
 /// The name in every control-plane member's certificate.
