@@ -90,6 +90,27 @@ impl Client {
         &self,
         build: impl Fn(&str) -> reqwest::RequestBuilder,
     ) -> anyhow::Result<T> {
+        let bytes = self.send_raw(build).await?.bytes().await?;
+        serde_json::from_slice(&bytes).with_context(|| "unexpected answer from the control plane")
+    }
+
+    /// A streamed answer (`GET path`, e.g. `/v1/events/stream`), resumed after `last_event_id`.
+    pub async fn stream(&self, path: &str, last_event_id: Option<u64>) -> anyhow::Result<reqwest::Response> {
+        self.send_raw(|b| {
+            let r = self.http.get(format!("{b}{path}")).header("accept", "text/event-stream");
+            match last_event_id {
+                Some(id) => r.header("last-event-id", id.to_string()),
+                None => r,
+            }
+        })
+        .await
+    }
+
+    /// [`send`](Self::send) up to a successful answer, its body unread.
+    async fn send_raw(
+        &self,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
         let n = self.bases.len().max(1);
         let mut tries = 0;
         // A control plane between leaders (an election takes up to its lease TTL) answers 503:
@@ -113,14 +134,14 @@ impl Client {
             self.current.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         };
         let status = r.status();
-        let bytes = r.bytes().await?;
         if !status.is_success() {
+            let bytes = r.bytes().await?;
             if let Ok(e) = serde_json::from_slice::<tend_api::ErrorBody>(&bytes) {
                 bail!("{} ({}): {}", e.error.code, status.as_u16(), e.error.message.trim_end());
             }
             bail!("the control plane answered {status}: {}", String::from_utf8_lossy(&bytes));
         }
-        serde_json::from_slice(&bytes).with_context(|| "unexpected answer from the control plane")
+        Ok(r)
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {

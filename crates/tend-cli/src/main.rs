@@ -2,6 +2,7 @@
 
 mod client;
 mod cluster_cmd;
+mod follow;
 mod progress;
 mod service_cmd;
 mod spec_cmd;
@@ -86,6 +87,9 @@ enum Command {
     Events {
         #[arg(long)]
         service: Option<String>,
+        /// Keep printing events as they happen (resumes across restarts and failovers).
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
 }
 
@@ -435,7 +439,12 @@ async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result
             }
         }
         Command::Token(cmd) => token_cmd::run(&client::Client::new(&conn)?, cmd, json).await,
-        Command::Events { service } => sc::events(&client::Client::new(&conn)?, service, json).await,
+        Command::Events { service, follow: false } => {
+            sc::events(&client::Client::new(&conn)?, service, json).await
+        }
+        Command::Events { service, follow: true } => {
+            follow::events(&client::Client::new(&conn)?, service, 0, json).await
+        }
         Command::Spec(_) | Command::Workflow(_) | Command::Sim(_) => {
             Err(anyhow::anyhow!("internal: command dispatched twice"))
         }

@@ -162,6 +162,9 @@ pub struct Inner {
     /// The maintenance scheduler's memory (active runs, statuses, alarms).
     pub jobs: Mutex<jobs::JobsState>,
     pub event_seq: AtomicU64,
+    /// Every event once it is in the store, for live followers (`/v1/events/stream`); a
+    /// follower that lags reads the store again from its last event.
+    pub events: tokio::sync::broadcast::Sender<EventRecord>,
 }
 
 /// A handle on a running control plane.
@@ -244,6 +247,7 @@ impl Control {
             gates: Mutex::new(gates::Gates::default()),
             gates_gen: watch::channel(0).0,
             event_seq: AtomicU64::new(last_event),
+            events: tokio::sync::broadcast::channel(1024).0,
         });
         let server = Control { inner };
         // Load services and resume their plans.
@@ -326,8 +330,10 @@ impl Control {
             EventRecord { seq, time_ms: self.now_ms(), service: service.map(str::to_string), kind, message };
         tracing::info!(seq, service = ?rec.service, kind = %rec.kind, message = %rec.message, "event");
         if let Ok(v) = serde_json::to_vec(&rec) {
-            if let Err(e) = self.inner.store.put(&event_key(seq), &v).await {
-                tracing::warn!(error = %e, "cannot record event");
+            match self.inner.store.put(&event_key(seq), &v).await {
+                // Nobody following is fine.
+                Ok(_) => drop(self.inner.events.send(rec)),
+                Err(e) => tracing::warn!(error = %e, "cannot record event"),
             }
         }
     }

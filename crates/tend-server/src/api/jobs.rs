@@ -159,6 +159,7 @@ pub(super) async fn openapi() -> Json<serde_json::Value> {
             "/v1/agents": { "get": op("agents with resources and state") },
             "/v1/tasks": { "get": op("every task status, `?service=`") },
             "/v1/events": { "get": op("events, oldest first: `?since=SEQ&limit=N&service=` (limit 1000 by default, at most 10000)") },
+            "/v1/events/stream": { "get": op("the events as Server-Sent Events (id = seq, event = kind, data = the event as JSON), live; resumes after `Last-Event-ID` or `?since=SEQ`; `?service=` filters; a comment every 15 s") },
             "/v1/volumes": { "get": op("volume sets: owner, agent, size, state (active | retained | deleting), retained until") },
             "/v1/volumes/{id}": { "delete": op("delete a volume set no instance uses (409 volume_in_use otherwise)") },
             "/v1/artifacts/{sha256}": { "put": op("upload an artifact (body = bytes, named by its sha256)") },

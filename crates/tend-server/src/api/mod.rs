@@ -21,6 +21,7 @@ pub use agents::AGENT_HEADER;
 mod jobs;
 mod pods;
 mod services;
+mod stream;
 
 use self::jobs::*;
 use self::pods::*;
@@ -112,6 +113,7 @@ pub fn router(server: Server) -> Router {
         .route("/v1/agents", get(list_agents))
         .route("/v1/tasks", get(list_tasks))
         .route("/v1/events", get(list_events))
+        .route("/v1/events/stream", get(stream::stream))
         .route("/v1/volumes", get(list_volumes))
         .route("/v1/volumes/{id}", axum::routing::delete(delete_volume))
         .route("/v1/artifacts/{sha}", put(upload_artifact))
