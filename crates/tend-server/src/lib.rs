@@ -7,6 +7,7 @@ pub mod api;
 pub mod artifacts;
 pub mod auth;
 pub mod ha;
+pub mod metrics;
 pub mod pki;
 mod tokens;
 
@@ -85,6 +86,8 @@ pub struct Edge {
     /// The cluster CA and this member's certificate; `None` with `--plain-http`.
     pub pki: Option<Arc<pki::Pki>>,
     pub agent_cert_ttl_seconds: u64,
+    /// This control plane's metrics (`/metrics`).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// A running control plane with its HTTP edge. Derefs to its [`Control`].
@@ -162,6 +165,8 @@ impl Server {
     ) -> anyhow::Result<Server> {
         let artifacts_dir = cfg.data_dir.join("artifacts");
         std::fs::create_dir_all(&artifacts_dir)?;
+        let metrics = Arc::new(metrics::Metrics::new());
+        let store = metrics::Metered::wrap(store, metrics.clone());
         let edge = Edge {
             api_token,
             cluster_token,
@@ -172,9 +177,12 @@ impl Server {
             store: store.clone(),
             pki,
             agent_cert_ttl_seconds: cfg.agent_cert_ttl_seconds,
+            metrics: metrics.clone(),
         };
         let control = Control::new(cfg.control, store, clock).await?;
-        Ok(Server { control, edge: Arc::new(edge) })
+        let server = Server { control, edge: Arc::new(edge) };
+        metrics.count_events(&server);
+        Ok(server)
     }
 
     /// Serves the API until `shutdown` resolves. Writes `address` into the data directory.

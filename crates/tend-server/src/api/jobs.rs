@@ -138,6 +138,7 @@ pub(super) async fn openapi() -> Json<serde_json::Value> {
         "security": [ { "bearer": [] } ],
         "paths": {
             "/v1/health": { "get": op("liveness, no token needed") },
+            "/metrics": { "get": op("Prometheus metrics (any token): OpenMetrics when asked for, else the text format 0.0.4") },
             "/v1/cluster": { "get": op("control-plane members, leader and epoch, store health (answered by every member)") },
             "/v1/services": { "get": op("list services"), "post": op("create a service from a spec (ServiceRequest)") },
             "/v1/services/{name}": { "get": op("service status"), "put": op("replace the spec: a rolling update; body may carry `expected_generation` (409 stale_generation)"), "delete": op("delete; `?force=true` while tasks run, `?wait_seconds=` for the agents' confirmation; volumes are retained") },

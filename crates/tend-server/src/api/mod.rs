@@ -18,6 +18,7 @@ use tend_api::*;
 
 mod agents;
 pub use agents::AGENT_HEADER;
+pub(crate) use pods::pod_infos;
 mod jobs;
 mod pods;
 mod services;
@@ -118,6 +119,7 @@ pub fn router(server: Server) -> Router {
         .route("/v1/volumes/{id}", axum::routing::delete(delete_volume))
         .route("/v1/artifacts/{sha}", put(upload_artifact))
         .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/metrics", get(crate::metrics::scrape))
         .route("/v1/tokens/{token}", axum::routing::delete(revoke_token))
         .route("/v1/agent-tokens", post(agents::create_join_token))
         .route("/v1/agents/{id}/revoke", post(agents::revoke))
@@ -142,6 +144,7 @@ pub fn router(server: Server) -> Router {
         .merge(user)
         .merge(agents)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
+        .layer(middleware::from_fn_with_state(s.clone(), crate::metrics::track))
         .with_state(s)
 }
 

@@ -205,7 +205,7 @@ pub(super) fn step_status(s: tend_plan::Status) -> StepStatus {
     }
 }
 
-pub(super) async fn pod_infos(s: &Server, name: &str) -> Result<Vec<PodInfo>, ApiError> {
+pub(crate) async fn pod_infos(s: &Server, name: &str) -> Result<Vec<PodInfo>, ApiError> {
     let rt = s.service(name).ok_or_else(|| not_found("service", name))?;
     let (spec, ids, plan) = {
         let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
