@@ -74,7 +74,7 @@ pub enum EventKind {
     Launch,
     /// An instance that cannot be placed yet.
     Pending,
-    /// A restart in place asked by an operator.
+    /// A restart in place: asked by an operator, or made by an agent after a task ended.
     Restart,
     /// A replacement: started, up, refused.
     Replace,

@@ -1,5 +1,5 @@
 //! The live event stream (`/v1/events/stream`, Server-Sent Events) with the real binary:
-//! `tend events --follow` prints a deploy's events as they are recorded, a client resuming with
+//! `tend events --follow` prints a deploy's events and a restart in place as they are recorded, a client resuming with
 //! `Last-Event-ID` gets only what came after, and `?service=` filters.
 
 mod common;
@@ -69,6 +69,21 @@ fn events_stream_live_resume_after_the_last_seen_and_filter_by_service() {
         }
     }
     assert!(seen.iter().any(|e| e["kind"] == "launch" && e["service"] == "web"), "{seen:?}");
+    // A task killed: its agent restarts it in place, and the follower hears of it.
+    let pid = c.pods("web")[0]["tasks"][0]["pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no restart event followed: {seen:?}");
+        let Ok(v) = rx.recv_timeout(left) else { continue };
+        let restart =
+            v["kind"] == "restart" && v["message"].as_str().is_some_and(|m| m.contains("restarted in place"));
+        seen.push(v);
+        if restart {
+            break;
+        }
+    }
     let seqs: Vec<u64> = seen.iter().filter_map(|e| e["seq"].as_u64()).collect();
     assert!(seqs.windows(2).all(|w| w[0] != w[1]), "no event twice: {seqs:?}");
     // Resumed after an event: only later ones.

@@ -217,3 +217,30 @@ impl AgentLive {
         idx.into_iter().flatten().filter_map(move |i| self.tasks.get(*i))
     }
 }
+
+/// The tasks `new` shows restarted in place since `old` (same incarnation, a higher restart
+/// count): (service, event message). Nothing after a control-plane restart (no `old`).
+pub(crate) fn restarts_in_place(
+    old: &[TaskStatus],
+    new: &[TaskStatus],
+    agent: &str,
+) -> Vec<(String, String)> {
+    new.iter()
+        .filter_map(|t| {
+            let before = old.iter().find(|o| {
+                o.service == t.service
+                    && o.instance == t.instance
+                    && o.incarnation == t.incarnation
+                    && o.task == t.task
+            })?;
+            (t.restarts > before.restarts).then(|| {
+                let why = before.exit_code.map(|c| format!(" after exit code {c}")).unwrap_or_default();
+                let msg = format!(
+                    "{} task {} restarted in place on agent {agent}{why} (restart {} of incarnation {})",
+                    t.instance, t.task, t.restarts, t.incarnation
+                );
+                (t.service.clone(), msg)
+            })
+        })
+        .collect()
+}

@@ -519,7 +519,7 @@ impl Control {
         released: Vec<tend_api::VolumeRelease>,
     ) -> bool {
         let now = self.now_ms();
-        {
+        let restarted = {
             let mut agents = self.inner.agents.write().unwrap_or_else(|e| e.into_inner());
             let Some(a) = agents.get_mut(agent) else { return false };
             let was_silent = !self.agent_up(a);
@@ -527,7 +527,12 @@ impl Control {
             if was_silent || a.tasks != tasks {
                 self.inner.tasks_gen.send_modify(|g| *g += 1);
             }
+            let restarted = agents::restarts_in_place(&a.tasks, &tasks, agent);
             a.set_tasks(tasks.clone());
+            restarted
+        };
+        for (service, msg) in restarted {
+            self.event(Some(&service), EventKind::Restart, msg).await;
         }
         // Record `once` tasks that succeeded, so that later incarnations skip them.
         let mut done: BTreeSet<(String, String, String)> = BTreeSet::new();
