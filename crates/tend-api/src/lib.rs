@@ -6,12 +6,23 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
+mod answers;
 mod auth;
+mod jobs;
 mod status;
+pub use answers::{
+    action_word, AgentRevoked, ArtifactStored, Health, PlanActionKind, PodActionKind, PodActionResult,
+    ServiceDeleted,
+};
 pub use auth::{
     JoinRequest, JoinResponse, JoinTokenCreated, JoinTokenRequest, Role, TokenCreateRequest, TokenCreated,
     TokenInfo,
+};
+pub use jobs::{
+    JobQueued, JobRunInfo, JobRunStatus, JobStatusInfo, RunJobRequest, RunPolicy, WindowRemoved,
+    WindowRequest,
 };
 pub use status::{AgentState, EventKind, PodState, ProbeKind, StepStatus};
 
@@ -19,12 +30,12 @@ pub use status::{AgentState, EventKind, PodState, ProbeKind, StepStatus};
 pub const API_PREFIX: &str = "/v1";
 
 /// Every error answer: `{ "error": { "code": "...", "message": "..." } }`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -33,18 +44,34 @@ pub struct ErrorDetail {
 // ---------- agents ----------
 
 /// Resources an agent offers.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct AgentResources {
+    #[schema(exclusive_minimum = 0)]
     pub cpus: f64,
+    #[schema(minimum = 1)]
     pub memory_mb: u64,
     pub disk_mb: u64,
-    /// Inclusive port range tend may hand out on this agent.
+    /// Inclusive port range tend may hand out on this agent: `[lo, hi]`, 0 < lo <= hi.
+    #[schema(schema_with = port_range)]
     pub port_range: [u16; 2],
 }
 
+/// Two ports, 1 to 65535 (that the first is not above the second, JSON Schema cannot say).
+fn port_range() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    let port = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::UInt16)))
+        .minimum(Some(1))
+        .maximum(Some(65535));
+    ArrayBuilder::new().items(port).min_items(Some(2)).max_items(Some(2)).build()
+}
+
 /// An agent joining (or re-joining after a restart of either side).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct RegisterRequest {
+    /// 1-63 lowercase letters, digits, `-` or `_`, starting and ending with a letter or digit.
+    #[schema(pattern = "^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")]
     pub agent_id: String,
     /// Host clients use to reach tasks on this agent.
     pub host: String,
@@ -63,7 +90,7 @@ pub struct RegisterRequest {
     pub revision: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct RegisterResponse {
     pub agent_id: String,
     pub status_interval_ms: u64,
@@ -82,7 +109,7 @@ pub struct RegisterResponse {
 }
 
 /// What an agent must run: every live incarnation placed on it.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct DesiredState {
     /// Long-poll index: pass it back as `?index=` to wait for the next change.
     pub index: u64,
@@ -107,7 +134,7 @@ pub struct DesiredState {
 }
 
 /// A maintenance job run on one pod instance.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct JobRun {
     pub run_id: String,
     pub service: String,
@@ -118,7 +145,7 @@ pub struct JobRun {
 }
 
 /// What became of a job run on its agent.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct JobResult {
     pub run_id: String,
     pub state: RunState,
@@ -132,13 +159,13 @@ pub struct JobResult {
 }
 
 /// A volume set to delete (by its id, never reused).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, ToSchema)]
 pub struct VolumeRelease {
     pub id: String,
 }
 
 /// Where a volume set is in its life.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VolumeLife {
     /// Used by the instance that owns it.
@@ -150,7 +177,7 @@ pub enum VolumeLife {
 }
 
 /// A volume set as `tend volume list` shows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct VolumeInfo {
     pub id: String,
     pub service: String,
@@ -168,7 +195,7 @@ pub struct VolumeInfo {
 }
 
 /// One incarnation of a pod instance on an agent.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Assignment {
     pub service: String,
     pub pod: String,
@@ -200,7 +227,7 @@ pub struct Assignment {
 }
 
 /// Backoff bounds for in-place restarts, in milliseconds.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Backoff {
     pub initial_ms: u64,
     pub max_ms: u64,
@@ -214,7 +241,7 @@ impl Default for Backoff {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ArtifactRef {
     /// `http(s)://…`, `file://…`, or `tend://artifacts/<sha256>` (uploaded to the control plane).
     pub uri: String,
@@ -224,7 +251,7 @@ pub struct ArtifactRef {
     pub name: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct VolumeRef {
     pub name: String,
     pub path: String,
@@ -232,7 +259,7 @@ pub struct VolumeRef {
 }
 
 /// What a task is for: kept running, run once per instance, or run to completion per incarnation.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskGoal {
     Running,
@@ -241,7 +268,7 @@ pub enum TaskGoal {
 }
 
 /// Where a maintenance run is on its agent.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunState {
     Running,
@@ -250,7 +277,7 @@ pub enum RunState {
     TimedOut,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct TaskLaunch {
     pub name: String,
     pub goal: TaskGoal,
@@ -266,7 +293,7 @@ pub struct TaskLaunch {
     pub skip: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct CheckSpec {
     pub kind: ProbeKind,
     #[serde(default)]
@@ -282,7 +309,7 @@ pub struct CheckSpec {
 }
 
 /// What a task is doing, as its agent sees it.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Fetching artifacts, preparing the sandbox, or waiting for earlier tasks.
@@ -297,7 +324,7 @@ pub enum TaskState {
 }
 
 /// A task's status report.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct TaskStatus {
     pub service: String,
     pub instance: String,
@@ -356,7 +383,7 @@ impl TaskStatus {
 }
 
 /// An agent's full report of its tasks (also its heartbeat). Idempotent: a full snapshot.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct StatusReport {
     pub seq: u64,
     pub tasks: Vec<TaskStatus>,
@@ -375,7 +402,7 @@ pub struct StatusReport {
     pub revision: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct StatusAck {
     pub seq: u64,
 }
@@ -383,7 +410,7 @@ pub struct StatusAck {
 // ---------- services, plans, pods ----------
 
 /// Create or replace a service.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ServiceRequest {
     /// The spec text (YAML).
     pub spec: String,
@@ -404,7 +431,7 @@ pub struct ServiceRequest {
 }
 
 /// Where a service's rollout stands: the generation being rolled out and by which plan.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct RolloutInfo {
     pub service: String,
     pub generation: u64,
@@ -428,7 +455,7 @@ pub struct RolloutInfo {
 }
 
 /// What a spec change would do (`POST /v1/services/{name}/plan`): nothing is changed.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ChangePreview {
     pub service: String,
     /// The service's generation now (0: it does not exist) — the change would be the next.
@@ -439,7 +466,7 @@ pub struct ChangePreview {
 }
 
 /// What a spec change would do to one instance.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct InstanceChange {
     pub instance: String,
     pub pod: String,
@@ -453,7 +480,7 @@ pub struct InstanceChange {
     pub reason: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeAction {
     Unchanged,
@@ -468,7 +495,7 @@ pub enum ChangeAction {
 }
 
 /// What becomes of an instance's volumes.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DataFate {
     Kept,
@@ -479,7 +506,7 @@ pub enum DataFate {
 }
 
 /// A config field that changes: its dotted path, old and new values.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct FieldChange {
     pub path: String,
     pub old: serde_json::Value,
@@ -487,7 +514,7 @@ pub struct FieldChange {
 }
 
 /// A rollout's state.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutState {
     InProgress,
@@ -496,7 +523,7 @@ pub enum RolloutState {
     Failed,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ServiceSummary {
     pub name: String,
     pub generation: u64,
@@ -509,20 +536,20 @@ pub struct ServiceSummary {
     pub running: u32,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct PodSummary {
     pub name: String,
     pub count: u32,
     pub config: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct PlanSummary {
     pub name: String,
     pub status: StepStatus,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct PlanInfo {
     pub service: String,
     pub name: String,
@@ -531,7 +558,7 @@ pub struct PlanInfo {
     pub phases: Vec<PhaseInfo>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct PhaseInfo {
     pub name: String,
     pub status: StepStatus,
@@ -539,7 +566,7 @@ pub struct PhaseInfo {
     pub steps: Vec<StepInfo>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct StepInfo {
     pub name: String,
     pub status: StepStatus,
@@ -548,7 +575,7 @@ pub struct StepInfo {
 }
 
 /// An operator action on a plan: interrupt, continue, force-complete, restart.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct PlanAction {
     #[serde(default)]
     pub phase: Option<String>,
@@ -556,7 +583,7 @@ pub struct PlanAction {
     pub step: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct PodInfo {
     pub service: String,
     pub instance: String,
@@ -580,7 +607,7 @@ pub struct PodInfo {
     pub recovery: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ReservationInfo {
     pub agent: String,
     pub cpus: f64,
@@ -593,7 +620,7 @@ pub struct ReservationInfo {
     pub volume_id: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct AgentInfo {
     pub id: String,
     pub host: String,
@@ -603,13 +630,14 @@ pub struct AgentInfo {
     pub reserved_memory_mb: u64,
     pub state: AgentState,
     pub last_seen_ms_ago: Option<u64>,
+    #[schema(value_type = u64)]
     pub tasks: usize,
     /// Set while the agent refuses this control plane's desired state (and why).
     #[serde(default)]
     pub conflict: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct Endpoint {
     pub instance: String,
     pub task: String,
@@ -618,7 +646,7 @@ pub struct Endpoint {
     pub ready: bool,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct EventInfo {
     pub seq: u64,
     pub time_ms: u64,
@@ -628,7 +656,7 @@ pub struct EventInfo {
 }
 
 /// Log bytes of a task.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct LogChunk {
     pub stream: String,
     pub data: String,
@@ -638,7 +666,7 @@ pub struct LogChunk {
 // ---------- control plane ----------
 
 /// A member of the control plane (`tend status`).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct MemberInfo {
     pub id: String,
     pub url: String,
@@ -648,7 +676,7 @@ pub struct MemberInfo {
 }
 
 /// The store a control plane runs on, and its health as the answering member sees it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct StoreInfo {
     /// `redb` or `etcd`.
     pub backend: String,
@@ -659,7 +687,7 @@ pub struct StoreInfo {
 }
 
 /// The control plane as one member sees it: members, the leader and its epoch, the store.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct ClusterStatus {
     /// The member that answered.
     pub answered_by: String,

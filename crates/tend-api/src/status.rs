@@ -5,10 +5,11 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// A plan's, phase's or step's status. Deploy plans use the plan engine's statuses; the
 /// recovery plan's steps say what recovery sees of an instance.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Pending,
@@ -31,7 +32,7 @@ pub enum StepStatus {
 }
 
 /// What a pod instance is doing, as the control plane sees it.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PodState {
     /// Not placed yet.
@@ -55,7 +56,7 @@ pub enum PodState {
 }
 
 /// Whether an agent is heard from.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentState {
     Up,
@@ -63,7 +64,7 @@ pub enum AgentState {
 }
 
 /// What an event is about.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventKind {
     /// A service accepted, changed or deleted.
@@ -98,7 +99,7 @@ pub enum EventKind {
 }
 
 /// How a health or readiness check probes.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProbeKind {
     /// A shell command in the sandbox; exit 0 passes.

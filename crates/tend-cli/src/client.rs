@@ -31,6 +31,19 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+impl Clone for Client {
+    fn clone(&self) -> Client {
+        Client {
+            bases: self.bases.clone(),
+            current: std::sync::atomic::AtomicUsize::new(
+                self.current.load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            token: self.token.clone(),
+            http: self.http.clone(),
+        }
+    }
+}
+
 fn read_trim(p: &Path) -> Option<String> {
     std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
 }

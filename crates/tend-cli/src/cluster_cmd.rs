@@ -403,6 +403,10 @@ pub async fn dev(
         "  API token in {}/token — from this directory, `tend pod list` needs no flags",
         data_dir.display()
     );
+    println!(
+        "  dashboard: {address}/ui/ — sign in with that token (the certificate is signed by the cluster CA, {}/ca.pem)",
+        data_dir.display()
+    );
     let deployed = async {
         let (name, generation) = crate::service_cmd::submit(&client, spec, false).await?;
         let how = crate::service_cmd::follow_rollout(&client, &name, generation, false, None).await?;

@@ -3,6 +3,7 @@
 //! restart or failover), until interrupted.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
@@ -47,5 +48,55 @@ fn print(e: &EventInfo, json: bool) {
         println!("{}", serde_json::to_string(e).unwrap_or_default());
     } else {
         println!("{:>6} {:<14} {:<14} {}", e.seq, e.kind, e.service.as_deref().unwrap_or(""), e.message);
+    }
+}
+
+/// Wakes a follower (`service deploy`, `task logs --follow`) whenever the control plane records
+/// an event, so that it re-reads what it shows at once instead of polling; it also wakes after
+/// `at_most` without one (a resync: progress that makes no event, a lost stream). Reconnects on
+/// its own; stops when dropped.
+pub struct Wake {
+    notify: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Wake {
+    pub async fn start(client: &Client, service: Option<&str>) -> Wake {
+        let notify = Arc::new(tokio::sync::Notify::new());
+        // Only what comes next: start after the newest event recorded now.
+        let newest: Option<Vec<EventInfo>> = client.get("/v1/events?last=1").await.ok();
+        let mut last = newest.and_then(|v| v.last().map(|e| e.seq)).unwrap_or(0);
+        let path = match service {
+            Some(s) => format!("/v1/events/stream?service={s}"),
+            None => "/v1/events/stream?".to_string(),
+        };
+        let (client, n) = (client.clone(), notify.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                if let Ok(r) = client.stream(&format!("{path}&since={last}"), Some(last)).await {
+                    let mut events = r.bytes_stream().eventsource();
+                    while let Some(Ok(ev)) = events.next().await {
+                        if let Ok(e) = serde_json::from_str::<EventInfo>(&ev.data) {
+                            last = last.max(e.seq);
+                            n.notify_one();
+                        }
+                    }
+                }
+                n.notify_one();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+        Wake { notify, task }
+    }
+
+    /// Until the next event, or `at_most`.
+    pub async fn wait(&self, at_most: Duration) {
+        let _ = tokio::time::timeout(at_most, self.notify.notified()).await;
+    }
+}
+
+impl Drop for Wake {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -105,6 +105,9 @@ pub async fn follow_rollout(
     let mut progress = Progress::new(json);
     let t0 = Instant::now();
     let mut down_since: Option<Instant> = None;
+    // Re-read on every event of the service (steps completing, launches, failures); a ready
+    // task makes no event until its step completes, so also every second.
+    let wake = crate::follow::Wake::start(client, Some(service)).await;
     loop {
         let r = match client.get::<RolloutInfo>(&format!("/v1/services/{service}/rollout")).await {
             Ok(r) => r,
@@ -157,7 +160,7 @@ pub async fn follow_rollout(
                 timeout.unwrap_or_default()
             );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        wake.wait(Duration::from_secs(1)).await;
     }
 }
 

@@ -1,6 +1,6 @@
 //! `/metrics` with the real binary: the text passes `promtool check metrics`, and its values
 //! match the API after a deploy, a task killed (restarted in place by its agent), an operator
-//! replacement and a job run.
+//! replacement and a job run; step durations, replacements and job runs are counted as they happen.
 
 mod common;
 
@@ -68,7 +68,7 @@ fn metrics_pass_promtool_and_match_the_api() {
     c.api(&["job", "run", "check", "--service", "web"]).unwrap();
     c.wait_for(Duration::from_secs(30), "the job run and the replacement done", |c| {
         let jobs = c.api(&["job", "list", "--service", "web"]).unwrap();
-        let ran = jobs.as_array().is_some_and(|a| a.iter().any(|j| !j["last_success_ms"].is_null()));
+        let ran = jobs.as_array().is_some_and(|a| a.iter().all(|j| !j["last_success_ms"].is_null()));
         ran && c.pods("web").iter().all(|p| p["state"] == "running")
     });
     let text = scrape(&c);
@@ -118,6 +118,19 @@ fn metrics_pass_promtool_and_match_the_api() {
         "{text}"
     );
     assert!(text.contains("tend_store_operation_duration_seconds_bucket{"), "{text}");
+    // Counted as they happen: the deploy's two steps (and the replacement's), the replacement,
+    // the job run by its result.
+    let steps = value(&text, "tend_plan_step_duration_seconds_count{service=\"web\",plan=\"deploy\"}");
+    assert!(steps.is_some_and(|n| n >= 2.0), "{text}");
+    assert_eq!(value(&text, "tend_replacements_total{service=\"web\"}"), Some(1.0), "{text}");
+    let runs = value(&text, "tend_job_runs_total{service=\"web\",job=\"check\",result=\"succeeded\"}");
+    let jobs = c.api(&["job", "list", "--service", "web"]).unwrap();
+    let succeeded = jobs.as_array().unwrap().iter().filter(|j| !j["last_success_ms"].is_null()).count();
+    assert_eq!(runs, Some(succeeded as f64), "{text}");
+    assert!(
+        text.contains(&format!("tend_task_crash_loop{{service=\"web\",instance=\"{inst}\",task=\"t\"}}")),
+        "{text}"
+    );
     // Without a token, nothing.
     let (code, _) = c.raw("GET", "/metrics", None, None);
     assert_eq!(code, 401);

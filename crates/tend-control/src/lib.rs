@@ -165,6 +165,23 @@ pub struct Inner {
     /// Every event once it is in the store, for live followers (`/v1/events/stream`); a
     /// follower that lags reads the store again from its last event.
     pub events: tokio::sync::broadcast::Sender<EventRecord>,
+    /// What the edge counts (metrics): typed, not parsed from event messages; nobody listening
+    /// is fine.
+    pub signals: tokio::sync::broadcast::Sender<Signal>,
+}
+
+/// Something that happened, for the edge's counters and histograms (the core knows no metrics
+/// library).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Signal {
+    /// A plan step reached its goal after `seconds` of work.
+    StepCompleted { service: String, plan: String, seconds: f64 },
+    /// A plan step failed.
+    StepFailed { service: String, plan: String },
+    /// Recovery started replacing an instance.
+    Replaced { service: String },
+    /// A maintenance run ended: `result` is `succeeded`, `failed`, `timed_out`, `aborted`, ….
+    JobRun { service: String, job: String, result: String },
 }
 
 /// A handle on a running control plane.
@@ -248,6 +265,7 @@ impl Control {
             gates_gen: watch::channel(0).0,
             event_seq: AtomicU64::new(last_event),
             events: tokio::sync::broadcast::channel(1024).0,
+            signals: tokio::sync::broadcast::channel(1024).0,
         });
         let server = Control { inner };
         // Load services and resume their plans.
@@ -321,6 +339,11 @@ impl Control {
 
     pub fn now_ms(&self) -> u64 {
         self.inner.clock.now_ms()
+    }
+
+    /// Tells the edge's counters (nobody listening is fine).
+    pub fn signal(&self, s: Signal) {
+        let _ = self.inner.signals.send(s);
     }
 
     /// Records an event.

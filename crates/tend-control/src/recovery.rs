@@ -532,6 +532,7 @@ async fn replace_judged(
         }
     };
     work.write_with(inst, &rec, rev, extra).await?;
+    server.signal(crate::Signal::Replaced { service: svc.to_string() });
     server.event(Some(svc), EventKind::Replace, msg.clone()).await;
     server.inner.desired_gen.send_modify(|g| *g += 1);
     Ok(msg)

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use tend_api::EventKind;
-use tend_plan::{NoObserver, Plan};
+use tend_plan::Plan;
 use tend_spec::ServiceSpec;
 use tend_store::{Compare, Txn, TxnOp};
 
@@ -279,7 +279,11 @@ async fn run(s: &Control, service: &str, plan: &Plan, r: &RolloutRecord) -> anyh
     } else {
         DeployWork::rolling(s.clone(), service, r.started_ms.unwrap_or(0))
     };
-    let sum = engine(s, service).run(plan, &work, &NoObserver).await?;
+    let steps = StepEvents { s: s.clone(), service: service.to_string(), plan: r.plan.clone() };
+    let sum = engine(s, service).run(plan, &work, &steps).await?;
+    for _ in &sum.failed {
+        s.signal(crate::Signal::StepFailed { service: service.into(), plan: r.plan.clone() });
+    }
     if sum.complete() {
         let msg = format!(
             "{} plan complete: {} step(s) did work, {} already done",
@@ -295,6 +299,25 @@ async fn run(s: &Control, service: &str, plan: &Plan, r: &RolloutRecord) -> anyh
         s.event(Some(service), EventKind::Plan, msg).await;
     }
     Ok(if sum.failed.is_empty() { Outcome::Held } else { Outcome::Failed(sum.failed) })
+}
+
+/// Tells of each step the engine completes as it does (an event and a signal): a plan's run
+/// lasts until its last step is done.
+struct StepEvents {
+    s: Control,
+    service: String,
+    plan: String,
+}
+
+impl tend_plan::Observer for StepEvents {
+    fn on_event(&self, e: &tend_plan::Event) {
+        let tend_plan::Event::Completed { step, elapsed_ms } = e else { return };
+        let seconds = *elapsed_ms as f64 / 1000.0;
+        let (service, plan) = (self.service.clone(), self.plan.clone());
+        self.s.signal(crate::Signal::StepCompleted { service: service.clone(), plan: plan.clone(), seconds });
+        let (s, msg) = (self.s.clone(), format!("{plan} step {step} complete after {seconds:.1} s"));
+        tokio::spawn(async move { s.event(Some(&service), EventKind::Plan, msg).await });
+    }
 }
 
 /// Records a complete rollout: its generation is now the deployed one (and the rollback target).

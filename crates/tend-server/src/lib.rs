@@ -6,6 +6,7 @@
 pub mod api;
 pub mod artifacts;
 pub mod auth;
+pub mod dashboard;
 pub mod ha;
 pub mod metrics;
 pub mod pki;

@@ -17,6 +17,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+use tend_control::Signal;
 use tend_store::*;
 
 use crate::Server;
@@ -63,6 +64,24 @@ pub struct JobLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlanLabels {
+    pub service: String,
+    pub plan: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    pub service: String,
+    pub job: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabels {
     pub service: String,
     pub instance: String,
@@ -72,6 +91,11 @@ pub struct TaskLabels {
 fn seconds_histogram() -> Histogram {
     // 0.5 ms … ~33 s.
     Histogram::new(exponential_buckets(0.0005, 3.0, 11))
+}
+
+fn step_histogram() -> Histogram {
+    // 0.1 s … ~40 min: a step waits for a process to start and become ready.
+    Histogram::new(exponential_buckets(0.1, 2.5, 12))
 }
 
 /// Every metric of a control plane, and the registry they are in.
@@ -88,6 +112,11 @@ pub struct Metrics {
     job_alarm: Family<JobLabels, Gauge>,
     job_last_success: Family<JobLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     restarts: Family<TaskLabels, Gauge>,
+    crash_loops: Family<TaskLabels, Gauge>,
+    pub step_duration: Family<PlanLabels, Histogram, fn() -> Histogram>,
+    pub step_failures: Family<PlanLabels, Counter>,
+    pub replacements: Family<ServiceLabels, Counter>,
+    pub job_runs: Family<RunLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,6 +146,11 @@ impl Metrics {
             job_alarm: Family::default(),
             job_last_success: Family::default(),
             restarts: Family::default(),
+            crash_loops: Family::default(),
+            step_duration: Family::new_with_constructor(step_histogram),
+            step_failures: Family::default(),
+            replacements: Family::default(),
+            job_runs: Family::default(),
         };
         r.register("http_requests", "API requests answered, by route and status", m.http_requests.clone());
         r.register_with_unit(
@@ -155,6 +189,20 @@ impl Metrics {
             "Restarts in place of a task in its current incarnation, as its agent reports",
             m.restarts.clone(),
         );
+        r.register(
+            "task_crash_loop",
+            "Quick exits in a row of a task (2 or more: crash-looping), as its agent reports",
+            m.crash_loops.clone(),
+        );
+        r.register_with_unit(
+            "plan_step_duration",
+            "Time from a plan step's start to its goal (instance launched and ready)",
+            Unit::Seconds,
+            m.step_duration.clone(),
+        );
+        r.register("plan_step_failures", "Plan steps that failed (then retried)", m.step_failures.clone());
+        r.register("replacements", "Instances recovery started replacing", m.replacements.clone());
+        r.register("job_runs", "Maintenance runs ended, by result", m.job_runs.clone());
         Metrics { registry: r, ..m }
     }
 
@@ -172,6 +220,7 @@ impl Metrics {
     async fn refresh(&self, s: &Server) {
         self.instances.clear();
         self.restarts.clear();
+        self.crash_loops.clear();
         for svc in s.service_names() {
             if let Ok(pods) = crate::api::pod_infos(s, &svc).await {
                 for p in pods {
@@ -181,6 +230,7 @@ impl Metrics {
                         let l =
                             TaskLabels { service: svc.clone(), instance: p.instance.clone(), task: t.task };
                         self.restarts.get_or_create(&l).set(i64::from(t.restarts));
+                        self.crash_loops.get_or_create(&l).set(i64::from(t.crash_loop));
                     }
                 }
             }
@@ -206,7 +256,7 @@ impl Metrics {
         }
     }
 
-    /// Counts every recorded event by kind, until the control plane stops.
+    /// Counts every recorded event by kind, and what the control plane signals, until it stops.
     pub fn count_events(self: &Arc<Self>, s: &Server) {
         let mut rx = s.inner.events.subscribe();
         let me = self.clone();
@@ -221,6 +271,34 @@ impl Metrics {
                 }
             }
         });
+        let mut rx = s.inner.signals.subscribe();
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(sig) => me.on_signal(sig),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
+    fn on_signal(&self, sig: Signal) {
+        match sig {
+            Signal::StepCompleted { service, plan, seconds } => {
+                self.step_duration.get_or_create(&PlanLabels { service, plan }).observe(seconds)
+            }
+            Signal::StepFailed { service, plan } => {
+                self.step_failures.get_or_create(&PlanLabels { service, plan }).inc();
+            }
+            Signal::Replaced { service } => {
+                self.replacements.get_or_create(&ServiceLabels { service }).inc();
+            }
+            Signal::JobRun { service, job, result } => {
+                self.job_runs.get_or_create(&RunLabels { service, job, result }).inc();
+            }
+        }
     }
 }
 

@@ -214,6 +214,9 @@ pub async fn on_results(server: &Control, agent: &str, results: Vec<JobResult>) 
         ));
         let holder = format!("cp-{}", server.inner.epoch);
         let _ = lm(server).release(&holder, &r.held).await;
+        let result = serde_json::to_value(record.status).ok().and_then(|v| v.as_str().map(str::to_string));
+        let result = result.unwrap_or_else(|| "unknown".into());
+        server.signal(crate::Signal::JobRun { service: r.service.clone(), job: r.job.clone(), result });
         let msg = match written {
             Ok(()) => {
                 format!("job {} on {} {:?} after {duration} ms", r.job, r.instance, status).to_lowercase()

@@ -405,6 +405,12 @@ async fn renew(server: &Control, leases: &LeaseManager, now: u64) -> Option<u64>
             {
                 let run = server.inner.jobs.lock().unwrap_or_else(|e| e.into_inner()).active.remove(&id);
                 if let Some(r) = run {
+                    let result = "aborted".to_string();
+                    server.signal(crate::Signal::JobRun {
+                        service: r.service.clone(),
+                        job: r.job.clone(),
+                        result,
+                    });
                     let msg =
                         format!("job {} on {} aborted: its lease may have expired ({e})", r.job, r.instance);
                     server.event(Some(&r.service), EventKind::Job, msg).await;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -18,6 +18,7 @@ use tend_control::agents::AgentProtocol;
 use tend_store::{Compare, Txn, TxnOp};
 use tend_tls::serve::Peer;
 
+use super::openapi::*;
 use super::{bad, constant_time_eq, refusal, ApiError, ApiResult, JsonBody};
 use crate::Server;
 
@@ -86,6 +87,11 @@ fn own(who: &AgentIdentity, claimed: &str) -> Result<(), ApiError> {
     }
 }
 
+/// An agent joins, or joins again after a restart of either side (its certificate, or the
+/// cluster token, must name the agent).
+#[utoipa::path(post, path = "/v1/agent/register", tag = "agent", security(("clusterToken" = []), ("agentCertificate" = [])), request_body = RegisterRequest,
+    responses((status = 200, description = "registered", body = RegisterResponse),
+        Guarded, BadRequest, Conflict, Internal))]
 pub(super) async fn register(
     State(s): State<Arc<Server>>,
     axum::Extension(who): axum::Extension<AgentIdentity>,
@@ -95,25 +101,36 @@ pub(super) async fn register(
     Ok(Json(AgentProtocol::register(&s.control, req).await.map_err(refusal)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DesiredQuery {
+    /// Wait for a state newer than this index (`DesiredState::index`); 0 answers at once.
     #[serde(default)]
     index: u64,
+    /// How long to wait for a change, in ms (default 20000; more than 60000 waits 60000).
     #[serde(default)]
     wait_ms: Option<u64>,
 }
 
+/// Long-polls the incarnations the agent must run.
+#[utoipa::path(get, path = "/v1/agent/{id}/desired", tag = "agent", security(("clusterToken" = []), ("agentCertificate" = [])), params(("id" = String, Path, description = "the agent; its certificate must name it"), DesiredQuery),
+    responses((status = 200, description = "what the agent must run", body = DesiredState),
+        Guarded, BadRequest, NotFound, Internal))]
 pub(super) async fn desired(
     State(s): State<Arc<Server>>,
     axum::Extension(who): axum::Extension<AgentIdentity>,
     Path(id): Path<String>,
-    Query(q): Query<DesiredQuery>,
+    QueryParams(q): QueryParams<DesiredQuery>,
 ) -> ApiResult<DesiredState> {
     own(&who, &id)?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(20_000).min(60_000));
     Ok(Json(AgentProtocol::desired(&s.control, &id, q.index, wait).await.map_err(refusal)?))
 }
 
+/// The agent's full status report (also its heartbeat).
+#[utoipa::path(post, path = "/v1/agent/{id}/status", tag = "agent", security(("clusterToken" = []), ("agentCertificate" = [])), params(("id" = String, Path, description = "the agent; its certificate must name it")),
+    request_body = StatusReport,
+    responses((status = 200, description = "received", body = StatusAck), Guarded, BadRequest, NotFound))]
 pub(super) async fn status(
     State(s): State<Arc<Server>>,
     axum::Extension(who): axum::Extension<AgentIdentity>,
@@ -156,11 +173,17 @@ fn pki(s: &Server) -> Result<&crate::pki::Pki, ApiError> {
 
 /// `GET /v1/agent/ca`: the cluster CA certificate (public; a joining agent compares its
 /// fingerprint with its join token's before trusting it).
+#[utoipa::path(get, path = "/v1/agent/ca", tag = "agents", security(()),
+    responses((status = 200, description = "the CA certificate (PEM)", body = String, content_type = "text/plain"),
+        Conflict, Unavailable))]
 pub(super) async fn ca(State(s): State<Arc<Server>>) -> Result<String, ApiError> {
     Ok(pki(&s)?.ca.cert_pem.clone())
 }
 
 /// `POST /v1/agent-tokens` (admin): a single-use join token.
+#[utoipa::path(post, path = "/v1/agent-tokens", tag = "agents", request_body = JoinTokenRequest,
+    responses((status = 200, description = "the join token", body = JoinTokenCreated),
+        Guarded, BadRequest, Conflict, Internal))]
 pub(super) async fn create_join_token(
     State(s): State<Arc<Server>>,
     JsonBody(req): JsonBody<JoinTokenRequest>,
@@ -178,6 +201,9 @@ pub(super) async fn create_join_token(
 
 /// `POST /v1/agent/join`: a join token and a request in, a certificate naming the agent out.
 /// The token is spent in the same transaction that checks it: it serves once.
+#[utoipa::path(post, path = "/v1/agent/join", tag = "agents", security(()), request_body = JoinRequest,
+    responses((status = 200, description = "the agent's certificate", body = JoinResponse),
+        BadRequest, Unauthorized, Conflict, Internal, Unavailable))]
 pub(super) async fn join(
     State(s): State<Arc<Server>>,
     JsonBody(req): JsonBody<JoinRequest>,
@@ -238,6 +264,10 @@ fn sign(s: &Server, p: &crate::pki::Pki, agent: &str, csr: &str) -> Result<tend_
 }
 
 /// `POST /v1/agent/{id}/renew`: a new certificate for the agent whose certificate this is.
+#[utoipa::path(post, path = "/v1/agent/{id}/renew", tag = "agent", security(("clusterToken" = []), ("agentCertificate" = [])), params(("id" = String, Path, description = "the agent; its certificate must name it")),
+    request_body = JoinRequest,
+    responses((status = 200, description = "the new certificate", body = JoinResponse),
+        Guarded, BadRequest, Conflict))]
 pub(super) async fn renew(
     State(s): State<Arc<Server>>,
     axum::Extension(who): axum::Extension<AgentIdentity>,
@@ -257,10 +287,10 @@ pub(super) async fn renew(
 }
 
 /// `POST /v1/agents/{id}/revoke` (admin): every certificate issued to the agent stops working.
-pub(super) async fn revoke(
-    State(s): State<Arc<Server>>,
-    Path(id): Path<String>,
-) -> ApiResult<serde_json::Value> {
+#[utoipa::path(post, path = "/v1/agents/{id}/revoke", tag = "agents",
+    params(("id" = String, Path, description = "the agent")),
+    responses((status = 200, description = "revoked", body = AgentRevoked), Guarded, NotFound, Conflict))]
+pub(super) async fn revoke(State(s): State<Arc<Server>>, Path(id): Path<String>) -> ApiResult<AgentRevoked> {
     pki(&s)?;
     let certs = s.edge.store.range(&format!("pki/certs/{id}/")).await?.kvs;
     if certs.is_empty() {
@@ -283,5 +313,5 @@ pub(super) async fn revoke(
             format!("agent {id} revoked: {} certificate(s) refused from now on", serials.len()),
         )
         .await;
-    Ok(Json(serde_json::json!({ "agent": id, "revoked": serials })))
+    Ok(Json(AgentRevoked { agent: id, revoked: serials }))
 }

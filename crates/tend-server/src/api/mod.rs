@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -20,6 +20,7 @@ mod agents;
 pub use agents::AGENT_HEADER;
 pub(crate) use pods::pod_infos;
 mod jobs;
+mod openapi;
 mod pods;
 mod services;
 mod stream;
@@ -63,20 +64,39 @@ fn bad(msg: impl Into<String>) -> ApiError {
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-/// JSON bodies with a JSON error on bad input (axum's default answers in plain text).
+/// JSON bodies with a JSON error on bad input (axum's default answers in plain text). Bodies are
+/// objects (serde would take an array for a struct); a whole number written as `5.0` is the
+/// integer 5, as JSON Schema (and the OpenAPI document) says.
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(e) => Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                "bad_request",
-                format!("invalid JSON body: {}", e.body_text()),
-            )),
+        let invalid =
+            |m: String| ApiError(StatusCode::BAD_REQUEST, "bad_request", format!("invalid JSON body: {m}"));
+        let v = match Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(Json(v)) => v,
+            Err(e) => return Err(invalid(e.body_text())),
+        };
+        if !v.is_object() {
+            return Err(invalid("expected a JSON object".into()));
         }
+        serde_json::from_value(whole_numbers(v)).map(JsonBody).map_err(|e| invalid(e.to_string()))
+    }
+}
+
+/// Floats without a fractional part, as integers (recursively).
+fn whole_numbers(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 => Value::from(f as u64),
+            Some(f) if f.fract() == 0.0 && f < 0.0 && f >= i64::MIN as f64 => Value::from(f as i64),
+            _ => Value::Number(n),
+        },
+        Value::Array(a) => Value::Array(a.into_iter().map(whole_numbers).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, whole_numbers(v))).collect()),
+        other => other,
     }
 }
 
@@ -143,6 +163,7 @@ pub fn router(server: Server) -> Router {
         .route("/v1/agent/join", post(agents::join))
         .merge(user)
         .merge(agents)
+        .merge(crate::dashboard::router())
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "not_found", "no such route".into()) })
         .layer(middleware::from_fn_with_state(s.clone(), crate::metrics::track))
         .with_state(s)

@@ -1,5 +1,6 @@
 //! Plan, pod, task, endpoint and agent routes.
 
+use super::openapi::*;
 use super::*;
 
 // ---------- plans ----------
@@ -73,6 +74,9 @@ pub(super) async fn plan_info(s: &Server, name: &str, plan: &str) -> Result<Plan
     })
 }
 
+/// The service's plans with their phases and steps (and the recovery plan).
+#[utoipa::path(get, path = "/v1/services/{name}/plans", tag = "plans", params(("name" = String, Path, description = "the service")),
+    responses((status = 200, description = "the plans", body = Vec<PlanInfo>), Guarded, NotFound, Internal))]
 pub(super) async fn list_plans(
     State(s): State<Arc<Server>>,
     Path(name): Path<String>,
@@ -89,6 +93,10 @@ pub(super) async fn list_plans(
     Ok(Json(out))
 }
 
+/// One plan with its phases and steps.
+#[utoipa::path(get, path = "/v1/services/{name}/plans/{plan}", tag = "plans",
+    params(("name" = String, Path, description = "the service"), ("plan" = String, Path, description = "the plan, e.g. deploy, update, recovery")),
+    responses((status = 200, description = "the plan", body = PlanInfo), Guarded, NotFound, Internal))]
 pub(super) async fn get_plan(
     State(s): State<Arc<Server>>,
     Path((name, plan)): Path<(String, String)>,
@@ -96,16 +104,21 @@ pub(super) async fn get_plan(
     Ok(Json(plan_info(&s, &name, &plan).await?))
 }
 
+/// An operator action on a plan, or on one of its phases or steps (named in the body; an
+/// empty body means the whole plan).
+#[utoipa::path(post, path = "/v1/services/{name}/plans/{plan}/{action}", tag = "plans",
+    params(("name" = String, Path, description = "the service"), ("plan" = String, Path, description = "the plan"),
+        ("action" = inline(PlanActionKind), Path, description = "what to do")),
+    request_body(content = Option<PlanAction>, description = "the phase or step it applies to; may be empty"),
+    responses((status = 200, description = "the plan after the action", body = PlanInfo),
+        Guarded, BadRequest, NotFound, Internal))]
 pub(super) async fn plan_action(
     State(s): State<Arc<Server>>,
     Path((name, plan, action)): Path<(String, String, String)>,
     body: Bytes,
 ) -> ApiResult<PlanInfo> {
-    let a: PlanAction = if body.iter().all(|b| b.is_ascii_whitespace()) {
-        PlanAction::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid JSON body: {e}")))?
-    };
+    // No body (or `null`): the whole plan.
+    let a: PlanAction = optional_body(&body)?;
     let rt = s.service(&name).ok_or_else(|| not_found("service", &name))?;
     let (p, trigger) = {
         let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
@@ -125,20 +138,20 @@ pub(super) async fn plan_action(
     };
     // Whether anything changed: an interrupt of an interrupted plan (or a continue of a running
     // one) writes nothing and records no event.
-    let changed = match action.as_str() {
-        "interrupt" => e.interrupt(&p, a.phase.as_deref()).await.map_err(map)?,
-        "continue" => e.proceed(&p, a.phase.as_deref()).await.map_err(map)?,
-        "force-complete" => {
+    let changed = match action_word(&action) {
+        Some(PlanActionKind::Interrupt) => e.interrupt(&p, a.phase.as_deref()).await.map_err(map)?,
+        Some(PlanActionKind::Continue) => e.proceed(&p, a.phase.as_deref()).await.map_err(map)?,
+        Some(PlanActionKind::ForceComplete) => {
             e.force_complete(&p, &target).await.map_err(map)?;
             true
         }
-        "restart" => {
+        Some(PlanActionKind::Restart) => {
             e.restart(&p, &target).await.map_err(map)?;
             true
         }
-        other => {
+        None => {
             return Err(bad(format!(
-                "unknown plan action `{other}`: use interrupt, continue, force-complete or restart"
+                "unknown plan action `{action}`: use interrupt, continue, force-complete or restart"
             )));
         }
     };
@@ -293,6 +306,9 @@ pub(crate) async fn pod_infos(s: &Server, name: &str) -> Result<Vec<PodInfo>, Ap
     Ok(out)
 }
 
+/// The service's pod instances: placement, reservation, incarnation, state, tasks.
+#[utoipa::path(get, path = "/v1/services/{name}/pods", tag = "pods", params(("name" = String, Path, description = "the service")),
+    responses((status = 200, description = "the instances", body = Vec<PodInfo>), Guarded, NotFound, Internal))]
 pub(super) async fn list_pods(
     State(s): State<Arc<Server>>,
     Path(name): Path<String>,
@@ -300,6 +316,9 @@ pub(super) async fn list_pods(
     Ok(Json(pod_infos(&s, &name).await?))
 }
 
+/// One pod instance.
+#[utoipa::path(get, path = "/v1/services/{name}/pods/{instance}", tag = "pods", params(("name" = String, Path, description = "the service"), ("instance" = String, Path, description = "the instance, `pod-index`")),
+    responses((status = 200, description = "the instance", body = PodInfo), Guarded, NotFound, Internal))]
 pub(super) async fn get_pod(
     State(s): State<Arc<Server>>,
     Path((name, instance)): Path<(String, String)>,
@@ -312,27 +331,37 @@ pub(super) async fn get_pod(
         .ok_or_else(|| not_found("pod instance", &instance))
 }
 
+/// Restarts a pod instance in place, or replaces it (409 `not_launched` when it cannot be).
+#[utoipa::path(post, path = "/v1/services/{name}/pods/{instance}/{action}", tag = "pods",
+    params(("name" = String, Path, description = "the service"), ("instance" = String, Path, description = "the instance, `pod-index`"), ("action" = inline(PodActionKind), Path, description = "what to do")),
+    responses((status = 200, description = "done", body = PodActionResult),
+        Guarded, BadRequest, NotFound, Conflict, Internal))]
 pub(super) async fn pod_action(
     State(s): State<Arc<Server>>,
     Path((name, instance, action)): Path<(String, String, String)>,
-) -> ApiResult<serde_json::Value> {
+) -> ApiResult<PodActionResult> {
     let exists = pod_infos(&s, &name).await?.iter().any(|p| p.instance == instance);
     if !exists {
         return Err(not_found("pod instance", &instance));
     }
     let conflict = |m: String| ApiError(StatusCode::CONFLICT, "not_launched", m);
-    let msg = match action.as_str() {
-        "restart" => {
+    let Some(kind) = action_word(&action) else {
+        return Err(bad(format!("unknown pod action `{action}`: use restart or replace")));
+    };
+    let message = match kind {
+        PodActionKind::Restart => {
             tend_control::recovery::restart_in_place(&s, &name, &instance).await.map_err(conflict)?
         }
-        "replace" => tend_control::recovery::replace(&s, &name, &instance, "operator request")
+        PodActionKind::Replace => tend_control::recovery::replace(&s, &name, &instance, "operator request")
             .await
             .map_err(conflict)?,
-        other => return Err(bad(format!("unknown pod action `{other}`: use restart or replace"))),
     };
-    Ok(Json(serde_json::json!({ "instance": instance, "action": action, "message": msg })))
+    Ok(Json(PodActionResult { instance, action: kind, message }))
 }
 
+/// Address and named ports of every running task of the service.
+#[utoipa::path(get, path = "/v1/services/{name}/endpoints", tag = "pods", params(("name" = String, Path, description = "the service")),
+    responses((status = 200, description = "the endpoints", body = Vec<Endpoint>), Guarded, NotFound, Internal))]
 pub(super) async fn endpoints(
     State(s): State<Arc<Server>>,
     Path(name): Path<String>,
@@ -362,6 +391,9 @@ pub(super) async fn endpoints(
     Ok(Json(out))
 }
 
+/// Every agent: resources, reservations, state.
+#[utoipa::path(get, path = "/v1/agents", tag = "agents",
+    responses((status = 200, description = "the agents", body = Vec<AgentInfo>), Guarded, Internal))]
 pub(super) async fn list_agents(State(s): State<Arc<Server>>) -> ApiResult<Vec<AgentInfo>> {
     let mut reserved: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for svc in s.service_names() {
@@ -403,15 +435,20 @@ pub(super) async fn list_agents(State(s): State<Arc<Server>>) -> ApiResult<Vec<A
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct TaskQuery {
+    /// Only this service's tasks.
     #[serde(default)]
     service: Option<String>,
 }
 
+/// Every task status reported by the agents that are up.
+#[utoipa::path(get, path = "/v1/tasks", tag = "pods", params(TaskQuery),
+    responses((status = 200, description = "the tasks", body = Vec<TaskStatus>), Guarded, BadRequest))]
 pub(super) async fn list_tasks(
     State(s): State<Arc<Server>>,
-    Query(q): Query<TaskQuery>,
+    QueryParams(q): QueryParams<TaskQuery>,
 ) -> ApiResult<Vec<TaskStatus>> {
     let agents = s.inner.agents.read().unwrap_or_else(|e| e.into_inner());
     Ok(Json(
@@ -425,23 +462,40 @@ pub(super) async fn list_tasks(
     ))
 }
 
-#[derive(Deserialize)]
+/// Which output of a task.
+#[derive(Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct LogsQuery {
+    /// Which output (default stdout).
     #[serde(default)]
-    stream: Option<String>,
+    #[param(inline)]
+    stream: Option<LogStream>,
+    /// How many bytes of its end (default 64 KiB; the agent caps it at what it keeps).
     #[serde(default)]
     tail_bytes: Option<u64>,
 }
 
+/// The tail of a task's stdout or stderr, from its agent.
+#[utoipa::path(get, path = "/v1/services/{name}/pods/{instance}/tasks/{task}/logs", tag = "pods",
+    params(("name" = String, Path, description = "the service"), ("instance" = String, Path, description = "the instance, `pod-index`"), ("task" = String, Path, description = "the task"), LogsQuery),
+    responses((status = 200, description = "the tail", body = LogChunk),
+        Guarded, BadRequest, NotFound, Conflict, Internal, BadGateway))]
 pub(super) async fn task_logs(
     State(s): State<Arc<Server>>,
     Path((name, instance, task)): Path<(String, String, String)>,
-    Query(q): Query<LogsQuery>,
+    QueryParams(q): QueryParams<LogsQuery>,
 ) -> ApiResult<LogChunk> {
-    let stream = q.stream.unwrap_or_else(|| "stdout".into());
-    if stream != "stdout" && stream != "stderr" {
-        return Err(bad("stream must be stdout or stderr"));
-    }
+    let stream = match q.stream.unwrap_or(LogStream::Stdout) {
+        LogStream::Stdout => "stdout",
+        LogStream::Stderr => "stderr",
+    };
     let kv = s
         .inner
         .store
@@ -476,7 +530,7 @@ pub(super) async fn task_logs(
             ("service", name.as_str()),
             ("instance", instance.as_str()),
             ("task", task.as_str()),
-            ("stream", stream.as_str()),
+            ("stream", stream),
             ("incarnation", &rec.incarnation.to_string()),
             ("tail_bytes", &q.tail_bytes.unwrap_or(64 * 1024).to_string()),
         ])

@@ -1,5 +1,6 @@
 //! Service routes: create, update, delete, status; volumes; events.
 
+use super::openapi::*;
 use super::*;
 
 // ---------- services ----------
@@ -64,6 +65,12 @@ pub(super) fn broken_summary(s: &Server, name: &str) -> Option<ServiceSummary> {
     })
 }
 
+/// Every service with its pods, plans and how many instances run.
+#[utoipa::path(get, path = "/v1/services", tag = "services",
+    responses(
+        (status = 200, description = "the services, by name", body = Vec<ServiceSummary>),
+        Guarded, Internal,
+    ))]
 pub(super) async fn list_services(State(s): State<Arc<Server>>) -> ApiResult<Vec<ServiceSummary>> {
     let mut out = Vec::new();
     for n in s.service_names() {
@@ -76,6 +83,14 @@ pub(super) async fn list_services(State(s): State<Arc<Server>>) -> ApiResult<Vec
     Ok(Json(out))
 }
 
+/// One service: its pods, plans and how many instances run (or why its stored spec does not
+/// load).
+#[utoipa::path(get, path = "/v1/services/{name}", tag = "services",
+    params(("name" = String, Path, description = "the service")),
+    responses(
+        (status = 200, description = "the service", body = ServiceSummary),
+        Guarded, NotFound, Internal,
+    ))]
 pub(super) async fn get_service(
     State(s): State<Arc<Server>>,
     Path(name): Path<String>,
@@ -86,6 +101,15 @@ pub(super) async fn get_service(
     Ok(Json(summary(&s, &name).await?))
 }
 
+/// Creates a service from a spec, or replaces the spec of the service it names (a rolling
+/// update). Local artifacts must be uploaded first and named by digest in `artifacts`.
+#[utoipa::path(post, path = "/v1/services", tag = "services",
+    request_body = ServiceRequest,
+    responses(
+        (status = 201, description = "created: its first generation", body = ServiceSummary),
+        (status = 200, description = "it existed: the new generation is being rolled out", body = ServiceSummary),
+        Guarded, BadRequest, Conflict, InvalidSpec, Internal,
+    ))]
 pub(super) async fn create_service(
     State(s): State<Arc<Server>>,
     JsonBody(req): JsonBody<ServiceRequest>,
@@ -95,6 +119,15 @@ pub(super) async fn create_service(
     Ok((status, Json(ServiceSummary { generation, ..summary(&s, &name).await? })))
 }
 
+/// Replaces the service's spec (a rolling update), or creates it; the spec must name the
+/// service of the URL. `expected_generation` makes it conditional (409 `stale_generation`).
+#[utoipa::path(put, path = "/v1/services/{name}", tag = "services",
+    params(("name" = String, Path, description = "the service; the spec must name it")),
+    request_body = ServiceRequest,
+    responses(
+        (status = 200, description = "the new generation is being rolled out", body = ServiceSummary),
+        Guarded, BadRequest, Conflict, InvalidSpec, Internal,
+    ))]
 pub(super) async fn replace_service(
     State(s): State<Arc<Server>>,
     Path(name): Path<String>,
@@ -142,7 +175,15 @@ pub(super) async fn submit(
     Ok((name, generation, if existed { StatusCode::OK } else { StatusCode::CREATED }))
 }
 
-/// What a spec would change, instance by instance; nothing is changed.
+/// What a spec would change, instance by instance; nothing is changed (a dry run: any token
+/// may ask).
+#[utoipa::path(post, path = "/v1/services/{name}/plan", tag = "services",
+    params(("name" = String, Path, description = "the service; the spec must name it")),
+    request_body = ServiceRequest,
+    responses(
+        (status = 200, description = "what would change", body = ChangePreview),
+        Guarded, BadRequest, InvalidSpec, Internal,
+    ))]
 pub(super) async fn preview_change(
     State(s): State<Arc<Server>>,
     Path(name): Path<String>,
@@ -172,7 +213,14 @@ pub(super) async fn preview_change(
     Ok(Json(ChangePreview { service: name, generation, plan: plan.into(), changes }))
 }
 
-/// Where the service's rollout stands.
+/// Where the service's rollout stands: the generation being rolled out, by which plan, its
+/// state, the last generation fully deployed.
+#[utoipa::path(get, path = "/v1/services/{name}/rollout", tag = "services",
+    params(("name" = String, Path, description = "the service")),
+    responses(
+        (status = 200, description = "the rollout", body = RolloutInfo),
+        Guarded, NotFound, Internal,
+    ))]
 pub(super) async fn get_rollout(
     State(s): State<Arc<Server>>,
     Path(name): Path<String>,
@@ -198,20 +246,30 @@ pub(super) async fn get_rollout(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct DeleteQuery {
+    /// Delete even while instances are launched (they are stopped); refused otherwise.
     #[serde(default)]
     force: bool,
-    /// How long to wait for agents to confirm the stop (default 30, at most 300).
+    /// How long to wait for agents to confirm the stop, in seconds (default 30; more than 300
+    /// waits 300).
     #[serde(default)]
     wait_seconds: Option<u64>,
 }
 
+/// Deletes a service: its instances stop (with `force`), its volumes are retained.
+#[utoipa::path(delete, path = "/v1/services/{name}", tag = "services",
+    params(("name" = String, Path, description = "the service"), DeleteQuery),
+    responses(
+        (status = 200, description = "deleted", body = ServiceDeleted),
+        Guarded, BadRequest, NotFound, Conflict, Internal,
+    ))]
 pub(super) async fn delete_service(
     State(s): State<Arc<Server>>,
     Path(name): Path<String>,
-    Query(q): Query<DeleteQuery>,
-) -> ApiResult<serde_json::Value> {
+    QueryParams(q): QueryParams<DeleteQuery>,
+) -> ApiResult<ServiceDeleted> {
     if s.service(&name).is_none() && broken_summary(&s, &name).is_none() {
         return Err(not_found("service", &name));
     }
@@ -226,23 +284,36 @@ pub(super) async fn delete_service(
     }
     let wait = Duration::from_secs(q.wait_seconds.unwrap_or(30).min(300));
     let d = tend_control::services::delete(&s, &name, wait).await.map_err(refusal)?;
-    Ok(Json(serde_json::json!({
-        "deleted": name,
-        "stopped_instances": d.stopped,
-        "confirmed": d.unconfirmed.is_empty(),
-        "unconfirmed_agents": d.unconfirmed,
-        "retained_volumes": d.retained_volumes,
-    })))
+    Ok(Json(ServiceDeleted {
+        deleted: name,
+        stopped_instances: d.stopped as u64,
+        confirmed: d.unconfirmed.is_empty(),
+        unconfirmed_agents: d.unconfirmed,
+        retained_volumes: d.retained_volumes,
+    }))
 }
 
 // ---------- volumes ----------
 
+/// Every volume set: owner, agent, size, state, and until when a retained one is kept.
+#[utoipa::path(get, path = "/v1/volumes", tag = "volumes",
+    responses(
+        (status = 200, description = "the volume sets", body = Vec<VolumeInfo>),
+        Guarded, Internal,
+    ))]
 pub(super) async fn list_volumes(State(s): State<Arc<Server>>) -> ApiResult<Vec<VolumeInfo>> {
     Ok(Json(
         tend_control::volumes::all(&s).await?.iter().map(|(r, _)| tend_control::volumes::info(r)).collect(),
     ))
 }
 
+/// Deletes a volume set no instance uses (its agent deletes the data).
+#[utoipa::path(delete, path = "/v1/volumes/{id}", tag = "volumes",
+    params(("id" = String, Path, pattern = "^v[0-9]{1,20}$", description = "the volume set's id")),
+    responses(
+        (status = 200, description = "being deleted", body = VolumeInfo),
+        Guarded, BadRequest, NotFound, Conflict, Internal,
+    ))]
 pub(super) async fn delete_volume(
     State(s): State<Arc<Server>>,
     Path(id): Path<String>,
@@ -258,37 +329,59 @@ pub(super) async fn delete_volume(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventQuery {
+    /// Only events after this sequence number.
     #[serde(default)]
     since: u64,
-    /// At most this many events, oldest first (default 1000, at most 10000): page with `since`.
+    /// At most this many events, oldest first (default 1000; 0 counts as 1, more than 10000 as
+    /// 10000): page with `since`.
     #[serde(default)]
+    #[param(value_type = Option<u64>)]
     limit: Option<usize>,
+    /// Only this service's events.
     #[serde(default)]
     service: Option<String>,
+    /// Only the newest this many (still oldest first; at most 10000): where a follower starts.
+    #[serde(default)]
+    #[param(value_type = Option<u64>, maximum = 10000)]
+    last: Option<usize>,
 }
 
+/// The event log, oldest first.
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    params(EventQuery),
+    responses(
+        (status = 200, description = "the events", body = Vec<EventInfo>),
+        Guarded, BadRequest,
+    ))]
 pub(super) async fn list_events(
     State(s): State<Arc<Server>>,
-    Query(q): Query<EventQuery>,
+    QueryParams(q): QueryParams<EventQuery>,
 ) -> ApiResult<Vec<EventInfo>> {
-    let mut out = Vec::new();
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let mut out: std::collections::VecDeque<EventInfo> = std::collections::VecDeque::new();
     for kv in s.inner.store.range("events/").await?.kvs {
-        if out.len() >= limit {
+        if q.last.is_none() && out.len() >= limit {
             break;
         }
         let Ok(e) = serde_json::from_slice::<EventRecord>(&kv.value) else { continue };
         if e.seq > q.since && q.service.as_ref().is_none_or(|svc| e.service.as_ref() == Some(svc)) {
-            out.push(EventInfo {
+            out.push_back(EventInfo {
                 seq: e.seq,
                 time_ms: e.time_ms,
                 service: e.service,
                 kind: e.kind,
                 message: e.message,
             });
+            // The newest `last`: drop the oldest as newer ones come.
+            if q.last.is_some_and(|n| out.len() > n.min(10_000)) {
+                out.pop_front();
+            }
         }
     }
+    let mut out: Vec<EventInfo> = out.into();
+    out.truncate(limit);
     Ok(Json(out))
 }

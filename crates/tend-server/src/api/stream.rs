@@ -8,25 +8,55 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
-use tend_api::EventInfo;
+use tend_api::{EventInfo, EventKind};
 use tend_control::records::EventRecord;
 use tokio::sync::broadcast::error::RecvError;
 
+use super::openapi::{BadRequest, Guarded, QueryParams};
 use super::ApiError;
 use crate::Server;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct StreamQuery {
+    /// Start after this sequence number (`Last-Event-ID` wins over it).
     #[serde(default)]
     since: Option<u64>,
+    /// Only this service's events.
     #[serde(default)]
     service: Option<String>,
 }
+
+/// One event of the stream, as Server-Sent Events frame it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a name in the document only
+pub(super) struct SseEvent {
+    /// The event's sequence number (what `Last-Event-ID` resumes after).
+    #[schema(pattern = "^[0-9]+$")]
+    id: String,
+    /// The event's kind.
+    #[schema(value_type = EventKind)]
+    event: String,
+    /// The event as JSON (an `EventInfo`).
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+/// The header a reconnecting client sends.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("Last-Event-ID"), parameter_in = Header)]
+#[allow(dead_code)] // read from the headers
+pub(super) struct ResumeHeader(
+    /// Resume after this sequence number (wins over `since`; a value that is not a number is
+    /// ignored).
+    #[param(nullable = false)]
+    Option<String>,
+);
 
 fn info(e: EventRecord) -> EventInfo {
     EventInfo { seq: e.seq, time_ms: e.time_ms, service: e.service, kind: e.kind, message: e.message }
@@ -79,10 +109,19 @@ impl Sent {
     }
 }
 
+/// The event log as Server-Sent Events, live and never ending: `id` is the event's sequence
+/// number, `event` its kind, `data` the event as JSON (an `EventInfo`); a comment every 15 s.
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events",
+    params(StreamQuery, ResumeHeader),
+    responses(
+        (status = 200, description = "the event stream: each event as `SseEvent` describes", body = SseEvent,
+            content_type = "text/event-stream"),
+        Guarded, BadRequest,
+    ))]
 pub(super) async fn stream(
     State(s): State<Arc<Server>>,
     headers: HeaderMap,
-    Query(q): Query<StreamQuery>,
+    QueryParams(q): QueryParams<StreamQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let resume =
         headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());

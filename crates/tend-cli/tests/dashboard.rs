@@ -1,0 +1,312 @@
+//! The web dashboard in a real browser: headless Chromium (Debian's chromium and chromedriver)
+//! against a real `tend dev` deploying the data-store example. Signs in, watches the deploy
+//! complete live, sees a killed task's restart appear without a reload, runs a job, interrupts
+//! and continues a plan. Screenshots go to `target/tmp/dashboard/`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, tend};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+/// Kills a child process by its pid when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The browser and its driver, or why this machine cannot run the test.
+fn browser_paths() -> Result<(PathBuf, PathBuf), String> {
+    let chromium =
+        ["/usr/bin/chromium", "/usr/bin/chromium-browser"].iter().map(PathBuf::from).find(|p| p.exists());
+    let driver = PathBuf::from("/usr/bin/chromedriver");
+    match chromium {
+        Some(c) if driver.exists() => Ok((c, driver)),
+        _ => {
+            Err("Debian packages chromium and chromium-driver are not installed (scripts/test installs them)"
+                .into())
+        }
+    }
+}
+
+fn screenshots() -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Starts chromedriver and a headless Chromium session that trusts nothing but loopback.
+async fn browser(chromium: &Path, driver: &Path, profile: &Path) -> (Killed, Client) {
+    let port = free_port();
+    let child = Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
+    let killed = Killed(child);
+    let caps = json!({
+        "acceptInsecureCerts": true,
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--disable-dev-shm-usage", "--window-size=1400,1000",
+                     format!("--user-data-dir={}", profile.display())],
+        }
+    });
+    let caps = caps.as_object().unwrap().clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let conn = hyper_util::client::legacy::connect::HttpConnector::new();
+        match ClientBuilder::new(conn)
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(c) => return (killed, c),
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no WebDriver session: {e}"),
+        }
+    }
+}
+
+/// Polls a JavaScript expression until it is truthy; returns its value.
+async fn wait_js(c: &Client, expr: &str, limit: Duration, what: &str) -> Value {
+    let deadline = Instant::now() + limit;
+    let mut last = Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(v) = c.execute(&format!("return ({expr});"), vec![]).await {
+            let truthy = !matches!(v, Value::Null | Value::Bool(false)) && v != json!("") && v != json!(0);
+            if truthy {
+                return v;
+            }
+            last = v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = c.execute("return document.body.innerText", vec![]).await.unwrap_or_default();
+    panic!(
+        "timed out waiting for {what} (last value {last}); the page says:\n{}",
+        body.as_str().unwrap_or("")
+    );
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    let path = screenshots().join(format!("{name}.png"));
+    std::fs::write(&path, png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no element {css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Clicks a button that asks for confirmation, then confirms.
+async fn click_confirmed(c: &Client, css: &str) {
+    click(c, css).await;
+    wait_js(c, "!document.getElementById('modal').hidden", Duration::from_secs(5), "the confirmation").await;
+    click(c, "#modal-ok").await;
+}
+
+fn dev(dir: &Path, port: u16) -> Killed {
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/data-store/service.yml");
+    let log = std::fs::File::create(dir.join("dev.log")).unwrap();
+    let child = tend()
+        .args(["dev", spec.to_str().unwrap(), "--data-dir"])
+        .arg(dir.join(".tend"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("tend dev starts");
+    Killed(child)
+}
+
+/// The pid of a running task, read through the API with the CLI.
+fn task_pid(dir: &Path, instance: &str, task: &str) -> Option<i32> {
+    let out = tend().current_dir(dir).args(["--json", "pod", "info", instance]).output().ok()?;
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    let t = v["tasks"].as_array()?.iter().find(|t| t["task"] == task && t["state"] == "running")?;
+    t["pid"].as_i64().map(|p| p as i32)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_a_real_browser() {
+    let (chromium, driver) = match browser_paths() {
+        Ok(p) => p,
+        Err(why) => {
+            eprintln!("SKIPPED dashboard_in_a_real_browser: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _dev = dev(dir.path(), port);
+    let token_file = dir.path().join(".tend/token");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !token_file.exists() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = std::fs::read_to_string(&token_file).expect("tend dev wrote its token").trim().to_string();
+    let (_driver, c) = browser(&chromium, &driver, &dir.path().join("profile")).await;
+    let base = format!("https://127.0.0.1:{port}");
+
+    // Nothing but the sign-in page without a token.
+    c.goto(&format!("{base}/ui/")).await.unwrap();
+    wait_js(&c, "document.getElementById('token')", Duration::from_secs(10), "the sign-in form").await;
+    c.find(Locator::Css("#token")).await.unwrap().send_keys("not-a-token").await.unwrap();
+    click(&c, "#signin button").await;
+    wait_js(&c, "document.getElementById('signin-error').textContent", Duration::from_secs(5), "a refusal")
+        .await;
+    shot(&c, "0-signin").await;
+    let field = c.find(Locator::Css("#token")).await.unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(&token).await.unwrap();
+    click(&c, "#signin button").await;
+    wait_js(
+        &c,
+        "document.querySelector('.service[data-service=\"data-store\"]')",
+        Duration::from_secs(20),
+        "the service on the overview",
+    )
+    .await;
+    // A marker that a reload would erase: everything below must arrive live.
+    c.execute("window.__noReload = true; return true;", vec![]).await.unwrap();
+
+    // The deploy, followed live on the service page until every instance runs.
+    click(&c, ".service[data-service=\"data-store\"] a").await;
+    wait_js(
+        &c,
+        "document.querySelector('.plan[data-plan=\"deploy\"]')",
+        Duration::from_secs(10),
+        "the deploy plan",
+    )
+    .await;
+    let seen_before = wait_js(
+        &c,
+        "document.querySelector('.plan[data-plan=\"deploy\"] .badge').textContent",
+        Duration::from_secs(5),
+        "the deploy status",
+    )
+    .await;
+    let all_running = "(rows => rows.length === 5 && rows.every(r => r.children[1].textContent.trim() === 'running'))([...document.querySelectorAll('#pods tbody tr')])";
+    wait_js(&c, all_running, Duration::from_secs(90), "5 running instances").await;
+    wait_js(
+        &c,
+        "document.querySelector('.plan[data-plan=\"deploy\"] .badge').textContent === 'complete'",
+        Duration::from_secs(60),
+        "the deploy plan complete",
+    )
+    .await;
+    eprintln!("deploy status when first seen: {seen_before}");
+    shot(&c, "1-service-deployed").await;
+
+    // Kill a task: its restart in place appears without a reload.
+    let pid = task_pid(dir.path(), "data-1", "server").expect("data-1's server runs");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_js(
+        &c,
+        "Number(document.querySelector('#pods tr[data-instance=\"data-1\"] .restarts').textContent) >= 1",
+        Duration::from_secs(30),
+        "data-1's restart in the table",
+    )
+    .await;
+    wait_js(
+        &c,
+        "[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('data-1'))",
+        Duration::from_secs(10),
+        "the restart event",
+    )
+    .await;
+    assert_eq!(
+        c.execute("return window.__noReload === true", vec![]).await.unwrap(),
+        json!(true),
+        "the page was reloaded"
+    );
+    shot(&c, "2-restart-seen").await;
+
+    // Interrupt and continue the deploy plan, each with a confirmation.
+    click_confirmed(&c, ".plan[data-plan=\"deploy\"] button[data-act$=\"/interrupt\"]").await;
+    wait_js(
+        &c,
+        "document.querySelector('.plan[data-plan=\"deploy\"]').textContent.includes('interrupted')",
+        Duration::from_secs(10),
+        "the plan interrupted",
+    )
+    .await;
+    shot(&c, "3-plan-interrupted").await;
+    click_confirmed(&c, ".plan[data-plan=\"deploy\"] button[data-act$=\"/continue\"]").await;
+    wait_js(
+        &c,
+        "!document.querySelector('.plan[data-plan=\"deploy\"]').textContent.includes('interrupted')",
+        Duration::from_secs(10),
+        "the plan continued",
+    )
+    .await;
+
+    // Run a job now from the jobs page; its run appears in the history with its output.
+    click(&c, "a[href$=\"/jobs\"]").await;
+    wait_js(
+        &c,
+        "document.querySelector('#jobs tr[data-job=\"compact\"][data-instance=\"data-0\"]')",
+        Duration::from_secs(10),
+        "the compact job",
+    )
+    .await;
+    let before: Value =
+        wait_js(&c, "String(document.querySelectorAll('tr.run').length)", Duration::from_secs(5), "history")
+            .await;
+    click_confirmed(&c, "#jobs tr[data-job=\"compact\"][data-instance=\"data-0\"] button").await;
+    wait_js(
+        &c,
+        &format!("document.querySelectorAll('tr.run').length > {} && [...document.querySelectorAll('tr.run')].some(r => r.textContent.includes('data-0') && r.textContent.includes('succeeded') && r.textContent.includes('on demand'))", before.as_str().unwrap_or("0")),
+        Duration::from_secs(60),
+        "a succeeded on-demand run of compact on data-0",
+    )
+    .await;
+    assert_eq!(
+        c.execute("return window.__noReload === true", vec![]).await.unwrap(),
+        json!(true),
+        "the page was reloaded"
+    );
+    shot(&c, "4-job-run").await;
+
+    // The agents page lists the three agents with a recent heartbeat.
+    click(&c, "nav a[href=\"#/agents\"]").await;
+    wait_js(
+        &c,
+        "document.querySelectorAll('#agents tbody tr').length === 3",
+        Duration::from_secs(10),
+        "three agents",
+    )
+    .await;
+    shot(&c, "5-agents").await;
+    c.close().await.unwrap();
+}
