@@ -48,8 +48,10 @@ fn the_api_conforms_to_its_openapi_document() {
     let c = Cluster::start();
     c.deploy(&c.write_spec("web.yml", SPEC), true).unwrap();
     let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schemathesis");
-    let report = c.dir.path().join("report");
-    let examples = std::env::var("TEND_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "20".into());
+    let report = std::env::var_os("TEND_SCHEMATHESIS_REPORT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| c.dir.path().join("report"));
+    let examples = std::env::var("TEND_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "10".into());
     let mut child = Command::new(&st)
         .arg("--config-file")
         .arg(hooks.join("schemathesis.toml"))
@@ -58,6 +60,8 @@ fn the_api_conforms_to_its_openapi_document() {
         .args(["-H", &format!("Authorization: Bearer {}", c.token())])
         .args(["--max-examples", &examples, "--seed", "1", "--workers", "1"])
         .args(["--phases", "examples,coverage,fuzzing", "--generation-database", "none"])
+        // The event stream never ends (schemathesis reads it until its timeout): tests/stream.rs.
+        .args(["--exclude-path", "/v1/events/stream"])
         .args(["--suppress-health-check", "all", "--report", "junit", "--report-dir"])
         .arg(&report)
         .env("SCHEMATHESIS_HOOKS", "tend_hooks")
@@ -95,10 +99,16 @@ fn the_api_conforms_to_its_openapi_document() {
         String::from_utf8_lossy(&out.stderr)
     );
     // It really ran the operations (a document with no paths would pass vacuously).
-    let summary =
-        text.lines().find(|l| l.contains("API Operations:") || l.contains("operations")).unwrap_or("");
-    assert!(text.contains("passed"), "no passing operations: {summary}");
-    // The service is still there and running.
-    let pods = c.pods("web");
-    assert_eq!(pods.len(), 2, "{pods:?}");
+    let tested = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Tested: "))
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    assert!(tested >= 40, "only {tested} operations tested:\n{text}");
+    // The control plane survived it all, and never panicked (every call with the admin token:
+    // schemathesis may well have deleted the service, as it may).
+    let (code, _) = c.raw("GET", "/v1/health", None, None);
+    assert_eq!(code, 200);
+    let log = c.server_log();
+    assert!(!log.contains("panicked"), "the control plane panicked:\n{log}");
 }

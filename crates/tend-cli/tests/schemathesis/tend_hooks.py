@@ -5,26 +5,39 @@ after a 4xx answer it is read again and must be the same. The base URL, token an
 TEND_URL, TEND_TOKEN and TEND_CA.
 """
 
+import http.client
 import json
 import os
 import ssl
-import urllib.request
+import urllib.parse
 
 import schemathesis
 
-URL = os.environ["TEND_URL"]
+URL = urllib.parse.urlsplit(os.environ["TEND_URL"])
 TOKEN = os.environ["TEND_TOKEN"]
 CTX = ssl.create_default_context(cafile=os.environ["TEND_CA"])
 BEFORE = {}
-READS = 0
+CONN = None
 
 
 def get(path):
-    global READS
-    READS += 1
-    req = urllib.request.Request(URL + path, headers={"Authorization": "Bearer " + TOKEN})
-    with urllib.request.urlopen(req, context=CTX, timeout=30) as r:
-        return json.load(r)
+    """GET over one kept-alive connection (reopened when the server closed it)."""
+    global CONN
+    for attempt in range(2):
+        if CONN is None:
+            CONN = http.client.HTTPSConnection(URL.hostname, URL.port, context=CTX, timeout=30)
+        try:
+            CONN.request("GET", path, headers={"Authorization": "Bearer " + TOKEN})
+            r = CONN.getresponse()
+            body = r.read()
+            if r.status != 200:
+                raise AssertionError(f"GET {path}: {r.status} {body[:200]!r}")
+            return json.loads(body)
+        except (http.client.HTTPException, OSError):
+            CONN.close()
+            CONN = None
+            if attempt:
+                raise
 
 
 def state():
@@ -39,7 +52,7 @@ def state():
         "agents": sorted(a["id"] for a in get("/v1/agents")),
     }
     for s in services:
-        name = urllib.request.quote(s["name"], safe="")
+        name = urllib.parse.quote(s["name"], safe="")
         out["plans/" + s["name"]] = [
             (p["name"], p["interrupted"], [(ph["name"], ph["interrupted"]) for ph in p["phases"]])
             for p in get(f"/v1/services/{name}/plans")

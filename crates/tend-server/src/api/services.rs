@@ -343,7 +343,8 @@ pub(super) struct EventQuery {
     /// Only this service's events.
     #[serde(default)]
     service: Option<String>,
-    /// Only the newest this many (still oldest first; at most 10000): where a follower starts.
+    /// Only the newest this many (still oldest first; more than 10000 is refused): where a
+    /// follower starts.
     #[serde(default)]
     #[param(value_type = Option<u64>, maximum = 10000)]
     last: Option<usize>,
@@ -360,6 +361,9 @@ pub(super) async fn list_events(
     State(s): State<Arc<Server>>,
     QueryParams(q): QueryParams<EventQuery>,
 ) -> ApiResult<Vec<EventInfo>> {
+    if q.last.is_some_and(|n| n > 10_000) {
+        return Err(bad("last: at most 10000"));
+    }
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let mut out: std::collections::VecDeque<EventInfo> = std::collections::VecDeque::new();
     for kv in s.inner.store.range("events/").await?.kvs {
@@ -376,7 +380,7 @@ pub(super) async fn list_events(
                 message: e.message,
             });
             // The newest `last`: drop the oldest as newer ones come.
-            if q.last.is_some_and(|n| out.len() > n.min(10_000)) {
+            if q.last.is_some_and(|n| out.len() > n) {
                 out.pop_front();
             }
         }
