@@ -107,6 +107,11 @@ impl Identity {
             .build()?)
     }
 
+    /// When the current certificate expires (s since the epoch).
+    pub fn not_after_s(&self) -> i64 {
+        self.validity.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
     /// Whether two thirds of the certificate's life have passed.
     pub fn due(&self, now_s: i64) -> bool {
         let (from, to) = *self.validity.lock().unwrap_or_else(|e| e.into_inner());

@@ -15,6 +15,7 @@ pub mod extract;
 pub mod identity;
 pub mod jobs;
 mod logs;
+mod metrics;
 pub mod pod;
 pub mod process;
 pub mod servers;
@@ -54,6 +55,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// Where the agent serves task logs to the control plane.
     pub listen: SocketAddr,
+    /// Where the agent serves Prometheus metrics over plain HTTP (None: nowhere).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 struct AgentState {
@@ -174,6 +177,21 @@ pub async fn run(
         };
         tend_tls::serve::serve(listener, app, Default::default(), tls, stop).await;
     });
+    let metrics = match cfg.metrics_listen {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
+            tracing::info!(address = %l.local_addr()?, "metrics at /metrics");
+            let app = axum::Router::new().route("/metrics", get(metrics::scrape)).with_state(state.clone());
+            let mut stop = stop_rx.clone();
+            let stop = async move {
+                let _ = stop.changed().await;
+            };
+            Some(tokio::spawn(tend_tls::serve::serve(l, app, Default::default(), None, stop)))
+        }
+        None => None,
+    };
     let renewer = tokio::spawn(renew_loop(state.clone()));
     let fencer = tokio::spawn(fence_loop(state.clone()));
     let main = main_loop(state.clone(), agent_url, stop_rx.clone());
@@ -188,6 +206,9 @@ pub async fn run(
     // One last report so the control plane sees the tasks stopped.
     let _ = post_status(&state, u64::MAX).await;
     let _ = server.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     Ok(())
 }
 

@@ -260,6 +260,10 @@ pub struct AgentArgs {
     /// Host clients use to reach this agent's tasks.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Serve Prometheus metrics (tasks by state, restarts in place, crash loops, job runs,
+    /// contact age, certificate expiry) at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_ports(s: &str) -> anyhow::Result<[u16; 2]> {
@@ -318,6 +322,7 @@ pub async fn agent(a: AgentArgs) -> anyhow::Result<ExitCode> {
         },
         data_dir: a.data_dir,
         listen: a.listen,
+        metrics_listen: a.metrics_listen,
     };
     tend_agent::run(cfg, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
@@ -386,6 +391,7 @@ pub async fn dev(
             },
             data_dir: data_dir.join("agents").join(&id),
             listen: "127.0.0.1:0".parse()?,
+            metrics_listen: None,
         };
         let mut rx = stop_rx.clone();
         handles.push(tokio::spawn(async move {

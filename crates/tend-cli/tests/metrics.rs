@@ -1,6 +1,7 @@
 //! `/metrics` with the real binary: the text passes `promtool check metrics`, and its values
 //! match the API after a deploy, a task killed (restarted in place by its agent), an operator
-//! replacement and a job run; step durations, replacements and job runs are counted as they happen.
+//! replacement and a job run; step durations, replacements and job runs are counted as they happen;
+//! each agent's own metrics show what it did.
 
 mod common;
 
@@ -134,4 +135,15 @@ fn metrics_pass_promtool_and_match_the_api() {
     // Without a token, nothing.
     let (code, _) = c.raw("GET", "/metrics", None, None);
     assert_eq!(code, 401);
+    // Each agent's own metrics: the restart in place is on the agent that made it.
+    let agent =
+        pods.iter().find(|p| p["instance"] == inst.as_str()).unwrap()["agent"].as_str().unwrap().to_string();
+    let i = ["a1", "b1", "c1"].iter().position(|a| *a == agent).unwrap();
+    let text = c.agent_metrics(i);
+    let series = format!("tend_agent_task_restarts{{service=\"web\",instance=\"{inst}\",task=\"t\"}}");
+    assert_eq!(value(&text, &series), Some(1.0), "{text}");
+    assert!(value(&text, "tend_agent_tasks{state=\"running\"}").is_some_and(|n| n >= 1.0), "{text}");
+    let age = value(&text, "tend_agent_control_plane_contact_age_seconds").expect("contact age");
+    assert!(age < 10.0, "{text}");
+    assert!(value(&text, "tend_agent_certificate_expiry_timestamp_seconds").is_some(), "{text}");
 }

@@ -82,12 +82,22 @@ impl Cluster {
             "--attr",
             &format!("zone={zone}"),
         ])
-        .args(["--cpus", "2", "--memory-mb", "2048", "--ports", &format!("{lo}-{}", lo + 99)]);
+        .args(["--cpus", "2", "--memory-mb", "2048", "--ports", &format!("{lo}-{}", lo + 98)])
+        // The range's last port: the agent's metrics.
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", lo + 99)]);
         if !data.join("tls/cert.pem").exists() {
             cmd.args(["--join-token", &self.join_token()]);
         }
         cmd.args(&self.agent_flags);
         cmd.arg("--data-dir").arg(data).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
+    }
+
+    /// Agent `i`'s Prometheus metrics (plain HTTP, no token).
+    pub fn agent_metrics(&self, i: usize) -> String {
+        let port = 10_000 + self.slot * 300 + i as u16 * 100 + 99;
+        let out =
+            Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/metrics")]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// A single-use join token for one agent.
