@@ -5,111 +5,19 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::browser::{browser, browser_paths, wait_js, Killed};
 use common::{free_port, tend};
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use serde_json::{json, Value};
-
-/// Kills a child process by its pid when dropped.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The browser and its driver, or why this machine cannot run the test.
-fn browser_paths() -> Result<(PathBuf, PathBuf), String> {
-    let chromium =
-        ["/usr/bin/chromium", "/usr/bin/chromium-browser"].iter().map(PathBuf::from).find(|p| p.exists());
-    let driver = PathBuf::from("/usr/bin/chromedriver");
-    match chromium {
-        Some(c) if driver.exists() => Ok((c, driver)),
-        _ => {
-            Err("Debian packages chromium and chromium-driver are not installed (scripts/test installs them)"
-                .into())
-        }
-    }
-}
 
 fn screenshots() -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// Starts chromedriver and a headless Chromium session that trusts nothing but loopback.
-async fn browser(chromium: &Path, driver: &Path, profile: &Path) -> (Killed, Client) {
-    let port = free_port();
-    let child = Command::new(driver)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("chromedriver starts");
-    let killed = Killed(child);
-    let caps = json!({
-        "acceptInsecureCerts": true,
-        "goog:chromeOptions": {
-            "binary": chromium,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--disable-dev-shm-usage", "--window-size=1400,1000",
-                     format!("--user-data-dir={}", profile.display())],
-        }
-    });
-    let caps = caps.as_object().unwrap().clone();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let conn = hyper_util::client::legacy::connect::HttpConnector::new();
-        match ClientBuilder::new(conn)
-            .capabilities(caps.clone())
-            .connect(&format!("http://127.0.0.1:{port}"))
-            .await
-        {
-            Ok(c) => return (killed, c),
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("no WebDriver session: {e}"),
-        }
-    }
-}
-
-/// Polls a JavaScript expression until it is truthy; returns its value.
-async fn wait_js(c: &Client, expr: &str, limit: Duration, what: &str) -> Value {
-    let deadline = Instant::now() + limit;
-    let mut last = Value::Null;
-    while Instant::now() < deadline {
-        if let Ok(v) = c.execute(&format!("return ({expr});"), vec![]).await {
-            let truthy = !matches!(v, Value::Null | Value::Bool(false)) && v != json!("") && v != json!(0);
-            if truthy {
-                return v;
-            }
-            last = v;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let body = c.execute("return document.body.innerText", vec![]).await.unwrap_or_default();
-    panic!(
-        "timed out waiting for {what} (last value {last}); the page says:\n{}",
-        body.as_str().unwrap_or("")
-    );
 }
 
 async fn shot(c: &Client, name: &str) {
@@ -119,13 +27,21 @@ async fn shot(c: &Client, name: &str) {
     eprintln!("screenshot: {}", path.display());
 }
 
+/// Clicks the element `css` names; the page re-renders live (an element found may be replaced
+/// before the click lands), so a stale or missing element is looked up again, for up to 10 s.
 async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no element {css}: {e}"))
-        .click()
-        .await
-        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let err = match c.find(Locator::Css(css)).await {
+            Ok(e) => match e.click().await {
+                Ok(()) => return,
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        assert!(Instant::now() < deadline, "cannot click {css}: {err}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Clicks a button that asks for confirmation, then confirms.
@@ -144,6 +60,7 @@ fn dev(dir: &Path, port: u16) -> Killed {
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdout(log.try_clone().unwrap())
         .stderr(log)
+        .process_group(0)
         .spawn()
         .expect("tend dev starts");
     Killed(child)

@@ -366,6 +366,8 @@ function serviceView(name) {
       $('#plans').innerHTML = plans.map((p) => planHtml(name, p)).join('');
       this.pods = pods.sort(byInstance);
       this.draw();
+      // For benchmarks: when the service page first showed its instances.
+      if (!this.shown) { this.shown = true; performance.mark('tend:service-rendered'); }
       $('#events').innerHTML = eventList(events);
     },
   };

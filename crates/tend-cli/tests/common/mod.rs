@@ -2,6 +2,8 @@
 //! processes on loopback, a client that runs the real `tend` binary, and waits bounded in time.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
