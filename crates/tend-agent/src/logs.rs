@@ -22,6 +22,9 @@ pub(crate) struct LogQuery {
     stream: Option<String>,
     #[serde(default)]
     tail_bytes: Option<u64>,
+    /// Stream the tail, then what is written, as it is written (raw bytes, chunked).
+    #[serde(default)]
+    follow: bool,
 }
 
 fn api_error(code: StatusCode, kind: &str, msg: String) -> Response {
@@ -55,8 +58,48 @@ pub(crate) async fn logs(
     let Ok((bytes, truncated)) = tail_across_rotation(&path, &rotated, tail).await else {
         return api_error(StatusCode::NOT_FOUND, "not_found", format!("no {stream} log for that task"));
     };
+    if q.follow {
+        return axum::body::Body::from_stream(follow(path, bytes)).into_response();
+    }
     let data = String::from_utf8_lossy(&bytes).into_owned();
     Json(tend_api::LogChunk { stream, data, truncated }).into_response()
+}
+
+/// How often a followed log is looked at for new bytes, and for how long at most.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+const FOLLOW_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+/// At most this much is sent in one piece.
+const FOLLOW_CHUNK: usize = 64 * 1024;
+
+/// `tail`, then the bytes appended to `path` as they come: from where the tail ended; from the
+/// start of the new file after a rotation (the file got shorter). Ends when the file is gone
+/// (the incarnation's sandbox removed), after `FOLLOW_MAX`, or when the reader goes (the body
+/// is dropped).
+fn follow(path: std::path::PathBuf, tail: Vec<u8>) -> impl futures::Stream<Item = std::io::Result<Vec<u8>>> {
+    async_stream::try_stream! {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let mut pos = tokio::fs::metadata(&path).await?.len();
+        if !tail.is_empty() {
+            yield tail;
+        }
+        let end = tokio::time::Instant::now() + FOLLOW_MAX;
+        while tokio::time::Instant::now() < end {
+            let Ok(meta) = tokio::fs::metadata(&path).await else { break };
+            if meta.len() < pos {
+                pos = 0; // rotated: the rest of the old file is in `.1`
+            }
+            if meta.len() == pos {
+                tokio::time::sleep(FOLLOW_POLL).await;
+                continue;
+            }
+            let mut f = tokio::fs::File::open(&path).await?;
+            f.seek(std::io::SeekFrom::Start(pos)).await?;
+            let mut buf = Vec::with_capacity(FOLLOW_CHUNK);
+            f.take(FOLLOW_CHUNK as u64).read_to_end(&mut buf).await?;
+            pos += buf.len() as u64;
+            yield buf;
+        }
+    }
 }
 
 /// The last `n` bytes of a log: of `current`, and when it holds fewer (just rotated), the rest

@@ -1,4 +1,5 @@
-//! `tend events --follow`: the event stream (`/v1/events/stream`, Server-Sent Events) printed as
+//! `tend events --follow`, `tend task logs --follow` and the wake-ups of `tend service deploy`:
+//! `tend events --follow` is the event stream (`/v1/events/stream`, Server-Sent Events) printed as
 //! it comes, resumed after the last event seen when the connection drops (a control-plane
 //! restart or failover), until interrupted.
 
@@ -98,5 +99,48 @@ impl Wake {
 impl Drop for Wake {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// `tend task logs --follow`: the tail, then what the task writes as it writes it (the control
+/// plane relays its agent's stream as Server-Sent Events). A lost stream (a control-plane
+/// failover, the agent restarting) is opened again without a tail, so nothing printed repeats;
+/// bytes written while it was down may be missed. Runs until interrupted or refused.
+pub async fn logs(
+    client: &Client,
+    service: Option<String>,
+    instance: &str,
+    task: &str,
+    stderr: bool,
+    tail_bytes: u64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let service = client.pick_service(service).await?;
+    let stream = if stderr { "stderr" } else { "stdout" };
+    let mut tail = tail_bytes;
+    loop {
+        let path = format!(
+            "/v1/services/{service}/pods/{instance}/tasks/{task}/logs/stream?stream={stream}&tail_bytes={tail}"
+        );
+        match client.stream(&path, None).await {
+            Ok(r) => {
+                tail = 0;
+                let mut events = r.bytes_stream().eventsource();
+                while let Some(Ok(ev)) = events.next().await {
+                    let Ok(chunk) = serde_json::from_str::<tend_api::LogChunk>(&ev.data) else { continue };
+                    let mut out = std::io::stdout().lock();
+                    if json {
+                        let _ = writeln!(out, "{}", serde_json::to_string(&chunk).unwrap_or_default());
+                    } else {
+                        let _ = out.write_all(chunk.data.as_bytes());
+                    }
+                    let _ = out.flush();
+                }
+            }
+            Err(e) if crate::client::unreachable(&e) => {}
+            Err(e) => return Err(e),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -284,6 +284,9 @@ enum TaskCmd {
         stderr: bool,
         #[arg(long, default_value_t = 65536)]
         tail_bytes: u64,
+        /// Keep printing what the task writes (Server-Sent Events), until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
 }
 
@@ -417,7 +420,11 @@ async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result
                 }
             }
         }
-        Command::Task(TaskCmd::Logs { instance, task, service, stderr, tail_bytes }) => {
+        Command::Task(TaskCmd::Logs { instance, task, service, stderr, tail_bytes, follow: true }) => {
+            let c = client::Client::new(&conn)?;
+            crate::follow::logs(&c, service, &instance, &task, stderr, tail_bytes, json).await
+        }
+        Command::Task(TaskCmd::Logs { instance, task, service, stderr, tail_bytes, follow: false }) => {
             sc::task_logs(&client::Client::new(&conn)?, service, &instance, &task, stderr, tail_bytes, json)
                 .await
         }

@@ -99,3 +99,63 @@ fn events_stream_live_resume_after_the_last_seen_and_filter_by_service() {
     let (code, v) = c.raw("GET", "/v1/events/stream?since=soon", Some(&c.token()), None);
     assert_eq!(code, 400, "{v}");
 }
+
+/// `tend task logs --follow` prints the tail, then each line as the task writes it, and never
+/// one twice; a viewer token may follow.
+#[test]
+fn task_logs_follow_prints_lines_as_they_are_written() {
+    let c = Cluster::start();
+    let spec = c.write_spec(
+        "talk.yml",
+        "version: 1\nname: talk\npods:\n  p:\n    tasks: { t: { cmd: 'i=0; while true; do echo line $i; i=$((i+1)); sleep 0.2; done' } }\n",
+    );
+    c.deploy(&spec, true).unwrap();
+    let viewer = c.api(&["token", "create", "watcher", "--role", "viewer"]).unwrap();
+    let token = viewer["token"].as_str().unwrap().to_string();
+    let mut follower = common::ChildGuard(Some(
+        tend()
+            .args([
+                "task",
+                "logs",
+                "p-0",
+                "t",
+                "--follow",
+                "--service",
+                "talk",
+                "--addr",
+                &c.url(),
+                "--token",
+                &token,
+            ])
+            .arg("--ca-cert")
+            .arg(c.ca())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let out = follower.0.as_mut().unwrap().stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // 20 lines in a row, each the next number: the tail, then lines as they are written.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut numbers = Vec::new();
+    let started = Instant::now();
+    while numbers.len() < 20 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "followed only {numbers:?}");
+        let Ok(line) = rx.recv_timeout(left) else { continue };
+        if let Some(n) = line.strip_prefix("line ").and_then(|n| n.parse::<u64>().ok()) {
+            numbers.push(n);
+        }
+    }
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "lines missing or repeated: {numbers:?}");
+    // They kept coming over time (not one tail printed at once): 20 lines at 5 a second.
+    assert!(started.elapsed() >= Duration::from_secs(2), "{numbers:?} within {:?}", started.elapsed());
+}

@@ -114,4 +114,19 @@ impl Pki {
         let tls = tend_tls::client_config(&self.ca.cert_pem, Some(&name), Some(self.cert.clone()))?;
         Ok(reqwest::Client::builder().use_preconfigured_tls(tls).timeout(timeout).build()?)
     }
+
+    /// Like [`client`](Self::client) for answers that stream for long (a log followed): only
+    /// connecting is bounded by `connect_timeout`.
+    pub fn streaming_client(
+        &self,
+        agent: Option<&str>,
+        connect_timeout: std::time::Duration,
+    ) -> anyhow::Result<reqwest::Client> {
+        let name = match agent {
+            Some(a) => tend_tls::agent_name(a),
+            None => tend_tls::CONTROL_NAME.to_string(),
+        };
+        let tls = tend_tls::client_config(&self.ca.cert_pem, Some(&name), Some(self.cert.clone()))?;
+        Ok(reqwest::Client::builder().use_preconfigured_tls(tls).connect_timeout(connect_timeout).build()?)
+    }
 }

@@ -20,6 +20,7 @@ mod agents;
 pub use agents::AGENT_HEADER;
 pub(crate) use pods::pod_infos;
 mod jobs;
+mod logs;
 mod openapi;
 mod pods;
 mod services;
@@ -123,7 +124,8 @@ pub fn router(server: Server) -> Router {
         .route("/v1/services/{name}/pods", get(list_pods))
         .route("/v1/services/{name}/pods/{instance}", get(get_pod))
         .route("/v1/services/{name}/pods/{instance}/{action}", post(pod_action))
-        .route("/v1/services/{name}/pods/{instance}/tasks/{task}/logs", get(task_logs))
+        .route("/v1/services/{name}/pods/{instance}/tasks/{task}/logs", get(logs::task_logs))
+        .route("/v1/services/{name}/pods/{instance}/tasks/{task}/logs/stream", get(logs::follow_logs))
         .route("/v1/services/{name}/endpoints", get(endpoints))
         .route("/v1/services/{name}/jobs", get(list_jobs))
         .route("/v1/services/{name}/jobs/{job}/history", get(job_history))

@@ -13,7 +13,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, Secur
 use utoipa::openapi::{Content, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
-use super::{agents, jobs, pods, services, stream, ApiError};
+use super::{agents, jobs, logs, pods, services, stream, ApiError};
 use tend_api::{
     ArtifactStored, ClusterStatus, ErrorBody, Health, TokenCreateRequest, TokenCreated, TokenInfo,
 };
@@ -258,7 +258,7 @@ impl Modify for Security {
         services::preview_change, services::list_volumes, services::delete_volume,
         services::list_events, stream::stream,
         pods::list_plans, pods::get_plan, pods::plan_action, pods::list_pods, pods::get_pod,
-        pods::pod_action, pods::task_logs, pods::endpoints, pods::list_agents, pods::list_tasks,
+        pods::pod_action, logs::task_logs, logs::follow_logs, pods::endpoints, pods::list_agents, pods::list_tasks,
         jobs::list_jobs, jobs::job_history, jobs::run_job, jobs::list_windows, jobs::add_window,
         jobs::remove_window, jobs::list_alarms,
         upload_artifact, download_artifact, agent_download_artifact,
