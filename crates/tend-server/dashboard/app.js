@@ -49,6 +49,8 @@ const STATUS_CLASS = {
   rolling_back: 'warn', waiting: 'warn', stopped: 'warn', replacing: 'warn', degraded: 'warn', crash_looping: 'warn',
   decommissioning: 'warn', unknown: 'warn', reserved: 'info', pending: '',
   error: 'bad', blocked: 'bad', failed: 'bad', lost: 'bad', unreachable: 'bad', timed_out: 'bad',
+  // Job-instance statuses (ecChronos' words).
+  COMPLETED: 'ok', ON_TIME: 'info', LATE: 'warn', OVERDUE: 'bad', BLOCKED: 'bad', aborted: 'bad',
 };
 
 const statusBadge = (s) => badge(String(s).replace(/_/g, ' '), STATUS_CLASS[s]);
