@@ -29,27 +29,43 @@ fn stream(c: &Cluster, query: &str, last: Option<u64>, secs: u64) -> Vec<Value> 
         .collect()
 }
 
+/// `tend ARGS` against the cluster with `token`, its stdout lines arriving on a channel; killed
+/// when the guard goes.
+fn follow(
+    c: &Cluster,
+    token: &str,
+    args: &[&str],
+) -> (common::ChildGuard, std::sync::mpsc::Receiver<String>) {
+    let mut child = tend()
+        .args(args)
+        .args(["--addr", &c.url(), "--token", token])
+        .arg("--ca-cert")
+        .arg(c.ca())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (common::ChildGuard(Some(child)), rx)
+}
+
 #[test]
 fn events_stream_live_resume_after_the_last_seen_and_filter_by_service() {
     let c = Cluster::start();
-    let mut follower = common::ChildGuard(Some(
-        tend()
-            .args(["events", "--follow", "--json", "--addr", &c.url(), "--token", &c.token()])
-            .arg("--ca-cert")
-            .arg(c.ca())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    let out = follower.0.as_mut().unwrap().stdout.take().unwrap();
+    let (_follower, lines) = follow(&c, &c.token(), &["events", "--follow", "--json"]);
     let (tx, rx) = std::sync::mpsc::channel::<Value>();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str(&line) {
-                if tx.send(v).is_err() {
-                    break;
-                }
+        for v in lines.iter().filter_map(|l| serde_json::from_str(&l).ok()) {
+            if tx.send(v).is_err() {
+                break;
             }
         }
     });
@@ -112,37 +128,7 @@ fn task_logs_follow_prints_lines_as_they_are_written() {
     c.deploy(&spec, true).unwrap();
     let viewer = c.api(&["token", "create", "watcher", "--role", "viewer"]).unwrap();
     let token = viewer["token"].as_str().unwrap().to_string();
-    let mut follower = common::ChildGuard(Some(
-        tend()
-            .args([
-                "task",
-                "logs",
-                "p-0",
-                "t",
-                "--follow",
-                "--service",
-                "talk",
-                "--addr",
-                &c.url(),
-                "--token",
-                &token,
-            ])
-            .arg("--ca-cert")
-            .arg(c.ca())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    ));
-    let out = follower.0.as_mut().unwrap().stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (_follower, rx) = follow(&c, &token, &["task", "logs", "p-0", "t", "--follow", "--service", "talk"]);
     // 20 lines in a row, each the next number: the tail, then lines as they are written.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut numbers = Vec::new();
@@ -158,4 +144,15 @@ fn task_logs_follow_prints_lines_as_they_are_written() {
     assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "lines missing or repeated: {numbers:?}");
     // They kept coming over time (not one tail printed at once): 20 lines at 5 a second.
     assert!(started.elapsed() >= Duration::from_secs(2), "{numbers:?} within {:?}", started.elapsed());
+    // Bad input: clear JSON errors, and nothing streamed.
+    let base = "/v1/services/talk/pods";
+    let (code, body) = c.raw("GET", &format!("{base}/p-9/tasks/t/logs/stream"), Some(&token), None);
+    assert_eq!((code, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    let (code, body) =
+        c.raw("GET", &format!("{base}/p-0/tasks/t/logs/stream?stream=stdin"), Some(&token), None);
+    assert_eq!((code, body["error"]["code"].as_str()), (400, Some("bad_request")), "{body}");
+    let (code, body) = c.raw("GET", &format!("{base}/p-0/tasks/nope/logs/stream"), Some(&token), None);
+    assert_eq!(code, 404, "{body}");
+    let (code, _) = c.raw("GET", &format!("{base}/p-0/tasks/t/logs/stream"), None, None);
+    assert_eq!(code, 401);
 }

@@ -14,6 +14,15 @@ pub(super) enum LogStream {
     Stderr,
 }
 
+impl LogStream {
+    fn of(q: &LogsQuery) -> &'static str {
+        match q.stream.unwrap_or(LogStream::Stdout) {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub(super) struct LogsQuery {
@@ -35,10 +44,7 @@ async fn agent_request(
     q: &LogsQuery,
     follow: bool,
 ) -> Result<(String, reqwest::RequestBuilder), ApiError> {
-    let stream = match q.stream.unwrap_or(LogStream::Stdout) {
-        LogStream::Stdout => "stdout",
-        LogStream::Stderr => "stderr",
-    };
+    let stream = LogStream::of(q);
     let kv = s
         .inner
         .store
@@ -136,10 +142,7 @@ pub(super) async fn follow_logs(
     use axum::response::sse::{Event, KeepAlive, Sse};
     let (agent, rq) = agent_request(&s, &name, &instance, &task, &q, true).await?;
     let r = sent(&agent, rq).await?;
-    let stream = match q.stream.unwrap_or(LogStream::Stdout) {
-        LogStream::Stdout => "stdout",
-        LogStream::Stderr => "stderr",
-    };
+    let stream = LogStream::of(&q);
     let events = r.bytes_stream().map(move |b| {
         let data = match b {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
