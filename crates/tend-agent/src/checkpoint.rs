@@ -52,12 +52,27 @@ impl Checkpoint {
 /// The checkpoint files of an agent (one per instance).
 pub struct Checkpoints {
     dir: PathBuf,
-    lock: Mutex<()>,
+    /// A change reads, edits and replaces an instance's file under its stripe's lock: instances
+    /// in different stripes are written side by side.
+    locks: Vec<Mutex<()>>,
 }
+
+const STRIPES: usize = 32;
 
 impl Checkpoints {
     pub fn new(data_dir: &Path) -> Checkpoints {
-        Checkpoints { dir: data_dir.join("checkpoints"), lock: Mutex::new(()) }
+        Checkpoints {
+            dir: data_dir.join("checkpoints"),
+            locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    fn lock(&self, service: &str, instance: &str) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (service, instance).hash(&mut h);
+        let stripe = &self.locks[h.finish() as usize % STRIPES];
+        stripe.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn path(&self, a: &Assignment) -> PathBuf {
@@ -81,7 +96,7 @@ impl Checkpoints {
     }
 
     fn change(&self, a: &Assignment, f: impl FnOnce(&mut Checkpoint)) {
-        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.lock(&a.service, &a.instance);
         let path = self.path(a);
         let mut ck = std::fs::read(&path)
             .ok()
@@ -116,7 +131,7 @@ impl Checkpoints {
 
     /// Forgets an instance (its incarnation was stopped on purpose).
     pub fn remove(&self, service: &str, instance: &str) {
-        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _g = self.lock(service, instance);
         let _ = std::fs::remove_file(self.dir.join(service).join(format!("{instance}.json")));
     }
 

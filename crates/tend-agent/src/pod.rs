@@ -298,7 +298,7 @@ pub async fn run_pod(ctx: Arc<PodCtx>, a: Assignment, mut cancel: watch::Receive
             continue;
         }
         let env = task_env(&ctx, &a, t, &sandbox);
-        let mut p = match spawn(&sandbox, t, &env, a.fence_after_ms.is_some()) {
+        let mut p = match spawn(&sandbox, t, &env, a.fence_after_ms.is_some()).await {
             Ok(p) => p,
             Err(e) => {
                 board.set(status(&a, t, TaskState::Failed, Some(format!("cannot start: {e}"))));
@@ -307,7 +307,7 @@ pub async fn run_pod(ctx: Arc<PodCtx>, a: Assignment, mut cancel: watch::Receive
             }
         };
         if let Some(pid) = p.pid() {
-            ctx.checkpoints.record(&a, &t.name, pid, 0);
+            checkpoint_started(&ctx, &a, &t.name, pid, 0).await;
         }
         let mut s = status(&a, t, TaskState::Running, None);
         s.pid = p.pid();
@@ -335,6 +335,13 @@ pub async fn run_pod(ctx: Arc<PodCtx>, a: Assignment, mut cancel: watch::Receive
     }
     // Long-running tasks, side by side, each restarted in place when it stops.
     supervise_running(&ctx, &a, &sandbox, &cancel, |_| None).await;
+}
+
+/// Records a started task in its instance's checkpoint, off the async workers (the file is
+/// replaced through a new one, and creating a file can block on the filesystem).
+async fn checkpoint_started(ctx: &Arc<PodCtx>, a: &Assignment, task: &str, pid: u32, restarts: u32) {
+    let (ctx, a, task) = (ctx.clone(), a.clone(), task.to_string());
+    let _ = tokio::task::spawn_blocking(move || ctx.checkpoints.record(&a, &task, pid, restarts)).await;
 }
 
 fn fail_rest(board: &Board, a: &Assignment, failed: &TaskLaunch) {
@@ -397,7 +404,7 @@ async fn supervise(sup: Supervised, mut adopt: Option<(Proc, u32)>, mut cancel: 
                 restarts = r;
                 (p, true)
             }
-            None => match spawn(&sandbox, &t, &env, a.fence_after_ms.is_some()) {
+            None => match spawn(&sandbox, &t, &env, a.fence_after_ms.is_some()).await {
                 Ok(p) => (p, false),
                 Err(e) => {
                     board.set(status(&a, &t, TaskState::Failed, Some(format!("cannot start: {e}"))));
@@ -406,7 +413,7 @@ async fn supervise(sup: Supervised, mut adopt: Option<(Proc, u32)>, mut cancel: 
             },
         };
         if let Some(pid) = p.pid() {
-            ctx.checkpoints.record(&a, &t.name, pid, restarts);
+            checkpoint_started(&ctx, &a, &t.name, pid, restarts).await;
         }
         let mut s = status(&a, &t, TaskState::Running, None);
         s.pid = p.pid();

@@ -20,6 +20,10 @@ fn tend() -> Command {
     Command::new(env!("CARGO_BIN_EXE_tend"))
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 fn spawn_rate(n: usize) -> f64 {
     let t = Instant::now();
     for _ in 0..n {
@@ -69,8 +73,8 @@ async fn main() {
     let store =
         |name: &str| etcd.as_ref().map_or("redb".to_string(), |e| format!("etcd://{}/{name}", e.endpoints()));
     println!("store: {}", store("bench"));
-    let plain = run(&store("bench-plain"), false, spawn).await;
-    let tls = run(&store("bench-tls"), true, spawn).await;
+    let plain = run(top.path(), &store("bench-plain"), false, spawn).await;
+    let tls = run(top.path(), &store("bench-tls"), true, spawn).await;
     println!(
         "mutual TLS vs plain HTTP, same run: deploy time {:.3}x ({tls:.2} s vs {plain:.2} s)",
         tls / plain
@@ -79,18 +83,22 @@ async fn main() {
 
 /// A control plane and 3 agents, over mutual TLS or plain HTTP: deploys 500 tasks; with TLS,
 /// then kills and restarts the control plane. Returns the deploy time in seconds.
-async fn run(store: &str, tls: bool, spawn: f64) -> f64 {
-    let dir = tempfile::tempdir().expect("tempdir");
+async fn run(top: &std::path::Path, store: &str, tls: bool, spawn: f64) -> f64 {
+    // Under `top`, deleted only when every run is over: ext4 scans past inodes freed within the
+    // last 30 s when it allocates new ones, so a run's cleanup would slow the next run's launches.
+    let dir = tempfile::tempdir_in(top).expect("tempdir");
+    let dir = dir.keep();
+    let dir = &dir;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("port");
     let base = format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" });
     let mut procs = tend_testkit::Procs::new(Duration::from_secs(30));
-    procs.children.push(start_server(dir.path(), port, store, tls));
+    procs.children.push(start_server(dir, port, store, tls));
     wait_port(port).await;
-    let token = std::fs::read_to_string(dir.path().join("server/token")).expect("token").trim().to_string();
-    let ca = dir.path().join("server/ca.pem");
+    let token = std::fs::read_to_string(dir.join("server/token")).expect("token").trim().to_string();
+    let ca = dir.join("server/ca.pem");
     let http = match tls {
         true => {
             let pem = std::fs::read_to_string(&ca).expect("the cluster CA");
@@ -106,17 +114,21 @@ async fn run(store: &str, tls: bool, spawn: f64) -> f64 {
         let lo = 40_000 + i as u16 * 1000;
         let mut extra = vec!["--cpus".to_string(), "64".into(), "--memory-mb".into(), "65536".into()];
         if tls {
-            let t: Value = http
-                .post(format!("{base}/v1/agent-tokens"))
-                .bearer_auth(&token)
-                .json(&serde_json::json!({ "ttl_seconds": 600 }))
-                .send()
-                .await
-                .expect("join token")
-                .json()
-                .await
-                .expect("join token");
-            extra.extend(["--join-token".to_string(), t["token"].as_str().expect("a token").to_string()]);
+            // A control plane listens before it leads (it answers `no_leader` meanwhile).
+            let mut t = Value::Null;
+            for _ in 0..250 {
+                let req = http
+                    .post(format!("{base}/v1/agent-tokens"))
+                    .bearer_auth(&token)
+                    .json(&serde_json::json!({ "ttl_seconds": 600 }));
+                t = req.send().await.expect("join token").json().await.expect("join token");
+                if t["error"]["code"] != "no_leader" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let Some(join) = t["token"].as_str() else { panic!("no join token: {t}") };
+            extra.extend(["--join-token".to_string(), join.to_string()]);
         }
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         procs.children.push(tend_testkit::spawn_agent(
@@ -124,8 +136,8 @@ async fn run(store: &str, tls: bool, spawn: f64) -> f64 {
             &base,
             zone,
             (lo, lo + 999),
-            &dir.path().join("server/cluster-token"),
-            &dir.path().join(format!("agent-{zone}")),
+            &dir.join("server/cluster-token"),
+            &dir.join(format!("agent-{zone}")),
             &extra,
         ));
     }
@@ -142,9 +154,10 @@ async fn run(store: &str, tls: bool, spawn: f64) -> f64 {
     let spec = format!(
         "version: 1\nname: bench\npods:\n  sleeper:\n    count: {TASKS}\n    tasks:\n      t: {{ cmd: 'exec sleep 3600', cpus: 0.01, memory_mb: 8 }}\nplans:\n  deploy:\n    phases:\n      all: {{ pod: sleeper, strategy: parallel }}\n"
     );
-    let spec_path = dir.path().join("bench.yml");
+    let spec_path = dir.join("bench.yml");
     std::fs::write(&spec_path, spec).expect("write spec");
     let t = Instant::now();
+    let t_ms = now_ms();
     let mut deploy = tend();
     deploy.args(["service", "deploy", "--no-wait", "--addr", &base, "--token", &token]);
     if tls {
@@ -167,6 +180,23 @@ async fn run(store: &str, tls: bool, spawn: f64) -> f64 {
         "deploy {TASKS} tasks (parallel plan, 3 agents, {mode}): {secs:>6.2} s = {rate:>6.0} tasks running/s  ({:.3}x spawn rate)",
         rate / spawn
     );
+    // Where the time went: the agents' start times of the tasks, against the submit.
+    let pods = get(&http, &base, &token, "/v1/services/bench/pods").await.unwrap_or_default();
+    let mut starts: Vec<u64> = pods
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["tasks"][0]["since_ms"].as_u64()).collect())
+        .unwrap_or_default();
+    starts.sort_unstable();
+    if let (Some(first), Some(last)) = (starts.first(), starts.last()) {
+        let rel = |ms: u64| ms.saturating_sub(t_ms) as f64 / 1000.0;
+        println!(
+            "  tasks started {:.2}–{:.2} s after the submit (median {:.2} s); plan complete {:.2} s after the last start",
+            rel(*first),
+            rel(*last),
+            rel(starts[starts.len() / 2]),
+            secs - rel(*last)
+        );
+    }
     if !tls {
         return secs;
     }
@@ -191,7 +221,7 @@ async fn run(store: &str, tls: bool, spawn: f64) -> f64 {
         .expect("kill");
     server.wait().expect("reap");
     let t = Instant::now();
-    procs.children.insert(0, start_server(dir.path(), port, store, tls));
+    procs.children.insert(0, start_server(dir, port, store, tls));
     wait_port(port).await;
     let listening = t.elapsed().as_secs_f64();
     let (mut reconciled, mut complete) = (None, None);

@@ -116,6 +116,32 @@ fn the_control_core_knows_no_edge() {
     assert!(offenders.is_empty(), "tend-control reaching an edge:\n{}", offenders.join("\n"));
 }
 
+/// Architecture invariant: one domain model. Stored instance and agent records are read and
+/// written only through their conversion in `tend-control/src/records.rs`; every other module
+/// (reconcilers, API, simulator, benches) reasons on `tend_model::Instance` and `Agent`.
+#[test]
+fn storage_records_stay_at_the_store_edge() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut files = Vec::new();
+    rust_files(&root.join("crates"), &mut files);
+    assert!(files.len() > 50, "found only {} files", files.len());
+    let allowed = ["crates/tend-control/src/records.rs", "crates/tend-control/tests/records.rs"];
+    let mut offenders = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(&root).unwrap_or(f).display().to_string();
+        if allowed.contains(&rel.as_str()) || rel.ends_with("tests/tidy.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        for name in ["InstanceRecord", "AgentRecord"] {
+            if text.contains(name) {
+                offenders.push(format!("{rel}: {name}"));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "storage records outside the store edge:\n{}", offenders.join("\n"));
+}
+
 /// Architecture invariant: only the edges read the system clock. `SystemTime::now` and
 /// `Instant::now` may appear in the pure crates' sources only in `tend-model` (which defines
 /// `SystemClock` for the edges to construct).

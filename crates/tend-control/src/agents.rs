@@ -52,19 +52,20 @@ impl AgentProtocol for Control {
             ));
         }
         self.check_cluster(&req).await?;
-        let rec = AgentRecord {
+        let rec = tend_model::Agent {
             id: req.agent_id.clone(),
             host: req.host.clone(),
-            agent_url: req.agent_url.clone(),
+            url: req.agent_url.clone(),
             attributes: req.attributes.clone(),
-            cpus_milli: (r.cpus * 1000.0).round() as u64,
-            memory_mb: r.memory_mb,
-            disk_mb: r.disk_mb,
-            port_lo: r.port_range[0],
-            port_hi: r.port_range[1],
+            capacity: tend_model::Resources {
+                cpus_milli: (r.cpus * 1000.0).round() as u64,
+                memory_mb: r.memory_mb,
+                disk_mb: r.disk_mb,
+            },
+            ports: (r.port_range[0], r.port_range[1]),
             registered_ms: self.now_ms(),
         };
-        let v = serde_json::to_vec(&rec).map_err(|e| (500, "internal", e.to_string()))?;
+        let v = encode_agent(&rec).map_err(|e| (500, "internal", e.to_string()))?;
         self.inner.store.put(&agent_key(&rec.id), &v).await.map_err(|e| (503, "store", e.to_string()))?;
         let known = {
             let mut agents = self.inner.agents.write().unwrap_or_else(|e| e.into_inner());
@@ -76,6 +77,8 @@ impl AgentProtocol for Control {
             agents.insert(rec.id.clone(), live);
             known
         };
+        // Recovery looks again at what runs there (the agent may have been lost).
+        self.inner.reported.lock().unwrap_or_else(|e| e.into_inner()).agents.insert(rec.id.clone());
         let what = if known { "re-registered" } else { "joined" };
         self.event(None, EventKind::Agent, format!("agent {} {what} ({})", rec.id, rec.host)).await;
         Ok(RegisterResponse {
@@ -171,7 +174,7 @@ impl Control {
 /// What the control plane knows of an agent right now.
 #[derive(Clone, Debug)]
 pub struct AgentLive {
-    pub record: AgentRecord,
+    pub agent: tend_model::Agent,
     /// None: not heard from since this control plane started.
     pub last_seen_ms: Option<u64>,
     pub tasks: Vec<TaskStatus>,
@@ -185,9 +188,9 @@ pub struct AgentLive {
 }
 
 impl AgentLive {
-    pub fn new(record: AgentRecord, last_seen_ms: Option<u64>, tasks: Vec<TaskStatus>) -> AgentLive {
+    pub fn new(agent: tend_model::Agent, last_seen_ms: Option<u64>, tasks: Vec<TaskStatus>) -> AgentLive {
         let mut a = AgentLive {
-            record,
+            agent,
             last_seen_ms,
             tasks: Vec::new(),
             conflict: None,

@@ -15,11 +15,11 @@ use crate::Control;
 pub const HOOK_TIMEOUT_SECONDS: u64 = 120;
 
 /// The instances `spec` no longer has, highest index first.
-pub fn beyond(spec: &tend_spec::ServiceSpec, instances: &[(String, InstanceRecord)]) -> Vec<String> {
+pub fn beyond(spec: &tend_spec::ServiceSpec, instances: &[(String, tend_model::Instance)]) -> Vec<String> {
     let mut out: Vec<(u32, String)> = instances
         .iter()
-        .filter(|(_, r)| spec.pod(&r.pod).is_none_or(|p| r.index >= p.count))
-        .map(|(i, r)| (r.index, i.clone()))
+        .filter(|(_, r)| spec.pod(&r.id.pod).is_none_or(|p| r.id.index >= p.count))
+        .map(|(i, r)| (r.id.index, i.clone()))
         .collect();
     out.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     out.into_iter().map(|(_, i)| i).collect()
@@ -36,8 +36,8 @@ pub async fn run(s: &Control, service: &str, instances: &[String]) -> Result<(),
 async fn one(s: &Control, service: &str, inst: &str) -> Result<(), String> {
     let key = instance_key(service, inst);
     let Some(kv) = s.inner.store.get(&key).await.map_err(|e| e.to_string())? else { return Ok(()) };
-    let rec: InstanceRecord = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;
-    if let (Some(agent), true) = (&rec.agent, rec.incarnation > 0) {
+    let rec = decode_instance(&kv.value)?;
+    if let (Some(agent), true) = (rec.agent(), rec.incarnation.is_some()) {
         if let Some(cmd) = hook(s, service, &rec) {
             let run = crate::gates::Command {
                 job: "decommission",
@@ -53,12 +53,14 @@ async fn one(s: &Control, service: &str, inst: &str) -> Result<(), String> {
     let mut txn =
         Txn::new().when(Compare::mod_revision_eq(&key, kv.mod_revision)).then(TxnOp::Delete { key });
     let floor = crate::services::incarnation_floor(s, service, inst).await?;
-    if rec.incarnation > floor {
-        txn = txn.then(TxnOp::put(incarnation_floor_key(service, inst), rec.incarnation.to_string()));
+    let incarnation = rec.incarnation_number();
+    if incarnation > floor {
+        txn = txn.then(TxnOp::put(incarnation_floor_key(service, inst), incarnation.to_string()));
     }
     let mut retained = String::new();
-    if let Some(id) = &rec.volume_id {
-        if let Some(op) = crate::volumes::retain_op(s, id, &format!("{inst} decommissioned")).await? {
+    if let Some(id) = &rec.volumes.set {
+        let reason = format!("{inst} decommissioned");
+        if let Some(op) = crate::volumes::retain_op(s, id.as_str(), &reason).await? {
             txn = txn.then(op);
             retained = format!("; volumes {id} retained");
         }
@@ -67,16 +69,16 @@ async fn one(s: &Control, service: &str, inst: &str) -> Result<(), String> {
         return Err(format!("{inst} changed while being decommissioned; tried again"));
     }
     s.inner.desired_gen.send_modify(|g| *g += 1);
-    let msg = format!("decommissioned {inst} (incarnation {}){retained}", rec.incarnation);
+    let msg = format!("decommissioned {inst} (incarnation {incarnation}){retained}");
     s.event(Some(service), EventKind::Service, msg).await;
     Ok(())
 }
 
 /// The `on_decommission` command of the config the instance runs (its pod may be gone from the
 /// current spec).
-fn hook(s: &Control, service: &str, rec: &InstanceRecord) -> Option<String> {
+fn hook(s: &Control, service: &str, rec: &tend_model::Instance) -> Option<String> {
     let rt = s.service(service)?;
     let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
-    let from_config = rt.configs.get(&rec.config).and_then(|c| c.pod.on_decommission.clone());
-    from_config.or_else(|| rt.spec.pod(&rec.pod).and_then(|p| p.on_decommission.clone()))
+    let from_config = rt.configs.get(rec.config()).and_then(|c| c.pod.on_decommission.clone());
+    from_config.or_else(|| rt.spec.pod(&rec.id.pod).and_then(|p| p.on_decommission.clone()))
 }

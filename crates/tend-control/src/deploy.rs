@@ -13,6 +13,8 @@ use tend_plan::{Applied, ApplyReason, CheckResult, Engine, StepNode, StepWork};
 use tend_spec::{Goal, PodSpec, Probe, ServiceSpec};
 use tend_store::{Compare, Txn, TxnOp};
 
+use tend_model::Instance;
+
 use crate::records::*;
 use crate::Control;
 
@@ -48,15 +50,15 @@ impl DeployWork {
     }
 
     /// Whether the instance's incarnation was launched by this rolling plan's rollout.
-    fn launched_here(&self, rec: &InstanceRecord) -> bool {
-        self.rolling.is_some_and(|since| rec.launched_ms >= since)
+    fn launched_here(&self, rec: &Instance) -> bool {
+        self.rolling.is_some_and(|since| rec.launched_ms() >= since)
     }
 
     /// Whether an instance this work launched has been up long enough to move on.
     fn healthy_long_enough(
         &self,
         pod: &PodSpec,
-        rec: &InstanceRecord,
+        rec: &Instance,
         tasks: &[tend_api::TaskStatus],
         now: u64,
     ) -> bool {
@@ -65,6 +67,21 @@ impl DeployWork {
         }
         let min = pod.update.min_healthy_seconds * 1000;
         tasks.iter().filter(|t| t.state == TaskState::Running).all(|t| now.saturating_sub(t.since_ms) >= min)
+    }
+
+    /// Milliseconds until the next running task of the instance's target incarnation has run
+    /// for `MIN_RUNNING_MS` (None: no task is about to pass it).
+    fn running_rule_due(&self, instance: &str) -> Option<u64> {
+        let rec = self.server.inner.state.instance(&self.service, instance)?;
+        let tasks =
+            self.server.task_statuses(rec.agent()?, &self.service, instance, rec.incarnation_number())?;
+        let now = self.server.now_ms();
+        tasks
+            .iter()
+            .filter(|t| t.state == TaskState::Running)
+            .map(|t| t.since_ms.saturating_add(MIN_RUNNING_MS).saturating_sub(now))
+            .filter(|ms| *ms > 0)
+            .min()
     }
 
     fn deadline_ms(&self, pod: &PodSpec) -> u64 {
@@ -195,12 +212,11 @@ impl DeployWork {
         Some((rt.spec.clone(), rt.identities.clone()))
     }
 
-    pub(crate) async fn record(&self, instance: &str) -> Result<Option<(InstanceRecord, i64)>, String> {
+    /// The instance as stored, with the revision to compare-and-swap on.
+    pub(crate) async fn record(&self, instance: &str) -> Result<Option<(Instance, i64)>, String> {
         let key = instance_key(&self.service, instance);
         match self.server.inner.store.get(&key).await.map_err(|e| e.to_string())? {
-            Some(kv) => {
-                Ok(Some((serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?, kv.mod_revision)))
-            }
+            Some(kv) => Ok(Some((decode_instance(&kv.value)?, kv.mod_revision))),
             None => Ok(None),
         }
     }
@@ -211,7 +227,7 @@ impl DeployWork {
         crate::launch::ensure_launched(&self.server, &self.service, instance).await
     }
 
-    pub(crate) async fn write(&self, instance: &str, rec: &InstanceRecord, rev: i64) -> Result<(), String> {
+    pub(crate) async fn write(&self, instance: &str, rec: &Instance, rev: i64) -> Result<(), String> {
         self.write_with(instance, rec, rev, Vec::new()).await
     }
 
@@ -220,12 +236,12 @@ impl DeployWork {
     pub(crate) async fn write_with(
         &self,
         instance: &str,
-        rec: &InstanceRecord,
+        rec: &Instance,
         rev: i64,
         extra: Vec<TxnOp>,
     ) -> Result<(), String> {
         let key = instance_key(&self.service, instance);
-        let v = serde_json::to_vec(rec).map_err(|e| e.to_string())?;
+        let v = encode_instance(rec)?;
         let mut txn = Txn::new().when(Compare::mod_revision_eq(&key, rev)).then(TxnOp::put(&key, v));
         for op in extra {
             txn = txn.then(op);
@@ -255,11 +271,13 @@ impl StepWork for DeployWork {
         let (spec, ids) = self.spec().ok_or("service is gone")?;
         let (pod, _) = pod_of(&spec, &step.name).ok_or_else(|| format!("no pod for {}", step.name))?;
         let Some((rec, _)) = self.record(&step.name).await? else { return Ok(CheckResult::Needed) };
-        if rec.incarnation == 0 || Some(&rec.config) != ids.get(&pod.name) {
+        if rec.incarnation.is_none() || Some(rec.config()) != ids.get(&pod.name).map(String::as_str) {
             return Ok(CheckResult::Needed);
         }
-        let Some(agent) = &rec.agent else { return Ok(CheckResult::Needed) };
-        let Some(tasks) = self.server.task_statuses(agent, &self.service, &step.name, rec.incarnation) else {
+        let Some(agent) = rec.agent() else { return Ok(CheckResult::Needed) };
+        let Some(tasks) =
+            self.server.task_statuses(agent, &self.service, &step.name, rec.incarnation_number())
+        else {
             return Ok(CheckResult::Needed);
         };
         let now = self.server.now_ms();
@@ -295,16 +313,20 @@ impl StepWork for DeployWork {
 
     async fn progress(&self, step: &StepNode) -> Result<(), String> {
         let mut status = self.server.inner.status_gen.subscribe();
-        let _ = tokio::time::timeout(Duration::from_millis(500), status.changed()).await;
-        // Reports arrive in bursts (every agent, every few ms while tasks start): look at most
-        // every 25 ms, so that hundreds of waiting steps do not re-read the store per report.
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        // A report may change the judgement, and so may time: a task passes the running rule
+        // at a moment known in advance, with no report to announce it.
+        let wait = self.running_rule_due(&step.name).map_or(500, |ms| ms.clamp(1, 500));
+        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(wait), status.changed()).await {
+            // Reports arrive in bursts (every agent, every few ms while tasks start): look at
+            // most every 25 ms, so that hundreds of waiting steps do not re-read per report.
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
         let (spec, ids) = self.spec().ok_or("service is gone")?;
         let (pod, _) = pod_of(&spec, &step.name).ok_or_else(|| format!("no pod for {}", step.name))?;
         let rec = self.record(&step.name).await?.map(|(r, _)| r);
         let placed = rec
             .as_ref()
-            .is_some_and(|r| r.agent.is_some() && r.incarnation > 0 && Some(&r.config) == ids.get(&pod.name));
+            .is_some_and(|r| r.is_launched() && Some(r.config()) == ids.get(&pod.name).map(String::as_str));
         if !placed {
             // Pending (no agent fitted yet) or a concurrent change: try again.
             return match self.ensure_launched(&step.name).await {
@@ -312,17 +334,18 @@ impl StepWork for DeployWork {
             };
         }
         let rec = rec.ok_or("record vanished")?;
-        let agent = rec.agent.clone().unwrap_or_default();
+        let agent = rec.agent().unwrap_or_default().to_string();
+        let incarnation = rec.incarnation_number();
         let now = self.server.now_ms();
-        let tasks = self.server.task_statuses(&agent, &self.service, &step.name, rec.incarnation);
+        let tasks = self.server.task_statuses(&agent, &self.service, &step.name, incarnation);
         if let Some(tasks) = &tasks {
             if let Err(e) = judge(pod, tasks, now) {
-                return Err(format!("{} incarnation {} on agent {agent}: {e}", step.name, rec.incarnation));
+                return Err(format!("{} incarnation {incarnation} on agent {agent}: {e}", step.name));
             }
         }
         // Every wait on agents has a deadline, and says what it waited for.
         let deadline = self.deadline_ms(pod);
-        if now.saturating_sub(rec.launched_ms) > deadline {
+        if now.saturating_sub(rec.launched_ms()) > deadline {
             let gate = self.gate_failures.lock().unwrap_or_else(|e| e.into_inner()).get(&step.name).cloned();
             let what = match (&tasks, gate) {
                 (_, Some(g)) => format!("the health gate to pass ({g})"),
@@ -332,7 +355,7 @@ impl StepWork for DeployWork {
             return Err(format!(
                 "{} incarnation {} on agent {agent} not running after {} s: waited for {what}",
                 step.name,
-                rec.incarnation,
+                incarnation,
                 deadline / 1000
             ));
         }
@@ -358,14 +381,14 @@ fn check_spec(c: &tend_spec::Check, ports: &BTreeMap<String, u16>) -> CheckSpec 
     }
 }
 
-/// The assignment an agent gets for an instance record.
+/// The assignment an agent gets for an instance.
 pub fn assignment(
     service: &str,
     rec_artifacts: &BTreeMap<String, String>,
     recovery: &tend_spec::RecoveryPolicy,
     pod: &PodSpec,
     instance: &str,
-    rec: &InstanceRecord,
+    rec: &Instance,
 ) -> Assignment {
     let artifacts = pod
         .artifacts
@@ -384,29 +407,30 @@ pub fn assignment(
         })
         .collect();
     let mut env = pod.env.clone();
-    if let Some((agent, host)) = &rec.replaced_from {
+    let replaced_from = rec.incarnation.as_ref().and_then(|i| i.replaced_from.as_ref());
+    if let Some(r) = replaced_from {
         env.insert("TEND_REPLACING".into(), "1".into());
-        env.insert("TEND_REPLACED_AGENT".into(), agent.clone());
-        env.insert("TEND_REPLACED_HOST".into(), host.clone());
+        env.insert("TEND_REPLACED_AGENT".into(), r.agent.clone());
+        env.insert("TEND_REPLACED_HOST".into(), r.host.clone());
     }
+    let ports = rec.ports().cloned().unwrap_or_default();
     let mut asg = Assignment {
         backoff: tend_api::Backoff {
             initial_ms: recovery.backoff.initial_seconds * 1000,
             max_ms: recovery.backoff.max_seconds * 1000,
             reset_after_ms: (recovery.backoff.max_seconds * 1000).max(10_000),
         },
-        volume_id: rec.volume_id.clone().unwrap_or_default(),
-        legacy_volume_generation: (rec.volume_id.is_none() && rec.volume_generation > 0)
-            .then_some(rec.volume_generation),
+        volume_id: rec.volumes.set.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+        legacy_volume_generation: (rec.volumes.set.is_none() && rec.volumes.legacy_generation > 0)
+            .then_some(rec.volumes.legacy_generation),
         fence_after_ms: (recovery.on_partition == tend_spec::OnPartition::Fence)
             .then_some(recovery.fence_after_seconds * 1000),
         service: service.to_string(),
         pod: pod.name.clone(),
-        pod_index: rec.index,
+        pod_index: rec.id.index,
         instance: instance.to_string(),
-        incarnation: rec.incarnation,
-        config: rec.config.clone(),
-        ports: rec.ports.clone(),
+        incarnation: rec.incarnation_number(),
+        config: rec.config().to_string(),
         env,
         artifacts,
         volumes: pod
@@ -429,14 +453,15 @@ pub fn assignment(
                 memory_mb: t.memory_mb,
                 kill_grace_period_seconds: t.kill_grace_period_seconds,
                 essential: t.essential,
-                health_check: t.health_check.as_ref().map(|c| check_spec(c, &rec.ports)),
-                readiness_check: t.readiness_check.as_ref().map(|c| check_spec(c, &rec.ports)),
+                health_check: t.health_check.as_ref().map(|c| check_spec(c, &ports)),
+                readiness_check: t.readiness_check.as_ref().map(|c| check_spec(c, &ports)),
                 skip: t.goal == Goal::Once && rec.once_done.contains(&t.name),
             })
             .collect(),
+        ports,
     };
     // The failure listener: a replacement runs the pod's hook before its tasks.
-    if let (Some(cmd), Some(_)) = (&pod.on_replace, &rec.replaced_from) {
+    if let (Some(cmd), Some(_)) = (&pod.on_replace, replaced_from) {
         asg.tasks.insert(
             0,
             TaskLaunch {
@@ -465,7 +490,7 @@ pub async fn desired_for(server: &Control, agent: &str) -> anyhow::Result<Vec<As
     type Loaded = Option<(Arc<ServiceSpec>, Arc<crate::configs::Configs>, BTreeMap<String, String>)>;
     let mut specs: BTreeMap<String, Loaded> = BTreeMap::new();
     for (svc, instance, rec) in server.inner.state.of_agent(agent) {
-        if rec.incarnation == 0 {
+        if rec.incarnation.is_none() {
             continue;
         }
         let loaded = specs.entry(svc.clone()).or_insert_with(|| {
@@ -478,10 +503,10 @@ pub async fn desired_for(server: &Control, agent: &str) -> anyhow::Result<Vec<As
         // moved on while a rolling update has not reached this instance yet.
         // (A config no generation on record has — written before generations were kept — gets
         // the current pod's: never a reason to stop what runs.)
-        match configs.get(&rec.config) {
+        match configs.get(rec.config()) {
             Some(c) => out.push(assignment(&svc, &c.artifacts, &spec.recovery, &c.pod, &instance, &rec)),
             None => {
-                let Some(pod) = spec.pod(&rec.pod) else { continue };
+                let Some(pod) = spec.pod(&rec.id.pod) else { continue };
                 out.push(assignment(&svc, artifacts, &spec.recovery, pod, &instance, &rec));
             }
         }

@@ -9,12 +9,12 @@ use tend_api::{ChangeAction, DataFate, FieldChange, InstanceChange};
 use tend_spec::{PodSpec, ServiceSpec};
 
 use crate::configs::Configs;
-use crate::records::InstanceRecord;
+use tend_model::Instance;
 
 /// The running side of a dry run: the service's configs and instance records.
 pub struct Running<'a> {
     pub configs: &'a Configs,
-    pub instances: &'a BTreeMap<String, InstanceRecord>,
+    pub instances: &'a BTreeMap<String, Instance>,
     pub spec: &'a ServiceSpec,
 }
 
@@ -35,7 +35,7 @@ pub fn plan(
         let notes = volumes.as_ref().ok().filter(|n| !n.is_empty()).map(|n| n.join("; "));
         for i in 0..pod.count {
             let instance = format!("{}-{i}", pod.name);
-            let rec = running.and_then(|r| r.instances.get(&instance)).filter(|r| r.incarnation > 0);
+            let rec = running.and_then(|r| r.instances.get(&instance)).filter(|r| r.incarnation.is_some());
             let change = match (rec, &refusal) {
                 (Some(_), Some(why)) => change(
                     &instance,
@@ -45,11 +45,11 @@ pub fn plan(
                     vec![],
                     Some(why.to_string()),
                 ),
-                (Some(rec), None) if rec.config == identity => {
+                (Some(rec), None) if rec.config() == identity => {
                     change(&instance, pod, ChangeAction::Unchanged, fate(pod, true), vec![], None)
                 }
                 (Some(rec), None) => {
-                    let was = running.and_then(|r| r.configs.get(&rec.config)).map(|c| c.pod.as_ref());
+                    let was = running.and_then(|r| r.configs.get(rec.config())).map(|c| c.pod.as_ref());
                     let fields = was.map(|w| diff(w, pod)).unwrap_or_default();
                     change(&instance, pod, ChangeAction::Restart, fate(pod, true), fields, notes.clone())
                 }
@@ -61,13 +61,13 @@ pub fn plan(
     // Instances the new spec no longer has (a lower count, a pod removed).
     if let Some(r) = running {
         for (instance, rec) in r.instances {
-            let kept = new.pod(&rec.pod).is_some_and(|p| rec.index < p.count);
+            let kept = new.pod(&rec.id.pod).is_some_and(|p| rec.id.index < p.count);
             if !kept {
-                let hook = r.configs.get(&rec.config).and_then(|c| c.pod.on_decommission.clone());
-                let data = if rec.volume_id.is_some() { DataFate::Retained } else { DataFate::None };
+                let hook = r.configs.get(rec.config()).and_then(|c| c.pod.on_decommission.clone());
+                let data = if rec.volumes.set.is_some() { DataFate::Retained } else { DataFate::None };
                 out.push(InstanceChange {
                     instance: instance.clone(),
-                    pod: rec.pod.clone(),
+                    pod: rec.id.pod.clone(),
                     action: ChangeAction::Decommission,
                     data,
                     fields: vec![],

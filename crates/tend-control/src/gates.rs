@@ -59,11 +59,11 @@ fn pick(
     let pod = spec.pod(&gate.pod)?;
     let now = s.now_ms();
     s.inner.state.instances(service).into_iter().find_map(|(inst, rec)| {
-        if inst == changing || rec.pod != gate.pod || rec.incarnation == 0 {
+        if inst == changing || rec.id.pod != gate.pod || rec.incarnation.is_none() {
             return None;
         }
-        let agent = rec.agent.clone()?;
-        let tasks = s.task_statuses(&agent, service, &inst, rec.incarnation)?;
+        let agent = rec.agent()?.to_string();
+        let tasks = s.task_statuses(&agent, service, &inst, rec.incarnation_number())?;
         (pod_of(spec, &inst).is_some() && judge(pod, &tasks, now) == Ok(true)).then_some((inst, agent))
     })
 }

@@ -11,9 +11,9 @@ use tend_spec::{PodSpec, ServiceSpec};
 use tend_store::TxnOp;
 
 use crate::deploy::{pod_of, DeployWork};
-use crate::records::InstanceRecord;
 use crate::Control;
 use tend_api::EventKind;
+use tend_model::{Instance, Reservation};
 
 /// What an instance of `pod` reserves.
 pub fn needs_of(pod: &PodSpec) -> Resources {
@@ -27,26 +27,20 @@ pub fn needs_of(pod: &PodSpec) -> Resources {
 /// An instance relaunched in place on a new config keeps its agent; its reservation follows the
 /// new config's needs (`disk_mb`: what its volume set takes) when the agent has room for the
 /// difference. Err: why it must wait.
-fn re_reserve(server: &Control, rec: &mut InstanceRecord, pod: &PodSpec, disk_mb: u64) -> Result<(), String> {
+fn re_reserve(server: &Control, rec: &mut Instance, pod: &PodSpec, disk_mb: u64) -> Result<(), String> {
     let needs = Resources { disk_mb, ..needs_of(pod) };
-    let old = Resources { cpus_milli: rec.cpus_milli, memory_mb: rec.memory_mb, disk_mb: rec.disk_mb };
-    let agent = rec.agent.clone().unwrap_or_default();
+    let old = rec.reserved();
+    let agent = rec.agent().unwrap_or_default().to_string();
     let more = needs.minus(&old);
     if more != Resources::default() {
         let capacity = {
             let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
-            let r =
-                agents.get(&agent).map(|a| &a.record).ok_or_else(|| format!("agent {agent} is unknown"))?;
-            Resources { cpus_milli: r.cpus_milli, memory_mb: r.memory_mb, disk_mb: r.disk_mb }
+            agents.get(&agent).map(|a| a.agent.capacity).ok_or_else(|| format!("agent {agent} is unknown"))?
         };
         let mut reserved = Resources::default();
         server.inner.state.for_each_placed(|_, r| {
-            if r.agent.as_deref() == Some(agent.as_str()) {
-                reserved = reserved.plus(&Resources {
-                    cpus_milli: r.cpus_milli,
-                    memory_mb: r.memory_mb,
-                    disk_mb: r.disk_mb,
-                });
+            if r.agent() == Some(agent.as_str()) {
+                reserved = reserved.plus(&r.reserved());
             }
         });
         let free = capacity.minus(&reserved);
@@ -57,11 +51,10 @@ fn re_reserve(server: &Control, rec: &mut InstanceRecord, pod: &PodSpec, disk_mb
             ));
         }
     }
-    rec.ports = re_port(server, &agent, rec, pod)?;
-    rec.cpus_milli = needs.cpus_milli;
-    rec.memory_mb = needs.memory_mb;
-    rec.disk_mb = needs.disk_mb.max(rec.disk_mb);
-    rec.volumes = pod.volumes.iter().map(|v| v.name.clone()).collect();
+    let ports = re_port(server, &agent, rec, pod)?;
+    let resources = Resources { disk_mb: needs.disk_mb.max(old.disk_mb), ..needs };
+    rec.reservation = Some(Reservation { agent, resources, ports });
+    rec.volumes.names = pod.volumes.iter().map(|v| v.name.clone()).collect();
     Ok(())
 }
 
@@ -71,32 +64,33 @@ fn re_reserve(server: &Control, rec: &mut InstanceRecord, pod: &PodSpec, disk_mb
 fn re_port(
     server: &Control,
     agent: &str,
-    rec: &InstanceRecord,
+    rec: &Instance,
     pod: &PodSpec,
 ) -> Result<BTreeMap<String, u16>, String> {
+    let none = BTreeMap::new();
+    let have = rec.ports().unwrap_or(&none);
     let wanted: Vec<(String, u16)> =
         pod.tasks.iter().flat_map(|t| t.ports.iter().map(|(n, p)| (n.clone(), *p))).collect();
-    if wanted.iter().all(|(n, p)| rec.ports.get(n).is_some_and(|have| *p == 0 || have == p)) {
-        return Ok(wanted.iter().filter_map(|(n, _)| rec.ports.get(n).map(|p| (n.clone(), *p))).collect());
+    if wanted.iter().all(|(n, p)| have.get(n).is_some_and(|h| *p == 0 || h == p)) {
+        return Ok(wanted.iter().filter_map(|(n, _)| have.get(n).map(|p| (n.clone(), *p))).collect());
     }
     let (lo, hi) = {
         let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
-        let r = agents.get(agent).map(|a| &a.record).ok_or_else(|| format!("agent {agent} is unknown"))?;
-        (r.port_lo, r.port_hi)
+        agents.get(agent).map(|a| a.agent.ports).ok_or_else(|| format!("agent {agent} is unknown"))?
     };
     let mut used: HashSet<u16> = HashSet::new();
     server.inner.state.for_each_placed(|_, r| {
-        if r.agent.as_deref() == Some(agent) {
-            used.extend(r.ports.values().copied());
+        if r.agent() == Some(agent) {
+            used.extend(r.ports().into_iter().flat_map(|p| p.values().copied()));
         }
     });
     // This instance's own ports are free for it.
-    for p in rec.ports.values() {
+    for p in have.values() {
         used.remove(p);
     }
     let mut out = BTreeMap::new();
     for (name, fixed) in &wanted {
-        let port = match (rec.ports.get(name), *fixed) {
+        let port = match (have.get(name), *fixed) {
             (Some(have), 0) => *have,
             (Some(have), f) if *have == f => f,
             (_, 0) => (lo..=hi)
@@ -140,17 +134,13 @@ impl Snapshot {
             agents
                 .values()
                 .map(|a| {
-                    let r = &a.record;
+                    let r = &a.agent;
                     let snap = AgentSnapshot {
                         id: r.id.clone(),
                         attributes: r.attributes.clone(),
-                        capacity: Resources {
-                            cpus_milli: r.cpus_milli,
-                            memory_mb: r.memory_mb,
-                            disk_mb: r.disk_mb,
-                        },
+                        capacity: r.capacity,
                         reserved: Resources::default(),
-                        port_range: (r.port_lo, r.port_hi),
+                        port_range: r.ports,
                         used_ports: Default::default(),
                         schedulable: server.agent_up(a) && Some(r.id.as_str()) != avoid,
                     };
@@ -162,14 +152,12 @@ impl Snapshot {
         let state = &server.inner.state;
         state.caught_up(&*server.inner.store).await.map_err(|e| e.to_string())?;
         state.for_each_placed(|svc, rec| {
-            let Some(agent) = &rec.agent else { return };
-            if let Some(a) = agents.get_mut(agent) {
-                let r =
-                    Resources { cpus_milli: rec.cpus_milli, memory_mb: rec.memory_mb, disk_mb: rec.disk_mb };
-                a.reserved = a.reserved.plus(&r);
-                a.used_ports.extend(rec.ports.values().copied());
+            let Some(res) = &rec.reservation else { return };
+            if let Some(a) = agents.get_mut(&res.agent) {
+                a.reserved = a.reserved.plus(&res.resources);
+                a.used_ports.extend(res.ports.values().copied());
             }
-            existing.entry(format!("{svc}/{}", rec.pod)).or_default().push(agent.clone());
+            existing.entry(format!("{svc}/{}", rec.id.pod)).or_default().push(res.agent.clone());
         });
         Ok(Snapshot {
             cluster: Cluster::new(agents.into_values().collect()),
@@ -246,8 +234,8 @@ pub async fn ensure_launched(server: &Control, service: &str, instance: &str) ->
 /// What a batch decided for one instance.
 enum Plan {
     Nothing,
-    Pending { rec: InstanceRecord, rev: i64, reason: String },
-    Launch { rec: InstanceRecord, rev: i64, extra: Vec<TxnOp> },
+    Pending { rec: Instance, rev: i64, reason: String },
+    Launch { rec: Instance, rev: i64, extra: Vec<TxnOp> },
 }
 
 /// Decides a batch against one snapshot, then writes every intent concurrently.
@@ -279,8 +267,12 @@ async fn launch_batch(
                 // Intent before action: the store holds "incarnation N of P on A" before any agent sees it.
                 let r = work.write_with(&key.1, &rec, rev, extra).await;
                 if r.is_ok() {
-                    let agent = rec.agent.clone().unwrap_or_default();
-                    let msg = format!("launch incarnation {} of {} on agent {agent}", rec.incarnation, key.1);
+                    let agent = rec.agent().unwrap_or_default();
+                    let msg = format!(
+                        "launch incarnation {} of {} on agent {agent}",
+                        rec.incarnation_number(),
+                        key.1
+                    );
                     work.server.event(Some(&key.0), EventKind::Launch, msg).await;
                 }
                 r.map(|_| true)
@@ -303,18 +295,15 @@ async fn decide(work: &DeployWork, instance: &str, snapshot: &mut Option<Snapsho
     let target = ids.get(&pod.name).cloned().unwrap_or_default();
     let current = work.record(instance).await?;
     let rev = current.as_ref().map_or(0, |(_, r)| *r);
-    let mut rec = current.map(|(r, _)| r).unwrap_or_else(|| InstanceRecord {
-        pod: pod.name.clone(),
-        index,
-        created_ms: work.server.now_ms(),
-        ..Default::default()
+    let mut rec = current.map(|(r, _)| r).unwrap_or_else(|| {
+        Instance::new(tend_model::InstanceId::new(pod.name.clone(), index), work.server.now_ms())
     });
-    if rec.incarnation > 0 && rec.config == target && rec.agent.is_some() {
+    if rec.is_launched() && rec.config() == target {
         return Ok(Plan::Nothing); // Already launched: the intent is on record, the agent acts on it.
     }
     let mut extra = Vec::new();
-    let in_place = rec.agent.is_some() && rec.incarnation > 0;
-    if rec.agent.is_none() {
+    let in_place = rec.is_launched();
+    if rec.reservation.is_none() {
         if let Some(reason) = fence_wait(work, &spec, instance, (&rec, rev)) {
             if rec.pending_reason.as_deref() == Some(reason.as_str()) {
                 return Ok(Plan::Nothing);
@@ -349,19 +338,17 @@ async fn decide(work: &DeployWork, instance: &str, snapshot: &mut Option<Snapsho
             rec.pending_reason = Some(reason.clone());
             return Ok(Plan::Pending { rec, rev, reason });
         }
-        rec.volume_id = volumes.volume_id;
+        rec.volumes.set = volumes.volume_id;
         extra.extend(volumes.op);
         rec.pending_reason = None;
     }
-    if rec.incarnation == 0 {
-        // A first launch starts above any incarnation a deleted service's namesake reached.
-        rec.incarnation = crate::services::incarnation_floor(&work.server, &work.service, instance).await?;
-    }
-    rec.incarnation += 1;
-    rec.config = target;
-    rec.launched_ms = work.server.now_ms();
-    rec.down_since_ms = None;
-    rec.unreachable_since_ms = None;
+    // A first launch starts above any incarnation a deleted service's namesake reached.
+    let floor = match rec.incarnation {
+        None => crate::services::incarnation_floor(&work.server, &work.service, instance).await?,
+        Some(_) => 0,
+    };
+    // A relaunch (a new config) is no replacement: the marker of one goes with its incarnation.
+    rec.next_incarnation(floor, target, work.server.now_ms());
     Ok(Plan::Launch { rec, rev, extra })
 }
 
@@ -375,12 +362,12 @@ fn fence_wait(
     work: &DeployWork,
     spec: &ServiceSpec,
     instance: &str,
-    (rec, rev): (&InstanceRecord, i64),
+    (rec, rev): (&Instance, i64),
 ) -> Option<String> {
     if spec.recovery.on_partition != tend_spec::OnPartition::Fence {
         return None;
     }
-    let (old, _) = rec.replaced_from.as_ref().filter(|(a, _)| !a.is_empty())?;
+    let old = &rec.incarnation.as_ref()?.replaced_from.as_ref().filter(|r| !r.agent.is_empty())?.agent;
     let server = &work.server;
     let now = server.now_ms();
     let fence_ms = spec.recovery.fence_after_seconds * 1000 + crate::rules::recovery::FENCE_MARGIN_MS;
@@ -394,7 +381,7 @@ fn fence_wait(
             });
             (
                 a.last_seen_ms,
-                a.last_seen_ms.is_some_and(|t| t > rec.replaced_ms)
+                a.last_seen_ms.is_some_and(|t| t > rec.recovery.replaced_ms)
                     && server.agent_up(a)
                     && !live
                     && a.revision.is_none_or(|r| r >= rev.max(0) as u64),
@@ -417,7 +404,7 @@ pub(crate) async fn reserve(
     spec: &ServiceSpec,
     pod: &PodSpec,
     instance: &str,
-    rec: &mut InstanceRecord,
+    rec: &mut Instance,
     (agent, ports, needs): Placed,
 ) -> Result<Vec<TxnOp>, String> {
     let mut extra = Vec::new();
@@ -427,14 +414,10 @@ pub(crate) async fn reserve(
         let vrec =
             crate::volumes::new_record(&work.server, &id, &work.service, instance, &agent, pod, retain);
         extra.push(crate::volumes::put_op(&vrec)?);
-        rec.volume_id = Some(id.to_string());
+        rec.volumes.set = Some(id);
     }
-    rec.agent = Some(agent);
-    rec.ports = ports;
-    rec.cpus_milli = needs.cpus_milli;
-    rec.memory_mb = needs.memory_mb;
-    rec.disk_mb = needs.disk_mb;
-    rec.volumes = pod.volumes.iter().map(|v| v.name.clone()).collect();
+    rec.reservation = Some(Reservation { agent, resources: needs, ports });
+    rec.volumes.names = pod.volumes.iter().map(|v| v.name.clone()).collect();
     rec.pending_reason = None;
     Ok(extra)
 }

@@ -24,6 +24,8 @@ pub mod leader;
 pub mod plans;
 pub mod records;
 pub mod recovery;
+pub mod recovery_cache;
+pub mod recovery_pass;
 pub mod rollout;
 pub mod rules;
 pub mod services;
@@ -155,6 +157,10 @@ pub struct Inner {
     pub reconciled: watch::Sender<bool>,
     /// Recovery's view of instances that are down or being replaced.
     pub recovery: Mutex<recovery::RecoveryBoard>,
+    /// What agents reported since recovery's last pass, and what its passes concluded (derived:
+    /// lets a pass look only at instances whose inputs changed).
+    pub reported: Mutex<recovery_cache::Reported>,
+    pub recovery_cache: tokio::sync::Mutex<recovery_cache::RecoveryCache>,
     /// Health-gate runs of rolling updates in flight.
     pub gates: Mutex<gates::Gates>,
     /// Bumped when a gate run's result comes in.
@@ -222,9 +228,10 @@ impl Control {
         let (cluster_id, created) = Self::cluster_id(&cfg, &store).await?;
         let mut agents = BTreeMap::new();
         for kv in store.range("agents/").await?.kvs {
-            let rec: AgentRecord =
-                serde_json::from_slice(&kv.value).with_context(|| format!("corrupt {}", kv.key))?;
-            agents.insert(rec.id.clone(), AgentLive::new(rec, None, Vec::new()));
+            let agent = decode_agent(&kv.value)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("corrupt {}", kv.key))?;
+            agents.insert(agent.id.clone(), AgentLive::new(agent, None, Vec::new()));
         }
         let last_event = store
             .range("events/")
@@ -260,6 +267,8 @@ impl Control {
             launches: launch::LaunchQueue::default(),
             reconciled: watch::channel(false).0,
             recovery: Mutex::new(recovery::RecoveryBoard::default()),
+            reported: Mutex::new(Default::default()),
+            recovery_cache: tokio::sync::Mutex::new(Default::default()),
             jobs: Mutex::new(jobs::JobsState::default()),
             gates: Mutex::new(gates::Gates::default()),
             gates_gen: watch::channel(0).0,
@@ -500,29 +509,29 @@ impl Control {
         Some(a.instance_tasks(service, instance).filter(|t| t.incarnation == incarnation).cloned().collect())
     }
 
-    /// All instance records of a service.
+    /// All instances of a service, by instance name.
     /// (From the cluster state, once it has caught up with the store.)
-    pub async fn instances(&self, service: &str) -> anyhow::Result<Vec<(String, InstanceRecord)>> {
+    pub async fn instances(&self, service: &str) -> anyhow::Result<Vec<(String, tend_model::Instance)>> {
         self.inner.state.caught_up(&*self.inner.store).await?;
         Ok(self.inner.state.instances(service).into_iter().map(|(k, r)| (k, (*r).clone())).collect())
     }
 
-    /// Changes an instance record with compare-and-swap; `f` says whether it changed anything.
+    /// Changes an instance with compare-and-swap on its record; `f` says whether it changed anything.
     /// Returns whether a change was written (a concurrent change makes it skip: the caller's
     /// next report or tick retries).
     pub async fn update_instance(
         &self,
         service: &str,
         instance: &str,
-        f: impl FnOnce(&mut InstanceRecord) -> bool,
+        f: impl FnOnce(&mut tend_model::Instance) -> bool,
     ) -> bool {
         let key = instance_key(service, instance);
         let Ok(Some(kv)) = self.inner.store.get(&key).await else { return false };
-        let Ok(mut rec) = serde_json::from_slice::<InstanceRecord>(&kv.value) else { return false };
+        let Ok(mut rec) = records::decode_instance(&kv.value) else { return false };
         if !f(&mut rec) {
             return false;
         }
-        let Ok(v) = serde_json::to_vec(&rec) else { return false };
+        let Ok(v) = records::encode_instance(&rec) else { return false };
         self.inner
             .store
             .txn(
@@ -551,6 +560,11 @@ impl Control {
                 self.inner.tasks_gen.send_modify(|g| *g += 1);
             }
             let restarted = agents::restarts_in_place(&a.tasks, &tasks, agent);
+            self.inner
+                .reported
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .note(agent, was_silent, &a.tasks, &tasks);
             a.set_tasks(tasks.clone());
             restarted
         };

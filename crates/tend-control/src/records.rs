@@ -120,6 +120,139 @@ pub struct InstanceRecord {
     pub created_ms: u64,
 }
 
+impl InstanceRecord {
+    /// The domain value (None: a record this version cannot read, e.g. a malformed volume id).
+    pub fn to_model(&self) -> Option<tend_model::Instance> {
+        use tend_model::{Incarnation, InstanceVolumes, Ready, RecoveryMarks, ReplacedFrom, Reservation};
+        let set = match &self.volume_id {
+            Some(id) => Some(tend_model::VolumeId::parse(id)?),
+            None => None,
+        };
+        Some(tend_model::Instance {
+            id: tend_model::InstanceId::new(self.pod.clone(), self.index),
+            created_ms: self.created_ms,
+            reservation: self.agent.clone().map(|agent| Reservation {
+                agent,
+                resources: tend_model::Resources {
+                    cpus_milli: self.cpus_milli,
+                    memory_mb: self.memory_mb,
+                    disk_mb: self.disk_mb,
+                },
+                ports: self.ports.clone(),
+            }),
+            incarnation: (self.incarnation > 0).then(|| Incarnation {
+                number: self.incarnation,
+                config: self.config.clone(),
+                launched_ms: self.launched_ms,
+                replaced_from: self.replaced_from.clone().map(|(agent, host)| ReplacedFrom { agent, host }),
+            }),
+            volumes: InstanceVolumes {
+                names: self.volumes.clone(),
+                set,
+                legacy_generation: self.volume_generation,
+            },
+            pending_reason: self.pending_reason.clone(),
+            once_done: self.once_done.clone(),
+            ready: self
+                .ready_config
+                .clone()
+                .map(|config| Ready { config, incarnation: self.ready_incarnation }),
+            recovery: RecoveryMarks {
+                down_since_ms: self.down_since_ms,
+                unreachable_since_ms: self.unreachable_since_ms,
+                replaced_ms: self.replaced_ms,
+            },
+        })
+    }
+
+    /// The record of a domain value.
+    pub fn from_model(i: &tend_model::Instance) -> InstanceRecord {
+        let r = i.reserved();
+        let inc = i.incarnation.as_ref();
+        InstanceRecord {
+            pod: i.id.pod.clone(),
+            index: i.id.index,
+            agent: i.agent().map(str::to_string),
+            cpus_milli: r.cpus_milli,
+            memory_mb: r.memory_mb,
+            disk_mb: r.disk_mb,
+            ports: i.ports().cloned().unwrap_or_default(),
+            volumes: i.volumes.names.clone(),
+            incarnation: i.incarnation_number(),
+            config: i.config().to_string(),
+            pending_reason: i.pending_reason.clone(),
+            once_done: i.once_done.clone(),
+            launched_ms: i.launched_ms(),
+            volume_id: i.volumes.set.as_ref().map(|v| v.to_string()),
+            volume_generation: i.volumes.legacy_generation,
+            replaced_from: inc.and_then(|c| c.replaced_from.clone()).map(|r| (r.agent, r.host)),
+            replaced_ms: i.recovery.replaced_ms,
+            ready_config: i.ready.as_ref().map(|r| r.config.clone()),
+            ready_incarnation: i.ready.as_ref().map_or(0, |r| r.incarnation),
+            down_since_ms: i.recovery.down_since_ms,
+            unreachable_since_ms: i.recovery.unreachable_since_ms,
+            created_ms: i.created_ms,
+        }
+    }
+}
+
+impl AgentRecord {
+    /// The domain value.
+    pub fn to_model(&self) -> tend_model::Agent {
+        tend_model::Agent {
+            id: self.id.clone(),
+            host: self.host.clone(),
+            url: self.agent_url.clone(),
+            attributes: self.attributes.clone(),
+            capacity: tend_model::Resources {
+                cpus_milli: self.cpus_milli,
+                memory_mb: self.memory_mb,
+                disk_mb: self.disk_mb,
+            },
+            ports: (self.port_lo, self.port_hi),
+            registered_ms: self.registered_ms,
+        }
+    }
+
+    /// The record of a domain value.
+    pub fn from_model(a: &tend_model::Agent) -> AgentRecord {
+        AgentRecord {
+            id: a.id.clone(),
+            host: a.host.clone(),
+            agent_url: a.url.clone(),
+            attributes: a.attributes.clone(),
+            cpus_milli: a.capacity.cpus_milli,
+            memory_mb: a.capacity.memory_mb,
+            disk_mb: a.capacity.disk_mb,
+            port_lo: a.ports.0,
+            port_hi: a.ports.1,
+            registered_ms: a.registered_ms,
+        }
+    }
+}
+
+/// Reads a stored instance record as the domain value (Err: why it cannot be read).
+pub fn decode_instance(bytes: &[u8]) -> Result<tend_model::Instance, String> {
+    let rec: InstanceRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    rec.to_model().ok_or_else(|| format!("malformed volume id {:?}", rec.volume_id))
+}
+
+/// Reads a stored agent record as the domain value.
+pub fn decode_agent(bytes: &[u8]) -> Result<tend_model::Agent, String> {
+    let rec: AgentRecord = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    Ok(rec.to_model())
+}
+
+/// The stored form of an agent.
+pub fn encode_agent(a: &tend_model::Agent) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(&AgentRecord::from_model(a)).map_err(|e| e.to_string())
+}
+
+/// The stored form of an instance.
+pub fn encode_instance(i: &tend_model::Instance) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(&InstanceRecord::from_model(i)).map_err(|e| e.to_string())
+}
+
 /// The lifecycle state as stored (the domain's `VolumeState` without its data).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]

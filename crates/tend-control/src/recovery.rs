@@ -8,21 +8,16 @@
 //! Level-triggered: a pass reads the store and the latest reports and acts; everything it
 //! remembers between passes is in the store, so a restarted control plane decides the same.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::rules::recovery::{assess, replacing, InstanceFacts, Observed};
-use tend_api::TaskState;
 use tend_api::{EventKind, StepStatus};
-use tend_plan::Status;
-use tend_scheduler::recovery::{
-    decide, FailureMonitor, Health, InstanceView, RecoveryAction, ReplacementLimits,
-};
-use tend_spec::{Goal, PodSpec, ServiceSpec};
+use tend_scheduler::recovery::{FailureMonitor, Health};
+use tend_spec::ServiceSpec;
 
-use crate::deploy::{engine, judge, pod_of, DeployWork};
-use crate::records::InstanceRecord;
+use crate::deploy::{pod_of, DeployWork};
 use crate::Control;
+use tend_model::{Instance, Ready, ReplacedFrom};
 
 pub use crate::rules::recovery::FENCE_MARGIN_MS;
 
@@ -88,180 +83,46 @@ fn fmt_secs(ms: u64) -> String {
 }
 
 /// The reset window of the agents' crash-loop state (as `deploy::assignment` sets it).
-fn reset_after_ms(spec: &ServiceSpec) -> u64 {
+pub(crate) fn reset_after_ms(spec: &ServiceSpec) -> u64 {
     (spec.recovery.backoff.max_seconds * 1000).max(10_000)
-}
-
-/// The reports of one service, gathered once per pass: each agent's liveness, and the task
-/// statuses by (agent, instance).
-struct Reports {
-    agents: BTreeMap<String, (bool, Option<u64>)>,
-    tasks: HashMap<(String, String), Vec<tend_api::TaskStatus>>,
-}
-
-impl Reports {
-    fn gather(server: &Control, svc: &str) -> Reports {
-        let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
-        let mut tasks: HashMap<(String, String), Vec<tend_api::TaskStatus>> = HashMap::new();
-        for (id, a) in agents.iter().filter(|(_, a)| server.agent_up(a)) {
-            for t in a.tasks.iter().filter(|t| t.service == svc) {
-                tasks.entry((id.clone(), t.instance.clone())).or_default().push(t.clone());
-            }
-        }
-        let agents =
-            agents.iter().map(|(id, a)| (id.clone(), (server.agent_up(a), a.last_seen_ms))).collect();
-        Reports { agents, tasks }
-    }
-}
-
-/// What the reports say of an instance's target incarnation.
-fn observe(
-    reports: &Reports,
-    now: u64,
-    (spec, pod): (&ServiceSpec, &PodSpec),
-    inst: &str,
-    rec: &InstanceRecord,
-    agent: &str,
-) -> Observed {
-    let Some((up, last_seen_ms)) = reports.agents.get(agent) else {
-        return Observed::AgentSilent { last_seen_ms: None };
-    };
-    if !up {
-        return Observed::AgentSilent { last_seen_ms: *last_seen_ms };
-    }
-    let tasks: Vec<tend_api::TaskStatus> = reports
-        .tasks
-        .get(&(agent.to_string(), inst.to_string()))
-        .map(|ts| ts.iter().filter(|t| t.incarnation == rec.incarnation).cloned().collect())
-        .unwrap_or_default();
-    let mut down: Option<u64> = None;
-    for t in pod.tasks.iter().filter(|t| t.goal == Goal::Running) {
-        let Some(s) = tasks.iter().find(|s| s.task == t.name) else { continue };
-        let stopped = matches!(s.state, TaskState::Exited | TaskState::Killed | TaskState::Failed);
-        // Caught running inside a crash loop: still down until it runs past the reset window.
-        let looping = s.state == TaskState::Running
-            && s.crash_loop >= 2
-            && now.saturating_sub(s.since_ms) < reset_after_ms(spec);
-        if stopped || looping {
-            down = Some(down.map_or(s.since_ms, |d| d.min(s.since_ms)));
-        }
-    }
-    if let Some(since_ms) = down {
-        return Observed::TaskDown { since_ms };
-    }
-    if judge(pod, &tasks, now) == Ok(true) {
-        Observed::Up
-    } else {
-        Observed::Starting
-    }
-}
-
-/// Since when every long-running task of the instance's target incarnation has been up without
-/// a restart (the latest start among them), from the reports; None when one is not running.
-fn up_since(
-    reports: &Reports,
-    pod: &PodSpec,
-    inst: &str,
-    rec: &InstanceRecord,
-    agent: &str,
-    now: u64,
-) -> Option<u64> {
-    let tasks = reports.tasks.get(&(agent.to_string(), inst.to_string()))?;
-    let mut latest = 0;
-    for t in pod.tasks.iter().filter(|t| t.goal == Goal::Running) {
-        let s = tasks.iter().find(|s| s.task == t.name && s.incarnation == rec.incarnation)?;
-        if s.state != TaskState::Running {
-            return None;
-        }
-        latest = latest.max(s.since_ms.min(now));
-    }
-    Some(latest)
-}
-
-/// How a service's spec says to recover.
-struct Policy {
-    monitor: FailureMonitor,
-    limits: ReplacementLimits,
-    /// Fence mode: replace an unreachable instance only once its agent has surely killed it.
-    fence_ms: u64,
-}
-
-impl Policy {
-    fn of(spec: &ServiceSpec) -> Policy {
-        Policy {
-            monitor: match spec.recovery.failure_timeout_seconds {
-                Some(s) => FailureMonitor::Timed { timeout_ms: s * 1000 },
-                None => FailureMonitor::Never,
-            },
-            limits: ReplacementLimits {
-                max_concurrent: spec.recovery.max_concurrent_replacements,
-                min_interval_ms: MIN_REPLACEMENT_INTERVAL_MS,
-            },
-            fence_ms: match spec.recovery.on_partition {
-                tend_spec::OnPartition::Fence => spec.recovery.fence_after_seconds * 1000 + FENCE_MARGIN_MS,
-                tend_spec::OnPartition::Replace => 0,
-            },
-        }
-    }
-}
-
-/// Of `candidates` (instances not yet on their target config), those a deploy step is working
-/// on (a step past its deadline fails, releasing them). Reads only their steps' records: an
-/// instance on its target config is never held, so a settled service costs no read at all.
-async fn busy_steps(
-    server: &Control,
-    svc: &str,
-    deploy: Option<&tend_plan::Plan>,
-    candidates: &BTreeSet<String>,
-) -> anyhow::Result<HashSet<String>> {
-    let mut busy = HashSet::new();
-    let Some(plan) = deploy.filter(|_| !candidates.is_empty()) else { return Ok(busy) };
-    let engine = engine(server, svc);
-    for node in plan.steps.iter().filter(|n| candidates.contains(&n.name)) {
-        let r = engine.record(plan, &node.id).await?;
-        if matches!(r.status(), Status::Prepared | Status::Starting | Status::Started) {
-            busy.insert(node.name.clone());
-        }
-    }
-    Ok(busy)
 }
 
 /// Writes what the assessment says the store must hold (down-since, ready config), guarded by
 /// the incarnation it judged.
-async fn persist(
+pub(crate) async fn persist(
     server: &Control,
     svc: &str,
     inst: &str,
-    rec: &InstanceRecord,
+    rec: &Instance,
     (down, unreachable): (Option<u64>, Option<u64>),
     mark_ready: bool,
 ) {
-    if down == rec.down_since_ms && unreachable == rec.unreachable_since_ms && !mark_ready {
+    if down == rec.recovery.down_since_ms && unreachable == rec.recovery.unreachable_since_ms && !mark_ready {
         return;
     }
-    let incarnation = rec.incarnation;
+    let incarnation = rec.incarnation_number();
     let wrote = server
         .update_instance(svc, inst, |r| {
-            if r.incarnation != incarnation {
+            if r.incarnation_number() != incarnation {
                 return false;
             }
-            r.down_since_ms = down;
-            r.unreachable_since_ms = unreachable;
+            r.recovery.down_since_ms = down;
+            r.recovery.unreachable_since_ms = unreachable;
             if mark_ready {
-                r.ready_config = Some(r.config.clone());
-                r.ready_incarnation = r.incarnation;
+                r.ready = Some(Ready { config: r.config().to_string(), incarnation });
             }
             true
         })
         .await;
-    if wrote && mark_ready && rec.replaced_from.is_some() && rec.ready_incarnation < incarnation {
+    let was_replacement = rec.replaced_from().is_some();
+    if wrote && mark_ready && was_replacement && rec.ready_incarnation() < incarnation {
         let msg = format!("replacement of {inst} is up (incarnation {incarnation})");
         server.event(Some(svc), EventKind::Replace, msg).await;
     }
 }
 
 /// The line recovery shows for a down instance.
-fn describe(
+pub(crate) fn describe(
     health: &Health,
     agent: &str,
     monitor: &FailureMonitor,
@@ -293,155 +154,7 @@ fn describe(
     Some((state, format!("{what}{next}")))
 }
 
-/// One pass over every service. Returns the earliest moment a decision could change with time
-/// alone (a failure or fence deadline, the rate limit, an agent about to count as lost).
-pub async fn tick(server: &Control) -> anyhow::Result<Option<u64>> {
-    let mut next: Option<u64> = None;
-    for svc in server.service_names() {
-        let Some(rt) = server.service(&svc) else { continue };
-        let (spec, deploy, ids) = {
-            let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
-            (rt.spec.clone(), rt.plans.get(&rt.active_plan).cloned(), rt.identities.clone())
-        };
-        // One service's trouble (an unreadable record) does not stop recovery of the others.
-        match service_pass(server, &svc, &spec, &ids, deploy.as_ref()).await {
-            Ok(n) => next = earliest(next, n),
-            Err(e) => tracing::warn!(service = %svc, error = %e, "recovery pass of a service failed"),
-        }
-    }
-    let lost_after = server.inner.cfg.agent_lost_after_ms;
-    let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
-    for a in agents.values().filter(|a| server.agent_up(a)) {
-        next = earliest(next, a.last_seen_ms.map(|t| t + lost_after + 1));
-    }
-    Ok(next)
-}
-
-fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    match (a, b) {
-        (Some(x), Some(y)) => Some(x.min(y)),
-        (x, y) => x.or(y),
-    }
-}
-
-async fn service_pass(
-    server: &Control,
-    svc: &str,
-    spec: &ServiceSpec,
-    targets: &BTreeMap<String, String>,
-    deploy: Option<&tend_plan::Plan>,
-) -> anyhow::Result<Option<u64>> {
-    let now = server.now_ms();
-    let mut next: Option<u64> = None;
-    // Gather: facts from the store and the reports, judged by the pure rules.
-    server.inner.state.caught_up(&*server.inner.store).await?;
-    let records = server.inner.state.instances(svc);
-    let off_target: BTreeSet<String> = records
-        .iter()
-        .filter(|(_, r)| targets.get(&r.pod) != Some(&r.config))
-        .map(|(i, _)| i.clone())
-        .collect();
-    let busy = busy_steps(server, svc, deploy, &off_target).await?;
-    let reports = Reports::gather(server, svc);
-    let policy = Policy::of(spec);
-    let mut views = Vec::new();
-    let mut notes: BTreeMap<String, (StepStatus, String)> = BTreeMap::new();
-    let mut last_launch: Option<u64> = None;
-    // The incarnation each judgement was about: a replacement acts only if it is still current.
-    let mut judged: BTreeMap<String, u64> = BTreeMap::new();
-    for (inst, rec) in records {
-        if rec.incarnation == 0 {
-            continue;
-        }
-        if rec.replaced_from.is_some() && rec.replaced_ms > 0 {
-            last_launch = Some(last_launch.map_or(rec.replaced_ms, |l: u64| l.max(rec.replaced_ms)));
-        }
-        let is_replacing = replacing(rec.replaced_from.is_some(), rec.incarnation, rec.ready_incarnation);
-        let Some(agent) = rec.agent.clone() else {
-            // A replacement still waiting for an agent that fits: try again.
-            let _ = DeployWork::new(server.clone(), svc.to_string()).ensure_launched(&inst).await;
-            let why = rec.pending_reason.clone().unwrap_or_else(|| "waiting for placement".into());
-            notes.insert(inst.clone(), (StepStatus::Replacing, format!("replacement pending: {why}")));
-            views.push(InstanceView {
-                instance: inst,
-                health: Health::Up,
-                replacing: true,
-                busy: false,
-                min_unreachable_ms: 0,
-            });
-            continue;
-        };
-        let Some((pod, _)) = pod_of(spec, &inst) else { continue };
-        // A step holds an instance only until it has launched the target config there; a step
-        // that merely waits on the agent does not hide the instance from recovery.
-        let held = busy.contains(&inst) && targets.get(&pod.name) != Some(&rec.config);
-        let facts = InstanceFacts {
-            incarnation: rec.incarnation,
-            config: rec.config.clone(),
-            ready_config: rec.ready_config.clone(),
-            ready_incarnation: rec.ready_incarnation,
-            down_since_ms: rec.down_since_ms,
-            unreachable_since_ms: rec.unreachable_since_ms,
-            observed: observe(&reports, now, (spec, pod), &inst, &rec, &agent),
-            up_since_ms: up_since(&reports, pod, &inst, &rec, &agent, now),
-        };
-        let a = assess(&facts, now);
-        judged.insert(inst.clone(), rec.incarnation);
-        persist(server, svc, &inst, &rec, (a.down_since_ms, a.unreachable_since_ms), a.mark_ready).await;
-        if let Some(note) = describe(&a.health, &agent, &policy.monitor, a.blocked, now) {
-            notes.insert(inst.clone(), note);
-        } else if is_replacing {
-            notes.insert(inst.clone(), (StepStatus::Replacing, "replacement launching".into()));
-        }
-        if let Health::Stopped { since_ms } | Health::Unreachable { since_ms } = a.health {
-            next = earliest(next, policy.monitor.deadline_ms(&a.health).filter(|d| *d > now));
-            let fenced = since_ms + policy.fence_ms;
-            next = earliest(next, (fenced > now).then_some(fenced));
-        }
-        // A replacement is under way while it starts; once it is down itself (its new agent
-        // lost, its tasks stopped, or its config failed) it is judged like any other instance
-        // and must not hold the replacement limit forever.
-        views.push(InstanceView {
-            instance: inst.clone(),
-            replacing: is_replacing && a.health == Health::Up,
-            health: a.health,
-            // A blocked instance is not the failure monitor's to replace.
-            busy: held || a.blocked.is_some(),
-            min_unreachable_ms: policy.fence_ms,
-        });
-    }
-    if let Some(t) = last_launch.map(|t| t + MIN_REPLACEMENT_INTERVAL_MS).filter(|t| *t > now) {
-        next = earliest(next, Some(t));
-    }
-    // Decide, then act.
-    for action in decide(&views, &policy.monitor, &policy.limits, last_launch, now) {
-        match action {
-            RecoveryAction::Replace { instance } => {
-                let why = notes.get(&instance).map(|n| n.1.clone()).unwrap_or_default();
-                let judged = judged.get(&instance).copied();
-                match replace_judged(server, svc, &instance, &format!("failure monitor: {why}"), judged).await
-                {
-                    Ok(msg) => {
-                        notes.insert(instance, (StepStatus::Replacing, msg));
-                    }
-                    Err(e) => {
-                        tracing::warn!(service = %svc, %instance, error = %e, "replacement failed; will retry")
-                    }
-                }
-            }
-            RecoveryAction::Wait { instance, reason } => {
-                let prev = notes.get(&instance).map(|n| n.1.clone()).unwrap_or_default();
-                notes.insert(instance, (StepStatus::Waiting, format!("{prev}; replacement waits: {reason}")));
-            }
-        }
-    }
-    let mut board = server.inner.recovery.lock().unwrap_or_else(|e| e.into_inner());
-    board.entries.retain(|(s, _), _| s != svc);
-    for (inst, (state, message)) in notes {
-        board.entries.insert((svc.to_string(), inst), RecoveryEntry { state, message });
-    }
-    Ok(next)
-}
+pub use crate::recovery_pass::tick;
 
 /// Replaces an instance: releases its reservation, places it anew (another agent when one fits),
 /// fresh volumes under a new id, next incarnation, all written before any agent hears of it.
@@ -454,7 +167,7 @@ pub async fn replace(server: &Control, svc: &str, inst: &str, why: &str) -> Resu
 /// Replaces an instance — when `judged` is given, only if its incarnation is still the one that
 /// was judged failed (a pass decides on a snapshot: an incarnation launched since, say by an
 /// update, has not failed).
-async fn replace_judged(
+pub(crate) async fn replace_judged(
     server: &Control,
     svc: &str,
     inst: &str,
@@ -466,28 +179,22 @@ async fn replace_judged(
     let (spec, ids) = work.spec().ok_or("service is gone")?;
     let (pod, _) = pod_of(&spec, inst).ok_or_else(|| format!("no pod for {inst}"))?;
     let (mut rec, rev) = work.record(inst).await?.ok_or_else(|| format!("{inst} was never launched"))?;
-    if let Some(j) = judged.filter(|j| *j != rec.incarnation) {
-        return Err(format!("{inst} changed since it was judged (incarnation {j}, now {})", rec.incarnation));
+    if let Some(j) = judged.filter(|j| *j != rec.incarnation_number()) {
+        let now = rec.incarnation_number();
+        return Err(format!("{inst} changed since it was judged (incarnation {j}, now {now})"));
     }
     // Already released by a replacement that waits (fence mode, or no agent fits): placing now
     // would forget which agent must first confirm the old incarnation dead.
-    let Some(old_agent) = rec.agent.clone() else {
+    let Some(old_agent) = rec.agent().map(str::to_string) else {
         let why = rec.pending_reason.clone().unwrap_or_else(|| "waiting for placement".into());
         return Err(format!("{inst} is already being replaced ({why})"));
     };
     let old_host = {
         let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
-        agents.get(&old_agent).map(|a| a.record.host.clone()).unwrap_or_default()
+        agents.get(&old_agent).map(|a| a.agent.host.clone()).unwrap_or_default()
     };
     // Release the old reservation before placing, so that it does not count against the new one.
-    let released = InstanceRecord {
-        agent: None,
-        ports: BTreeMap::new(),
-        cpus_milli: 0,
-        memory_mb: 0,
-        disk_mb: 0,
-        ..rec.clone()
-    };
+    let released = Instance { reservation: None, ..rec.clone() };
     work.write(inst, &released, rev).await?;
     let (_, rev) = work.record(inst).await?.ok_or("record vanished")?;
     // Fence mode: nothing is placed before the old incarnation is surely dead (launch.rs
@@ -502,31 +209,24 @@ async fn replace_judged(
         }
     };
     let mut extra = Vec::new();
-    if let Some(old) = rec.volume_id.take() {
+    if let Some(old) = rec.volumes.set.take().map(|v| v.to_string()) {
         let reason = format!("{inst} replaced ({why})");
         extra.extend(crate::volumes::retain_op(server, &old, &reason).await?);
     }
-    rec.incarnation += 1;
-    rec.config = ids.get(&pod.name).cloned().unwrap_or_default();
-    rec.launched_ms = server.now_ms();
-    rec.replaced_ms = rec.launched_ms;
-    rec.replaced_from = Some((old_agent.clone(), old_host));
-    rec.down_since_ms = None;
-    rec.unreachable_since_ms = None;
+    let now = server.now_ms();
+    let next = rec.next_incarnation(0, ids.get(&pod.name).cloned().unwrap_or_default(), now);
+    next.replaced_from = Some(ReplacedFrom { agent: old_agent.clone(), host: old_host });
+    rec.recovery.replaced_ms = now;
     let msg = match placed {
         Ok(placed) => {
             let agent = placed.0.clone();
             extra.extend(crate::launch::reserve(&work, &spec, pod, inst, &mut rec, placed).await?);
             let vols =
-                rec.volume_id.as_deref().map(|v| format!(" with fresh volumes {v}")).unwrap_or_default();
-            format!("replacing {inst} ({why}): incarnation {} on agent {agent}{vols} (was on {old_agent}; its volumes are retained)", rec.incarnation)
+                rec.volumes.set.as_ref().map(|v| format!(" with fresh volumes {v}")).unwrap_or_default();
+            format!("replacing {inst} ({why}): incarnation {} on agent {agent}{vols} (was on {old_agent}; its volumes are retained)", rec.incarnation_number())
         }
         Err(reason) => {
-            rec.agent = None;
-            rec.ports = BTreeMap::new();
-            rec.cpus_milli = 0;
-            rec.memory_mb = 0;
-            rec.disk_mb = 0;
+            rec.reservation = None;
             rec.pending_reason = Some(reason.clone());
             format!("replacing {inst} ({why}): not placed yet: {reason}")
         }
@@ -543,15 +243,11 @@ pub async fn restart_in_place(server: &Control, svc: &str, inst: &str) -> Result
     let work = DeployWork::new(server.clone(), svc.to_string());
     let _guard = server.inner.launch_lock.lock().await;
     let (mut rec, rev) = work.record(inst).await?.ok_or_else(|| format!("{inst} was never launched"))?;
-    let agent = rec.agent.clone().ok_or_else(|| format!("{inst} is not placed"))?;
-    rec.incarnation += 1;
-    rec.launched_ms = server.now_ms();
-    rec.replaced_from = None;
-    rec.down_since_ms = None;
-    rec.unreachable_since_ms = None;
+    let agent = rec.agent().map(str::to_string).ok_or_else(|| format!("{inst} is not placed"))?;
+    let config = rec.config().to_string();
+    let number = rec.next_incarnation(0, config, server.now_ms()).number;
     work.write(inst, &rec, rev).await?;
-    let msg =
-        format!("restart {inst} in place: incarnation {} on agent {agent}, same volumes", rec.incarnation);
+    let msg = format!("restart {inst} in place: incarnation {number} on agent {agent}, same volumes");
     server.event(Some(svc), EventKind::Restart, msg.clone()).await;
     server.inner.desired_gen.send_modify(|g| *g += 1);
     Ok(msg)

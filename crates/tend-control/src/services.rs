@@ -115,7 +115,7 @@ pub(crate) async fn accept(s: &Control, sub: Submission) -> Result<(ServiceRecor
         if let Some(rt) = s.service(&name) {
             let configs = rt.lock().unwrap_or_else(|e| e.into_inner()).configs.clone();
             let in_use = s.instances(&name).await.map_err(|e| (503, "store", e.to_string()))?;
-            let in_use = in_use.into_iter().map(|(_, r)| r.config).collect();
+            let in_use = in_use.into_iter().map(|(_, r)| r.config().to_string()).collect();
             let keep =
                 [generation, old.generation, prev.as_ref().and_then(|p| p.deployed_generation).unwrap_or(0)];
             for op in configs.prune(&name, &in_use, &keep) {
@@ -151,23 +151,24 @@ pub async fn delete(s: &Control, name: &str, wait: Duration) -> Result<Deleted, 
     // No launch decided before the delete may be written after it.
     let _launches = s.inner.launch_lock.lock().await;
     let instances = s.instances(name).await.map_err(|e| (500, "internal", e.to_string()))?;
-    let live = instances.iter().filter(|(_, r)| r.incarnation > 0).count();
+    let live = instances.iter().filter(|(_, r)| r.incarnation.is_some()).count();
     let mut txn = Txn::new()
         .then(TxnOp::DeletePrefix { prefix: format!("services/{name}/") })
         .then(TxnOp::DeletePrefix { prefix: crate::jobs::pace_prefix(name) });
     let mut retained = Vec::new();
     for (inst, rec) in &instances {
         let floor = incarnation_floor(s, name, inst).await.map_err(|e| (503, "store", e))?;
-        if rec.incarnation > floor {
-            txn = txn.then(TxnOp::put(incarnation_floor_key(name, inst), rec.incarnation.to_string()));
+        if rec.incarnation_number() > floor {
+            txn =
+                txn.then(TxnOp::put(incarnation_floor_key(name, inst), rec.incarnation_number().to_string()));
         }
-        if let Some(id) = &rec.volume_id {
+        if let Some(id) = &rec.volumes.set {
             let reason = format!("service `{name}` deleted ({inst})");
             if let Some(op) =
-                crate::volumes::retain_op(s, id, &reason).await.map_err(|e| (500, "internal", e))?
+                crate::volumes::retain_op(s, id.as_str(), &reason).await.map_err(|e| (500, "internal", e))?
             {
                 txn = txn.then(op);
-                retained.push(id.clone());
+                retained.push(id.to_string());
             }
         }
     }
@@ -223,7 +224,7 @@ async fn wait_stopped(s: &Control, service: &str, wait: Duration) -> Vec<String>
         .values()
         .filter(|a| !s.agent_up(a))
         .filter(|a| a.tasks.iter().any(|t| t.service == service && t.state == tend_api::TaskState::Running));
-    pending.into_iter().chain(down.map(|a| format!("{} (down)", a.record.id))).collect()
+    pending.into_iter().chain(down.map(|a| format!("{} (down)", a.agent.id))).collect()
 }
 
 /// Agents that are up and report a live task of `service`.
@@ -238,6 +239,6 @@ fn still_running(s: &Control, service: &str) -> Vec<String> {
                     && matches!(t.state, tend_api::TaskState::Running | tend_api::TaskState::Starting)
             })
         })
-        .map(|a| a.record.id.clone())
+        .map(|a| a.agent.id.clone())
         .collect()
 }

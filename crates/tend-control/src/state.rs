@@ -4,19 +4,21 @@
 //! picture has caught up with the store's revision at the time of asking, so what they read is
 //! at least as new as anything written before they asked.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tend_store::{Change, EventKind, Revision, StateStore, WatchEvent, Watcher};
 use tokio::sync::watch;
 
-use crate::records::{InstanceRecord, VolumeRecord, VolumeRecordState, VOLUMES_PREFIX};
+use tend_model::Instance;
+
+use crate::records::{decode_instance, VolumeRecord, VolumeRecordState, VOLUMES_PREFIX};
 
 type Key = (String, String);
 
 #[derive(Default)]
 struct Index {
-    services: BTreeMap<String, BTreeMap<String, Arc<InstanceRecord>>>,
+    services: BTreeMap<String, BTreeMap<String, Arc<Instance>>>,
     by_agent: BTreeMap<String, BTreeSet<Key>>,
     /// Instance records this version cannot read (they may own volumes).
     unreadable: BTreeSet<String>,
@@ -31,7 +33,7 @@ struct Index {
 impl Index {
     fn unlink(&mut self, svc: &str, inst: &str) {
         let old = self.services.get_mut(svc).and_then(|m| m.remove(inst));
-        if let Some(id) = old.as_ref().and_then(|r| r.volume_id.clone()) {
+        if let Some(id) = old.as_ref().and_then(|r| r.volumes.set.as_ref().map(|v| v.to_string())) {
             if let Some(n) = self.volume_users.get_mut(&id) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
@@ -39,7 +41,7 @@ impl Index {
                 }
             }
         }
-        if let Some(agent) = old.as_ref().and_then(|r| r.agent.clone()) {
+        if let Some(agent) = old.as_ref().and_then(|r| r.agent().map(str::to_string)) {
             if let Some(set) = self.by_agent.get_mut(&agent) {
                 set.remove(&(svc.to_string(), inst.to_string()));
                 if set.is_empty() {
@@ -52,13 +54,13 @@ impl Index {
         }
     }
 
-    fn put(&mut self, svc: &str, inst: &str, rec: InstanceRecord) {
+    fn put(&mut self, svc: &str, inst: &str, rec: Instance) {
         self.unlink(svc, inst);
-        if let Some(agent) = &rec.agent {
-            self.by_agent.entry(agent.clone()).or_default().insert((svc.to_string(), inst.to_string()));
+        if let Some(agent) = rec.agent() {
+            self.by_agent.entry(agent.to_string()).or_default().insert((svc.to_string(), inst.to_string()));
         }
-        if let Some(id) = &rec.volume_id {
-            *self.volume_users.entry(id.clone()).or_default() += 1;
+        if let Some(id) = &rec.volumes.set {
+            *self.volume_users.entry(id.to_string()).or_default() += 1;
         }
         self.services.entry(svc.to_string()).or_default().insert(inst.to_string(), Arc::new(rec));
     }
@@ -88,7 +90,7 @@ impl Index {
     fn change(&mut self, key: &str, value: Option<&[u8]>, rev: Revision) {
         if let Some((svc, inst)) = instance_key(key) {
             self.unreadable.remove(key);
-            match value.map(serde_json::from_slice::<InstanceRecord>) {
+            match value.map(decode_instance) {
                 None => self.unlink(svc, inst),
                 Some(Ok(rec)) => self.put(svc, inst, rec),
                 Some(Err(e)) => {
@@ -113,9 +115,18 @@ fn instance_key(key: &str) -> Option<(&str, &str)> {
     Some((svc, rest.strip_prefix("instances/")?))
 }
 
-/// Every instance record, current with the store.
+/// Instances whose records changed since recovery last asked (it looks again at those only).
+#[derive(Default)]
+pub struct Changed {
+    /// Everything may have changed (a resync): look at every instance.
+    pub all: bool,
+    pub instances: HashMap<String, HashSet<String>>,
+}
+
+/// Every instance, current with the store.
 pub struct ClusterState {
     index: RwLock<Index>,
+    changed: Mutex<Changed>,
     /// The store revision applied so far.
     applied: watch::Sender<Revision>,
     /// How to ask the watch for progress (backends whose revision moves with other keys).
@@ -142,6 +153,7 @@ impl ClusterState {
         let r = tend_store::RangeResponse { kvs: Vec::new(), revision: start };
         let state = Arc::new(ClusterState {
             index: RwLock::new(index),
+            changed: Mutex::new(Changed { all: true, ..Default::default() }),
             applied: watch::channel(r.revision).0,
             sync: watcher.sync_handle(),
         });
@@ -181,6 +193,7 @@ impl ClusterState {
             }
         }
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        self.changed.lock().unwrap_or_else(|e| e.into_inner()).all = true;
         tracing::warn!(revision = range.revision, "cluster state resynced from the store");
         self.mark_applied(range.revision);
     }
@@ -197,13 +210,22 @@ impl ClusterState {
         let mut top = 0;
         {
             let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+            let mut changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());
             for ev in events {
                 top = top.max(ev.revision());
                 let value = (ev.kind == EventKind::Put).then_some(ev.kv.value.as_slice());
                 index.change(&ev.kv.key, value, ev.revision());
+                if let Some((svc, inst)) = instance_key(&ev.kv.key) {
+                    changed.instances.entry(svc.to_string()).or_default().insert(inst.to_string());
+                }
             }
         }
         self.mark_applied(top);
+    }
+
+    /// The instances whose records changed since the last call (recovery's only).
+    pub fn take_changed(&self) -> Changed {
+        std::mem::take(&mut *self.changed.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Waits until every change up to the store's current revision is applied.
@@ -239,8 +261,8 @@ impl ClusterState {
         *self.applied.borrow()
     }
 
-    /// The instance records of a service, by instance name.
-    pub fn instances(&self, svc: &str) -> Vec<(String, Arc<InstanceRecord>)> {
+    /// The instances of a service, by instance name.
+    pub fn instances(&self, svc: &str) -> Vec<(String, Arc<Instance>)> {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         index
             .services
@@ -249,8 +271,14 @@ impl ClusterState {
             .unwrap_or_default()
     }
 
-    /// The instances placed on an agent: (service, instance, record).
-    pub fn of_agent(&self, agent: &str) -> Vec<(String, String, Arc<InstanceRecord>)> {
+    /// One instance, as of the revision applied so far.
+    pub fn instance(&self, svc: &str, inst: &str) -> Option<Arc<Instance>> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.services.get(svc)?.get(inst).cloned()
+    }
+
+    /// The instances placed on an agent: (service, instance name, instance).
+    pub fn of_agent(&self, agent: &str) -> Vec<(String, String, Arc<Instance>)> {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         let Some(keys) = index.by_agent.get(agent) else { return Vec::new() };
         keys.iter()
@@ -258,11 +286,11 @@ impl ClusterState {
             .collect()
     }
 
-    /// Calls `f` with every placed instance record (service, record), under one read lock.
-    pub fn for_each_placed(&self, mut f: impl FnMut(&str, &InstanceRecord)) {
+    /// Calls `f` with every placed instance (service, instance), under one read lock.
+    pub fn for_each_placed(&self, mut f: impl FnMut(&str, &Instance)) {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         for (svc, m) in &index.services {
-            for rec in m.values().filter(|r| r.agent.is_some()) {
+            for rec in m.values().filter(|r| r.reservation.is_some()) {
                 f(svc, rec);
             }
         }

@@ -66,7 +66,7 @@ pub fn new_record(
 /// What relaunching an instance in place on a new config does to its volume set.
 pub struct InPlace {
     /// The set's id (a pod that had no volumes gets its first set, on the instance's agent).
-    pub volume_id: Option<String>,
+    pub volume_id: Option<VolumeId>,
     /// The record to write with the instance (None: unchanged).
     pub op: Option<TxnOp>,
     /// Disk the set takes on the agent: every volume it holds, including removed ones.
@@ -82,24 +82,24 @@ pub async fn in_place(
     (service, instance): (&str, &str),
     spec: &tend_spec::ServiceSpec,
     pod: &tend_spec::PodSpec,
-    rec: &InstanceRecord,
+    rec: &tend_model::Instance,
 ) -> Result<InPlace, String> {
     let wanted: u64 = pod.volumes.iter().map(|v| v.size_mb).sum();
-    let unchanged = InPlace { volume_id: rec.volume_id.clone(), op: None, disk_mb: wanted };
-    if pod.volumes.is_empty() && rec.volume_id.is_none() {
+    let unchanged = InPlace { volume_id: rec.volumes.set.clone(), op: None, disk_mb: wanted };
+    if pod.volumes.is_empty() && rec.volumes.set.is_none() {
         return Ok(unchanged);
     }
-    let agent = rec.agent.clone().unwrap_or_default();
-    let Some(id) = &rec.volume_id else {
-        if rec.volume_generation > 0 {
+    let agent = rec.agent().unwrap_or_default().to_string();
+    let Some(id) = &rec.volumes.set else {
+        if rec.volumes.legacy_generation > 0 {
             return Ok(unchanged); // The old layout: its agent creates added volumes there.
         }
         let id = next_id(server).await?;
         let retain = spec.recovery.retain_volumes_seconds;
         let vrec = new_record(server, &id, service, instance, &agent, pod, retain);
-        return Ok(InPlace { volume_id: Some(id.to_string()), op: Some(put_op(&vrec)?), disk_mb: wanted });
+        return Ok(InPlace { volume_id: Some(id), op: Some(put_op(&vrec)?), disk_mb: wanted });
     };
-    let Some(kv) = server.inner.store.get(&volume_key(id)).await.map_err(|e| e.to_string())? else {
+    let Some(kv) = server.inner.store.get(&volume_key(id.as_str())).await.map_err(|e| e.to_string())? else {
         return Ok(unchanged);
     };
     let mut vrec: VolumeRecord = serde_json::from_slice(&kv.value).map_err(|e| e.to_string())?;

@@ -1,12 +1,17 @@
-//! Domain types shared by every layer of tend: time passed in as a value, and the clocks that make it.
+//! Domain types shared by every layer of tend: time passed in as a value and the clocks that make
+//! it, typed ids, instances with their reservation and incarnation, agents, volumes.
 //!
 //! The pure crates (spec, plan, scheduler) never read the system clock. They take a `&dyn Clock`
 //! or a plain `now_ms` value; the edge crates inject [`SystemClock`], tests inject [`ManualClock`].
 
 pub mod ids;
+pub mod instance;
 pub mod volume;
 
 pub use ids::{InstanceId, VolumeId};
+pub use instance::{
+    Agent, Incarnation, Instance, InstanceVolumes, Ready, RecoveryMarks, ReplacedFrom, Reservation, Resources,
+};
 pub use volume::{Retention, Volume, VolumeState};
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -13,32 +13,8 @@ use regex::Regex;
 pub const CANDIDATES: usize = 4;
 
 /// Resources in integral units: milli-cpus, MiB.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Resources {
-    pub cpus_milli: u64,
-    pub memory_mb: u64,
-    pub disk_mb: u64,
-}
-
-impl Resources {
-    pub fn fits_in(&self, free: &Resources) -> bool {
-        self.cpus_milli <= free.cpus_milli && self.memory_mb <= free.memory_mb && self.disk_mb <= free.disk_mb
-    }
-    pub fn minus(&self, o: &Resources) -> Resources {
-        Resources {
-            cpus_milli: self.cpus_milli.saturating_sub(o.cpus_milli),
-            memory_mb: self.memory_mb.saturating_sub(o.memory_mb),
-            disk_mb: self.disk_mb.saturating_sub(o.disk_mb),
-        }
-    }
-    pub fn plus(&self, o: &Resources) -> Resources {
-        Resources {
-            cpus_milli: self.cpus_milli + o.cpus_milli,
-            memory_mb: self.memory_mb + o.memory_mb,
-            disk_mb: self.disk_mb + o.disk_mb,
-        }
-    }
-}
+/// Resources offered or reserved (the domain's type).
+pub use tend_model::Resources;
 
 /// An agent as placement sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -240,7 +240,7 @@ impl Metrics {
         for a in s.inner.agents.read().unwrap_or_else(|e| e.into_inner()).values() {
             if let Some(seen) = a.last_seen_ms {
                 let age = now.saturating_sub(seen) as f64 / 1000.0;
-                self.heartbeat_age.get_or_create(&AgentLabels { agent: a.record.id.clone() }).set(age);
+                self.heartbeat_age.get_or_create(&AgentLabels { agent: a.agent.id.clone() }).set(age);
             }
         }
         self.job_alarm.clear();

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use tend_api::Assignment;
-use tend_control::records::{InstanceRecord, VolumeRecord, VolumeRecordState};
+use tend_control::records::{decode_instance, VolumeRecord, VolumeRecordState};
 use tend_store::StateStore;
 
 use crate::world::World;
@@ -174,8 +174,8 @@ impl Checks {
             if !kv.key.contains("/instances/") {
                 continue;
             }
-            if let Ok(i) = serde_json::from_slice::<InstanceRecord>(&kv.value) {
-                if i.volume_id.as_deref() == Some(id) {
+            if let Ok(i) = decode_instance(&kv.value) {
+                if i.volumes.set.as_ref().is_some_and(|v| v.as_str() == id) {
                     self.violate(w, format!("agent {agent} deletes volume set {id} owned by {}", kv.key));
                 }
             }
@@ -222,43 +222,41 @@ impl Checks {
         for kv in kvs {
             let Some((svc, rest)) = kv.key.trim_start_matches("services/").split_once('/') else { continue };
             let Some(inst) = rest.strip_prefix("instances/") else { continue };
-            let Ok(rec) = serde_json::from_slice::<InstanceRecord>(&kv.value) else { continue };
-            if rec.incarnation == 0 {
+            let Ok(rec) = decode_instance(&kv.value) else { continue };
+            let Some(inc) = rec.incarnation.as_ref() else {
                 continue; // Not launched yet (e.g. waiting for placement): no number to compare.
-            }
+            };
             let key = (svc.to_string(), inst.to_string());
             let last = seen.get(&key).cloned();
-            if let Some(l) = last.as_ref().filter(|l| rec.incarnation < l.incarnation) {
-                let msg = format!(
-                    "incarnation of {svc}/{inst} went back from {} to {}",
-                    l.incarnation, rec.incarnation
-                );
+            if let Some(l) = last.as_ref().filter(|l| inc.number < l.incarnation) {
+                let msg =
+                    format!("incarnation of {svc}/{inst} went back from {} to {}", l.incarnation, inc.number);
                 self.violate(w, msg);
                 continue;
             }
             // Released, waiting to be placed (a replacement in fence mode): it gets the number
             // it launches with.
-            if rec.agent.is_none() || last.as_ref().is_some_and(|l| l.incarnation == rec.incarnation) {
+            if rec.reservation.is_none() || last.as_ref().is_some_and(|l| l.incarnation == inc.number) {
                 continue;
             }
             // A relaunch onto a new config is the spec change's doing (a rolling update reaches
             // each instance in turn); any other needs a cause since the previous incarnation.
-            if let Some(l) = last.filter(|l| l.config == rec.config) {
+            if let Some(l) = last.filter(|l| l.config == inc.config) {
                 if !self.justified(&key, l.agent.as_deref(), l.since_ms, now) {
                     let msg = format!(
                         "relaunch of {svc}/{inst} (#{} -> #{}) without a cause since {:.1} s",
                         l.incarnation,
-                        rec.incarnation,
+                        inc.number,
                         l.since_ms as f64 / 1000.0
                     );
                     self.violate(w, msg);
                 }
             }
             let s = Seen {
-                incarnation: rec.incarnation,
+                incarnation: inc.number,
                 since_ms: now,
-                agent: rec.agent.clone(),
-                config: rec.config,
+                agent: rec.agent().map(str::to_string),
+                config: inc.config.clone(),
             };
             seen.insert(key, s);
         }

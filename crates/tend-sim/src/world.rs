@@ -89,7 +89,8 @@ pub struct Report {
     /// Digest of the whole trace: the same seed gives the same digest.
     pub digest: String,
     /// Benchmark mode: wall-clock µs of one recovery pass and of one agent's desired state.
-    pub passes_us: Option<(u64, u64)>,
+    /// (a full recovery pass, a pass after one agent's report, one desired state), in µs.
+    pub passes_us: Option<(u64, u64, u64)>,
 }
 
 /// A run that broke an invariant or did not converge.
@@ -132,7 +133,7 @@ pub struct World {
     spawned: Mutex<Vec<tokio::task::AbortHandle>>,
     last_event: AtomicU64,
     /// Benchmark mode: measured pass costs (µs).
-    pub passes: Mutex<Option<(u64, u64)>>,
+    pub passes: Mutex<Option<(u64, u64, u64)>>,
 }
 
 impl World {

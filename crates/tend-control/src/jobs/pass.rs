@@ -146,10 +146,10 @@ impl ServicePass<'_> {
         let (mut jis, mut meta) = (Vec::new(), Vec::new());
         for (ji, job) in self.spec.jobs.iter().enumerate() {
             for (inst, rec) in &instances {
-                if rec.pod != job.pod || rec.incarnation == 0 {
+                if rec.id.pod != job.pod || rec.incarnation.is_none() {
                     continue;
                 }
-                let Some(agent) = rec.agent.clone() else { continue };
+                let Some(agent) = rec.agent().map(str::to_string) else { continue };
                 let summary = summary(server, svc, &job.name, inst).await?;
                 // From the store (the instance's creation), so a restarted control plane counts
                 // the same; records from before `created_ms` fall back to first sight.
@@ -187,9 +187,9 @@ impl ServicePass<'_> {
 
     /// The health gate: the instance's tasks run and are ready, and recovery is not at work on
     /// it (from the record: down, or being replaced).
-    fn gate(&self, inst: &str, rec: &crate::records::InstanceRecord, agent: &str) -> Option<String> {
+    fn gate(&self, inst: &str, rec: &tend_model::Instance, agent: &str) -> Option<String> {
         let ready = match (
-            self.server.task_statuses(agent, self.svc, inst, rec.incarnation),
+            self.server.task_statuses(agent, self.svc, inst, rec.incarnation_number()),
             pod_of(self.spec, inst),
         ) {
             (Some(tasks), Some((pod, _))) => judge(pod, &tasks, self.now) == Ok(true),
@@ -199,11 +199,12 @@ impl ServicePass<'_> {
             return Some(format!("{inst} is not running and ready"));
         }
         let replacing = crate::rules::recovery::replacing(
-            rec.replaced_from.is_some(),
-            rec.incarnation,
-            rec.ready_incarnation,
+            rec.replaced_from().is_some(),
+            rec.incarnation_number(),
+            rec.ready_incarnation(),
         );
-        (rec.down_since_ms.is_some() || rec.unreachable_since_ms.is_some() || replacing)
+        let marks = &rec.recovery;
+        (marks.down_since_ms.is_some() || marks.unreachable_since_ms.is_some() || replacing)
             .then(|| format!("recovery is busy with {inst} (down or being replaced)"))
     }
 
@@ -257,7 +258,7 @@ impl ServicePass<'_> {
                     other => {
                         let attr = other.strip_prefix("attribute:").unwrap_or(other);
                         let agents = self.server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
-                        let value = agents.get(agent).and_then(|a| a.record.attributes.get(attr).cloned());
+                        let value = agents.get(agent).and_then(|a| a.agent.attributes.get(attr).cloned());
                         format!("{svc}/{}/{attr}={}", job.name, value.as_deref().unwrap_or("unset"))
                     }
                 };

@@ -99,7 +99,7 @@ pub(super) async fn run_job(
         .instances(&name)
         .await?
         .into_iter()
-        .filter(|(i, r)| r.pod == spec_job.pod && b.instance.as_ref().is_none_or(|want| want == i))
+        .filter(|(i, r)| r.id.pod == spec_job.pod && b.instance.as_ref().is_none_or(|want| want == i))
         .map(|(i, _)| i)
         .collect();
     if instances.is_empty() {

@@ -51,9 +51,9 @@ async fn agent_request(
         .get(&instance_key(name, instance))
         .await?
         .ok_or_else(|| not_found("pod instance", instance))?;
-    let rec: InstanceRecord = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let agent = rec.agent.ok_or_else(|| {
+    let rec = tend_control::records::decode_instance(&kv.value)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;
+    let agent = rec.agent().map(str::to_string).ok_or_else(|| {
         ApiError(StatusCode::CONFLICT, "not_placed", format!("{instance} is not placed yet"))
     })?;
     let url = s
@@ -62,7 +62,7 @@ async fn agent_request(
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .get(&agent)
-        .map(|a| a.record.agent_url.clone())
+        .map(|a| a.agent.url.clone())
         .ok_or_else(|| not_found("agent", &agent))?;
     // Over TLS the agent is checked as itself (its certificate names it) and it checks this
     // member's; in plain HTTP the cluster token stands for both. A follow has no overall
@@ -87,7 +87,7 @@ async fn agent_request(
         ("instance", instance),
         ("task", task),
         ("stream", stream),
-        ("incarnation", &rec.incarnation.to_string()),
+        ("incarnation", &rec.incarnation_number().to_string()),
         ("tail_bytes", &q.tail_bytes.unwrap_or(64 * 1024).to_string()),
         ("follow", if follow { "true" } else { "false" }),
     ]);

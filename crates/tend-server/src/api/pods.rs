@@ -2,6 +2,7 @@
 
 use super::openapi::*;
 use super::*;
+use tend_model::{Instance, InstanceId};
 
 // ---------- plans ----------
 
@@ -44,7 +45,7 @@ pub(super) async fn plan_info(s: &Server, name: &str, plan: &str) -> Result<Plan
         .view(&p)
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let instances: BTreeMap<String, InstanceRecord> = s.instances(name).await?.into_iter().collect();
+    let instances: BTreeMap<String, Instance> = s.instances(name).await?.into_iter().collect();
     Ok(PlanInfo {
         service: name.into(),
         name: v.name,
@@ -167,7 +168,7 @@ pub(super) async fn plan_action(
 /// An instance's state (and more on it), from its record, its reported tasks, and its step in
 /// the plan of the running rollout.
 pub(super) fn pod_state(
-    rec: &InstanceRecord,
+    rec: &Instance,
     tasks: Option<&Vec<TaskStatus>>,
     pod: Option<&tend_spec::PodSpec>,
     now_ms: u64,
@@ -180,10 +181,10 @@ pub(super) fn pod_state(
             _ => {}
         }
     }
-    if rec.agent.is_none() {
+    if rec.reservation.is_none() {
         return (PodState::Pending, None);
     }
-    if rec.incarnation == 0 {
+    if rec.incarnation.is_none() {
         return (PodState::Reserved, None);
     }
     let (Some(tasks), Some(pod)) = (tasks, pod) else { return (PodState::Unknown, None) };
@@ -234,18 +235,15 @@ pub(crate) async fn pod_infos(s: &Server, name: &str) -> Result<Vec<PodInfo>, Ap
         }
     }
     let plan_name = plan.as_ref().map(|p| p.def.name.clone()).unwrap_or_default();
-    let mut recs: BTreeMap<String, InstanceRecord> = s.instances(name).await?.into_iter().collect();
+    let mut recs: BTreeMap<String, Instance> = s.instances(name).await?.into_iter().collect();
     let mut out = Vec::new();
     for p in &spec.pods {
         for i in 0..p.count {
             let inst = format!("{}-{i}", p.name);
             let inst_key = inst.clone();
-            let rec = recs.remove(&inst).unwrap_or(InstanceRecord {
-                pod: p.name.clone(),
-                index: i,
-                ..Default::default()
-            });
-            let tasks = rec.agent.as_ref().and_then(|a| s.task_statuses(a, name, &inst, rec.incarnation));
+            let rec =
+                recs.remove(&inst).unwrap_or_else(|| Instance::new(InstanceId::new(p.name.clone(), i), 0));
+            let tasks = rec.agent().and_then(|a| s.task_statuses(a, name, &inst, rec.incarnation_number()));
             let step = steps.get(&inst).map(|st| (plan_name.as_str(), *st));
             let (state, detail) = pod_state(&rec, tasks.as_ref(), Some(p), s.now_ms(), step);
             out.push(PodInfo {
@@ -255,20 +253,20 @@ pub(crate) async fn pod_infos(s: &Server, name: &str) -> Result<Vec<PodInfo>, Ap
                 instance: inst,
                 pod: p.name.clone(),
                 index: i,
-                agent: rec.agent.clone(),
-                incarnation: rec.incarnation,
-                config: rec.config.clone(),
+                agent: rec.agent().map(str::to_string),
+                incarnation: rec.incarnation_number(),
+                config: rec.config().to_string(),
                 target_config: ids.get(&p.name).cloned().unwrap_or_default(),
                 pending_reason: rec.pending_reason.clone(),
-                ports: rec.ports.clone(),
-                reservation: rec.agent.as_ref().map(|a| ReservationInfo {
-                    agent: a.clone(),
-                    cpus: rec.cpus_milli as f64 / 1000.0,
-                    memory_mb: rec.memory_mb,
-                    disk_mb: rec.disk_mb,
-                    ports: rec.ports.clone(),
-                    volumes: rec.volumes.clone(),
-                    volume_id: rec.volume_id.clone(),
+                ports: rec.ports().cloned().unwrap_or_default(),
+                reservation: rec.reservation.as_ref().map(|r| ReservationInfo {
+                    agent: r.agent.clone(),
+                    cpus: r.resources.cpus_milli as f64 / 1000.0,
+                    memory_mb: r.resources.memory_mb,
+                    disk_mb: r.resources.disk_mb,
+                    ports: r.ports.clone(),
+                    volumes: rec.volumes.names.clone(),
+                    volume_id: rec.volumes.set.as_ref().map(|v| v.to_string()),
                 }),
                 tasks: tasks.unwrap_or_default(),
                 recovery: s
@@ -284,20 +282,20 @@ pub(crate) async fn pod_infos(s: &Server, name: &str) -> Result<Vec<PodInfo>, Ap
     }
     // Instances the spec no longer has: going once the rollout's plan is complete.
     for (inst, rec) in recs {
-        let tasks = rec.agent.as_ref().and_then(|a| s.task_statuses(a, name, &inst, rec.incarnation));
+        let tasks = rec.agent().and_then(|a| s.task_statuses(a, name, &inst, rec.incarnation_number()));
         out.push(PodInfo {
             service: name.into(),
             state: PodState::Decommissioning,
             detail: None,
             instance: inst,
-            pod: rec.pod.clone(),
-            index: rec.index,
-            agent: rec.agent.clone(),
-            incarnation: rec.incarnation,
-            config: rec.config.clone(),
+            pod: rec.id.pod.clone(),
+            index: rec.id.index,
+            agent: rec.agent().map(str::to_string),
+            incarnation: rec.incarnation_number(),
+            config: rec.config().to_string(),
             target_config: String::new(),
             pending_reason: None,
-            ports: rec.ports.clone(),
+            ports: rec.ports().cloned().unwrap_or_default(),
             reservation: None,
             tasks: tasks.unwrap_or_default(),
             recovery: None,
@@ -373,7 +371,7 @@ pub(super) async fn endpoints(
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .values()
-        .map(|a| (a.record.id.clone(), a.record.host.clone()))
+        .map(|a| (a.agent.id.clone(), a.agent.host.clone()))
         .collect();
     let mut out = Vec::new();
     for p in pods {
@@ -398,10 +396,10 @@ pub(super) async fn list_agents(State(s): State<Arc<Server>>) -> ApiResult<Vec<A
     let mut reserved: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for svc in s.service_names() {
         for (_, rec) in s.instances(&svc).await? {
-            if let Some(a) = rec.agent {
-                let e = reserved.entry(a).or_default();
-                e.0 += rec.cpus_milli;
-                e.1 += rec.memory_mb;
+            if let Some(r) = &rec.reservation {
+                let e = reserved.entry(r.agent.clone()).or_default();
+                e.0 += r.resources.cpus_milli;
+                e.1 += r.resources.memory_mb;
             }
         }
     }
@@ -411,17 +409,17 @@ pub(super) async fn list_agents(State(s): State<Arc<Server>>) -> ApiResult<Vec<A
         agents
             .values()
             .map(|a| {
-                let r = &a.record;
+                let r = &a.agent;
                 let (c, m) = reserved.get(&r.id).copied().unwrap_or_default();
                 AgentInfo {
                     id: r.id.clone(),
                     host: r.host.clone(),
                     attributes: r.attributes.clone(),
                     resources: AgentResources {
-                        cpus: r.cpus_milli as f64 / 1000.0,
-                        memory_mb: r.memory_mb,
-                        disk_mb: r.disk_mb,
-                        port_range: [r.port_lo, r.port_hi],
+                        cpus: r.capacity.cpus_milli as f64 / 1000.0,
+                        memory_mb: r.capacity.memory_mb,
+                        disk_mb: r.capacity.disk_mb,
+                        port_range: [r.ports.0, r.ports.1],
                     },
                     reserved_cpus: c as f64 / 1000.0,
                     reserved_memory_mb: m,

@@ -22,9 +22,9 @@ pub(super) async fn summary(s: &Server, name: &str) -> Result<ServiceSummary, Ap
     let pods = s.instances(name).await?;
     let mut running = 0;
     for (inst, rec) in &pods {
-        let Some(agent) = &rec.agent else { continue };
+        let Some(agent) = rec.agent() else { continue };
         if let (Some(tasks), Some(pod)) =
-            (s.task_statuses(agent, name, inst, rec.incarnation), spec.pod(&rec.pod))
+            (s.task_statuses(agent, name, inst, rec.incarnation_number()), spec.pod(&rec.id.pod))
         {
             if judge(pod, &tasks, s.now_ms()) == Ok(true) {
                 running += 1;
@@ -274,7 +274,7 @@ pub(super) async fn delete_service(
         return Err(not_found("service", &name));
     }
     let instances = s.instances(&name).await?;
-    let live = instances.iter().filter(|(_, r)| r.incarnation > 0).count();
+    let live = instances.iter().filter(|(_, r)| r.incarnation.is_some()).count();
     if live > 0 && !q.force {
         return Err(ApiError(
             StatusCode::CONFLICT,
