@@ -104,7 +104,7 @@ pub struct ServiceRt {
     /// Shared: loops and requests take it without copying it.
     pub spec: Arc<ServiceSpec>,
     pub identities: Arc<BTreeMap<String, String>>,
-    pub plans: BTreeMap<String, Plan>,
+    pub plans: BTreeMap<String, Arc<Plan>>,
     /// Every pod config an instance may still run (older generations' too), by identity.
     pub configs: Arc<configs::Configs>,
     pub trigger: Arc<Notify>,

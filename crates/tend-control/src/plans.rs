@@ -13,7 +13,7 @@ pub fn identities(spec: &ServiceSpec, artifacts: &BTreeMap<String, String>) -> B
 }
 
 /// Compiles a spec's plans: one step per pod instance.
-pub fn compile_plans(spec: &ServiceSpec) -> anyhow::Result<BTreeMap<String, Plan>> {
+pub fn compile_plans(spec: &ServiceSpec) -> anyhow::Result<BTreeMap<String, std::sync::Arc<Plan>>> {
     let mut out = BTreeMap::new();
     for p in &spec.plans {
         let strategy = |s: tend_spec::Strategy| match s {
@@ -37,13 +37,16 @@ pub fn compile_plans(spec: &ServiceSpec) -> anyhow::Result<BTreeMap<String, Plan
             })
             .collect();
         let plan = Plan::compile(PlanDef { name: p.name.clone(), strategy: strategy(p.strategy), phases })?;
-        out.insert(p.name.clone(), plan);
+        out.insert(p.name.clone(), std::sync::Arc::new(plan));
     }
     if !out.contains_key("update") {
-        out.insert("update".into(), Plan::compile(rollout_plan(spec, "update", false))?);
+        out.insert("update".into(), std::sync::Arc::new(Plan::compile(rollout_plan(spec, "update", false))?));
     }
     if !out.contains_key("rollback") {
-        out.insert("rollback".into(), Plan::compile(rollout_plan(spec, "rollback", true))?);
+        out.insert(
+            "rollback".into(),
+            std::sync::Arc::new(Plan::compile(rollout_plan(spec, "rollback", true))?),
+        );
     }
     Ok(out)
 }

@@ -76,7 +76,7 @@ pub async fn tick(server: &Control) -> anyhow::Result<Option<u64>> {
         }
         // One service's trouble (an unreadable record) does not stop recovery of the others.
         let pass = ServicePass { server, svc: &svc, spec: &spec, targets: &ids, now };
-        match pass.run(sc, deploy.as_ref(), candidates).await {
+        match pass.run(sc, deploy.as_deref(), candidates).await {
             Ok(()) => {
                 next = earliest(next, sc.next_due());
                 let rate = sc.last_launch.map(|t| t + MIN_REPLACEMENT_INTERVAL_MS).filter(|t| *t > now);

@@ -75,6 +75,21 @@ impl SimConfig {
     }
 }
 
+/// The cost of passes measured after a bulk deploy, and what measuring them took (not part of
+/// the deploy: the bench subtracts it).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Passes {
+    /// A full recovery pass (every instance judged), µs.
+    pub full_us: u64,
+    /// The recovery pass after one agent's report that changed one task, µs.
+    pub one_report_us: u64,
+    /// One agent's desired state, µs.
+    pub desired_us: u64,
+    /// Simulated and wall time spent settling and measuring.
+    pub spent_sim_ms: u64,
+    pub spent_wall_us: u64,
+}
+
 /// What a run did.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -89,8 +104,8 @@ pub struct Report {
     /// Digest of the whole trace: the same seed gives the same digest.
     pub digest: String,
     /// Benchmark mode: wall-clock µs of one recovery pass and of one agent's desired state.
-    /// (a full recovery pass, a pass after one agent's report, one desired state), in µs.
-    pub passes_us: Option<(u64, u64, u64)>,
+    /// Passes measured after a bulk deploy (None: not measured).
+    pub passes_us: Option<Passes>,
 }
 
 /// A run that broke an invariant or did not converge.
@@ -133,7 +148,7 @@ pub struct World {
     spawned: Mutex<Vec<tokio::task::AbortHandle>>,
     last_event: AtomicU64,
     /// Benchmark mode: measured pass costs (µs).
-    pub passes: Mutex<Option<(u64, u64, u64)>>,
+    pub passes: Mutex<Option<Passes>>,
 }
 
 impl World {
