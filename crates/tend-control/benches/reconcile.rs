@@ -1,10 +1,10 @@
-//! Recovery passes over 10,000 running instances (20 agents, memory store, in-process): a full
-//! pass (the first of a control plane: every instance judged) and the pass after one agent's
-//! report that changes one task (incremental: only what changed is judged). Prints the time per
-//! pass and its ratio to a reference taken in the same run: one range read of the same 10,000
-//! instance records.
+//! Recovery passes over N running instances (pods of 10,000; one agent per 500 instances; the
+//! memory store; in process): a full pass (the first of a control plane: every instance judged)
+//! and the pass after one agent's report that changes one task (incremental: only what changed
+//! is judged). Prints the time per pass and its ratio to a reference taken in the same run: one
+//! range read of the same N instance records.
 //!
-//! `cargo bench -p tend-control --bench reconcile`
+//! `cargo bench -p tend-control --bench reconcile -- [N]...` (default 10000)
 
 // A benchmark measures wall time: the crate's clock rule is for its code, not for its benches.
 #![allow(clippy::disallowed_methods)]
@@ -21,17 +21,45 @@ use tend_model::{SharedClock, SystemClock};
 use tend_store::memory::MemoryStore;
 use tend_store::StateStore;
 
-const INSTANCES: u32 = 10_000;
-const AGENTS: u32 = 20;
+const POD: u32 = 10_000;
+const PER_AGENT: u32 = 500;
 
-fn spec() -> String {
-    format!("version: 1\nname: big\npods:\n  w:\n    count: {INSTANCES}\n    tasks: {{ t: {{ cmd: 'exec sleep 600', cpus: 0.01, memory_mb: 1 }} }}\n")
+/// The size of one run: instances (in pods of up to `POD`) and agents.
+#[derive(Clone, Copy)]
+struct Size {
+    instances: u32,
+    agents: u32,
 }
 
-async fn seed(store: &Arc<dyn StateStore>, now: u64) -> String {
-    let text = spec();
+impl Size {
+    fn pods(&self) -> u32 {
+        self.instances.div_ceil(POD)
+    }
+    /// (pod name, index) of instance number `i`.
+    fn instance(&self, i: u32) -> (String, u32) {
+        (format!("w{}", i / POD), i % POD)
+    }
+    fn agent_of(&self, i: u32) -> u32 {
+        i % self.agents
+    }
+}
+
+fn spec(size: Size) -> String {
+    let mut s = String::from("version: 1\nname: big\npods:\n");
+    for p in 0..size.pods() {
+        let count = (size.instances - p * POD).min(POD);
+        s.push_str(&format!(
+            "  w{p}:\n    count: {count}\n    tasks: {{ t: {{ cmd: 'exec sleep 600', cpus: 0.01, memory_mb: 1 }} }}\n"
+        ));
+    }
+    s
+}
+
+async fn seed(store: &Arc<dyn StateStore>, size: Size, now: u64) {
+    let text = spec(size);
     let parsed = tend_spec::load_service("big.yml", &text).unwrap();
-    let config = tend_spec::pod_config_identity(&parsed.pods[0], &Default::default());
+    let configs: Vec<String> =
+        parsed.pods.iter().map(|p| tend_spec::pod_config_identity(p, &Default::default())).collect();
     let rec = ServiceRecord {
         name: "big".into(),
         spec: text,
@@ -40,7 +68,7 @@ async fn seed(store: &Arc<dyn StateStore>, now: u64) -> String {
         artifacts: Default::default(),
     };
     store.put(&service_key("big"), &serde_json::to_vec(&rec).unwrap()).await.unwrap();
-    for a in 0..AGENTS {
+    for a in 0..size.agents {
         let rec = tend_model::Agent {
             id: format!("a{a}"),
             host: "127.0.0.1".into(),
@@ -52,34 +80,30 @@ async fn seed(store: &Arc<dyn StateStore>, now: u64) -> String {
         };
         store.put(&agent_key(&rec.id), &encode_agent(&rec).unwrap()).await.unwrap();
     }
-    for i in 0..INSTANCES {
-        let mut rec = tend_model::Instance::new(tend_model::InstanceId::new("w", i), now - 60_000);
+    for i in 0..size.instances {
+        let (pod, index) = size.instance(i);
+        let config = configs[(i / POD) as usize].clone();
+        let mut rec =
+            tend_model::Instance::new(tend_model::InstanceId::new(pod.clone(), index), now - 60_000);
         rec.reservation =
-            Some(tend_model::Reservation { agent: format!("a{}", i % AGENTS), ..Default::default() });
+            Some(tend_model::Reservation { agent: format!("a{}", size.agent_of(i)), ..Default::default() });
         rec.next_incarnation(0, config.clone(), now - 60_000);
-        rec.ready = Some(tend_model::Ready { config: config.clone(), incarnation: 1 });
-        store.put(&instance_key("big", &format!("w-{i}")), &encode_instance(&rec).unwrap()).await.unwrap();
+        rec.ready = Some(tend_model::Ready { config, incarnation: 1 });
+        let key = instance_key("big", &format!("{pod}-{index}"));
+        store.put(&key, &encode_instance(&rec).unwrap()).await.unwrap();
     }
-    config
 }
 
-fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(async {
-        let clock: SharedClock = Arc::new(SystemClock);
-        let now = clock.now_ms();
-        let store: Arc<dyn StateStore> = MemoryStore::new(clock.clone());
-        seed(&store, now).await;
-        let server = Control::new(ControlConfig::default(), store.clone(), clock)
-            .await
-            .unwrap();
-        // Every agent reports its tasks running for a minute.
-        for a in 0..AGENTS {
-            let tasks: Vec<TaskStatus> = (0..INSTANCES)
-                .filter(|i| i % AGENTS == a)
-                .map(|i| TaskStatus {
+/// Every agent reports its tasks running for a minute.
+async fn report_all(server: &Control, size: Size, now: u64) {
+    for a in 0..size.agents {
+        let tasks: Vec<TaskStatus> = (0..size.instances)
+            .filter(|i| size.agent_of(*i) == a)
+            .map(|i| {
+                let (pod, index) = size.instance(i);
+                TaskStatus {
                     service: "big".into(),
-                    instance: format!("w-{i}"),
+                    instance: format!("{pod}-{index}"),
                     incarnation: 1,
                     task: "t".into(),
                     state: TaskState::Running,
@@ -92,49 +116,68 @@ fn main() {
                     restarts: 0,
                     next_restart_ms: None,
                     crash_loop: 0,
-                })
-                .collect();
-            server.on_status(&format!("a{a}"), tasks, Vec::new()).await;
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let mut reference = Vec::new();
-        let mut passes = Vec::new();
-        let mut one = Vec::new();
-        for round in 0..10u32 {
-            let t = Instant::now();
-            let n = store.range("services/big/instances/").await.unwrap().kvs.len();
-            reference.push(t.elapsed());
-            assert_eq!(n, INSTANCES as usize);
-            server.inner.recovery_cache.lock().await.last_full_ms = None;
-            let t = Instant::now();
-            tend_control::recovery::tick(&server).await.unwrap();
-            passes.push(t.elapsed());
-            // One agent reports one task restarted in place; the pass after it.
-            let mut tasks = server.inner.agents.read().unwrap().get("a0").unwrap().tasks.clone();
-            tasks[0].restarts = round + 1;
-            server.on_status("a0", tasks, Vec::new()).await;
-            let t = Instant::now();
-            tend_control::recovery::tick(&server).await.unwrap();
-            one.push(t.elapsed());
-        }
-        reference.sort();
-        passes.sort();
-        one.sort();
-        let (r, p) = (reference[5], passes[5]);
-        let replaced = server.instances("big").await.unwrap().iter().filter(|(_, r)| r.incarnation_number() != 1).count();
-        assert_eq!(replaced, 0, "a healthy instance was relaunched");
-        println!(
-            "full recovery pass over {INSTANCES} instances on {AGENTS} agents: median {:.1} ms (min {:.1} ms); reference range read of the records: {:.1} ms; ratio {:.1}x",
-            p.as_secs_f64() * 1e3,
-            passes[0].as_secs_f64() * 1e3,
-            r.as_secs_f64() * 1e3,
-            p.as_secs_f64() / r.as_secs_f64()
-        );
-        println!(
-            "recovery pass after one agent's report (one task changed): median {:.3} ms (min {:.3} ms); ratio to the reference {:.4}x",
-            one[5].as_secs_f64() * 1e3,
-            one[0].as_secs_f64() * 1e3,
-            one[5].as_secs_f64() / r.as_secs_f64()
-        );
-    });
+                }
+            })
+            .collect();
+        server.on_status(&format!("a{a}"), tasks, Vec::new()).await;
+    }
+}
+
+async fn run(size: Size) {
+    let clock: SharedClock = Arc::new(SystemClock);
+    let now = clock.now_ms();
+    let store: Arc<dyn StateStore> = MemoryStore::new(clock.clone());
+    seed(&store, size, now).await;
+    let server = Control::new(ControlConfig::default(), store.clone(), clock).await.unwrap();
+    report_all(&server, size, now).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (mut reference, mut full, mut one) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..10u32 {
+        let t = Instant::now();
+        let n = store.range("services/big/instances/").await.unwrap().kvs.len();
+        reference.push(t.elapsed());
+        assert_eq!(n, size.instances as usize);
+        server.inner.recovery_cache.lock().await.last_full_ms = None;
+        let t = Instant::now();
+        tend_control::recovery::tick(&server).await.unwrap();
+        full.push(t.elapsed());
+        // One agent reports one task restarted in place; the pass after it.
+        let mut tasks = server.inner.agents.read().unwrap().get("a0").unwrap().tasks.clone();
+        tasks[0].restarts = round + 1;
+        server.on_status("a0", tasks, Vec::new()).await;
+        let t = Instant::now();
+        tend_control::recovery::tick(&server).await.unwrap();
+        one.push(t.elapsed());
+    }
+    for v in [&mut reference, &mut full, &mut one] {
+        v.sort();
+    }
+    let r = reference[5];
+    let replaced =
+        server.instances("big").await.unwrap().iter().filter(|(_, r)| r.incarnation_number() != 1).count();
+    assert_eq!(replaced, 0, "a healthy instance was relaunched");
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{} instances, {} agents: full recovery pass median {:.1} ms (min {:.1}); after one agent's report median {:.3} ms (min {:.3}); reference range read {:.1} ms (ratios {:.2}x, {:.4}x)",
+        size.instances,
+        size.agents,
+        ms(full[5]),
+        ms(full[0]),
+        ms(one[5]),
+        ms(one[0]),
+        ms(r),
+        ms(full[5]) / ms(r),
+        ms(one[5]) / ms(r)
+    );
+    server.stop();
+}
+
+fn main() {
+    let sizes: Vec<u32> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let sizes = if sizes.is_empty() { vec![10_000] } else { sizes };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    for n in sizes {
+        let size = Size { instances: n.max(1), agents: (n / PER_AGENT).max(1) };
+        rt.block_on(run(size));
+    }
 }
