@@ -347,8 +347,10 @@ async fn decide(work: &DeployWork, instance: &str, snapshot: &mut Option<Snapsho
         None => crate::services::incarnation_floor(&work.server, &work.service, instance).await?,
         Some(_) => 0,
     };
-    // A relaunch (a new config) is no replacement: the marker of one goes with its incarnation.
-    rec.next_incarnation(floor, target, work.server.now_ms());
+    // A relaunch in place (a new config) is no replacement: the marker of one goes with its
+    // incarnation. Placed anew while a replacement still waited for an agent, it still is one.
+    let replaced_from = if in_place { None } else { rec.replaced_from().cloned() };
+    rec.next_incarnation(floor, target, work.server.now_ms()).replaced_from = replaced_from;
     Ok(Plan::Launch { rec, rev, extra })
 }
 

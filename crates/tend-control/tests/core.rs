@@ -219,3 +219,49 @@ async fn retention_is_the_longer_of_creation_and_the_current_spec() {
     assert_eq!(got.state, tend_control::records::VolumeRecordState::Retained);
     assert_eq!(got.until_ms, Some(clock.now_ms() + 3_600_000), "{got:?}");
 }
+
+/// A replacement placed only after its fence wait is still a replacement: the agent that gets
+/// it is told so (`TEND_REPLACING`, the old agent, the `on_replace` hook first), as it is told
+/// of one placed at once.
+#[tokio::test]
+async fn a_replacement_placed_after_its_fence_wait_is_still_a_replacement() {
+    use tend_control::agents::AgentProtocol;
+    let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
+    let clock = ManualClock::new(1_700_000_000_000);
+    let s = Control::new(ControlConfig::default(), store, Arc::new(clock.clone())).await.unwrap();
+    s.register(register_req("a1", None)).await.unwrap();
+    let text = "version: 1\nname: s\npods:\n  w:\n    on_replace: 'echo replacing'\n    tasks: { t: { cmd: 'exec sleep 600' } }\nrecovery: { on_partition: fence, fence_after_seconds: 1 }\n";
+    submit(&s, submission(text, None)).await.unwrap();
+    let mut desired = s.desired("a1", 0, std::time::Duration::from_secs(5)).await.unwrap();
+    for _ in 0..50 {
+        if !desired.assignments.is_empty() {
+            break;
+        }
+        desired = s.desired("a1", desired.index, std::time::Duration::from_secs(1)).await.unwrap();
+    }
+    assert_eq!(desired.assignments.len(), 1, "launched on a1");
+    assert!(!desired.assignments[0].env.contains_key("TEND_REPLACING"));
+    s.register(register_req("a2", None)).await.unwrap();
+    let msg = tend_control::recovery::replace(&s, "s", "w-0", "test").await.unwrap();
+    assert!(msg.contains("fence"), "{msg}");
+    // a1 stays silent past the fence time (plus the margin): the replacement is placed.
+    clock.advance_ms(3_100);
+    let empty = tend_api::StatusReport {
+        seq: 1,
+        tasks: Vec::new(),
+        released_volumes: Vec::new(),
+        job_results: Vec::new(),
+        conflict: None,
+        revision: None,
+    };
+    s.status("a2", empty).await.unwrap();
+    tend_control::recovery::tick(&s).await.unwrap();
+    let (_, inst) = s.instances("s").await.unwrap().into_iter().next().expect("w-0");
+    let agent = inst.agent().expect("placed after the fence wait").to_string();
+    let desired = s.desired(&agent, 0, std::time::Duration::ZERO).await.unwrap();
+    let a = desired.assignments.iter().find(|a| a.instance == "w-0").expect("w-0 desired");
+    assert_eq!(a.env.get("TEND_REPLACING").map(String::as_str), Some("1"));
+    assert_eq!(a.env.get("TEND_REPLACED_AGENT").map(String::as_str), Some("a1"));
+    assert_eq!(a.tasks.first().map(|t| t.name.as_str()), Some("on-replace"));
+    s.stop();
+}
