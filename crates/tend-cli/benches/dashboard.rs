@@ -51,29 +51,12 @@ async fn main() {
         std::env::var("TEND_BENCH_INSTANCES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let big = 1000.min(total);
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
+    let port = tend_testkit::etcd::free_port();
     let base = format!("https://127.0.0.1:{port}");
     let mut procs = tend_testkit::Procs::new(Duration::from_secs(60));
-    procs.children.push(
-        tend()
-            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir.path().join("server"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tend server"),
-    );
+    procs.children.push(tend_testkit::spawn_server(env!("CARGO_BIN_EXE_tend"), dir.path(), port, &[]));
+    assert!(tend_testkit::wait_server(dir.path(), port, true), "server did not listen");
     let token_file = dir.path().join("server/token");
-    for _ in 0..500 {
-        if token_file.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let token = std::fs::read_to_string(&token_file).expect("token").trim().to_string();
     let ca = dir.path().join("server/ca.pem");
     let pem = std::fs::read_to_string(&ca).expect("the cluster CA");

@@ -36,29 +36,15 @@ async fn get(http: &reqwest::Client, base: &str, token: &str, path: &str) -> Opt
     http.get(format!("{base}{path}")).bearer_auth(token).send().await.ok()?.json().await.ok()
 }
 
+/// A control plane on `port` and its data under `dir/server`, listening (with its token written).
 fn start_server(dir: &std::path::Path, port: u16, store: &str, tls: bool) -> Child {
-    let mut c = tend();
-    c.args(["server", "--listen", &format!("127.0.0.1:{port}"), "--agent-lost-after-seconds", "10"]);
+    let mut extra = vec!["--agent-lost-after-seconds", "10", "--store", store];
     if !tls {
-        c.arg("--plain-http");
+        extra.push("--plain-http");
     }
-    c.args(["--store", store])
-        .arg("--data-dir")
-        .arg(dir.join("server"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("tend server starts")
-}
-
-async fn wait_port(port: u16) {
-    for _ in 0..500 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("server did not listen");
+    let child = tend_testkit::spawn_server(env!("CARGO_BIN_EXE_tend"), dir, port, &extra);
+    assert!(tend_testkit::wait_server(dir, port, tls), "server did not listen");
+    child
 }
 
 #[tokio::main]
@@ -89,14 +75,10 @@ async fn run(top: &std::path::Path, store: &str, tls: bool, spawn: f64) -> f64 {
     let dir = tempfile::tempdir_in(top).expect("tempdir");
     let dir = dir.keep();
     let dir = &dir;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
+    let port = tend_testkit::etcd::free_port();
     let base = format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" });
     let mut procs = tend_testkit::Procs::new(Duration::from_secs(30));
     procs.children.push(start_server(dir, port, store, tls));
-    wait_port(port).await;
     let token = std::fs::read_to_string(dir.join("server/token")).expect("token").trim().to_string();
     let ca = dir.join("server/ca.pem");
     let http = match tls {
@@ -222,7 +204,6 @@ async fn run(top: &std::path::Path, store: &str, tls: bool, spawn: f64) -> f64 {
     server.wait().expect("reap");
     let t = Instant::now();
     procs.children.insert(0, start_server(dir, port, store, tls));
-    wait_port(port).await;
     let listening = t.elapsed().as_secs_f64();
     let (mut reconciled, mut complete) = (None, None);
     while complete.is_none() {

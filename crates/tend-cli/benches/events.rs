@@ -32,29 +32,12 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let port = tend_testkit::etcd::free_port();
     let base = format!("https://127.0.0.1:{port}");
     let mut procs = tend_testkit::Procs::new(Duration::from_secs(20));
-    procs.children.push(
-        tend()
-            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(dir.path().join("server"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tend server"),
-    );
+    procs.children.push(tend_testkit::spawn_server(env!("CARGO_BIN_EXE_tend"), dir.path(), port, &[]));
+    assert!(tend_testkit::wait_server(dir.path(), port, true), "server did not listen");
     let (token_file, ca) = (dir.path().join("server/token"), dir.path().join("server/ca.pem"));
-    for _ in 0..500 {
-        if ca.exists()
-            && token_file.exists()
-            && tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let token = std::fs::read_to_string(&token_file).expect("token").trim().to_string();
     let pem = std::fs::read_to_string(&ca).expect("ca");

@@ -81,24 +81,12 @@ async fn main() {
     }
     let spawn = 1000.0 / t0.elapsed().as_secs_f64();
     println!("reference: spawn+wait of /bin/true            {spawn:>8.0} /s");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
+    let port = tend_testkit::etcd::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut procs = tend_testkit::Procs::new(Duration::from_secs(30));
-    procs.children.push(
-        tend()
-            .args(["server", "--listen", &format!("127.0.0.1:{port}")])
-            // Updates are measured here, not TLS (the deploy bench compares the two).
-            .arg("--plain-http")
-            .arg("--data-dir")
-            .arg(dir.path().join("server"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tend server starts"),
-    );
+    // Updates are measured here, not TLS (the deploy bench compares the two).
+    let server = tend_testkit::spawn_server(env!("CARGO_BIN_EXE_tend"), dir.path(), port, &["--plain-http"]);
+    procs.children.push(server);
     let http = reqwest::Client::builder()
         .use_preconfigured_tls(tend_tls::plain_client_config().expect("config"))
         .build()

@@ -76,6 +76,37 @@ pub fn fdatasync_rate(dir: &Path, n: usize) -> f64 {
     n as f64 / t.elapsed().as_secs_f64()
 }
 
+/// Starts `tend server` (binary `tend`) listening on loopback `port`, its data under
+/// `dir/server`, with `extra` arguments; output discarded.
+pub fn spawn_server(tend: &str, dir: &Path, port: u16, extra: &[&str]) -> Child {
+    Command::new(tend)
+        .args(["server", "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(dir.join("server"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tend server starts")
+}
+
+/// Waits until the server started with [`spawn_server`] has written its API token (and, over
+/// TLS, the cluster CA) and listens on `port`. False after 10 s.
+pub fn wait_server(dir: &Path, port: u16, tls: bool) -> bool {
+    let (token, ca) = (dir.join("server/token"), dir.join("server/ca.pem"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if token.exists()
+            && (!tls || ca.exists())
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
 /// Starts `tend agent run` (binary `tend`) as agent `<zone>1` with attribute `zone=<zone>`,
 /// ports `lo..=hi`, the cluster token from `token_file`, and `extra` arguments; output discarded.
 pub fn spawn_agent(
