@@ -116,6 +116,19 @@ fn register_req(id: &str, cluster: Option<&str>) -> tend_api::RegisterRequest {
     }
 }
 
+/// `agent`'s desired state, long-polled (a bounded number of times) until it lists something.
+async fn desired_once_launched(s: &Control, agent: &str) -> tend_api::DesiredState {
+    use tend_control::agents::AgentProtocol;
+    let mut desired = s.desired(agent, 0, std::time::Duration::from_secs(5)).await.unwrap();
+    for _ in 0..50 {
+        if !desired.assignments.is_empty() {
+            break;
+        }
+        desired = s.desired(agent, desired.index, std::time::Duration::from_secs(1)).await.unwrap();
+    }
+    desired
+}
+
 /// The whole control plane driven in-process through the agent protocol (no sockets): an agent
 /// joins, a service with a volume is deployed, the agent reports its task running, the plan
 /// completes; an agent of another cluster is refused.
@@ -137,13 +150,7 @@ async fn an_in_process_agent_deploys_a_service_through_the_protocol() {
     let text = "version: 1\nname: s\npods:\n  w:\n    volumes: [ { name: d, path: d, size_mb: 1 } ]\n    tasks: { t: { cmd: 'exec sleep 600' } }\n";
     submit(&s, submission(text, None)).await.unwrap();
     // The agent long-polls until the intent is written.
-    let mut desired = s.desired("a1", 0, std::time::Duration::from_secs(5)).await.unwrap();
-    for _ in 0..50 {
-        if !desired.assignments.is_empty() {
-            break;
-        }
-        desired = s.desired("a1", desired.index, std::time::Duration::from_secs(1)).await.unwrap();
-    }
+    let desired = desired_once_launched(&s, "a1").await;
     let a = desired.assignments.first().expect("an assignment").clone();
     assert_eq!((a.instance.as_str(), a.incarnation), ("w-0", 1));
     assert!(tend_model::VolumeId::parse(&a.volume_id).is_some(), "{}", a.volume_id);
@@ -232,13 +239,7 @@ async fn a_replacement_placed_after_its_fence_wait_is_still_a_replacement() {
     s.register(register_req("a1", None)).await.unwrap();
     let text = "version: 1\nname: s\npods:\n  w:\n    on_replace: 'echo replacing'\n    tasks: { t: { cmd: 'exec sleep 600' } }\nrecovery: { on_partition: fence, fence_after_seconds: 1 }\n";
     submit(&s, submission(text, None)).await.unwrap();
-    let mut desired = s.desired("a1", 0, std::time::Duration::from_secs(5)).await.unwrap();
-    for _ in 0..50 {
-        if !desired.assignments.is_empty() {
-            break;
-        }
-        desired = s.desired("a1", desired.index, std::time::Duration::from_secs(1)).await.unwrap();
-    }
+    let desired = desired_once_launched(&s, "a1").await;
     assert_eq!(desired.assignments.len(), 1, "launched on a1");
     assert!(!desired.assignments[0].env.contains_key("TEND_REPLACING"));
     s.register(register_req("a2", None)).await.unwrap();
