@@ -1,7 +1,7 @@
 //! The plan engine: visits steps in dependency order (check → apply → re-check), persisting
 //! every status change in the state store before acting, so that a killed process resumes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -223,75 +223,72 @@ impl Engine {
         obs: &dyn Observer,
     ) -> Result<RunSummary, EngineError> {
         let mut records = self.records(plan).await?;
-        let n = plan.steps.len();
-        let mut state = vec![Status::Pending; n];
-        let mut running = vec![false; n];
+        let mut run = RunState::new(plan);
         let mut summary = RunSummary::default();
         let mut futs = FuturesUnordered::new();
-        // Direct dependants of each step: a finished step makes only these newly ready, so a run
-        // of n steps costs O(n + edges), not a scan of the whole plan per finished step.
-        let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (j, s) in plan.steps.iter().enumerate() {
-            for d in &s.deps {
-                dependants[*d].push(j);
-            }
-        }
         let mut ctl = self.control(plan).await?;
-        let mut queue: std::collections::VecDeque<usize> = ready_steps(plan, &state, &running, &ctl).into();
+        run.settle(plan, &records);
+        let mut queue: VecDeque<usize> = run.ready(plan, &ctl).into();
         loop {
             while futs.len() < self.max_parallel {
                 let Some(i) = queue.pop_front() else { break };
-                if running[i] || !is_ready(plan, &state, &running, &ctl, i) {
+                if !is_ready(plan, &run.state, &run.running, &run.phase_done, &ctl, i) {
                     continue;
                 }
-                running[i] = true;
-                state[i] = Status::Prepared;
-                let inputs: BTreeMap<String, String> = plan.steps[i]
-                    .deps
-                    .iter()
-                    .map(|d| (plan.steps[*d].id.clone(), records[*d].fingerprint.clone().unwrap_or_default()))
-                    .collect();
-                let rec = records[i].clone();
+                run.running[i] = true;
+                run.state[i] = Status::Prepared;
+                let inputs = run.inputs(plan, i, &records);
+                let mut rec = records[i].clone();
+                normalize_inputs(plan, i, &mut rec);
                 futs.push(async move { (i, self.visit(plan, i, inputs, rec, work, obs).await) });
             }
             let Some((i, outcome)) = futs.next().await else { break };
-            running[i] = false;
-            let finished = i;
+            run.running[i] = false;
             let (rec, what) = outcome?;
             let id = plan.steps[i].id.clone();
             match what {
-                Visit::Skipped { resumed } => {
-                    state[i] = Status::Complete;
+                Visit::Skipped { resumed } | Visit::Applied { resumed } => {
+                    run.state[i] = Status::Complete;
                     if resumed {
                         summary.resumed.push(id.clone());
                     }
-                    summary.skipped.push(id);
-                }
-                Visit::Applied { resumed } => {
-                    state[i] = Status::Complete;
-                    if resumed {
-                        summary.resumed.push(id.clone());
+                    match what {
+                        Visit::Skipped { .. } => summary.skipped.push(id),
+                        _ => summary.applied.push(id),
                     }
-                    summary.applied.push(id);
                 }
                 Visit::Failed(e) => {
-                    state[i] = Status::Error;
+                    run.state[i] = Status::Error;
                     summary.failed.push((id, e));
                 }
             }
             records[i] = rec;
+            let now_ready = run.finished(plan, i, &records);
             // An operator's interrupt or continue changes what may start: look at everything.
             let now_ctl = self.control(plan).await?;
             if now_ctl != ctl {
                 ctl = now_ctl;
-                queue = ready_steps(plan, &state, &running, &ctl).into();
-            } else if state[finished] == Status::Complete {
-                queue.extend(dependants[finished].iter().copied());
+                queue = run.ready(plan, &ctl).into();
+            } else {
+                queue.extend(now_ready);
             }
         }
-        // What did not run: blocked by a failure, or held by an interrupt.
+        self.wrap_up(plan, &run, &mut records, obs, &mut summary).await?;
+        Ok(summary)
+    }
+
+    /// Records what did not run: held by an interrupt, or blocked by a failure.
+    async fn wrap_up(
+        &self,
+        plan: &Plan,
+        run: &RunState,
+        records: &mut [StepRecord],
+        obs: &dyn Observer,
+        summary: &mut RunSummary,
+    ) -> Result<(), EngineError> {
         let ctl = self.control(plan).await?;
-        for i in held_steps(plan, &state, &ctl) {
+        let mut state = run.state.clone();
+        for i in held_steps(plan, &state, &run.phase_done, &ctl) {
             let step = &plan.steps[i];
             records[i].status = Some(Status::Waiting);
             self.save(plan, step, &mut records[i]).await?;
@@ -299,19 +296,25 @@ impl Engine {
             summary.held.push(step.id.clone());
             state[i] = Status::Waiting;
         }
+        let blockers = phase_blockers(plan, &state, &run.phase_done);
         for (i, step) in plan.steps.iter().enumerate() {
             if matches!(state[i], Status::Pending) {
                 let by = step
                     .deps
                     .iter()
-                    .find(|d| matches!(state[**d], Status::Error | Status::Pending | Status::Waiting))
-                    .map(|d| plan.steps[*d].id.clone())
+                    .copied()
+                    .find(|d| matches!(state[*d], Status::Error | Status::Pending | Status::Waiting))
+                    .or_else(|| {
+                        let phase = &plan.phases[step.phase];
+                        phase.deps.iter().find(|u| !run.phase_done[**u]).and_then(|u| blockers[*u])
+                    })
+                    .map(|d| plan.steps[d].id.clone())
                     .unwrap_or_default();
                 obs.on_event(&Event::Blocked { step: step.id.clone(), by });
                 summary.blocked.push(step.id.clone());
             }
         }
-        Ok(summary)
+        Ok(())
     }
 
     async fn visit(
@@ -401,7 +404,12 @@ impl Engine {
     ) -> Result<(), EngineError> {
         let fp = match work.fingerprint(step).await {
             Ok(Some(f)) => f,
-            Ok(None) => inputs_fingerprint(inputs),
+            // Unchanged inputs keep their default fingerprint, also one computed from inputs
+            // recorded in an older form (see `normalize_inputs`): downstream sees no change.
+            Ok(None) => match &rec.fingerprint {
+                Some(f) if f.starts_with("in:") && rec.completed_once && rec.inputs == *inputs => f.clone(),
+                _ => inputs_fingerprint(inputs),
+            },
             Err(e) => format!("unreadable:{e}"),
         };
         rec.status = Some(Status::Complete);
@@ -434,12 +442,10 @@ impl Engine {
         let ctl = self.control(plan).await?;
         let mut phases = Vec::new();
         for (pi, p) in plan.def.phases.iter().enumerate() {
-            let steps: Vec<(String, StepRecord)> = plan
+            let steps: Vec<(String, StepRecord)> = plan.phases[pi]
                 .steps
-                .iter()
-                .zip(records.iter())
-                .filter(|(s, _)| s.phase == pi)
-                .map(|(s, r)| (s.name.clone(), r.clone()))
+                .clone()
+                .map(|i| (plan.steps[i].name.clone(), records[i].clone()))
                 .collect();
             let interrupted = ctl.interrupted_phases.contains(&p.name);
             let status = summarize(steps.iter().map(|(_, r)| r.status()));
@@ -459,7 +465,7 @@ impl Engine {
             Target::Plan => Ok((0..plan.steps.len()).collect()),
             Target::Phase(p) => {
                 let pi = plan.def.phases.iter().position(|x| &x.name == p).ok_or_else(|| nf("phase", p))?;
-                Ok(plan.steps.iter().enumerate().filter(|(_, s)| s.phase == pi).map(|(i, _)| i).collect())
+                Ok(plan.phases[pi].steps.clone().collect())
             }
             Target::Step(id) => {
                 let i = plan
@@ -557,13 +563,29 @@ impl Engine {
         let idx = self.target_steps(plan, target)?;
         let mut records = self.records(plan).await?;
         let mut done = Vec::new();
+        // Phase fingerprints from the records, computed once every phase before the target's is:
+        // targets come in plan order, so an upstream phase's forced steps are recorded by then.
+        let mut phase_fp: Vec<Option<String>> = vec![None; plan.phases.len()];
+        let mut upto = 0;
         for i in idx {
             let step = &plan.steps[i];
-            let inputs: BTreeMap<String, String> = step
-                .deps
-                .iter()
-                .map(|d| (plan.steps[*d].id.clone(), records[*d].fingerprint.clone().unwrap_or_default()))
-                .collect();
+            while upto < plan.phase_order.len() && plan.phase_order[upto] != step.phase {
+                let p = plan.phase_order[upto];
+                let fp = phase_fingerprint(
+                    plan,
+                    p,
+                    |j| records[j].fingerprint.clone().unwrap_or_default(),
+                    |u| phase_fp[u].clone().unwrap_or_default(),
+                );
+                phase_fp[p] = Some(fp);
+                upto += 1;
+            }
+            let inputs = step_inputs(
+                plan,
+                i,
+                |d| records[d].fingerprint.clone().unwrap_or_default(),
+                |u| phase_fp[u].clone().unwrap_or_default(),
+            );
             let rec = &mut records[i];
             rec.status = Some(Status::Complete);
             rec.completed_once = true;
@@ -616,4 +638,101 @@ enum Visit {
     Skipped { resumed: bool },
     Applied { resumed: bool },
     Failed(String),
+}
+
+/// What one run knows about its steps and phases, kept up to date as steps finish, so that a
+/// finished step costs its own dependants, not a scan of the plan.
+struct RunState {
+    /// Status of each step in this run (complete only once visited in this run).
+    state: Vec<Status>,
+    running: Vec<bool>,
+    /// Steps of each phase not yet complete.
+    left: Vec<usize>,
+    phase_done: Vec<bool>,
+    /// Combined fingerprint of each done phase.
+    phase_fp: Vec<Option<String>>,
+    /// Direct dependants of each step within its phase.
+    dependants: Vec<Vec<usize>>,
+    /// Phases waiting for each phase.
+    phase_dependants: Vec<Vec<usize>>,
+}
+
+impl RunState {
+    fn new(plan: &Plan) -> Self {
+        let n = plan.steps.len();
+        let mut dependants: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (j, s) in plan.steps.iter().enumerate() {
+            for d in &s.deps {
+                dependants[*d].push(j);
+            }
+        }
+        let mut phase_dependants: Vec<Vec<usize>> = vec![Vec::new(); plan.phases.len()];
+        for (q, p) in plan.phases.iter().enumerate() {
+            for u in &p.deps {
+                phase_dependants[*u].push(q);
+            }
+        }
+        RunState {
+            state: vec![Status::Pending; n],
+            running: vec![false; n],
+            left: plan.phases.iter().map(|p| p.steps.len()).collect(),
+            phase_done: vec![false; plan.phases.len()],
+            phase_fp: vec![None; plan.phases.len()],
+            dependants,
+            phase_dependants,
+        }
+    }
+
+    fn ready(&self, plan: &Plan, ctl: &PlanControl) -> Vec<usize> {
+        ready_steps(plan, &self.state, &self.running, &self.phase_done, ctl)
+    }
+
+    /// The inputs step `i` sees now.
+    fn inputs(&self, plan: &Plan, i: usize, records: &[StepRecord]) -> BTreeMap<String, String> {
+        step_inputs(
+            plan,
+            i,
+            |d| records[d].fingerprint.clone().unwrap_or_default(),
+            |u| self.phase_fp[u].clone().unwrap_or_default(),
+        )
+    }
+
+    /// Marks phases done whose steps and upstream phases all are; returns them.
+    fn settle(&mut self, plan: &Plan, records: &[StepRecord]) -> Vec<usize> {
+        let mut newly = Vec::new();
+        for &p in &plan.phase_order {
+            let node = &plan.phases[p];
+            if self.phase_done[p] || self.left[p] > 0 || !node.deps.iter().all(|u| self.phase_done[*u]) {
+                continue;
+            }
+            self.phase_done[p] = true;
+            let fp = phase_fingerprint(
+                plan,
+                p,
+                |i| records[i].fingerprint.clone().unwrap_or_default(),
+                |u| self.phase_fp[u].clone().unwrap_or_default(),
+            );
+            self.phase_fp[p] = Some(fp);
+            newly.push(p);
+        }
+        newly
+    }
+
+    /// Step `i` finished (its state is set): the steps that may have become ready.
+    fn finished(&mut self, plan: &Plan, i: usize, records: &[StepRecord]) -> Vec<usize> {
+        if self.state[i] != Status::Complete {
+            return Vec::new();
+        }
+        let mut out = self.dependants[i].clone();
+        let p = plan.steps[i].phase;
+        self.left[p] -= 1;
+        if self.left[p] == 0 {
+            for done in self.settle(plan, records) {
+                for q in &self.phase_dependants[done] {
+                    out.extend(plan.phases[*q].steps.clone());
+                }
+            }
+        }
+        out
+    }
 }

@@ -57,129 +57,103 @@ pub struct StepNode {
     pub id: String,
     pub phase: usize,
     pub name: String,
-    /// Indices of the steps this one waits for.
+    /// Indices of the steps of the same phase this one waits for. A step also waits for every
+    /// phase its phase depends on ([`PhaseNode::deps`]): phases are barriers, so a plan costs
+    /// its steps plus its phase edges, not the product of neighbouring phases' sizes.
     pub deps: Vec<usize>,
+}
+
+/// One phase in the compiled graph, by definition index.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhaseNode {
+    /// Definition indices of the phases this one waits for (all their steps complete).
+    pub deps: Vec<usize>,
+    /// Its steps: a contiguous range of [`Plan::steps`].
+    pub steps: std::ops::Range<usize>,
 }
 
 /// A plan compiled to one DAG of steps, in a topological order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub def: PlanDef,
-    /// Steps in topological order (every dep comes before its dependant).
+    /// Steps in topological order: grouped by phase, phases in a topological order, and within
+    /// a phase every dep before its dependant.
     pub steps: Vec<StepNode>,
+    /// Phases by definition index.
+    pub phases: Vec<PhaseNode>,
+    /// Definition indices of the phases in the order their steps appear in `steps`.
+    pub phase_order: Vec<usize>,
 }
 
 impl Plan {
     /// Compiles a definition, refusing duplicates, unknown references and cycles.
     pub fn compile(def: PlanDef) -> Result<Plan, PlanError> {
         let plan = def.name.clone();
-        let mut phase_index = BTreeMap::new();
-        for (i, p) in def.phases.iter().enumerate() {
-            if phase_index.insert(p.name.clone(), i).is_some() {
-                return Err(PlanError::Duplicate { plan, what: "phase", name: p.name.clone() });
+        let phase_deps = phase_deps(&def)?;
+        let names: Vec<String> = def.phases.iter().map(|p| p.name.clone()).collect();
+        let phase_order = topo_order(&names, &phase_deps).map_err(|cycle| PlanError::Cycle {
+            plan: plan.clone(),
+            cycle: cycle.into_iter().map(|i| names[i].clone()).collect(),
+        })?;
+        let mut steps: Vec<StepNode> = Vec::new();
+        let mut ranges = vec![0..0; def.phases.len()];
+        for &pi in &phase_order {
+            let first = steps.len();
+            let (ids, deps) = step_deps(&def, pi)?;
+            let order = topo_order(&ids, &deps).map_err(|cycle| PlanError::Cycle {
+                plan: plan.clone(),
+                cycle: cycle.into_iter().map(|i| ids[i].clone()).collect(),
+            })?;
+            let mut new_index = vec![0; ids.len()];
+            for (new, old) in order.iter().enumerate() {
+                new_index[*old] = first + new;
             }
-        }
-        // Phase-level dependencies.
-        let mut phase_deps: Vec<Vec<usize>> = vec![Vec::new(); def.phases.len()];
-        for (i, p) in def.phases.iter().enumerate() {
-            match def.strategy {
-                Strategy::Serial if i > 0 => phase_deps[i].push(i - 1),
-                Strategy::Dependency => {
-                    for d in &p.depends_on {
-                        let j = *phase_index.get(d).ok_or_else(|| PlanError::Unknown {
-                            plan: plan.clone(),
-                            what: "phase",
-                            from: p.name.clone(),
-                            to: d.clone(),
-                        })?;
-                        phase_deps[i].push(j);
-                    }
-                }
-                _ => {}
-            }
-        }
-        // Flatten to step nodes (definition order for now).
-        let mut nodes: Vec<StepNode> = Vec::new();
-        let mut phase_steps: Vec<Vec<usize>> = Vec::new();
-        for (pi, p) in def.phases.iter().enumerate() {
-            let mut local = BTreeMap::new();
-            let first = nodes.len();
-            for (si, s) in p.steps.iter().enumerate() {
-                if local.insert(s.name.clone(), first + si).is_some() {
-                    return Err(PlanError::Duplicate {
-                        plan,
-                        what: "step",
-                        name: format!("{}/{}", p.name, s.name),
-                    });
-                }
-            }
-            for (si, s) in p.steps.iter().enumerate() {
-                let mut deps = Vec::new();
-                match p.strategy {
-                    Strategy::Serial if si > 0 => deps.push(first + si - 1),
-                    Strategy::Dependency => {
-                        for n in &s.needs {
-                            deps.push(*local.get(n).ok_or_else(|| PlanError::Unknown {
-                                plan: plan.clone(),
-                                what: "step",
-                                from: format!("{}/{}", p.name, s.name),
-                                to: n.clone(),
-                            })?);
-                        }
-                    }
-                    _ => {}
-                }
-                nodes.push(StepNode {
-                    id: format!("{}/{}", p.name, s.name),
+            for old in order {
+                let mut d: Vec<usize> = deps[old].iter().map(|x| new_index[*x]).collect();
+                d.sort_unstable();
+                steps.push(StepNode {
+                    id: ids[old].clone(),
                     phase: pi,
-                    name: s.name.clone(),
-                    deps,
+                    name: def.phases[pi].steps[old].name.clone(),
+                    deps: d,
                 });
             }
-            phase_steps.push((first..nodes.len()).collect());
+            ranges[pi] = first..steps.len();
         }
-        // Every step of a phase waits for every step of the phases it depends on.
-        for (pi, deps) in phase_deps.iter().enumerate() {
-            let upstream: Vec<usize> = deps.iter().flat_map(|d| phase_steps[*d].iter().copied()).collect();
-            for s in &phase_steps[pi] {
-                nodes[*s].deps.extend(upstream.iter().copied());
-            }
-        }
-        for n in &mut nodes {
-            n.deps.sort_unstable();
-            n.deps.dedup();
-        }
-        let order = topo_order(&nodes).map_err(|cycle| PlanError::Cycle { plan: plan.clone(), cycle })?;
-        // Re-index in topological order.
-        let mut new_index = vec![0; nodes.len()];
-        for (new, old) in order.iter().enumerate() {
-            new_index[*old] = new;
-        }
-        let steps = order
-            .iter()
-            .map(|old| {
-                let mut n = nodes[*old].clone();
-                n.deps = n.deps.iter().map(|d| new_index[*d]).collect();
-                n.deps.sort_unstable();
-                n
-            })
-            .collect();
-        Ok(Plan { def, steps })
+        let phases =
+            phase_deps.into_iter().zip(ranges).map(|(deps, steps)| PhaseNode { deps, steps }).collect();
+        Ok(Plan { def, steps, phases, phase_order })
     }
 
     /// The index of a step by id.
     pub fn index(&self, id: &str) -> Option<usize> {
-        self.steps.iter().position(|s| s.id == id)
+        // Look in the step's own phase first: a phase may hold most of a big plan, but a plan
+        // of many phases should not be scanned whole per lookup.
+        let in_phase = id.split_once('/').and_then(|(phase, _)| {
+            let pi = self.def.phases.iter().position(|p| p.name == phase)?;
+            self.phases[pi].steps.clone().find(|i| self.steps[*i].id == id)
+        });
+        in_phase.or_else(|| self.steps.iter().position(|s| s.id == id))
+    }
+
+    /// Definition indices of the phases that wait for phase `pi` directly.
+    pub fn phase_dependants(&self, pi: usize) -> Vec<usize> {
+        (0..self.phases.len()).filter(|q| self.phases[*q].deps.contains(&pi)).collect()
     }
 
     /// Indices of every step that (transitively) depends on `i`.
     pub fn dependants(&self, i: usize) -> Vec<usize> {
         let mut hit = vec![false; self.steps.len()];
+        let mut phase_hit = vec![false; self.phases.len()];
         hit[i] = true;
+        phase_hit[self.steps[i].phase] = true;
         let mut out = Vec::new();
         for (j, s) in self.steps.iter().enumerate().skip(i + 1) {
-            if s.deps.iter().any(|d| hit[*d]) {
+            // Upstream phases come entirely before a phase's steps, so `phase_hit` is final here.
+            let via_phase = self.phases[s.phase].deps.iter().any(|p| phase_hit[*p]);
+            if via_phase || s.deps.iter().any(|d| hit[*d]) {
                 hit[j] = true;
+                phase_hit[s.phase] = true;
                 out.push(j);
             }
         }
@@ -187,13 +161,82 @@ impl Plan {
     }
 }
 
-/// Kahn's algorithm, stable (ties broken by definition order). Err: a cycle, as step ids.
-fn topo_order(nodes: &[StepNode]) -> Result<Vec<usize>, Vec<String>> {
-    let n = nodes.len();
+/// Phase-level dependencies, by definition index.
+fn phase_deps(def: &PlanDef) -> Result<Vec<Vec<usize>>, PlanError> {
+    let plan = &def.name;
+    let mut phase_index = BTreeMap::new();
+    for (i, p) in def.phases.iter().enumerate() {
+        if phase_index.insert(p.name.as_str(), i).is_some() {
+            return Err(PlanError::Duplicate { plan: plan.clone(), what: "phase", name: p.name.clone() });
+        }
+    }
+    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); def.phases.len()];
+    for (i, p) in def.phases.iter().enumerate() {
+        match def.strategy {
+            Strategy::Serial if i > 0 => deps[i].push(i - 1),
+            Strategy::Dependency => {
+                for d in &p.depends_on {
+                    let j = *phase_index.get(d.as_str()).ok_or_else(|| PlanError::Unknown {
+                        plan: plan.clone(),
+                        what: "phase",
+                        from: p.name.clone(),
+                        to: d.clone(),
+                    })?;
+                    deps[i].push(j);
+                }
+            }
+            _ => {}
+        }
+        deps[i].sort_unstable();
+        deps[i].dedup();
+    }
+    Ok(deps)
+}
+
+/// The ids of phase `pi`'s steps and their deps (local indices), in definition order.
+fn step_deps(def: &PlanDef, pi: usize) -> Result<(Vec<String>, Vec<Vec<usize>>), PlanError> {
+    let plan = &def.name;
+    let p = &def.phases[pi];
+    let mut local = BTreeMap::new();
+    for (si, s) in p.steps.iter().enumerate() {
+        if local.insert(s.name.as_str(), si).is_some() {
+            let name = format!("{}/{}", p.name, s.name);
+            return Err(PlanError::Duplicate { plan: plan.clone(), what: "step", name });
+        }
+    }
+    let ids = p.steps.iter().map(|s| format!("{}/{}", p.name, s.name)).collect();
+    let mut deps = Vec::with_capacity(p.steps.len());
+    for (si, s) in p.steps.iter().enumerate() {
+        let mut d = Vec::new();
+        match p.strategy {
+            Strategy::Serial if si > 0 => d.push(si - 1),
+            Strategy::Dependency => {
+                for n in &s.needs {
+                    d.push(*local.get(n.as_str()).ok_or_else(|| PlanError::Unknown {
+                        plan: plan.clone(),
+                        what: "step",
+                        from: format!("{}/{}", p.name, s.name),
+                        to: n.clone(),
+                    })?);
+                }
+            }
+            _ => {}
+        }
+        d.sort_unstable();
+        d.dedup();
+        deps.push(d);
+    }
+    Ok((ids, deps))
+}
+
+/// Kahn's algorithm over nodes named `names` with `deps`, stable (ties broken by definition
+/// order). Err: a cycle, as node indices.
+fn topo_order(names: &[String], deps: &[Vec<usize>]) -> Result<Vec<usize>, Vec<usize>> {
+    let n = names.len();
     let mut indeg = vec![0usize; n];
     let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
-    for (i, node) in nodes.iter().enumerate() {
-        for d in &node.deps {
+    for (i, ds) in deps.iter().enumerate() {
+        for d in ds {
             indeg[i] += 1;
             users[*d].push(i);
         }
@@ -217,13 +260,13 @@ fn topo_order(nodes: &[StepNode]) -> Result<Vec<usize>, Vec<String>> {
     let mut path = vec![left[0]];
     loop {
         let cur = *path.last().unwrap_or(&left[0]);
-        let Some(next) = nodes[cur].deps.iter().copied().find(|d| indeg[*d] > 0) else { break };
+        let Some(next) = deps[cur].iter().copied().find(|d| indeg[*d] > 0) else { break };
         if let Some(pos) = path.iter().position(|p| *p == next) {
-            let mut cycle: Vec<String> = path[pos..].iter().rev().map(|i| nodes[*i].id.clone()).collect();
-            cycle.insert(0, nodes[next].id.clone());
+            let mut cycle: Vec<usize> = path[pos..].iter().rev().copied().collect();
+            cycle.insert(0, next);
             return Err(cycle);
         }
         path.push(next);
     }
-    Err(left.iter().map(|i| nodes[*i].id.clone()).collect())
+    Err(left)
 }

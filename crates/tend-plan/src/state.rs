@@ -182,36 +182,158 @@ pub fn inputs_fingerprint(inputs: &BTreeMap<String, String>) -> String {
     format!("in:{}", &hex::encode(h.finalize())[..32])
 }
 
+/// The input key under which a step sees an upstream phase: the combined fingerprint of all
+/// its steps.
+pub fn phase_key(plan: &Plan, pi: usize) -> String {
+    format!("{}/*", plan.def.phases[pi].name)
+}
+
+/// The combined fingerprint of phase `pi`: a hash of its steps' ids and fingerprints, in plan
+/// order (`fp(i)` gives step i's). An empty phase passes its upstream phases' fingerprints
+/// through (`upstream(u)` gives phase u's), so it does not cut a chain of phases.
+pub fn phase_fingerprint(
+    plan: &Plan,
+    pi: usize,
+    fp: impl Fn(usize) -> String,
+    upstream: impl Fn(usize) -> String,
+) -> String {
+    let mut h = Sha256::new();
+    let node = &plan.phases[pi];
+    for i in node.steps.clone() {
+        h.update(plan.steps[i].id.as_bytes());
+        h.update([0]);
+        h.update(fp(i).as_bytes());
+        h.update([0]);
+    }
+    if node.steps.is_empty() {
+        for u in &node.deps {
+            h.update(phase_key(plan, *u).as_bytes());
+            h.update([0]);
+            h.update(upstream(*u).as_bytes());
+            h.update([0]);
+        }
+    }
+    format!("phase:{}", &hex::encode(h.finalize())[..32])
+}
+
+/// What step `i` depends on and the fingerprints they published: the steps of its phase it
+/// waits for, by step id, and each upstream phase, by [`phase_key`].
+pub fn step_inputs(
+    plan: &Plan,
+    i: usize,
+    fp: impl Fn(usize) -> String,
+    phase_fp: impl Fn(usize) -> String,
+) -> BTreeMap<String, String> {
+    let s = &plan.steps[i];
+    let mut inputs: BTreeMap<String, String> =
+        s.deps.iter().map(|d| (plan.steps[*d].id.clone(), fp(*d))).collect();
+    for u in &plan.phases[s.phase].deps {
+        inputs.insert(phase_key(plan, *u), phase_fp(*u));
+    }
+    inputs
+}
+
+/// Rewrites inputs recorded before phases were barriers (every step of an upstream phase by
+/// its id) into today's form (one combined fingerprint per upstream phase), so that an upgrade
+/// does not make every step look changed. Inputs in today's form are left as they are.
+pub fn normalize_inputs(plan: &Plan, i: usize, rec: &mut StepRecord) {
+    let Some(s) = plan.steps.get(i) else { return };
+    for &u in &plan.phases[s.phase].deps {
+        let key = phase_key(plan, u);
+        let prefix = format!("{}/", plan.def.phases[u].name);
+        if rec.inputs.contains_key(&key) || !rec.inputs.keys().any(|k| k.starts_with(&prefix)) {
+            continue;
+        }
+        let old = std::mem::take(&mut rec.inputs);
+        let (legacy, rest): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            old.into_iter().partition(|(k, _)| k.starts_with(&prefix) && k != &key);
+        rec.inputs = rest;
+        let combined = phase_fingerprint(
+            plan,
+            u,
+            |j| legacy.get(&plan.steps[j].id).cloned().unwrap_or_default(),
+            |_| String::new(),
+        );
+        rec.inputs.insert(key, combined);
+    }
+}
+
+/// Which phases are done: all their steps complete, and every phase they wait for done.
+pub fn phases_done(plan: &Plan, state: &[Status]) -> Vec<bool> {
+    let mut done = vec![false; plan.phases.len()];
+    for &p in &plan.phase_order {
+        let node = &plan.phases[p];
+        done[p] =
+            node.deps.iter().all(|u| done[*u]) && node.steps.clone().all(|i| state[i] == Status::Complete);
+    }
+    done
+}
+
 /// Steps that may start now: not complete, not failed, not running, dependencies complete and
-/// their phase not interrupted. `done[i]` says step i is complete in this run.
-pub fn ready_steps(plan: &Plan, state: &[Status], running: &[bool], ctl: &PlanControl) -> Vec<usize> {
-    (0..plan.steps.len()).filter(|i| is_ready(plan, state, running, ctl, *i)).collect()
+/// their phase not interrupted. `phase_done` is [`phases_done`] (kept up to date by the caller).
+pub fn ready_steps(
+    plan: &Plan,
+    state: &[Status],
+    running: &[bool],
+    phase_done: &[bool],
+    ctl: &PlanControl,
+) -> Vec<usize> {
+    (0..plan.steps.len()).filter(|i| is_ready(plan, state, running, phase_done, ctl, *i)).collect()
+}
+
+/// Whether the steps and phases step `i` waits for are complete.
+fn deps_complete(plan: &Plan, state: &[Status], phase_done: &[bool], i: usize) -> bool {
+    let s = &plan.steps[i];
+    plan.phases[s.phase].deps.iter().all(|u| phase_done[*u])
+        && s.deps.iter().all(|d| state[*d] == Status::Complete)
 }
 
 /// Whether step `i` may start now (see [`ready_steps`]).
-pub fn is_ready(plan: &Plan, state: &[Status], running: &[bool], ctl: &PlanControl, i: usize) -> bool {
+pub fn is_ready(
+    plan: &Plan,
+    state: &[Status],
+    running: &[bool],
+    phase_done: &[bool],
+    ctl: &PlanControl,
+    i: usize,
+) -> bool {
     let Some(s) = plan.steps.get(i) else { return false };
     matches!(
         state[i],
         Status::Pending | Status::Waiting | Status::Prepared | Status::Starting | Status::Started
     ) && !running[i]
-        && s.deps.iter().all(|d| state[*d] == Status::Complete)
+        && deps_complete(plan, state, phase_done, i)
         && ctl.may_start(&plan.def.phases[s.phase].name)
 }
 
 /// Steps held back by an interrupt (their dependencies are complete but their phase is stopped).
-pub fn held_steps(plan: &Plan, state: &[Status], ctl: &PlanControl) -> Vec<usize> {
-    plan.steps
-        .iter()
-        .enumerate()
-        .filter(|(i, s)| {
+pub fn held_steps(plan: &Plan, state: &[Status], phase_done: &[bool], ctl: &PlanControl) -> Vec<usize> {
+    (0..plan.steps.len())
+        .filter(|i| {
             state[*i] != Status::Complete
                 && state[*i] != Status::Error
-                && s.deps.iter().all(|d| state[*d] == Status::Complete)
-                && !ctl.may_start(&plan.def.phases[s.phase].name)
+                && deps_complete(plan, state, phase_done, *i)
+                && !ctl.may_start(&plan.def.phases[plan.steps[*i].phase].name)
         })
-        .map(|(i, _)| i)
         .collect()
+}
+
+/// For each phase that is not done, the first step that holds it up (its own, or an upstream
+/// phase's when all of its own are complete).
+pub fn phase_blockers(plan: &Plan, state: &[Status], phase_done: &[bool]) -> Vec<Option<usize>> {
+    let mut out: Vec<Option<usize>> = vec![None; plan.phases.len()];
+    for &p in &plan.phase_order {
+        if phase_done[p] {
+            continue;
+        }
+        let node = &plan.phases[p];
+        out[p] = node
+            .steps
+            .clone()
+            .find(|i| state[*i] != Status::Complete)
+            .or_else(|| node.deps.iter().find(|u| !phase_done[**u]).and_then(|u| out[*u]));
+    }
+    out
 }
 
 /// The status of a group of steps: error if any failed, complete if all are, waiting if any is

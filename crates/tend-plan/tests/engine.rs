@@ -101,7 +101,10 @@ fn deps_of(p: &Plan) -> BTreeMap<String, Vec<String>> {
     p.steps
         .iter()
         .map(|s| {
-            let mut d: Vec<String> = s.deps.iter().map(|d| p.steps[*d].id.clone()).collect();
+            // Its own phase's steps, and every step of the phases its phase waits for.
+            let upstream = p.phases[s.phase].deps.iter().flat_map(|u| p.phases[*u].steps.clone());
+            let mut d: Vec<String> =
+                s.deps.iter().copied().chain(upstream).map(|d| p.steps[d].id.clone()).collect();
             d.sort();
             (s.id.clone(), d)
         })
@@ -250,6 +253,110 @@ async fn a_changed_fingerprint_reruns_dependants_only() {
     assert!(w.applies().is_empty());
 }
 
+fn three_phases() -> Plan {
+    use St::*;
+    plan(
+        Serial,
+        vec![
+            phase("a", Parallel, &[], &[("x", &[]), ("y", &[])]),
+            phase("b", Parallel, &[], &[("z", &[])]),
+            phase("c", Parallel, &[], &[("w", &[])]),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn a_change_upstream_reruns_the_phases_after_it() {
+    let (e, _) = engine();
+    let w = World { publishes: ["a/x".to_string()].into(), ..Default::default() };
+    let p = three_phases();
+    assert!(e.run(&p, &w, &NoObserver).await.unwrap().complete());
+    assert_eq!(w.applies().len(), 4);
+    w.done.lock().unwrap().insert("a/x".into(), 7);
+    assert!(e.run(&p, &w, &NoObserver).await.unwrap().complete());
+    assert_eq!(w.applies(), vec!["b/z", "c/w"], "b sees phase a's combined fingerprint change, c sees b's");
+    e.run(&p, &w, &NoObserver).await.unwrap();
+    assert!(w.applies().is_empty());
+}
+
+#[tokio::test]
+async fn an_empty_phase_is_still_a_barrier() {
+    use St::*;
+    let (e, _) = engine();
+    let w = World { fail: Mutex::new(["a/x".to_string()].into()), ..Default::default() };
+    let p = plan(
+        Serial,
+        vec![
+            phase("a", Parallel, &[], &[("x", &[])]),
+            phase("b", Parallel, &[], &[]),
+            phase("c", Parallel, &[], &[("y", &[])]),
+        ],
+    );
+    let s = e.run(&p, &w, &NoObserver).await.unwrap();
+    assert_eq!(s.blocked, vec!["c/y"], "c waits for a through the empty b");
+    assert_eq!(w.applies(), vec!["a/x"]);
+}
+
+/// A record written when every step of a phase depended on every step of the phases before it
+/// (inputs keyed by upstream step ids, and the default fingerprint of that map) is not a change.
+#[tokio::test]
+async fn inputs_recorded_in_the_older_form_are_not_a_change() {
+    let (e, store) = engine();
+    let w = World { publishes: ["a/x".to_string()].into(), ..Default::default() };
+    let p = three_phases();
+    assert!(e.run(&p, &w, &NoObserver).await.unwrap().complete());
+    w.applies();
+    let mut legacy_fp = BTreeMap::new();
+    for (id, upstream) in [("b/z", vec!["a/x", "a/y"]), ("c/w", vec!["b/z"])] {
+        let mut inputs = BTreeMap::new();
+        for u in upstream {
+            let v = match legacy_fp.get(u) {
+                Some(v) => String::clone(v),
+                None => fp_of(&e, &p, u).await,
+            };
+            inputs.insert(u.to_string(), v);
+        }
+        let mut rec = e.record(&p, id).await.unwrap();
+        rec.fingerprint = Some(tend_plan::state::inputs_fingerprint(&inputs));
+        legacy_fp.insert(id, rec.fingerprint.clone().unwrap());
+        rec.inputs = inputs;
+        store.put(&format!("test/plans/p/steps/{id}"), &serde_json::to_vec(&rec).unwrap()).await.unwrap();
+    }
+    assert!(e.run(&p, &w, &NoObserver).await.unwrap().complete());
+    assert!(w.applies().is_empty(), "an upgrade re-runs nothing");
+    assert_eq!(
+        e.record(&p, "c/w").await.unwrap().fingerprint.as_deref(),
+        legacy_fp.get("c/w").map(|s| s.as_str())
+    );
+    // A real change upstream still flows through the rewritten records.
+    w.done.lock().unwrap().insert("a/x".into(), 7);
+    assert!(e.run(&p, &w, &NoObserver).await.unwrap().complete());
+    assert_eq!(w.applies(), vec!["b/z", "c/w"]);
+}
+
+async fn fp_of(e: &Engine, p: &Plan, id: &str) -> String {
+    e.record(p, id).await.unwrap().fingerprint.unwrap_or_default()
+}
+
+#[test]
+fn a_plan_costs_its_steps_and_phases_not_their_product() {
+    let steps: Vec<String> = (0..20_000).map(|i| format!("i-{i}")).collect();
+    let phases = ["a", "b", "c"]
+        .iter()
+        .map(|n| PhaseDef {
+            name: n.to_string(),
+            strategy: St::Parallel,
+            depends_on: vec![],
+            steps: steps.iter().map(|s| StepDef { name: s.clone(), needs: vec![] }).collect(),
+        })
+        .collect();
+    let p = Plan::compile(PlanDef { name: "p".into(), strategy: St::Serial, phases }).unwrap();
+    let step_edges: usize = p.steps.iter().map(|s| s.deps.len()).sum();
+    let phase_edges: usize = p.phases.iter().map(|s| s.deps.len()).sum();
+    assert_eq!((p.steps.len(), step_edges, phase_edges), (60_000, 0, 2));
+    assert_eq!(p.dependants(0).len(), 40_000, "every step of b and c still waits for a's");
+}
+
 #[tokio::test]
 async fn a_killed_run_resumes_at_the_interrupted_step() {
     let (e, _) = engine();
@@ -362,46 +469,55 @@ async fn independent_steps_run_concurrently() {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-    /// Random DAGs with random failures: a step is applied only after its deps completed, every
-    /// dependant of a failure is blocked, everything else completes, and a rerun after fixing
-    /// applies exactly the steps that had not completed.
+    /// Random DAGs over three phases with random failures: a step is applied only after its
+    /// deps (its phase's steps it needs, and every step of the phases its phase waits for)
+    /// completed, every dependant of a failure is blocked, everything else completes, and a
+    /// rerun after fixing applies exactly the steps that had not completed.
     #[test]
-    fn random_dags(edges in proptest::collection::vec((0usize..12, 0usize..12), 0..30), fails in proptest::collection::btree_set(0usize..12, 0..3)) {
+    fn random_dags(
+        edges in proptest::collection::vec((0usize..12, 0usize..12), 0..30),
+        phase_of in proptest::collection::vec(0usize..3, 12),
+        phase_edges in proptest::collection::vec((0usize..3, 0usize..3), 0..4),
+        fails in proptest::collection::btree_set(0usize..12, 0..3),
+    ) {
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         rt.block_on(async {
             let n = 12;
+            let name = |i: usize| format!("g{}/s{i}", phase_of[i]);
             let mut needs: Vec<Vec<String>> = vec![Vec::new(); n];
             for (a, b) in edges {
-                if a < b && !needs[b].contains(&format!("s{a}")) {
+                if a < b && phase_of[a] == phase_of[b] && !needs[b].contains(&format!("s{a}")) {
                     needs[b].push(format!("s{a}"));
                 }
             }
-            let steps: Vec<(String, Vec<String>)> = (0..n).map(|i| (format!("s{i}"), needs[i].clone())).collect();
-            let def = PhaseDef {
-                name: "g".into(),
-                strategy: St::Dependency,
-                depends_on: vec![],
-                steps: steps.iter().map(|(n, d)| StepDef { name: n.clone(), needs: d.clone() }).collect(),
-            };
-            let p = Plan::compile(PlanDef { name: "p".into(), strategy: St::Serial, phases: vec![def] }).unwrap();
+            let mut phases: Vec<PhaseDef> = (0..3)
+                .map(|g| PhaseDef { name: format!("g{g}"), strategy: St::Dependency, depends_on: vec![], steps: vec![] })
+                .collect();
+            for (a, b) in phase_edges {
+                if a < b && !phases[b].depends_on.contains(&format!("g{a}")) {
+                    phases[b].depends_on.push(format!("g{a}"));
+                }
+            }
+            for i in 0..n {
+                phases[phase_of[i]].steps.push(StepDef { name: format!("s{i}"), needs: needs[i].clone() });
+            }
+            let p = Plan::compile(PlanDef { name: "p".into(), strategy: St::Dependency, phases }).unwrap();
+            let all_deps = deps_of(&p);
             let (e, _) = engine();
             let w = World::default();
             for f in &fails {
-                w.fail.lock().unwrap().insert(format!("g/s{f}"));
+                w.fail.lock().unwrap().insert(name(*f));
             }
             let s = e.run(&p, &w, &NoObserver).await.unwrap();
             let order = w.applies();
             // Deps before dependants.
             for (pos, id) in order.iter().enumerate() {
-                let i = p.index(id).unwrap();
-                for d in &p.steps[i].deps {
-                    let dpos = order.iter().position(|x| *x == p.steps[*d].id);
-                    prop_assert!(dpos.is_some_and(|dp| dp < pos), "{id} ran before its dep");
+                for d in &all_deps[id] {
+                    let dpos = order.iter().position(|x| x == d);
+                    prop_assert!(dpos.is_some_and(|dp| dp < pos), "{id} ran before its dep {d}");
                 }
             }
-            let failed: BTreeSet<usize> = fails.iter().map(|f| p.index(&format!("g/s{f}")).unwrap()).filter(|i| {
-                p.steps[*i].deps.iter().all(|_| true)
-            }).collect();
+            let failed: BTreeSet<usize> = fails.iter().map(|f| p.index(&name(*f)).unwrap()).collect();
             let mut must_block = BTreeSet::new();
             for f in &failed {
                 must_block.extend(p.dependants(*f));
