@@ -222,20 +222,14 @@ impl AgentLive {
 }
 
 /// The tasks `new` shows restarted in place since `old` (same incarnation, a higher restart
-/// count): (service, event message). Nothing after a control-plane restart (no `old`).
-pub(crate) fn restarts_in_place(
-    old: &[TaskStatus],
-    new: &[TaskStatus],
-    agent: &str,
-) -> Vec<(String, String)> {
+/// count): (service, event message). Nothing after a control-plane restart (no `old`). Looks up
+/// through `old`'s index, so a report costs its own tasks, not their square.
+pub(crate) fn restarts_in_place(old: &AgentLive, new: &[TaskStatus], agent: &str) -> Vec<(String, String)> {
     new.iter()
         .filter_map(|t| {
-            let before = old.iter().find(|o| {
-                o.service == t.service
-                    && o.instance == t.instance
-                    && o.incarnation == t.incarnation
-                    && o.task == t.task
-            })?;
+            let before = old
+                .instance_tasks(&t.service, &t.instance)
+                .find(|o| o.incarnation == t.incarnation && o.task == t.task)?;
             (t.restarts > before.restarts).then(|| {
                 let why = before.exit_code.map(|c| format!(" after exit code {c}")).unwrap_or_default();
                 let msg = format!(

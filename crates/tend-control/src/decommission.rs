@@ -68,7 +68,7 @@ async fn one(s: &Control, service: &str, inst: &str) -> Result<(), String> {
     if !s.inner.store.txn(txn).await.map_err(|e| e.to_string())?.succeeded {
         return Err(format!("{inst} changed while being decommissioned; tried again"));
     }
-    s.inner.desired_gen.send_modify(|g| *g += 1);
+    s.desired_changed();
     let msg = format!("decommissioned {inst} (incarnation {incarnation}){retained}");
     s.event(Some(service), EventKind::Service, msg).await;
     Ok(())

@@ -312,13 +312,26 @@ impl StepWork for DeployWork {
     }
 
     async fn progress(&self, step: &StepNode) -> Result<(), String> {
-        let mut status = self.server.inner.status_gen.subscribe();
         // A report may change the judgement, and so may time: a task passes the running rule
         // at a moment known in advance, with no report to announce it.
-        let wait = self.running_rule_due(&step.name).map_or(500, |ms| ms.clamp(1, 500));
-        if let Ok(Ok(())) = tokio::time::timeout(Duration::from_millis(wait), status.changed()).await {
-            // Reports arrive in bursts (every agent, every few ms while tasks start): look at
-            // most every 25 ms, so that hundreds of waiting steps do not re-read per report.
+        let wait =
+            Duration::from_millis(self.running_rule_due(&step.name).map_or(500, |ms| ms.clamp(1, 500)));
+        let placed_on = self.server.inner.state.instance(&self.service, &step.name);
+        let woken = match placed_on.as_ref().and_then(|r| r.agent()) {
+            // Only a report of the instance's own agent that says something new wakes it.
+            Some(agent) => {
+                let reports = &self.server.inner.reports;
+                let at = reports.current(agent);
+                reports.wait(agent, at, wait).await > at
+            }
+            None => {
+                let mut status = self.server.inner.status_gen.subscribe();
+                matches!(tokio::time::timeout(wait, status.changed()).await, Ok(Ok(())))
+            }
+        };
+        if woken {
+            // Reports arrive in bursts (every few ms while tasks start): look at most every
+            // 25 ms, so that a waiting step does not re-read per report.
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let (spec, ids) = self.spec().ok_or("service is gone")?;
@@ -521,18 +534,9 @@ pub async fn wait_desired(
     index: u64,
     wait: Duration,
 ) -> anyhow::Result<DesiredState> {
-    let mut rx = server.inner.desired_gen.subscribe();
-    if *rx.borrow() <= index {
-        let _ = tokio::time::timeout(wait, async {
-            while *rx.borrow_and_update() <= index {
-                if rx.changed().await.is_err() {
-                    break;
-                }
-            }
-        })
-        .await;
-    }
-    let gen = *rx.borrow();
+    // Only a change this agent's desired state shows wakes it (its instances, its volumes, or
+    // something every agent sees), not every change in the cluster.
+    let gen = server.inner.state.wake.wait(agent, index, wait).await;
     // Read the revision first: the state below is at least this new.
     let revision = server.inner.store.revision().await?.max(0) as u64;
     let release_volumes = crate::volumes::releases_for(server, agent).await?;

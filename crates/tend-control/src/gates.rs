@@ -117,7 +117,7 @@ pub async fn run_on(
         g.runs.insert(run_id.clone(), (agent.to_string(), run, None));
         run_id
     };
-    s.inner.desired_gen.send_modify(|n| *n += 1);
+    s.desired_changed();
     let mut rx = s.inner.gates_gen.subscribe();
     // The command's own timeout, plus time for the agent to hear of it and report.
     let wait = Duration::from_secs(c.timeout_seconds) + Duration::from_secs(10);
@@ -141,7 +141,7 @@ pub async fn run_on(
     })
     .await;
     s.inner.gates.lock().unwrap_or_else(|e| e.into_inner()).runs.remove(&run_id);
-    s.inner.desired_gen.send_modify(|n| *n += 1);
+    s.desired_changed();
     match result {
         Ok(r) if r.state == RunState::Succeeded => Ok(()),
         Ok(r) => Err(format!(

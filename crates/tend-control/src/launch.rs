@@ -37,12 +37,7 @@ fn re_reserve(server: &Control, rec: &mut Instance, pod: &PodSpec, disk_mb: u64)
             let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
             agents.get(&agent).map(|a| a.agent.capacity).ok_or_else(|| format!("agent {agent} is unknown"))?
         };
-        let mut reserved = Resources::default();
-        server.inner.state.for_each_placed(|_, r| {
-            if r.agent() == Some(agent.as_str()) {
-                reserved = reserved.plus(&r.reserved());
-            }
-        });
+        let reserved = server.inner.state.usage_of(&agent).reserved;
         let free = capacity.minus(&reserved);
         if !more.fits_in(&free) {
             return Err(format!(
@@ -78,12 +73,7 @@ fn re_port(
         let agents = server.inner.agents.read().unwrap_or_else(|e| e.into_inner());
         agents.get(agent).map(|a| a.agent.ports).ok_or_else(|| format!("agent {agent} is unknown"))?
     };
-    let mut used: HashSet<u16> = HashSet::new();
-    server.inner.state.for_each_placed(|_, r| {
-        if r.agent() == Some(agent) {
-            used.extend(r.ports().into_iter().flat_map(|p| p.values().copied()));
-        }
-    });
+    let mut used: HashSet<u16> = server.inner.state.usage_of(agent).ports.into_keys().collect();
     // This instance's own ports are free for it.
     for p in have.values() {
         used.remove(p);
@@ -122,8 +112,8 @@ pub type Placed = (String, BTreeMap<String, u16>, Resources);
 /// One snapshot of the cluster for placement: live agents (minus `avoid`), every reservation.
 pub struct Snapshot {
     cluster: Cluster,
-    /// Existing instances per placement group, counted once per group on first use.
-    existing: HashMap<String, Vec<String>>,
+    /// Existing instances per placement group and agent, counted once per group on first use.
+    existing: HashMap<String, HashMap<String, u32>>,
     counted: HashSet<String>,
 }
 
@@ -148,17 +138,17 @@ impl Snapshot {
                 })
                 .collect()
         };
-        let mut existing: HashMap<String, Vec<String>> = HashMap::new();
         let state = &server.inner.state;
         state.caught_up(&*server.inner.store).await.map_err(|e| e.to_string())?;
-        state.for_each_placed(|svc, rec| {
-            let Some(res) = &rec.reservation else { return };
-            if let Some(a) = agents.get_mut(&res.agent) {
-                a.reserved = a.reserved.plus(&res.resources);
-                a.used_ports.extend(res.ports.values().copied());
+        // The index keeps these sums as records change: a snapshot costs the agents, not every
+        // instance placed.
+        let (usage, existing) = state.usage();
+        for (agent, u) in usage {
+            if let Some(a) = agents.get_mut(&agent) {
+                a.reserved = u.reserved;
+                a.used_ports.extend(u.ports.into_keys());
             }
-            existing.entry(format!("{svc}/{}", rec.id.pod)).or_default().push(res.agent.clone());
-        });
+        }
         Ok(Snapshot {
             cluster: Cluster::new(agents.into_values().collect()),
             existing,
@@ -171,8 +161,10 @@ impl Snapshot {
         let group = format!("{service}/{}", pod.name);
         if self.counted.insert(group.clone()) {
             self.cluster.set_rules(&group, Rules::from_spec(&pod.placement));
-            for a in self.existing.get(&group).into_iter().flatten() {
-                self.cluster.count_existing(&group, a);
+            for (a, n) in self.existing.get(&group).into_iter().flatten() {
+                for _ in 0..*n {
+                    self.cluster.count_existing(&group, a);
+                }
             }
         }
         let needs = needs_of(pod);
@@ -283,7 +275,7 @@ async fn launch_batch(
     });
     let results: Vec<((String, String), Result<bool, String>)> = futures::future::join_all(writes).await;
     if results.iter().any(|(_, r)| matches!(r, Ok(true))) {
-        server.inner.desired_gen.send_modify(|g| *g += 1);
+        server.instances_changed();
     }
     results.into_iter().map(|(k, r)| (k, r.map(|_| ()))).collect()
 }

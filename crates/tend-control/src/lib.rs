@@ -31,6 +31,7 @@ pub mod rules;
 pub mod services;
 pub mod state;
 pub mod volumes;
+pub mod wake;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -142,6 +143,9 @@ pub struct Inner {
     pub desired_gen: watch::Sender<u64>,
     /// Bumped whenever an agent reports.
     pub status_gen: watch::Sender<u64>,
+    /// Per agent: bumped when its report says something new (deploy steps wait on their
+    /// instance's agent, not on every report in the cluster).
+    pub reports: wake::AgentWake,
     /// Bumped when a report says something new (a task changed), not on a bare heartbeat:
     /// recovery wakes on it, so an idle cluster costs one resync a second.
     pub tasks_gen: watch::Sender<u64>,
@@ -240,9 +244,10 @@ impl Control {
             .last()
             .and_then(|kv| kv.key[7..].parse::<u64>().ok())
             .unwrap_or(0);
-        let (state, watcher) = state::ClusterState::load(&*store).await?;
-        let follow = tokio::spawn(state.clone().follow(watcher)).abort_handle();
         let started_ms = clock.now_ms();
+        // Agents' change numbers start at the clock: an index from before a restart is older.
+        let (state, watcher) = state::ClusterState::load(&*store, started_ms).await?;
+        let follow = tokio::spawn(state.clone().follow(watcher)).abort_handle();
         let inner = Arc::new(Inner {
             epoch: fresh_id(&cfg, "epoch", started_ms, 6)?,
             started_ms,
@@ -261,6 +266,7 @@ impl Control {
             // Starts at the clock so that an index from before a restart is always older.
             desired_gen: watch::channel(started_ms).0,
             status_gen: watch::channel(1).0,
+            reports: wake::AgentWake::new(0),
             tasks_gen: watch::channel(1).0,
             jobs_gen: watch::channel(1).0,
             launch_lock: tokio::sync::Mutex::new(()),
@@ -348,6 +354,19 @@ impl Control {
 
     pub fn now_ms(&self) -> u64 {
         self.inner.clock.now_ms()
+    }
+
+    /// Something every agent's desired state shows changed (a service deleted, volumes, job or
+    /// gate runs): every agent's long poll answers, and the passes that follow desired state run.
+    pub fn desired_changed(&self) {
+        self.inner.desired_gen.send_modify(|g| *g += 1);
+        self.inner.state.wake.all();
+    }
+
+    /// Instance records were written: the passes that follow desired state run; the agents the
+    /// records name wake when the cluster state applies them.
+    pub fn instances_changed(&self) {
+        self.inner.desired_gen.send_modify(|g| *g += 1);
     }
 
     /// Tells the edge's counters (nobody listening is fine).
@@ -558,8 +577,9 @@ impl Control {
             a.last_seen_ms = Some(now);
             if was_silent || a.tasks != tasks {
                 self.inner.tasks_gen.send_modify(|g| *g += 1);
+                self.inner.reports.agents([agent]);
             }
-            let restarted = agents::restarts_in_place(&a.tasks, &tasks, agent);
+            let restarted = agents::restarts_in_place(a, &tasks, agent);
             self.inner
                 .reported
                 .lock()

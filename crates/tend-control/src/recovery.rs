@@ -234,7 +234,7 @@ pub(crate) async fn replace_judged(
     work.write_with(inst, &rec, rev, extra).await?;
     server.signal(crate::Signal::Replaced { service: svc.to_string() });
     server.event(Some(svc), EventKind::Replace, msg.clone()).await;
-    server.inner.desired_gen.send_modify(|g| *g += 1);
+    server.instances_changed();
     Ok(msg)
 }
 
@@ -249,6 +249,6 @@ pub async fn restart_in_place(server: &Control, svc: &str, inst: &str) -> Result
     work.write(inst, &rec, rev).await?;
     let msg = format!("restart {inst} in place: incarnation {number} on agent {agent}, same volumes");
     server.event(Some(svc), EventKind::Restart, msg.clone()).await;
-    server.inner.desired_gen.send_modify(|g| *g += 1);
+    server.instances_changed();
     Ok(msg)
 }

@@ -181,7 +181,7 @@ pub async fn delete(s: &Control, name: &str, wait: Duration) -> Result<Deleted, 
     s.inner.services.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
     crate::jobs::forget_service(s, name);
     s.inner.broken.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
-    s.inner.desired_gen.send_modify(|g| *g += 1);
+    s.desired_changed();
     let unconfirmed = wait_stopped(s, name, wait).await;
     let vols = if retained.is_empty() {
         String::new()

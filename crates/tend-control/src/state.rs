@@ -28,11 +28,58 @@ struct Index {
     deleting: BTreeMap<String, BTreeSet<String>>,
     /// How many instance records reference each volume id.
     volume_users: BTreeMap<String, u32>,
+    /// Agents whose instances or volumes changed since the last drain (their desired state).
+    touched: Vec<String>,
+    /// What the instances placed on each agent reserve, summed (placement reads this instead
+    /// of every instance).
+    usage: HashMap<String, AgentUsage>,
+    /// Instances placed per placement group (`service/pod`) and agent.
+    groups: HashMap<String, HashMap<String, u32>>,
+}
+
+/// What the instances placed on one agent reserve.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AgentUsage {
+    pub reserved: tend_model::Resources,
+    /// Ports held, with how many instances hold each (a conflict shows as a count above one).
+    pub ports: BTreeMap<u16, u32>,
+}
+
+impl Index {
+    /// Adds (`sign` true) or removes an instance's reservation from the aggregates.
+    fn account(&mut self, svc: &str, rec: &Instance, add: bool) {
+        let Some(res) = &rec.reservation else { return };
+        let u = self.usage.entry(res.agent.clone()).or_default();
+        if add {
+            u.reserved = u.reserved.plus(&res.resources);
+        } else {
+            u.reserved = u.reserved.minus(&res.resources);
+        }
+        for p in res.ports.values() {
+            let n = u.ports.entry(*p).or_default();
+            *n = if add { *n + 1 } else { n.saturating_sub(1) };
+            if *n == 0 {
+                u.ports.remove(p);
+            }
+        }
+        if u.ports.is_empty() && u.reserved == tend_model::Resources::default() {
+            self.usage.remove(&res.agent);
+        }
+        let group = self.groups.entry(format!("{svc}/{}", rec.id.pod)).or_default();
+        let n = group.entry(res.agent.clone()).or_default();
+        *n = if add { *n + 1 } else { n.saturating_sub(1) };
+        if *n == 0 {
+            group.remove(&res.agent);
+        }
+    }
 }
 
 impl Index {
     fn unlink(&mut self, svc: &str, inst: &str) {
         let old = self.services.get_mut(svc).and_then(|m| m.remove(inst));
+        if let Some(old) = &old {
+            self.account(svc, old, false);
+        }
         if let Some(id) = old.as_ref().and_then(|r| r.volumes.set.as_ref().map(|v| v.to_string())) {
             if let Some(n) = self.volume_users.get_mut(&id) {
                 *n = n.saturating_sub(1);
@@ -42,6 +89,7 @@ impl Index {
             }
         }
         if let Some(agent) = old.as_ref().and_then(|r| r.agent().map(str::to_string)) {
+            self.touched.push(agent.clone());
             if let Some(set) = self.by_agent.get_mut(&agent) {
                 set.remove(&(svc.to_string(), inst.to_string()));
                 if set.is_empty() {
@@ -57,11 +105,13 @@ impl Index {
     fn put(&mut self, svc: &str, inst: &str, rec: Instance) {
         self.unlink(svc, inst);
         if let Some(agent) = rec.agent() {
+            self.touched.push(agent.to_string());
             self.by_agent.entry(agent.to_string()).or_default().insert((svc.to_string(), inst.to_string()));
         }
         if let Some(id) = &rec.volumes.set {
             *self.volume_users.entry(id.to_string()).or_default() += 1;
         }
+        self.account(svc, &rec, true);
         self.services.entry(svc.to_string()).or_default().insert(inst.to_string(), Arc::new(rec));
     }
 }
@@ -69,6 +119,7 @@ impl Index {
 impl Index {
     fn unlink_volume(&mut self, id: &str) {
         if let Some((old, _)) = self.volumes.remove(id) {
+            self.touched.push(old.agent.clone());
             if let Some(set) = self.deleting.get_mut(&old.agent) {
                 set.remove(id);
                 if set.is_empty() {
@@ -80,6 +131,7 @@ impl Index {
 
     fn put_volume(&mut self, rec: VolumeRecord, rev: Revision) {
         self.unlink_volume(&rec.id);
+        self.touched.push(rec.agent.clone());
         if rec.state == VolumeRecordState::Deleting {
             self.deleting.entry(rec.agent.clone()).or_default().insert(rec.id.clone());
         }
@@ -131,6 +183,8 @@ pub struct ClusterState {
     applied: watch::Sender<Revision>,
     /// How to ask the watch for progress (backends whose revision moves with other keys).
     sync: Option<tend_store::SyncHandle>,
+    /// Wakes the agents whose desired state a change touched.
+    pub wake: crate::wake::AgentWake,
 }
 
 impl ClusterState {
@@ -138,6 +192,7 @@ impl ClusterState {
     /// watcher must be fed to [`ClusterState::follow`].
     pub async fn load(
         store: &dyn StateStore,
+        wake_base: u64,
     ) -> Result<(Arc<ClusterState>, Watcher), tend_store::StoreError> {
         let r = store.range("services/").await?;
         let v = store.range(VOLUMES_PREFIX).await?;
@@ -147,6 +202,7 @@ impl ClusterState {
         }
         // Both ranges were read at or before this revision; changes after it come by the watch
         // (a change seen twice is applied twice, harmlessly: each is a whole record).
+        index.touched.clear();
         let start = r.revision.min(v.revision);
         // Everything: the applied revision must follow the store's, whatever the change.
         let watcher = store.watch("", start + 1).await?;
@@ -156,6 +212,7 @@ impl ClusterState {
             changed: Mutex::new(Changed { all: true, ..Default::default() }),
             applied: watch::channel(r.revision).0,
             sync: watcher.sync_handle(),
+            wake: crate::wake::AgentWake::new(wake_base),
         });
         Ok((state, watcher))
     }
@@ -192,10 +249,12 @@ impl ClusterState {
                 fresh.change(&kv.key, Some(&kv.value), kv.mod_revision);
             }
         }
+        fresh.touched.clear();
         *self.index.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         self.changed.lock().unwrap_or_else(|e| e.into_inner()).all = true;
         tracing::warn!(revision = range.revision, "cluster state resynced from the store");
         self.mark_applied(range.revision);
+        self.wake.all();
     }
 
     fn mark_applied(&self, rev: Revision) {
@@ -208,7 +267,7 @@ impl ClusterState {
 
     fn apply(&self, events: &[WatchEvent]) {
         let mut top = 0;
-        {
+        let touched = {
             let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
             let mut changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());
             for ev in events {
@@ -219,8 +278,15 @@ impl ClusterState {
                     changed.instances.entry(svc.to_string()).or_default().insert(inst.to_string());
                 }
             }
-        }
+            let mut touched = std::mem::take(&mut index.touched);
+            touched.sort_unstable();
+            touched.dedup();
+            touched
+        };
         self.mark_applied(top);
+        if !touched.is_empty() {
+            self.wake.agents(touched.iter().map(String::as_str));
+        }
     }
 
     /// The instances whose records changed since the last call (recovery's only).
@@ -286,6 +352,20 @@ impl ClusterState {
             .collect()
     }
 
+    /// What every agent with placed instances has reserved, and the instances of each
+    /// placement group (`service/pod`) per agent: what placement starts from, at a cost that
+    /// follows the number of agents, not of instances.
+    pub fn usage(&self) -> (HashMap<String, AgentUsage>, HashMap<String, HashMap<String, u32>>) {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        (index.usage.clone(), index.groups.clone())
+    }
+
+    /// What the instances placed on `agent` have reserved.
+    pub fn usage_of(&self, agent: &str) -> AgentUsage {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.usage.get(agent).cloned().unwrap_or_default()
+    }
+
     /// Calls `f` with every placed instance (service, instance), under one read lock.
     pub fn for_each_placed(&self, mut f: impl FnMut(&str, &Instance)) {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
@@ -319,5 +399,69 @@ impl ClusterState {
             return Err(format!("unreadable instance record {k}"));
         }
         Ok(index.volume_users.keys().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tend_model::{InstanceId, Reservation, Resources};
+
+    /// Recomputes what the aggregates must say, from every instance.
+    fn recount(index: &Index) -> (HashMap<String, AgentUsage>, HashMap<String, HashMap<String, u32>>) {
+        let mut usage: HashMap<String, AgentUsage> = HashMap::new();
+        let mut groups: HashMap<String, HashMap<String, u32>> = HashMap::new();
+        for (svc, m) in &index.services {
+            for rec in m.values() {
+                let Some(res) = &rec.reservation else { continue };
+                let u = usage.entry(res.agent.clone()).or_default();
+                u.reserved = u.reserved.plus(&res.resources);
+                for p in res.ports.values() {
+                    *u.ports.entry(*p).or_default() += 1;
+                }
+                *groups
+                    .entry(format!("{svc}/{}", rec.id.pod))
+                    .or_default()
+                    .entry(res.agent.clone())
+                    .or_default() += 1;
+            }
+        }
+        usage.retain(|_, u| !(u.ports.is_empty() && u.reserved == Resources::default()));
+        groups.retain(|_, g| !g.is_empty());
+        (usage, groups)
+    }
+
+    proptest! {
+        /// Whatever records come and go (placed, moved, unplaced, deleted, unreadable), the
+        /// per-agent sums placement reads equal a count over every instance.
+        #[test]
+        fn usage_follows_the_records(ops in proptest::collection::vec((0usize..6, 0usize..4, 0u64..3, 0u16..3, 0u8..5), 1..60)) {
+            let mut index = Index::default();
+            for (inst, agent, cpus, port, kind) in ops {
+                let key = format!("services/s/instances/node-{inst}");
+                let mut rec = Instance::new(InstanceId::new("node", inst as u32), 0);
+                if kind < 3 {
+                    rec.reservation = Some(Reservation {
+                        agent: format!("a{agent}"),
+                        resources: Resources { cpus_milli: cpus * 100, memory_mb: cpus, disk_mb: 0 },
+                        ports: (0..port).map(|p| (format!("p{p}"), 20_000 + p)).collect(),
+                    });
+                }
+                match kind {
+                    4 => index.change(&key, None, 1),
+                    3 if cpus == 0 => index.change(&key, Some(b"{not json"), 1),
+                    _ => {
+                        let v = crate::records::encode_instance(&rec).unwrap();
+                        index.change(&key, Some(&v), 1);
+                    }
+                }
+                let (usage, groups) = recount(&index);
+                let mut have = index.groups.clone();
+                have.retain(|_, g| !g.is_empty());
+                prop_assert_eq!(&index.usage, &usage);
+                prop_assert_eq!(&have, &groups);
+            }
+        }
     }
 }

@@ -204,7 +204,7 @@ pub async fn reconcile(server: &Control) -> anyhow::Result<()> {
         rec.set_state(&state);
         if write(server, &rec, *rev).await? {
             server.event(Some(&rec.service), EventKind::Volume, msg).await;
-            server.inner.desired_gen.send_modify(|g| *g += 1);
+            server.desired_changed();
         }
     }
     Ok(())
@@ -257,7 +257,7 @@ pub async fn on_released(server: &Control, agent: &str, id: &str) {
             rec.names.iter().map(|(_, s)| s).sum::<u64>()
         );
         server.event(Some(&rec.service), EventKind::Volume, msg).await;
-        server.inner.desired_gen.send_modify(|g| *g += 1);
+        server.desired_changed();
     }
 }
 
@@ -286,7 +286,7 @@ pub async fn request_delete(server: &Control, id: &str) -> Result<VolumeRecord, 
                     format!("volume {id} to be deleted: requested by a user"),
                 )
                 .await;
-            server.inner.desired_gen.send_modify(|g| *g += 1);
+            server.desired_changed();
             Ok(rec)
         }
         Ok(false) => Err((409, format!("volume {id} changed concurrently; try again"))),

@@ -224,7 +224,7 @@ pub async fn on_results(server: &Control, agent: &str, results: Vec<JobResult>) 
             Err(e) => format!("job {} on {}: result refused: {e}", r.job, r.instance),
         };
         server.event(Some(&r.service), EventKind::Job, msg).await;
-        server.inner.desired_gen.send_modify(|g| *g += 1);
+        server.desired_changed();
     }
 }
 

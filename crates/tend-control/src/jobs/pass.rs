@@ -84,7 +84,7 @@ pub async fn pass(server: &Control) -> anyhow::Result<Pass> {
         out.next_ms = [out.next_ms, next].into_iter().flatten().min();
     }
     if out.worked {
-        server.inner.desired_gen.send_modify(|g| *g += 1);
+        server.desired_changed();
     }
     Ok(out)
 }
@@ -415,7 +415,7 @@ async fn renew(server: &Control, leases: &LeaseManager, now: u64) -> Option<u64>
                     let msg =
                         format!("job {} on {} aborted: its lease may have expired ({e})", r.job, r.instance);
                     server.event(Some(&r.service), EventKind::Job, msg).await;
-                    server.inner.desired_gen.send_modify(|g| *g += 1);
+                    server.desired_changed();
                 }
             }
             Err(_) => {} // transient; retried next pass, aborted once the TTL may have passed
