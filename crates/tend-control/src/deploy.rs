@@ -21,7 +21,7 @@ use crate::Control;
 /// The plan engine for a service's plans.
 pub fn engine(server: &Control, service: &str) -> Engine {
     Engine::new(server.inner.store.clone(), server.inner.clock.clone(), plans_prefix(service))
-        .with_max_parallel(1024)
+        .with_max_parallel(10_000)
 }
 
 /// A deploy step: get the instance's target incarnation running (and ready).
@@ -221,6 +221,14 @@ impl DeployWork {
         }
     }
 
+    /// The instance as the cluster state has it, caught up with the store as of now (what a
+    /// check reads: no store read and decode per look; writes go through [`Self::record`]).
+    pub(crate) async fn current(&self, instance: &str) -> Result<Option<Arc<Instance>>, String> {
+        let state = &self.server.inner.state;
+        state.caught_up(&*self.server.inner.store).await.map_err(|e| e.to_string())?;
+        Ok(state.instance(&self.service, instance))
+    }
+
     /// Places (if needed) and launches the target incarnation, writing the intent first
     /// (batched with other launches: `launch.rs`).
     pub(crate) async fn ensure_launched(&self, instance: &str) -> Result<(), String> {
@@ -270,7 +278,7 @@ impl StepWork for DeployWork {
     async fn check(&self, step: &StepNode) -> Result<CheckResult, String> {
         let (spec, ids) = self.spec().ok_or("service is gone")?;
         let (pod, _) = pod_of(&spec, &step.name).ok_or_else(|| format!("no pod for {}", step.name))?;
-        let Some((rec, _)) = self.record(&step.name).await? else { return Ok(CheckResult::Needed) };
+        let Some(rec) = self.current(&step.name).await? else { return Ok(CheckResult::Needed) };
         if rec.incarnation.is_none() || Some(rec.config()) != ids.get(&pod.name).map(String::as_str) {
             return Ok(CheckResult::Needed);
         }
@@ -336,7 +344,7 @@ impl StepWork for DeployWork {
         }
         let (spec, ids) = self.spec().ok_or("service is gone")?;
         let (pod, _) = pod_of(&spec, &step.name).ok_or_else(|| format!("no pod for {}", step.name))?;
-        let rec = self.record(&step.name).await?.map(|(r, _)| r);
+        let rec = self.current(&step.name).await?;
         let placed = rec
             .as_ref()
             .is_some_and(|r| r.is_launched() && Some(r.config()) == ids.get(&pod.name).map(String::as_str));

@@ -141,6 +141,9 @@ pub struct Inner {
     pub services: Mutex<BTreeMap<String, Arc<Mutex<ServiceRt>>>>,
     /// Bumped whenever what some agent must run changes.
     pub desired_gen: watch::Sender<u64>,
+    /// Bumped by [`Control::desired_changed`] (not by launches): the volume lifecycle pass
+    /// runs on it, else every 10 s.
+    pub volumes_gen: watch::Sender<u64>,
     /// Bumped whenever an agent reports.
     pub status_gen: watch::Sender<u64>,
     /// Per agent: bumped when its report says something new (deploy steps wait on their
@@ -265,6 +268,7 @@ impl Control {
             services: Mutex::new(BTreeMap::new()),
             // Starts at the clock so that an index from before a restart is always older.
             desired_gen: watch::channel(started_ms).0,
+            volumes_gen: watch::channel(1).0,
             status_gen: watch::channel(1).0,
             reports: wake::AgentWake::new(0),
             tasks_gen: watch::channel(1).0,
@@ -360,6 +364,7 @@ impl Control {
     /// gate runs): every agent's long poll answers, and the passes that follow desired state run.
     pub fn desired_changed(&self) {
         self.inner.desired_gen.send_modify(|g| *g += 1);
+        self.inner.volumes_gen.send_modify(|g| *g += 1);
         self.inner.state.wake.all();
     }
 
@@ -575,18 +580,19 @@ impl Control {
             let Some(a) = agents.get_mut(agent) else { return false };
             let was_silent = !self.agent_up(a);
             a.last_seen_ms = Some(now);
-            if was_silent || a.tasks != tasks {
+            let mut reported = self.inner.reported.lock().unwrap_or_else(|e| e.into_inner());
+            if !was_silent && a.tasks == tasks {
+                // A heartbeat: nothing restarted, no instance to look at again.
+                reported.note(agent, false, &[], &[]);
+                Vec::new()
+            } else {
                 self.inner.tasks_gen.send_modify(|g| *g += 1);
                 self.inner.reports.agents([agent]);
+                let restarted = agents::restarts_in_place(a, &tasks, agent);
+                reported.note(agent, was_silent, &a.tasks, &tasks);
+                a.set_tasks(tasks.clone());
+                restarted
             }
-            let restarted = agents::restarts_in_place(a, &tasks, agent);
-            self.inner
-                .reported
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .note(agent, was_silent, &a.tasks, &tasks);
-            a.set_tasks(tasks.clone());
-            restarted
         };
         for (service, msg) in restarted {
             self.event(Some(&service), EventKind::Restart, msg).await;

@@ -45,7 +45,10 @@ pub async fn run(server: Control) {
     server.wait_reconciled().await;
     let mut status = server.inner.tasks_gen.subscribe();
     let mut desired = server.inner.desired_gen.subscribe();
-    // The volume lifecycle moves in days: its pass runs when what runs changed, else every 10 s.
+    let mut volumes = server.inner.volumes_gen.subscribe();
+    // The volume lifecycle moves in days: its pass runs when a service, a volume or an instance
+    // was deleted or decommissioned, else every 10 s (a launch or a replacement changes no
+    // volume's standing: a replacement retains the old set in its own transaction).
     let mut volumes_due = true;
     let mut last_volumes_ms = server.now_ms();
     loop {
@@ -70,7 +73,8 @@ pub async fn run(server: Control) {
                 tokio::select! {
                     biased;
                     _ = status.changed() => false,
-                    _ = desired.changed() => true,
+                    _ = desired.changed() => false,
+                    _ = volumes.changed() => true,
                 }
             })
             .await

@@ -40,6 +40,21 @@ impl Reported {
 
 /// The (service, instance) pairs whose reported tasks differ between two reports of an agent.
 pub fn changed_instances<'a>(old: &'a [TaskStatus], new: &'a [TaskStatus]) -> HashSet<(&'a str, &'a str)> {
+    // An agent lists its tasks in a stable order: when both reports list the same tasks in the
+    // same order, the instances that changed are those of the positions that differ.
+    let same_tasks = old.len() == new.len()
+        && old
+            .iter()
+            .zip(new)
+            .all(|(o, n)| o.service == n.service && o.instance == n.instance && o.task == n.task);
+    if same_tasks {
+        return old
+            .iter()
+            .zip(new)
+            .filter(|(o, n)| o != n)
+            .map(|(_, n)| (n.service.as_str(), n.instance.as_str()))
+            .collect();
+    }
     fn group(ts: &[TaskStatus]) -> HashMap<(&str, &str), Vec<&TaskStatus>> {
         let mut m: HashMap<(&str, &str), Vec<&TaskStatus>> = HashMap::new();
         for t in ts {
@@ -188,6 +203,15 @@ mod tests {
         // An instance no longer reported changed too.
         let got: Vec<_> = changed_instances(&new, &new[..1]).into_iter().collect();
         assert_eq!(got.len(), 2);
+        // The same tasks in the same order (the usual report): the positions that differ.
+        let mut same = new.clone();
+        same[2].state = TaskState::Running;
+        assert_eq!(changed_instances(&new, &same).into_iter().collect::<Vec<_>>(), vec![("s", "a-2")]);
+        assert!(changed_instances(&new, &new).is_empty());
+        // The same tasks in another order: nothing changed.
+        let mut shuffled = new.clone();
+        shuffled.reverse();
+        assert!(changed_instances(&new, &shuffled).is_empty());
     }
 
     #[test]

@@ -76,6 +76,11 @@ impl Index {
 
 impl Index {
     fn unlink(&mut self, svc: &str, inst: &str) {
+        self.unlink_touching(svc, inst, true);
+    }
+
+    /// Removes an instance from the index; `touch`: its agent's desired state changes.
+    fn unlink_touching(&mut self, svc: &str, inst: &str, touch: bool) {
         let old = self.services.get_mut(svc).and_then(|m| m.remove(inst));
         if let Some(old) = &old {
             self.account(svc, old, false);
@@ -89,7 +94,9 @@ impl Index {
             }
         }
         if let Some(agent) = old.as_ref().and_then(|r| r.agent().map(str::to_string)) {
-            self.touched.push(agent.clone());
+            if touch {
+                self.touched.push(agent.clone());
+            }
             if let Some(set) = self.by_agent.get_mut(&agent) {
                 set.remove(&(svc.to_string(), inst.to_string()));
                 if set.is_empty() {
@@ -103,9 +110,15 @@ impl Index {
     }
 
     fn put(&mut self, svc: &str, inst: &str, rec: Instance) {
-        self.unlink(svc, inst);
-        if let Some(agent) = rec.agent() {
+        // Recovery's marks (down since, ready) are not part of any agent's desired state: a
+        // record that changed only those wakes no agent.
+        let old = self.services.get(svc).and_then(|m| m.get(inst));
+        let touch = old.is_none_or(|o| !same_desired_state(o, &rec));
+        self.unlink_touching(svc, inst, touch);
+        if let Some(agent) = rec.agent().filter(|_| touch) {
             self.touched.push(agent.to_string());
+        }
+        if let Some(agent) = rec.agent() {
             self.by_agent.entry(agent.to_string()).or_default().insert((svc.to_string(), inst.to_string()));
         }
         if let Some(id) = &rec.volumes.set {
@@ -159,6 +172,17 @@ impl Index {
             }
         }
     }
+}
+
+/// Whether two records of an instance give its agent the same assignment (what
+/// `deploy::assignment` and `deploy::desired_for` read: placement, incarnation, volumes,
+/// finished `once` tasks).
+fn same_desired_state(a: &Instance, b: &Instance) -> bool {
+    a.id == b.id
+        && a.reservation == b.reservation
+        && a.incarnation == b.incarnation
+        && a.volumes == b.volumes
+        && a.once_done == b.once_done
 }
 
 /// `services/<svc>/instances/<inst>` → (svc, inst).
@@ -430,6 +454,85 @@ mod tests {
         usage.retain(|_, u| !(u.ports.is_empty() && u.reserved == Resources::default()));
         groups.retain(|_, g| !g.is_empty());
         (usage, groups)
+    }
+
+    fn base() -> Instance {
+        let mut rec = Instance::new(InstanceId::new("node", 0), 0);
+        rec.reservation = Some(Reservation {
+            agent: "a1".into(),
+            resources: Resources { cpus_milli: 100, memory_mb: 64, disk_mb: 10 },
+            ports: [("http".to_string(), 20_000)].into(),
+        });
+        rec.next_incarnation(0, "c1".into(), 5);
+        rec.volumes.names = vec!["data".into()];
+        rec.volumes.set = Some(tend_model::VolumeId::from_seq(1));
+        rec
+    }
+
+    /// One change to one field of a record; `true`: a field only recovery reads.
+    fn mutate(rec: &mut Instance, which: u8) -> bool {
+        match which {
+            0 => rec.recovery.down_since_ms = Some(7),
+            1 => rec.recovery.unreachable_since_ms = Some(8),
+            2 => rec.recovery.replaced_ms = 9,
+            3 => rec.ready = Some(tend_model::Ready { config: "c1".into(), incarnation: 1 }),
+            4 => rec.pending_reason = Some("waiting".into()),
+            5 => rec.created_ms = 11,
+            6 => {
+                rec.next_incarnation(0, "c1".into(), 12);
+                return false;
+            }
+            7 => {
+                rec.next_incarnation(0, "c2".into(), 12);
+                return false;
+            }
+            8 => {
+                if let Some(r) = rec.reservation.as_mut() {
+                    r.ports.insert("http".into(), 20_001);
+                }
+                return false;
+            }
+            9 => {
+                rec.volumes.set = Some(tend_model::VolumeId::from_seq(2));
+                return false;
+            }
+            10 => {
+                rec.once_done.push("init".into());
+                return false;
+            }
+            _ => {
+                if let Some(i) = rec.incarnation.as_mut() {
+                    i.replaced_from =
+                        Some(tend_model::ReplacedFrom { agent: "a0".into(), host: "h0".into() });
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    proptest! {
+        /// A record change that gives the agent another assignment always wakes it; one that
+        /// touches only what recovery reads (down since, ready, pending reason) does not.
+        #[test]
+        fn only_what_an_assignment_reads_wakes_an_agent(changes in proptest::collection::vec(0u8..12, 0..4)) {
+            let text = "version: 1\nname: s\npods:\n  node:\n    count: 1\n    volumes:\n      - { name: data, path: data, size_mb: 10 }\n    on_replace: ./hook\n    tasks:\n      init:\n        goal: once\n        cmd: ./init\n      server:\n        goal: running\n        cmd: ./serve\n        ports: { http: 0 }\n";
+            let spec = tend_spec::load_service("s.yml", text).unwrap();
+            let pod = spec.pod("node").unwrap();
+            let asg = |r: &Instance| crate::deploy::assignment("s", &BTreeMap::new(), &spec.recovery, pod, "node-0", r);
+            let a = base();
+            let mut b = a.clone();
+            let mut only_recovery = true;
+            for c in changes {
+                only_recovery &= mutate(&mut b, c);
+            }
+            if asg(&a) != asg(&b) {
+                prop_assert!(!same_desired_state(&a, &b));
+            }
+            if only_recovery {
+                prop_assert!(same_desired_state(&a, &b));
+            }
+        }
     }
 
     proptest! {

@@ -2,7 +2,7 @@
 //! in the same transaction as the instance that owns them, the lifecycle reconciler (pure
 //! decisions in `crate::rules::volumes`), release to agents and their confirmations.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use crate::rules::volumes::{decide, refuse_delete, to_release, VolumeAction};
 use tend_api::EventKind;
@@ -182,16 +182,16 @@ pub async fn reconcile(server: &Control) -> anyhow::Result<()> {
     let records = all(server).await?;
     let used = in_use(server).await?;
     let models: Vec<_> = records.iter().filter_map(|(r, _)| r.to_model()).collect();
+    let by_id: HashMap<&str, usize> =
+        records.iter().enumerate().map(|(i, (r, _))| (r.id.as_str(), i)).collect();
+    let record = |id: &VolumeId| by_id.get(id.as_str()).map(|i| &records[*i]);
     let now = server.now_ms();
     for action in decide(&models, &used, now) {
         let (id, state, msg) = match action {
             VolumeAction::Retain { id, until_ms, reason } => {
                 let msg = format!("volume {id} retained: {reason}");
                 // The longer retention of creation time and the current spec.
-                let until_ms = records
-                    .iter()
-                    .find(|(r, _)| r.id == id.as_str())
-                    .map_or(until_ms, |(r, _)| retention_of(server, r).until(now));
+                let until_ms = record(&id).map_or(until_ms, |(r, _)| retention_of(server, r).until(now));
                 (id, VolumeState::Retained { since_ms: now, until_ms, reason }, msg)
             }
             VolumeAction::Delete { id, reason } => {
@@ -199,7 +199,7 @@ pub async fn reconcile(server: &Control) -> anyhow::Result<()> {
                 (id, VolumeState::Deleting { since_ms: now, reason }, msg)
             }
         };
-        let Some((rec, rev)) = records.iter().find(|(r, _)| r.id == id.as_str()) else { continue };
+        let Some((rec, rev)) = record(&id) else { continue };
         let mut rec = rec.clone();
         rec.set_state(&state);
         if write(server, &rec, *rev).await? {

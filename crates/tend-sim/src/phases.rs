@@ -180,15 +180,16 @@ async fn service_converged(
     // (A rollback restores configs, never counts: the workload's count stands.)
     let wanted = m.count;
     let plan = plan.ok_or_else(|| format!("{name}: no {} plan", rollout.plan))?;
-    let view = tend_control::deploy::engine(server, name).view(&plan).await.map_err(|e| e.to_string())?;
-    if view.status.as_str() != "complete" {
-        return Err(format!("{name}: {} plan {}", rollout.plan, view.status.as_str()));
-    }
+    // The rollout record first: it is one read, the plan's view reads every step.
     if rollout.generation != generation || rollout.state != tend_control::rollout::RolloutState::Complete {
         return Err(format!(
             "{name}: rollout of generation {} ({} plan) {:?}, service at generation {generation}",
             rollout.generation, rollout.plan, rollout.state
         ));
+    }
+    let view = tend_control::deploy::engine(server, name).view(&plan).await.map_err(|e| e.to_string())?;
+    if view.status.as_str() != "complete" {
+        return Err(format!("{name}: {} plan {}", rollout.plan, view.status.as_str()));
     }
     let recs = server.instances(name).await.map_err(|e| e.to_string())?;
     if recs.len() != wanted as usize {
