@@ -127,6 +127,9 @@ pub struct Inner {
     pub started_ms: u64,
     /// The control plane's own loops, aborted by [`Control::stop`].
     pub loops: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Its passes (recovery, jobs, housekeeping, start-up reconciliation): a subset of `loops`
+    /// that [`Control::stop_passes`] aborts alone.
+    passes: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Set by [`Control::stop`]: nothing new is started afterwards.
     pub stopped: std::sync::atomic::AtomicBool,
     /// This cluster's identity, created with its store; agents remember it.
@@ -255,6 +258,7 @@ impl Control {
             epoch: fresh_id(&cfg, "epoch", started_ms, 6)?,
             started_ms,
             loops: Mutex::new(vec![follow]),
+            passes: Mutex::new(Vec::new()),
             state,
             stopped: std::sync::atomic::AtomicBool::new(false),
             cluster_id,
@@ -336,8 +340,18 @@ impl Control {
             tokio::spawn(recovery::run(server.clone())).abort_handle(),
             tokio::spawn(jobs::run(server.clone(), resync)).abort_handle(),
         ];
+        server.inner.passes.lock().unwrap_or_else(|e| e.into_inner()).extend(loops.iter().cloned());
         server.inner.loops.lock().unwrap_or_else(|e| e.into_inner()).extend(loops);
         Ok(server)
+    }
+
+    /// Stops the control plane's own passes (recovery, jobs, housekeeping), leaving the cluster
+    /// state following the store and the plan drivers running: for benches that run a pass by
+    /// hand and time it alone.
+    pub fn stop_passes(&self) {
+        for h in self.inner.passes.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            h.abort();
+        }
     }
 
     /// Stops every loop and plan driver of this control plane at its next await, as a crash
