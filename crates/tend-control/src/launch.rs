@@ -5,6 +5,7 @@
 //! Each launch is still its own compare-and-swap transaction written before any agent hears of it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use tend_scheduler::{AgentSnapshot, Cluster, Decision, Request, Resources, Rules};
 use tend_spec::{PodSpec, ServiceSpec};
@@ -112,8 +113,9 @@ pub type Placed = (String, BTreeMap<String, u16>, Resources);
 /// One snapshot of the cluster for placement: live agents (minus `avoid`), every reservation.
 pub struct Snapshot {
     cluster: Cluster,
-    /// Existing instances per placement group and agent, counted once per group on first use.
-    existing: HashMap<String, HashMap<String, u32>>,
+    /// Where existing instances per placement group and agent are read, once per group on first
+    /// use (a batch places a few groups; the cluster may have hundreds).
+    state: Arc<crate::state::ClusterState>,
     counted: HashSet<String>,
 }
 
@@ -142,7 +144,7 @@ impl Snapshot {
         state.caught_up(&*server.inner.store).await.map_err(|e| e.to_string())?;
         // The index keeps these sums as records change: a snapshot costs the agents, not every
         // instance placed.
-        let (usage, existing) = state.usage();
+        let usage = state.usage();
         for (agent, u) in usage {
             if let Some(a) = agents.get_mut(&agent) {
                 a.reserved = u.reserved;
@@ -151,7 +153,7 @@ impl Snapshot {
         }
         Ok(Snapshot {
             cluster: Cluster::new(agents.into_values().collect()),
-            existing,
+            state: state.clone(),
             counted: HashSet::new(),
         })
     }
@@ -161,9 +163,9 @@ impl Snapshot {
         let group = format!("{service}/{}", pod.name);
         if self.counted.insert(group.clone()) {
             self.cluster.set_rules(&group, Rules::from_spec(&pod.placement));
-            for (a, n) in self.existing.get(&group).into_iter().flatten() {
-                for _ in 0..*n {
-                    self.cluster.count_existing(&group, a);
+            for (a, n) in self.state.group_usage(&group) {
+                for _ in 0..n {
+                    self.cluster.count_existing(&group, &a);
                 }
             }
         }

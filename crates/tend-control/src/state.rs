@@ -376,12 +376,17 @@ impl ClusterState {
             .collect()
     }
 
-    /// What every agent with placed instances has reserved, and the instances of each
-    /// placement group (`service/pod`) per agent: what placement starts from, at a cost that
-    /// follows the number of agents, not of instances.
-    pub fn usage(&self) -> (HashMap<String, AgentUsage>, HashMap<String, HashMap<String, u32>>) {
+    /// What every agent with placed instances has reserved: what placement starts from, at a
+    /// cost that follows the number of agents, not of instances.
+    pub fn usage(&self) -> HashMap<String, AgentUsage> {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-        (index.usage.clone(), index.groups.clone())
+        index.usage.clone()
+    }
+
+    /// The instances of one placement group (`service/pod`) per agent.
+    pub fn group_usage(&self, group: &str) -> HashMap<String, u32> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.groups.get(group).cloned().unwrap_or_default()
     }
 
     /// What the instances placed on `agent` have reserved.
