@@ -19,7 +19,9 @@ type Key = (String, String);
 #[derive(Default)]
 struct Index {
     services: BTreeMap<String, BTreeMap<String, Arc<Instance>>>,
-    by_agent: BTreeMap<String, BTreeSet<Key>>,
+    /// The instances placed on each agent (the same `Arc`s as `services`: an agent's desired
+    /// state is read without a lookup per instance among all of them).
+    by_agent: BTreeMap<String, BTreeMap<Key, Arc<Instance>>>,
     /// Instance records this version cannot read (they may own volumes).
     unreadable: BTreeSet<String>,
     /// Volume records by id, with their revision.
@@ -118,14 +120,16 @@ impl Index {
         if let Some(agent) = rec.agent().filter(|_| touch) {
             self.touched.push(agent.to_string());
         }
-        if let Some(agent) = rec.agent() {
-            self.by_agent.entry(agent.to_string()).or_default().insert((svc.to_string(), inst.to_string()));
-        }
         if let Some(id) = &rec.volumes.set {
             *self.volume_users.entry(id.to_string()).or_default() += 1;
         }
         self.account(svc, &rec, true);
-        self.services.entry(svc.to_string()).or_default().insert(inst.to_string(), Arc::new(rec));
+        let rec = Arc::new(rec);
+        if let Some(agent) = rec.agent() {
+            let key = (svc.to_string(), inst.to_string());
+            self.by_agent.entry(agent.to_string()).or_default().insert(key, rec.clone());
+        }
+        self.services.entry(svc.to_string()).or_default().insert(inst.to_string(), rec);
     }
 }
 
@@ -370,10 +374,8 @@ impl ClusterState {
     /// The instances placed on an agent: (service, instance name, instance).
     pub fn of_agent(&self, agent: &str) -> Vec<(String, String, Arc<Instance>)> {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
-        let Some(keys) = index.by_agent.get(agent) else { return Vec::new() };
-        keys.iter()
-            .filter_map(|(s, i)| index.services.get(s)?.get(i).map(|r| (s.clone(), i.clone(), r.clone())))
-            .collect()
+        let Some(placed) = index.by_agent.get(agent) else { return Vec::new() };
+        placed.iter().map(|((s, i), r)| (s.clone(), i.clone(), r.clone())).collect()
     }
 
     /// What every agent with placed instances has reserved: what placement starts from, at a
@@ -569,6 +571,21 @@ mod tests {
                 have.retain(|_, g| !g.is_empty());
                 prop_assert_eq!(&index.usage, &usage);
                 prop_assert_eq!(&have, &groups);
+                // Each agent's instances are the placed records naming it, the same values.
+                let mut by_agent: BTreeMap<String, BTreeMap<Key, Instance>> = BTreeMap::new();
+                for (svc, m) in &index.services {
+                    for (inst, r) in m {
+                        if let Some(a) = r.agent() {
+                            by_agent.entry(a.to_string()).or_default().insert((svc.clone(), inst.clone()), (**r).clone());
+                        }
+                    }
+                }
+                let have: BTreeMap<String, BTreeMap<Key, Instance>> = index
+                    .by_agent
+                    .iter()
+                    .map(|(a, m)| (a.clone(), m.iter().map(|(k, r)| (k.clone(), (**r).clone())).collect()))
+                    .collect();
+                prop_assert_eq!(have, by_agent);
             }
         }
     }
