@@ -666,12 +666,7 @@ impl RunState {
                 dependants[*d].push(j);
             }
         }
-        let mut phase_dependants: Vec<Vec<usize>> = vec![Vec::new(); plan.phases.len()];
-        for (q, p) in plan.phases.iter().enumerate() {
-            for u in &p.deps {
-                phase_dependants[*u].push(q);
-            }
-        }
+        let phase_dependants = (0..plan.phases.len()).map(|p| plan.phase_dependants(p)).collect();
         RunState {
             state: vec![Status::Pending; n],
             running: vec![false; n],

@@ -258,19 +258,9 @@ pub fn normalize_inputs(plan: &Plan, i: usize, rec: &mut StepRecord) {
     }
 }
 
-/// Which phases are done: all their steps complete, and every phase they wait for done.
-pub fn phases_done(plan: &Plan, state: &[Status]) -> Vec<bool> {
-    let mut done = vec![false; plan.phases.len()];
-    for &p in &plan.phase_order {
-        let node = &plan.phases[p];
-        done[p] =
-            node.deps.iter().all(|u| done[*u]) && node.steps.clone().all(|i| state[i] == Status::Complete);
-    }
-    done
-}
-
 /// Steps that may start now: not complete, not failed, not running, dependencies complete and
-/// their phase not interrupted. `phase_done` is [`phases_done`] (kept up to date by the caller).
+/// their phase not interrupted. `phase_done[p]`: phase p's steps are complete and so are the phases
+/// it follows (kept up to date by the caller).
 pub fn ready_steps(
     plan: &Plan,
     state: &[Status],
