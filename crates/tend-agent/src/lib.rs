@@ -29,7 +29,10 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::http::StatusCode;
 use axum::routing::get;
-use tend_api::{AgentResources, Assignment, DesiredState, RegisterRequest, RegisterResponse, StatusReport};
+use tend_api::{
+    AgentResources, Assignment, Delta, DeltaReporter, DesiredState, RegisterRequest, RegisterResponse,
+    StatusAck, StatusReport,
+};
 use tokio::sync::watch;
 
 use crate::artifacts::Fetcher;
@@ -204,7 +207,7 @@ pub async fn run(
     renewer.abort();
     stop_all(&state).await;
     // One last report so the control plane sees the tasks stopped.
-    let _ = post_status(&state, u64::MAX).await;
+    let _ = post_status(&state, u64::MAX, None).await;
     let _ = server.await;
     if let Some(m) = metrics {
         let _ = m.await;
@@ -289,15 +292,24 @@ async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterRe
     Ok(reg)
 }
 
-async fn post_status(st: &AgentState, seq: u64) -> anyhow::Result<()> {
+/// Sends report `seq`: every task, or (`deltas`) what changed since the last acknowledged one.
+/// Ok(false): the control plane asks for every task (a delta it could not apply).
+async fn post_status(st: &AgentState, seq: u64, deltas: Option<&mut DeltaReporter>) -> anyhow::Result<bool> {
     let released = st.released.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let current = st.ctx.board.snapshot();
+    let tasks = match deltas {
+        Some(d) => d.report(seq, &current),
+        None => Delta { base_seq: None, tasks: current, gone: Vec::new() },
+    };
     let report = StatusReport {
         seq,
-        tasks: st.ctx.board.snapshot(),
+        tasks: tasks.tasks,
         released_volumes: released,
         conflict: st.conflict.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         job_results: st.jobs.results(),
         revision: Some(st.cluster.lock().unwrap_or_else(|e| e.into_inner()).revision),
+        base_seq: tasks.base_seq,
+        gone: tasks.gone,
     };
     let sent = pod::now_ms();
     let base = st.servers.url();
@@ -316,8 +328,13 @@ async fn post_status(st: &AgentState, seq: u64) -> anyhow::Result<()> {
     if !r.status().is_success() {
         anyhow::bail!("status refused: {}", r.status());
     }
+    let ack: StatusAck = r.json().await?;
+    if ack.full_needed {
+        // Nothing was applied: not contact (the control plane does not know what runs here).
+        return Ok(false);
+    }
     st.last_contact.fetch_max(sent, std::sync::atomic::Ordering::SeqCst);
-    Ok(())
+    Ok(true)
 }
 
 async fn main_loop(
@@ -352,7 +369,7 @@ async fn main_loop(
         backoff = Duration::from_millis(100);
         tracing::info!(agent = %st.cfg.id, server_epoch = %reg.server_epoch, "registered");
         let interval = Duration::from_millis(reg.status_interval_ms.clamp(100, 10_000));
-        let reporter = tokio::spawn(report_loop(st.clone(), interval));
+        let reporter = tokio::spawn(report_loop(st.clone(), interval, reg.delta_reports));
         let r = desired_loop(&st, stop.clone()).await;
         reporter.abort();
         if let Err(e) = r {
@@ -365,8 +382,11 @@ async fn main_loop(
     }
 }
 
-async fn report_loop(st: Arc<AgentState>, interval: Duration) {
-    let mut seq = 0u64;
+async fn report_loop(st: Arc<AgentState>, interval: Duration, deltas: bool) {
+    // Numbers never reused by this agent, across registrations and restarts: a delta names the
+    // report it builds on, and a late report of an earlier session must not pass for it.
+    let mut seq = pod::now_ms().saturating_mul(1000);
+    let mut reporter = DeltaReporter::default();
     let mut retry = Duration::from_millis(25);
     loop {
         seq += 1;
@@ -382,12 +402,18 @@ async fn report_loop(st: Arc<AgentState>, interval: Duration) {
             .filter_map(|h| h.fence_after_ms)
             .min();
         let interval = fence_min.map_or(interval, |f| interval.min(Duration::from_millis((f / 4).max(100))));
-        let wait = match post_status(&st, seq).await {
-            Ok(()) => {
+        let wait = match post_status(&st, seq, deltas.then_some(&mut reporter)).await {
+            Ok(true) => {
+                reporter.acked(seq, false);
                 retry = Duration::from_millis(25);
                 interval
             }
+            Ok(false) => {
+                reporter.acked(seq, true);
+                retry
+            }
             Err(e) => {
+                reporter.failed();
                 tracing::debug!(error = %e, "status report failed; the next one carries the same state");
                 retry = (retry * 2).min(interval);
                 retry

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 mod answers;
 mod auth;
 mod jobs;
+mod report_delta;
 mod services;
 mod status;
 pub use answers::{
@@ -25,6 +26,7 @@ pub use jobs::{
     JobQueued, JobRunInfo, JobRunStatus, JobStatusInfo, RunJobRequest, RunPolicy, WindowRemoved,
     WindowRequest,
 };
+pub use report_delta::{Delta, DeltaReporter, TaskKey, TaskSet};
 pub use status::{AgentState, EventKind, PodState, ProbeKind, StepStatus};
 
 /// The API version prefix.
@@ -107,6 +109,9 @@ pub struct RegisterResponse {
     /// The leadership that accepted it (see `DesiredState::epoch`).
     #[serde(default)]
     pub epoch: u64,
+    /// The control plane takes status reports by difference (`StatusReport::base_seq`).
+    #[serde(default)]
+    pub delta_reports: bool,
 }
 
 /// What an agent must run: every live incarnation placed on it.
@@ -401,11 +406,22 @@ pub struct StatusReport {
     /// something is stopped only once the agent has seen a desired state at least this new.
     #[serde(default)]
     pub revision: Option<u64>,
+    /// Set: `tasks` lists only the tasks whose status changed since the report `base_seq` (which
+    /// this control plane acknowledged) and `gone` those no longer reported. Unset: `tasks` is
+    /// every task. Agents send deltas only to a control plane that offers them at registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gone: Vec<TaskKey>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, ToSchema)]
 pub struct StatusAck {
     pub seq: u64,
+    /// The report was a delta against a report this control plane does not hold (it restarted,
+    /// or another report came in between): nothing of it was applied; send every task.
+    #[serde(default)]
+    pub full_needed: bool,
 }
 
 pub use services::*;

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tend_api::{TaskState, TaskStatus};
+use tend_control::agents::TaskReport;
 use tend_control::records::{
     agent_key, encode_agent, encode_instance, instance_key, service_key, ServiceRecord,
 };
@@ -120,7 +121,7 @@ async fn report_all(server: &Control, size: Size, now: u64) {
                 }
             })
             .collect();
-        server.on_status(&format!("a{a}"), tasks, Vec::new()).await;
+        server.on_status(&format!("a{a}"), 1, TaskReport::Full(tasks), Vec::new()).await;
     }
 }
 
@@ -159,9 +160,12 @@ async fn run(size: Size) {
         tend_control::recovery::tick(&server).await.unwrap();
         full.push(t.elapsed());
         // One agent reports one task restarted in place; the pass after it.
-        let mut tasks = server.inner.agents.read().unwrap().get("a0").unwrap().tasks.clone();
-        tasks[0].restarts = round + 1;
-        server.on_status("a0", tasks, Vec::new()).await;
+        // (A delta on the last report, as agents send them.)
+        let mut task = server.inner.agents.read().unwrap().get("a0").unwrap().tasks.all()[0].clone();
+        task.restarts = round + 1;
+        let seq = u64::from(round) + 2;
+        let delta = TaskReport::Delta { base: seq - 1, changed: vec![task], gone: Vec::new() };
+        server.on_status("a0", seq, delta, Vec::new()).await;
         let t = Instant::now();
         tend_control::recovery::tick(&server).await.unwrap();
         one.push(t.elapsed());

@@ -2,16 +2,19 @@
 //! status — as one trait implemented by `Control`. The HTTP routes (`api/`) are a thin edge over
 //! it; an in-process caller (a test, a simulator) drives the same control plane without sockets.
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tend_api::{DesiredState, RegisterRequest, RegisterResponse, StatusAck, StatusReport, TaskStatus};
+use tend_api::{
+    DesiredState, RegisterRequest, RegisterResponse, StatusAck, StatusReport, TaskSet, TaskStatus,
+};
 
 use crate::records::*;
 use crate::services::Refusal;
 use crate::Control;
-use tend_api::EventKind;
+use tend_api::{EventKind, TaskState};
+use tend_spec::Goal;
 
 /// What agents ask of the control plane.
 #[async_trait]
@@ -89,6 +92,7 @@ impl AgentProtocol for Control {
             revision: self.inner.store.revision().await.map_err(|e| (503, "store", e.to_string()))?.max(0)
                 as u64,
             epoch: self.inner.cfg.leader_epoch,
+            delta_reports: true,
         })
     }
 
@@ -119,10 +123,15 @@ impl AgentProtocol for Control {
         }
         let job_results = crate::gates::on_results(self, agent, r.job_results);
         crate::jobs::on_results(self, agent, job_results).await;
-        if !self.on_status(agent, r.tasks, r.released_volumes).await {
-            return Err(unknown(agent));
+        let tasks = match r.base_seq {
+            None => TaskReport::Full(r.tasks),
+            Some(base) => TaskReport::Delta { base, changed: r.tasks, gone: r.gone },
+        };
+        match self.on_status(agent, r.seq, tasks, r.released_volumes).await {
+            Intake::Unknown => Err(unknown(agent)),
+            Intake::Applied => Ok(StatusAck { seq: r.seq, full_needed: false }),
+            Intake::FullNeeded => Ok(StatusAck { seq: r.seq, full_needed: true }),
         }
-        Ok(StatusAck { seq: r.seq })
     }
 }
 
@@ -177,37 +186,20 @@ pub struct AgentLive {
     pub agent: tend_model::Agent,
     /// None: not heard from since this control plane started.
     pub last_seen_ms: Option<u64>,
-    pub tasks: Vec<TaskStatus>,
+    /// The tasks it reported, found by instance in O(1) as agents grow.
+    pub tasks: TaskSet,
+    /// The report those tasks are (a delta must build on it); None: none since it registered.
+    pub seq: Option<u64>,
     /// Set while the agent refuses this control plane's desired state (and why).
     pub conflict: Option<String>,
     /// The highest store revision whose desired state the agent says it obeyed (None: an agent
     /// that does not say).
     pub revision: Option<u64>,
-    /// Positions in `tasks` by (service, instance): lookups stay O(1) as agents grow.
-    pub index: HashMap<(String, String), Vec<usize>>,
 }
 
 impl AgentLive {
-    pub fn new(agent: tend_model::Agent, last_seen_ms: Option<u64>, tasks: Vec<TaskStatus>) -> AgentLive {
-        let mut a = AgentLive {
-            agent,
-            last_seen_ms,
-            tasks: Vec::new(),
-            conflict: None,
-            revision: None,
-            index: Default::default(),
-        };
-        a.set_tasks(tasks);
-        a
-    }
-
-    /// Replaces the reported tasks (a full snapshot) and rebuilds the index.
-    pub fn set_tasks(&mut self, tasks: Vec<TaskStatus>) {
-        self.index.clear();
-        for (i, t) in tasks.iter().enumerate() {
-            self.index.entry((t.service.clone(), t.instance.clone())).or_default().push(i);
-        }
-        self.tasks = tasks;
+    pub fn new(agent: tend_model::Agent, last_seen_ms: Option<u64>, tasks: TaskSet) -> AgentLive {
+        AgentLive { agent, last_seen_ms, tasks, seq: None, conflict: None, revision: None }
     }
 
     /// The reported tasks of one instance (every incarnation reported).
@@ -216,8 +208,7 @@ impl AgentLive {
         service: &str,
         instance: &str,
     ) -> impl Iterator<Item = &'a TaskStatus> + 'a {
-        let idx = self.index.get(&(service.to_string(), instance.to_string()));
-        idx.into_iter().flatten().filter_map(move |i| self.tasks.get(*i))
+        self.tasks.of_instance(service, instance)
     }
 }
 
@@ -240,4 +231,145 @@ pub(crate) fn restarts_in_place(old: &AgentLive, new: &[TaskStatus], agent: &str
             })
         })
         .collect()
+}
+
+/// The tasks part of a status report.
+pub enum TaskReport {
+    /// Every task the agent runs.
+    Full(Vec<TaskStatus>),
+    /// What changed since the report `base`.
+    Delta { base: u64, changed: Vec<TaskStatus>, gone: Vec<tend_api::TaskKey> },
+}
+
+/// What became of a status report.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Intake {
+    Applied,
+    /// A delta on a report this control plane does not hold: nothing applied, not even as
+    /// contact (an agent whose tasks are unknown is not seen up on their account).
+    FullNeeded,
+    Unknown,
+}
+
+impl Control {
+    /// Handles an agent's status report: remember it, note `once` successes, wake waiters.
+    pub async fn on_status(
+        &self,
+        agent: &str,
+        seq: u64,
+        report: TaskReport,
+        released: Vec<tend_api::VolumeRelease>,
+    ) -> Intake {
+        let (restarted, changed) = {
+            let mut agents = self.inner.agents.write().unwrap_or_else(|e| e.into_inner());
+            let Some(a) = agents.get_mut(agent) else { return Intake::Unknown };
+            match self.take_report(a, agent, seq, report) {
+                Some(r) => r,
+                None => return Intake::FullNeeded,
+            }
+        };
+        for (service, msg) in restarted {
+            self.event(Some(&service), EventKind::Restart, msg).await;
+        }
+        self.note_once_done(&changed).await;
+        // Volumes the agent confirms deleted (as it was told): their records go.
+        for r in released {
+            crate::volumes::on_released(self, agent, &r.id).await;
+        }
+        self.inner.status_gen.send_modify(|g| *g += 1);
+        Intake::Applied
+    }
+
+    /// Applies a report to what is known of the agent: the tasks restarted in place (events)
+    /// and the tasks that changed. None: a delta on another base (nothing applied).
+    #[allow(clippy::type_complexity)]
+    fn take_report(
+        &self,
+        a: &mut AgentLive,
+        agent: &str,
+        seq: u64,
+        report: TaskReport,
+    ) -> Option<(Vec<(String, String)>, Vec<TaskStatus>)> {
+        let (changed, gone, full) = match report {
+            TaskReport::Delta { base, .. } if a.seq != Some(base) => return None,
+            TaskReport::Delta { changed, gone, .. } => {
+                // Only what differs from what is known counts as a change.
+                let changed: Vec<TaskStatus> =
+                    changed.into_iter().filter(|t| a.tasks.find(t) != Some(t)).collect();
+                let gone: Vec<_> = gone
+                    .into_iter()
+                    .filter(|k| {
+                        a.tasks
+                            .of_instance(&k.service, &k.instance)
+                            .any(|t| t.incarnation == k.incarnation && t.task == k.task)
+                    })
+                    .collect();
+                (changed, gone, None)
+            }
+            TaskReport::Full(tasks) => (Vec::new(), Vec::new(), Some(tasks)),
+        };
+        let was_silent = !self.agent_up(a);
+        a.last_seen_ms = Some(self.now_ms());
+        a.seq = Some(seq);
+        let mut reported = self.inner.reported.lock().unwrap_or_else(|e| e.into_inner());
+        let same = match &full {
+            Some(tasks) => a.tasks.all() == tasks.as_slice(),
+            None => changed.is_empty() && gone.is_empty(),
+        };
+        if !was_silent && same {
+            // A heartbeat: nothing restarted, no instance to look at again.
+            reported.note(agent, false, std::iter::empty());
+            return Some((Vec::new(), Vec::new()));
+        }
+        self.inner.tasks_gen.send_modify(|g| *g += 1);
+        self.inner.reports.agents([agent]);
+        match full {
+            Some(tasks) => {
+                let restarted = restarts_in_place(a, &tasks, agent);
+                let instances = crate::recovery_cache::changed_instances(a.tasks.all(), &tasks);
+                reported.note(agent, was_silent, instances.into_iter());
+                a.tasks.replace(tasks.clone());
+                Some((restarted, tasks))
+            }
+            None => {
+                let restarted = restarts_in_place(a, &changed, agent);
+                let instances = changed
+                    .iter()
+                    .map(|t| (t.service.as_str(), t.instance.as_str()))
+                    .chain(gone.iter().map(|k| (k.service.as_str(), k.instance.as_str())));
+                reported.note(agent, was_silent, instances);
+                a.tasks.apply(changed.clone(), &gone);
+                Some((restarted, changed))
+            }
+        }
+    }
+
+    /// Records `once` tasks that succeeded, so that later incarnations skip them.
+    async fn note_once_done(&self, tasks: &[TaskStatus]) {
+        let mut done: BTreeSet<(String, String, String)> = BTreeSet::new();
+        for t in tasks {
+            if t.state == TaskState::Exited && t.exit_code == Some(0) {
+                let Some(id) = tend_model::InstanceId::parse(&t.instance) else { continue };
+                let once = self.service(&t.service).is_some_and(|rt| {
+                    let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
+                    rt.spec
+                        .pod(&id.pod)
+                        .is_some_and(|p| p.tasks.iter().any(|x| x.name == t.task && x.goal == Goal::Once))
+                });
+                if once {
+                    done.insert((t.service.clone(), t.instance.clone(), t.task.clone()));
+                }
+            }
+        }
+        for (service, instance, task) in done {
+            self.update_instance(&service, &instance, |rec| {
+                let new = !rec.once_done.contains(&task);
+                if new {
+                    rec.once_done.push(task.clone());
+                }
+                new
+            })
+            .await;
+        }
+    }
 }

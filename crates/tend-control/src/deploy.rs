@@ -325,12 +325,26 @@ impl StepWork for DeployWork {
         let wait =
             Duration::from_millis(self.running_rule_due(&step.name).map_or(500, |ms| ms.clamp(1, 500)));
         let placed_on = self.server.inner.state.instance(&self.service, &step.name);
-        let woken = match placed_on.as_ref().and_then(|r| r.agent()) {
-            // Only a report of the instance's own agent that says something new wakes it.
-            Some(agent) => {
+        let woken = match placed_on.as_ref().and_then(|r| r.agent().map(|a| (a, r.incarnation_number()))) {
+            // Only a report of the instance's own agent that changes what it says of this
+            // instance wakes it (with 100 instances on an agent, a report wakes one step of
+            // its deploy, not every step waiting there).
+            Some((agent, incarnation)) => {
                 let reports = &self.server.inner.reports;
-                let at = reports.current(agent);
-                reports.wait(agent, at, wait).await > at
+                let own = || self.server.task_statuses(agent, &self.service, &step.name, incarnation);
+                let (seen, until) = (own(), tokio::time::Instant::now() + wait);
+                let mut at = reports.current(agent);
+                loop {
+                    let left = until.saturating_duration_since(tokio::time::Instant::now());
+                    let now_at = reports.wait(agent, at, left).await;
+                    if now_at <= at {
+                        break false;
+                    }
+                    at = now_at;
+                    if own() != seen {
+                        break true;
+                    }
+                }
             }
             None => {
                 let mut status = self.server.inner.status_gen.subscribe();

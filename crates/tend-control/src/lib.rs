@@ -38,10 +38,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
-use tend_api::{EventKind, TaskState, TaskStatus};
+use tend_api::{EventKind, TaskStatus};
 use tend_model::SharedClock;
 use tend_plan::Plan;
-use tend_spec::{Goal, ServiceSpec};
+use tend_spec::ServiceSpec;
 use tend_store::StateStore;
 use tokio::sync::{watch, Notify};
 
@@ -241,7 +241,7 @@ impl Control {
             let agent = decode_agent(&kv.value)
                 .map_err(anyhow::Error::msg)
                 .with_context(|| format!("corrupt {}", kv.key))?;
-            agents.insert(agent.id.clone(), AgentLive::new(agent, None, Vec::new()));
+            agents.insert(agent.id.clone(), AgentLive::new(agent, None, Default::default()));
         }
         let last_event = store
             .range("events/")
@@ -579,69 +579,5 @@ impl Control {
             )
             .await
             .is_ok_and(|r| r.succeeded)
-    }
-
-    /// Handles an agent's status report: remember it, note `once` successes, wake waiters.
-    pub async fn on_status(
-        &self,
-        agent: &str,
-        tasks: Vec<TaskStatus>,
-        released: Vec<tend_api::VolumeRelease>,
-    ) -> bool {
-        let now = self.now_ms();
-        let restarted = {
-            let mut agents = self.inner.agents.write().unwrap_or_else(|e| e.into_inner());
-            let Some(a) = agents.get_mut(agent) else { return false };
-            let was_silent = !self.agent_up(a);
-            a.last_seen_ms = Some(now);
-            let mut reported = self.inner.reported.lock().unwrap_or_else(|e| e.into_inner());
-            if !was_silent && a.tasks == tasks {
-                // A heartbeat: nothing restarted, no instance to look at again.
-                reported.note(agent, false, &[], &[]);
-                Vec::new()
-            } else {
-                self.inner.tasks_gen.send_modify(|g| *g += 1);
-                self.inner.reports.agents([agent]);
-                let restarted = agents::restarts_in_place(a, &tasks, agent);
-                reported.note(agent, was_silent, &a.tasks, &tasks);
-                a.set_tasks(tasks.clone());
-                restarted
-            }
-        };
-        for (service, msg) in restarted {
-            self.event(Some(&service), EventKind::Restart, msg).await;
-        }
-        // Record `once` tasks that succeeded, so that later incarnations skip them.
-        let mut done: BTreeSet<(String, String, String)> = BTreeSet::new();
-        for t in &tasks {
-            if t.state == TaskState::Exited && t.exit_code == Some(0) {
-                let Some(id) = tend_model::InstanceId::parse(&t.instance) else { continue };
-                let once = self.service(&t.service).is_some_and(|rt| {
-                    let rt = rt.lock().unwrap_or_else(|e| e.into_inner());
-                    rt.spec
-                        .pod(&id.pod)
-                        .is_some_and(|p| p.tasks.iter().any(|x| x.name == t.task && x.goal == Goal::Once))
-                });
-                if once {
-                    done.insert((t.service.clone(), t.instance.clone(), t.task.clone()));
-                }
-            }
-        }
-        for (service, instance, task) in done {
-            self.update_instance(&service, &instance, |rec| {
-                let new = !rec.once_done.contains(&task);
-                if new {
-                    rec.once_done.push(task.clone());
-                }
-                new
-            })
-            .await;
-        }
-        // Volumes the agent confirms deleted (as it was told): their records go.
-        for r in released {
-            volumes::on_released(self, agent, &r.id).await;
-        }
-        self.inner.status_gen.send_modify(|g| *g += 1);
-        true
     }
 }

@@ -26,13 +26,18 @@ pub struct Reported {
 }
 
 impl Reported {
-    /// Notes a report of `agent`: `old` and `new` are its previous and current task lists.
-    pub fn note(&mut self, agent: &str, was_silent: bool, old: &[TaskStatus], new: &[TaskStatus]) {
+    /// Notes a report of `agent` and the (service, instance) pairs whose tasks it changed.
+    pub fn note<'a>(
+        &mut self,
+        agent: &str,
+        was_silent: bool,
+        changed: impl Iterator<Item = (&'a str, &'a str)>,
+    ) {
         self.agents.insert(agent.to_string());
         if was_silent {
             self.revived.insert(agent.to_string());
         }
-        for (svc, inst) in changed_instances(old, new) {
+        for (svc, inst) in changed {
             self.instances.entry(svc.to_string()).or_default().insert(inst.to_string());
         }
     }

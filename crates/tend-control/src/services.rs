@@ -220,10 +220,9 @@ async fn wait_stopped(s: &Control, service: &str, wait: Duration) -> Vec<String>
     // Agents that are down cannot confirm: named too (they stop the tasks on return).
     let pending = still_running(s, service);
     let agents = s.inner.agents.read().unwrap_or_else(|e| e.into_inner());
-    let down = agents
-        .values()
-        .filter(|a| !s.agent_up(a))
-        .filter(|a| a.tasks.iter().any(|t| t.service == service && t.state == tend_api::TaskState::Running));
+    let down = agents.values().filter(|a| !s.agent_up(a)).filter(|a| {
+        a.tasks.all().iter().any(|t| t.service == service && t.state == tend_api::TaskState::Running)
+    });
     pending.into_iter().chain(down.map(|a| format!("{} (down)", a.agent.id))).collect()
 }
 
@@ -234,7 +233,7 @@ fn still_running(s: &Control, service: &str) -> Vec<String> {
         .values()
         .filter(|a| s.agent_up(a))
         .filter(|a| {
-            a.tasks.iter().any(|t| {
+            a.tasks.all().iter().any(|t| {
                 t.service == service
                     && matches!(t.state, tend_api::TaskState::Running | tend_api::TaskState::Starting)
             })

@@ -140,6 +140,7 @@ async fn an_in_process_agent_deploys_a_service_through_the_protocol() {
     let s = Control::new(ControlConfig::default(), store, Arc::new(clock.clone())).await.unwrap();
     let reg = s.register(register_req("a1", None)).await.unwrap();
     assert_eq!(reg.cluster_id, s.inner.cluster_id);
+    assert!(reg.delta_reports);
     let err = s.register(register_req("a2", Some("c-elsewhere"))).await.unwrap_err();
     assert_eq!((err.0, err.1), (409, "cluster_mismatch"));
     // An agent of this cluster that obeyed a newer store (this one restored from an older copy).
@@ -179,6 +180,8 @@ async fn an_in_process_agent_deploys_a_service_through_the_protocol() {
         job_results: Vec::new(),
         conflict: None,
         revision: None,
+        base_seq: None,
+        gone: Vec::new(),
     };
     let mut complete = false;
     for seq in 1..100 {
@@ -194,6 +197,49 @@ async fn an_in_process_agent_deploys_a_service_through_the_protocol() {
     }
     assert!(complete, "the deploy plan did not complete");
     assert!(s.status("nobody", report(1)).await.is_err(), "an unknown agent's report is refused");
+
+    // Reports by difference: offered at registration, applied on the report they build on.
+    let seen = |s: &Control| s.inner.agents.read().unwrap().get("a1").and_then(|a| a.last_seen_ms);
+    let tasks = |s: &Control| s.inner.agents.read().unwrap().get("a1").map(|a| a.tasks.all().to_vec());
+    let last = report(200);
+    s.status("a1", last.clone()).await.unwrap();
+    let mut restarted = status.clone();
+    restarted.restarts = 1;
+    let delta = |seq, base| tend_api::StatusReport {
+        seq,
+        tasks: vec![restarted.clone()],
+        base_seq: Some(base),
+        gone: Vec::new(),
+        ..last.clone()
+    };
+    // On another base (a report it does not hold): nothing applied, not even as contact.
+    let before = seen(&s);
+    clock.advance_ms(1_000);
+    let ack = s.status("a1", delta(202, 150)).await.unwrap();
+    assert!(ack.full_needed, "{ack:?}");
+    assert_eq!(seen(&s), before, "a refused delta is no contact");
+    assert_eq!(tasks(&s), Some(vec![status.clone()]));
+    // On the last report: applied, and the restart it shows is an event.
+    let mut events = s.inner.events.subscribe();
+    let ack = s.status("a1", delta(201, 200)).await.unwrap();
+    assert!(!ack.full_needed, "{ack:?}");
+    assert_eq!(tasks(&s), Some(vec![restarted.clone()]));
+    assert!(seen(&s) > before);
+    let event = events.try_recv().expect("an event");
+    assert!(event.message.contains("restarted in place"), "{event:?}");
+    // A task gone.
+    let gone = tend_api::StatusReport {
+        seq: 203,
+        tasks: Vec::new(),
+        base_seq: Some(201),
+        gone: vec![tend_api::TaskKey::of(&restarted)],
+        ..last.clone()
+    };
+    assert!(!s.status("a1", gone).await.unwrap().full_needed);
+    assert_eq!(tasks(&s), Some(Vec::new()));
+    // A registration starts over: the next delta is refused.
+    s.register(register_req("a1", None)).await.unwrap();
+    assert!(s.status("a1", delta(204, 203)).await.unwrap().full_needed);
 }
 
 /// A volume is kept for the longer of the retention it was created with and its service's
@@ -254,6 +300,8 @@ async fn a_replacement_placed_after_its_fence_wait_is_still_a_replacement() {
         job_results: Vec::new(),
         conflict: None,
         revision: None,
+        base_seq: None,
+        gone: Vec::new(),
     };
     s.status("a2", empty).await.unwrap();
     tend_control::recovery::tick(&s).await.unwrap();

@@ -57,6 +57,9 @@ pub struct AgentSt {
     pub machine_up: bool,
     pub jobs: BTreeMap<String, SimJob>,
     pub(crate) seq: u64,
+    /// Reports by difference, when the control plane it registered with offers them.
+    pub(crate) deltas: bool,
+    pub(crate) delta: tend_api::DeltaReporter,
     /// Fencing killed something: the next long-poll asks at once (as the real agent does).
     pub(crate) refetch: bool,
 }
@@ -90,6 +93,8 @@ impl SimAgent {
                 machine_up: true,
                 jobs: BTreeMap::new(),
                 seq: 0,
+                deltas: false,
+                delta: Default::default(),
                 refetch: false,
             }),
             loops: Mutex::new(Vec::new()),
@@ -212,6 +217,8 @@ async fn register(ag: &Arc<SimAgent>, w: &World) -> Result<(), NetError> {
     } else if st.mem.revision > reg.revision {
         st.mem.revision = reg.revision;
     }
+    st.deltas = reg.delta_reports;
+    st.delta.forget();
     Ok(())
 }
 
@@ -237,18 +244,29 @@ async fn main_loop(ag: Arc<SimAgent>, w: Arc<World>) {
 }
 
 fn report(ag: &SimAgent) -> StatusReport {
-    let mut st = ag.lock();
+    let mut guard = ag.lock();
+    let st = &mut *guard;
     st.seq += 1;
-    let mut tasks: Vec<TaskStatus> =
-        st.pods.iter().filter(|(k, _)| !st.adoptable.contains(*k)).flat_map(|(_, p)| p.statuses()).collect();
-    tasks.extend(st.ghosts.iter().cloned());
+    let current = st
+        .pods
+        .iter()
+        .filter(|(k, _)| !st.adoptable.contains(*k))
+        .flat_map(|(_, p)| p.tasks.iter().map(|t| &t.status))
+        .chain(st.ghosts.iter());
+    let tasks = if st.deltas {
+        st.delta.report(st.seq, current)
+    } else {
+        tend_api::Delta { base_seq: None, tasks: current.cloned().collect(), gone: Vec::new() }
+    };
     StatusReport {
         seq: st.seq,
-        tasks,
+        tasks: tasks.tasks,
         released_volumes: st.released.clone(),
         job_results: st.jobs.values().map(|j| j.result.clone()).collect(),
         conflict: st.conflict.clone(),
         revision: Some(st.mem.revision),
+        base_seq: tasks.base_seq,
+        gone: tasks.gone,
     }
 }
 
@@ -256,6 +274,7 @@ async fn report_loop(ag: Arc<SimAgent>, w: Arc<World>) {
     let mut retry = 25u64;
     loop {
         let r = report(&ag);
+        let seq = r.seq;
         if w.net.duplicate() {
             let (net, id, dup) = (w.net.clone(), ag.id.clone(), r.clone());
             tokio::spawn(async move {
@@ -273,13 +292,21 @@ async fn report_loop(ag: Arc<SimAgent>, w: Arc<World>) {
             fence.map_or(1_000, |f| (f / 4).clamp(100, 1_000))
         };
         let wait = match res {
+            // A refused delta applied nothing: not contact (the control plane did not hear
+            // what runs here); every task goes at once.
+            Ok(ack) if ack.full_needed => {
+                ag.lock().delta.acked(seq, true);
+                retry
+            }
             Ok(_) => {
                 let mut st = ag.lock();
+                st.delta.acked(seq, false);
                 st.last_contact = st.last_contact.max(sent);
                 retry = 25;
                 interval
             }
             Err(_) => {
+                ag.lock().delta.failed();
                 retry = (retry * 2).min(interval);
                 retry
             }

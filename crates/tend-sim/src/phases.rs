@@ -316,7 +316,7 @@ async fn measure_passes(w: &World) {
         .agents
         .read()
         .ok()
-        .and_then(|a| a.get("a0").map(|a| a.tasks.clone()))
+        .and_then(|a| a.get("a0").map(|a| a.tasks.all().to_vec()))
         .unwrap_or_default();
     if let Some(t) = tasks.first_mut() {
         t.restarts += 1;
@@ -328,6 +328,8 @@ async fn measure_passes(w: &World) {
         job_results: Vec::new(),
         conflict: None,
         revision: None,
+        base_seq: None,
+        gone: Vec::new(),
     };
     let _ = server.status("a0", report).await;
     let t = std::time::Instant::now();

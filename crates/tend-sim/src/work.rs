@@ -2,7 +2,7 @@
 //! not desired, delete released volume sets, start or re-adopt what is, sync job runs) and with
 //! time (tasks move on, fencing, job runs end).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,8 +15,12 @@ use crate::world::World;
 
 /// Makes the running set equal the desired set.
 pub(crate) async fn reconcile(ag: &Arc<SimAgent>, w: &Arc<World>, d: DesiredState) {
-    let want: BTreeSet<(String, String)> =
-        d.assignments.iter().map(|a| (a.service.clone(), a.instance.clone())).collect();
+    // Each desired instance and its highest incarnation desired.
+    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for a in &d.assignments {
+        let i = want.entry((a.service.clone(), a.instance.clone())).or_default();
+        *i = (*i).max(a.incarnation);
+    }
     let mut log = Vec::new();
     let mut to_delete = Vec::new();
     {
@@ -27,13 +31,7 @@ pub(crate) async fn reconcile(ag: &Arc<SimAgent>, w: &Arc<World>, d: DesiredStat
         let stale: Vec<(String, String)> = st
             .pods
             .iter()
-            .filter(|(k, p)| {
-                !st.adoptable.contains(*k)
-                    && (!want.contains(*k)
-                        || d.assignments.iter().any(|a| {
-                            a.service == k.0 && a.instance == k.1 && a.incarnation > p.a.incarnation
-                        }))
-            })
+            .filter(|(k, p)| !st.adoptable.contains(*k) && want.get(*k).is_none_or(|i| *i > p.a.incarnation))
             .map(|(k, _)| k.clone())
             .collect();
         for k in stale {

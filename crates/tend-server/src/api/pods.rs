@@ -453,7 +453,7 @@ pub(super) async fn list_tasks(
         agents
             .values()
             .filter(|a| s.agent_up(a))
-            .flat_map(|a| a.tasks.iter())
+            .flat_map(|a| a.tasks.all().iter())
             .filter(|t| q.service.as_ref().is_none_or(|svc| &t.service == svc))
             .cloned()
             .collect(),

@@ -1,0 +1,269 @@
+//! Status reports by difference, both ends of the rule: once the control plane has acknowledged
+//! a report, the agent's next one carries only the tasks whose status changed and the keys of
+//! those no longer reported. Both ends keep the tasks in a [`TaskSet`] and apply a delta the same
+//! way, so they hold the same tasks after every acknowledged report.
+
+use std::collections::{HashMap, HashSet};
+
+use foldhash::fast::RandomState;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::TaskStatus;
+
+/// Names one reported task: a task of one incarnation of an instance.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash, ToSchema)]
+pub struct TaskKey {
+    pub service: String,
+    pub instance: String,
+    pub incarnation: u64,
+    pub task: String,
+}
+
+impl TaskKey {
+    pub fn of(t: &TaskStatus) -> TaskKey {
+        TaskKey {
+            service: t.service.clone(),
+            instance: t.instance.clone(),
+            incarnation: t.incarnation,
+            task: t.task.clone(),
+        }
+    }
+}
+
+/// An agent's reported tasks, found by instance without allocating (service → instance →
+/// positions), changed in place by a delta in time proportional to the delta.
+#[derive(Clone, Debug, Default)]
+pub struct TaskSet {
+    tasks: Vec<TaskStatus>,
+    /// Per task, the last diff that found it current (the agent's end only).
+    marks: Vec<u32>,
+    index: HashMap<String, HashMap<String, Vec<usize>, RandomState>, RandomState>,
+}
+
+impl TaskSet {
+    pub fn new(tasks: Vec<TaskStatus>) -> TaskSet {
+        let mut s = TaskSet::default();
+        s.replace(tasks);
+        s
+    }
+
+    /// Every task, in no particular order.
+    pub fn all(&self) -> &[TaskStatus] {
+        &self.tasks
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Replaces every task (a full report).
+    pub fn replace(&mut self, tasks: Vec<TaskStatus>) {
+        self.index.clear();
+        for (i, t) in tasks.iter().enumerate() {
+            self.index.entry(t.service.clone()).or_default().entry(t.instance.clone()).or_default().push(i);
+        }
+        self.marks = vec![0; tasks.len()];
+        self.tasks = tasks;
+    }
+
+    fn positions(&self, service: &str, instance: &str) -> &[usize] {
+        self.index.get(service).and_then(|m| m.get(instance)).map_or(&[], |v| v.as_slice())
+    }
+
+    /// The reported tasks of one instance (every incarnation reported).
+    pub fn of_instance<'a>(
+        &'a self,
+        service: &str,
+        instance: &str,
+    ) -> impl Iterator<Item = &'a TaskStatus> + 'a {
+        self.positions(service, instance).iter().filter_map(move |i| self.tasks.get(*i))
+    }
+
+    fn position(&self, service: &str, instance: &str, incarnation: u64, task: &str) -> Option<usize> {
+        self.positions(service, instance)
+            .iter()
+            .copied()
+            .find(|p| self.tasks.get(*p).is_some_and(|t| t.incarnation == incarnation && t.task == task))
+    }
+
+    /// The task reported under the same key as `t`.
+    pub fn find(&self, t: &TaskStatus) -> Option<&TaskStatus> {
+        self.position(&t.service, &t.instance, t.incarnation, &t.task).and_then(|p| self.tasks.get(p))
+    }
+
+    /// Applies a delta: `gone` leave, each of `changed` replaces the task of its key or joins.
+    pub fn apply(&mut self, changed: Vec<TaskStatus>, gone: &[TaskKey]) {
+        for k in gone {
+            if let Some(p) = self.position(&k.service, &k.instance, k.incarnation, &k.task) {
+                self.remove_at(p);
+            }
+        }
+        for t in changed {
+            match self.position(&t.service, &t.instance, t.incarnation, &t.task) {
+                Some(p) => self.tasks[p] = t,
+                None => {
+                    let p = self.tasks.len();
+                    self.index
+                        .entry(t.service.clone())
+                        .or_default()
+                        .entry(t.instance.clone())
+                        .or_default()
+                        .push(p);
+                    self.tasks.push(t);
+                    self.marks.push(0);
+                }
+            }
+        }
+    }
+
+    fn remove_at(&mut self, p: usize) {
+        let last = self.tasks.len() - 1;
+        let t = self.tasks.swap_remove(p);
+        self.marks.swap_remove(p);
+        self.reindex(&t.service, &t.instance, p, None);
+        if p != last {
+            let (s, i) = (self.tasks[p].service.clone(), self.tasks[p].instance.clone());
+            self.reindex(&s, &i, last, Some(p));
+        }
+    }
+
+    /// Moves position `from` of an instance to `to` (None: drops it).
+    fn reindex(&mut self, service: &str, instance: &str, from: usize, to: Option<usize>) {
+        let Some(by_inst) = self.index.get_mut(service) else { return };
+        let Some(ps) = by_inst.get_mut(instance) else { return };
+        match (ps.iter().position(|x| *x == from), to) {
+            (Some(j), Some(to)) => ps[j] = to,
+            (Some(j), None) => {
+                ps.swap_remove(j);
+            }
+            (None, _) => {}
+        }
+        if ps.is_empty() {
+            by_inst.remove(instance);
+            if by_inst.is_empty() {
+                self.index.remove(service);
+            }
+        }
+    }
+}
+
+/// What a report carries about tasks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delta {
+    /// None: `tasks` is every task. Some(seq): a delta against the acknowledged report `seq`.
+    pub base_seq: Option<u64>,
+    pub tasks: Vec<TaskStatus>,
+    pub gone: Vec<TaskKey>,
+}
+
+struct Sent {
+    seq: u64,
+    delta: Delta,
+}
+
+/// The agent's end: what the control plane acknowledged, and the report in flight.
+#[derive(Default)]
+pub struct DeltaReporter {
+    acked: Option<u64>,
+    tasks: TaskSet,
+    sent: Option<Sent>,
+    /// Numbers the diffs (see `TaskSet::marks`).
+    round: u32,
+}
+
+impl DeltaReporter {
+    /// The tasks part of report `seq`, given every task the agent runs now: everything until a
+    /// report is acknowledged (or when the current tasks repeat a key), else what changed.
+    pub fn report<'a>(&mut self, seq: u64, current: impl IntoIterator<Item = &'a TaskStatus>) -> Delta {
+        let current: Vec<&TaskStatus> = current.into_iter().collect();
+        let delta = match self.acked {
+            Some(base) => self.diff(base, &current),
+            None => None,
+        }
+        .unwrap_or_else(|| Delta {
+            base_seq: None,
+            tasks: current.iter().map(|t| (*t).clone()).collect(),
+            gone: Vec::new(),
+        });
+        self.sent = Some(Sent { seq, delta: delta.clone() });
+        delta
+    }
+
+    /// What changed since the acknowledged tasks; None: the current tasks repeat a key.
+    fn diff(&mut self, base: u64, current: &[&TaskStatus]) -> Option<Delta> {
+        self.round = self.round.wrapping_add(1).max(1);
+        let (round, set) = (self.round, &mut self.tasks);
+        let mut tasks = Vec::new();
+        let mut found = 0;
+        let mut fresh: HashSet<(&str, &str, u64, &str), RandomState> = HashSet::default();
+        for t in current {
+            match set.position(&t.service, &t.instance, t.incarnation, &t.task) {
+                Some(p) => {
+                    if set.marks[p] == round {
+                        return None;
+                    }
+                    set.marks[p] = round;
+                    found += 1;
+                    if set.tasks[p] != **t {
+                        tasks.push((*t).clone());
+                    }
+                }
+                None => {
+                    if !fresh.insert((&t.service, &t.instance, t.incarnation, &t.task)) {
+                        return None;
+                    }
+                    tasks.push((*t).clone());
+                }
+            }
+        }
+        let gone = if found == set.len() {
+            Vec::new()
+        } else {
+            set.tasks
+                .iter()
+                .zip(&set.marks)
+                .filter(|(_, m)| **m != round)
+                .map(|(t, _)| TaskKey::of(t))
+                .collect()
+        };
+        Some(Delta { base_seq: Some(base), tasks, gone })
+    }
+
+    /// The control plane's answer to report `seq`: applied, or asking for every task.
+    pub fn acked(&mut self, seq: u64, full_needed: bool) {
+        let Some(sent) = self.sent.take() else { return };
+        if full_needed {
+            self.forget();
+            return;
+        }
+        if sent.seq != seq {
+            return;
+        }
+        match sent.delta.base_seq {
+            None => self.tasks.replace(sent.delta.tasks),
+            Some(_) => self.tasks.apply(sent.delta.tasks, &sent.delta.gone),
+        }
+        self.acked = Some(seq);
+    }
+
+    /// The report in flight got no answer: the next one differs from the same base (the
+    /// control plane, if it did apply it, asks for everything).
+    pub fn failed(&mut self) {
+        self.sent = None;
+    }
+
+    /// Starts over with a full report (a new registration).
+    pub fn forget(&mut self) {
+        *self = DeltaReporter::default();
+    }
+}
+
+#[cfg(test)]
+#[path = "report_delta_tests.rs"]
+mod tests;

@@ -1,0 +1,211 @@
+//! Tests of reports by difference: the control plane's tasks follow the agent's through lost,
+//! refused and repeated reports.
+
+use super::*;
+use crate::TaskState;
+use proptest::prelude::*;
+
+fn task(inst: u8, incarnation: u64, name: &str, state: TaskState, restarts: u32) -> TaskStatus {
+    TaskStatus {
+        service: "s".into(),
+        instance: format!("n-{inst}"),
+        incarnation,
+        task: name.into(),
+        state,
+        ready: false,
+        healthy: None,
+        exit_code: None,
+        pid: None,
+        message: None,
+        since_ms: 0,
+        restarts,
+        next_restart_ms: None,
+        crash_loop: 0,
+    }
+}
+
+/// The control plane's end of the rule (as `tend-control` applies it).
+#[derive(Default)]
+struct Server {
+    seq: Option<u64>,
+    tasks: TaskSet,
+}
+
+impl Server {
+    /// Applies a report; false: it asks for every task.
+    fn receive(&mut self, seq: u64, d: &Delta) -> bool {
+        match d.base_seq {
+            None => self.tasks.replace(d.tasks.clone()),
+            Some(b) if self.seq == Some(b) => self.tasks.apply(d.tasks.clone(), &d.gone),
+            Some(_) => return false,
+        }
+        self.seq = Some(seq);
+        true
+    }
+}
+
+fn sorted(ts: &[TaskStatus]) -> Vec<String> {
+    let mut v: Vec<String> = ts.iter().map(|t| format!("{t:?}")).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_heartbeat_carries_nothing_and_a_change_only_itself() {
+    let mut agent = DeltaReporter::default();
+    let mut server = Server::default();
+    let mut now = vec![task(0, 1, "a", TaskState::Running, 0), task(1, 1, "a", TaskState::Running, 0)];
+    let d = agent.report(1, &now);
+    assert_eq!((d.base_seq, d.tasks.len()), (None, 2));
+    assert!(server.receive(1, &d));
+    agent.acked(1, false);
+    let d = agent.report(2, &now);
+    assert_eq!((d.base_seq, d.tasks.len(), d.gone.len()), (Some(1), 0, 0));
+    assert!(server.receive(2, &d));
+    agent.acked(2, false);
+    now[1].restarts = 1;
+    now.remove(0);
+    let d = agent.report(3, &now);
+    assert_eq!(d.tasks, vec![now[0].clone()]);
+    assert_eq!(d.gone, vec![TaskKey::of(&task(0, 1, "a", TaskState::Running, 0))]);
+    assert!(server.receive(3, &d));
+    assert_eq!(sorted(server.tasks.all()), sorted(&now));
+}
+
+#[test]
+fn a_refused_delta_is_followed_by_everything() {
+    let mut agent = DeltaReporter::default();
+    let mut server = Server::default();
+    let now = vec![task(0, 1, "a", TaskState::Running, 0)];
+    let d = agent.report(1, &now);
+    server.receive(1, &d);
+    agent.acked(1, false);
+    // The control plane restarted: it knows no base.
+    let mut server = Server::default();
+    let d = agent.report(2, &now);
+    assert!(!server.receive(2, &d));
+    agent.acked(2, true);
+    let d = agent.report(3, &now);
+    assert_eq!(d.base_seq, None);
+    assert!(server.receive(3, &d));
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Sets the state of task `name` of instance `inst` (adds it if missing).
+    Set(u8, u8, u8),
+    Remove(u8, u8),
+    /// Lists a task twice (an agent's bug): reports stay whole until it is gone.
+    Repeat(u8),
+    /// Reports: delivered or lost, answered or not, delivered again later.
+    Report {
+        delivered: bool,
+        answered: bool,
+        duplicate: bool,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..4, 0u8..2, 0u8..3).prop_map(|(i, t, s)| Op::Set(i, t, s)),
+        (0u8..4, 0u8..2).prop_map(|(i, t)| Op::Remove(i, t)),
+        (0u8..8).prop_map(Op::Repeat),
+        (any::<bool>(), any::<bool>(), any::<bool>())
+            .prop_map(|(delivered, answered, duplicate)| Op::Report { delivered, answered, duplicate }),
+    ]
+}
+
+proptest! {
+    /// Whatever is lost, refused or delivered twice, every report the control plane applies
+    /// leaves it with exactly the tasks the agent had when it sent that report.
+    #[test]
+    fn the_control_plane_holds_what_the_agent_sent(ops in proptest::collection::vec(op(), 1..60)) {
+        let mut agent = DeltaReporter::default();
+        let mut server = Server::default();
+        let mut now: Vec<TaskStatus> = Vec::new();
+        let mut seq = 0;
+        let mut late: Vec<(u64, Delta)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Set(i, t, s) => {
+                    let name = ["a", "b"][t as usize];
+                    let state = [TaskState::Starting, TaskState::Running, TaskState::Exited][s as usize];
+                    let new = task(i, 1, name, state, s as u32);
+                    match now.iter_mut().find(|x| x.instance == new.instance && x.task == name) {
+                        Some(x) => *x = new,
+                        None => now.push(new),
+                    }
+                }
+                Op::Remove(i, t) => {
+                    let inst = format!("n-{i}");
+                    now.retain(|x| !(x.instance == inst && x.task == ["a", "b"][t as usize]));
+                }
+                Op::Repeat(i) => {
+                    if let Some(x) = now.get(i as usize).cloned() {
+                        now.push(x);
+                    }
+                }
+                Op::Report { delivered, answered, duplicate } => {
+                    seq += 1;
+                    let d = agent.report(seq, &now);
+                    // A repeated report arrives late, after what the agent sent next.
+                    if let Some((s, old)) = late.pop() {
+                        server.receive(s, &old);
+                    }
+                    if duplicate {
+                        late.push((seq, d.clone()));
+                    }
+                    if !delivered {
+                        agent.failed();
+                        continue;
+                    }
+                    let applied = server.receive(seq, &d);
+                    if applied {
+                        prop_assert_eq!(sorted(server.tasks.all()), sorted(&now));
+                    }
+                    if answered {
+                        agent.acked(seq, !applied);
+                    } else {
+                        agent.failed();
+                    }
+                }
+            }
+        }
+        // Faults stop: within two reports the control plane holds the agent's tasks.
+        for _ in 0..2 {
+            seq += 1;
+            let d = agent.report(seq, &now);
+            let applied = server.receive(seq, &d);
+            agent.acked(seq, !applied);
+        }
+        prop_assert_eq!(sorted(server.tasks.all()), sorted(&now));
+    }
+
+    /// The index finds every task after any sequence of deltas.
+    #[test]
+    fn the_index_follows_the_tasks(ops in proptest::collection::vec(op(), 1..80)) {
+        let mut set = TaskSet::default();
+        let mut model: Vec<TaskStatus> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Set(i, t, s) => {
+                    let x = task(i, 1, ["a", "b"][t as usize], TaskState::Running, s as u32);
+                    model.retain(|m| TaskKey::of(m) != TaskKey::of(&x));
+                    model.push(x.clone());
+                    set.apply(vec![x], &[]);
+                }
+                Op::Remove(i, t) => {
+                    let k = TaskKey::of(&task(i, 1, ["a", "b"][t as usize], TaskState::Running, 0));
+                    model.retain(|m| TaskKey::of(m) != k);
+                    set.apply(Vec::new(), &[k]);
+                }
+                Op::Report { .. } | Op::Repeat(_) => {}
+            }
+            prop_assert_eq!(sorted(set.all()), sorted(&model));
+            for m in &model {
+                prop_assert_eq!(set.find(m), Some(m));
+                prop_assert!(set.of_instance("s", &m.instance).any(|x| x == m));
+            }
+        }
+    }
+}
