@@ -332,19 +332,20 @@ impl StepWork for DeployWork {
             Some((agent, incarnation)) => {
                 let reports = &self.server.inner.reports;
                 let own = || self.server.task_statuses(agent, &self.service, &step.name, incarnation);
-                let (seen, until) = (own(), tokio::time::Instant::now() + wait);
-                let mut at = reports.current(agent);
-                loop {
-                    let left = until.saturating_duration_since(tokio::time::Instant::now());
-                    let now_at = reports.wait(agent, at, left).await;
-                    if now_at <= at {
-                        break false;
+                let (seen, mut at) = (own(), reports.current(agent));
+                let changed = async {
+                    loop {
+                        let now_at = reports.wait(agent, at, wait).await;
+                        if now_at <= at {
+                            return false;
+                        }
+                        at = now_at;
+                        if own() != seen {
+                            return true;
+                        }
                     }
-                    at = now_at;
-                    if own() != seen {
-                        break true;
-                    }
-                }
+                };
+                tokio::time::timeout(wait, changed).await.unwrap_or(false)
             }
             None => {
                 let mut status = self.server.inner.status_gen.subscribe();
