@@ -18,6 +18,7 @@ mod logs;
 mod metrics;
 pub mod pod;
 pub mod process;
+mod report;
 pub mod servers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -29,10 +30,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::http::StatusCode;
 use axum::routing::get;
-use tend_api::{
-    AgentResources, Assignment, Delta, DeltaReporter, DesiredState, RegisterRequest, RegisterResponse,
-    StatusAck, StatusReport,
-};
+use tend_api::{AgentResources, Assignment, DesiredState, RegisterRequest, RegisterResponse};
 use tokio::sync::watch;
 
 use crate::artifacts::Fetcher;
@@ -207,7 +205,7 @@ pub async fn run(
     renewer.abort();
     stop_all(&state).await;
     // One last report so the control plane sees the tasks stopped.
-    let _ = post_status(&state, u64::MAX, None).await;
+    let _ = report::post_status(&state, u64::MAX, None).await;
     let _ = server.await;
     if let Some(m) = metrics {
         let _ = m.await;
@@ -292,51 +290,6 @@ async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterRe
     Ok(reg)
 }
 
-/// Sends report `seq`: every task, or (`deltas`) what changed since the last acknowledged one.
-/// Ok(false): the control plane asks for every task (a delta it could not apply).
-async fn post_status(st: &AgentState, seq: u64, deltas: Option<&mut DeltaReporter>) -> anyhow::Result<bool> {
-    let released = st.released.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let current = st.ctx.board.snapshot();
-    let tasks = match deltas {
-        Some(d) => d.report(seq, &current),
-        None => Delta { base_seq: None, tasks: current, gone: Vec::new() },
-    };
-    let report = StatusReport {
-        seq,
-        tasks: tasks.tasks,
-        released_volumes: released,
-        conflict: st.conflict.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-        job_results: st.jobs.results(),
-        revision: Some(st.cluster.lock().unwrap_or_else(|e| e.into_inner()).revision),
-        base_seq: tasks.base_seq,
-        gone: tasks.gone,
-    };
-    let sent = pod::now_ms();
-    let base = st.servers.url();
-    let r = st
-        .http
-        .post(format!("{base}/v1/agent/{}/status", st.cfg.id))
-        .bearer_auth(&st.cfg.cluster_token)
-        .timeout(Duration::from_secs(5))
-        .json(&report)
-        .send()
-        .await
-        .inspect_err(|_| st.servers.failed(&base))?;
-    if r.status() == StatusCode::SERVICE_UNAVAILABLE {
-        st.servers.failed(&base);
-    }
-    if !r.status().is_success() {
-        anyhow::bail!("status refused: {}", r.status());
-    }
-    let ack: StatusAck = r.json().await?;
-    if ack.full_needed {
-        // Nothing was applied: not contact (the control plane does not know what runs here).
-        return Ok(false);
-    }
-    st.last_contact.fetch_max(sent, std::sync::atomic::Ordering::SeqCst);
-    Ok(true)
-}
-
 async fn main_loop(
     st: Arc<AgentState>,
     agent_url: String,
@@ -369,7 +322,7 @@ async fn main_loop(
         backoff = Duration::from_millis(100);
         tracing::info!(agent = %st.cfg.id, server_epoch = %reg.server_epoch, "registered");
         let interval = Duration::from_millis(reg.status_interval_ms.clamp(100, 10_000));
-        let reporter = tokio::spawn(report_loop(st.clone(), interval, reg.delta_reports));
+        let reporter = tokio::spawn(report::report_loop(st.clone(), interval, reg.delta_reports));
         let r = desired_loop(&st, stop.clone()).await;
         reporter.abort();
         if let Err(e) = r {
@@ -378,53 +331,6 @@ async fn main_loop(
         }
         if *stop.borrow() {
             return Ok(());
-        }
-    }
-}
-
-async fn report_loop(st: Arc<AgentState>, interval: Duration, deltas: bool) {
-    // Numbers never reused by this agent, across registrations and restarts: a delta names the
-    // report it builds on, and a late report of an earlier session must not pass for it.
-    let mut seq = pod::now_ms().saturating_mul(1000);
-    let mut reporter = DeltaReporter::default();
-    let mut retry = Duration::from_millis(25);
-    loop {
-        seq += 1;
-        // After a failure (a restarting control plane) retry soon, backing off to the interval:
-        // a restarted control plane reconciles as soon as every agent has reported.
-        // In fence mode the heartbeat must come well within the fence time: at most a quarter.
-        let fence_min = st
-            .pods
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .filter_map(|h| h.fence_after_ms)
-            .min();
-        let interval = fence_min.map_or(interval, |f| interval.min(Duration::from_millis((f / 4).max(100))));
-        let wait = match post_status(&st, seq, deltas.then_some(&mut reporter)).await {
-            Ok(true) => {
-                reporter.acked(seq, false);
-                retry = Duration::from_millis(25);
-                interval
-            }
-            Ok(false) => {
-                reporter.acked(seq, true);
-                retry
-            }
-            Err(e) => {
-                reporter.failed();
-                tracing::debug!(error = %e, "status report failed; the next one carries the same state");
-                retry = (retry * 2).min(interval);
-                retry
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = st.ctx.board.changed.notified() => {
-                // Coalesce bursts of changes.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
         }
     }
 }
