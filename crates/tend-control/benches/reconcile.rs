@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tend_api::{TaskState, TaskStatus};
-use tend_control::agents::TaskReport;
+use tend_control::agents::{Heard, TaskReport};
 use tend_control::records::{
     agent_key, encode_agent, encode_instance, instance_key, service_key, ServiceRecord,
 };
@@ -121,7 +121,8 @@ async fn report_all(server: &Control, size: Size, now: u64) {
                 }
             })
             .collect();
-        server.on_status(&format!("a{a}"), 1, TaskReport::Full(tasks), Vec::new()).await;
+        let heard = Heard { seq: 1, tasks: TaskReport::Full(tasks), revision: None, conflict: None };
+        server.on_status(&format!("a{a}"), heard, Vec::new()).await;
     }
 }
 
@@ -165,7 +166,8 @@ async fn run(size: Size) {
         task.restarts = round + 1;
         let seq = u64::from(round) + 2;
         let delta = TaskReport::Delta { base: seq - 1, changed: vec![task], gone: Vec::new() };
-        server.on_status("a0", seq, delta, Vec::new()).await;
+        let heard = Heard { seq, tasks: delta, revision: None, conflict: None };
+        server.on_status("a0", heard, Vec::new()).await;
         let t = Instant::now();
         tend_control::recovery::tick(&server).await.unwrap();
         one.push(t.elapsed());

@@ -106,20 +106,16 @@ impl AgentProtocol for Control {
     }
 
     async fn status(&self, agent: &str, r: StatusReport) -> Result<StatusAck, Refusal> {
-        let changed = {
-            let mut agents = self.inner.agents.write().unwrap_or_else(|e| e.into_inner());
-            agents.get_mut(agent).is_some_and(|a| {
-                a.revision = r.revision;
-                std::mem::replace(&mut a.conflict, r.conflict.clone()) != r.conflict
-            })
+        // A delta on a report this control plane does not hold changes nothing at all: not the
+        // tasks, not the revision the agent says it obeyed (with stale tasks, that would read as
+        // "it saw the order and runs nothing"), not its jobs. (Checked again under the lock.)
+        let refused = {
+            let agents = self.inner.agents.read().unwrap_or_else(|e| e.into_inner());
+            let Some(a) = agents.get(agent) else { return Err(unknown(agent)) };
+            r.base_seq.is_some() && a.seq != r.base_seq
         };
-        if changed {
-            let msg = match &r.conflict {
-                Some(c) => format!("agent {agent} refuses this control plane: {c}"),
-                None => format!("agent {agent} obeys this control plane again"),
-            };
-            tracing::error!(%agent, "{msg}");
-            self.event(None, EventKind::Agent, msg).await;
+        if refused {
+            return Ok(StatusAck { seq: r.seq, full_needed: true });
         }
         let job_results = crate::gates::on_results(self, agent, r.job_results);
         crate::jobs::on_results(self, agent, job_results).await;
@@ -127,7 +123,8 @@ impl AgentProtocol for Control {
             None => TaskReport::Full(r.tasks),
             Some(base) => TaskReport::Delta { base, changed: r.tasks, gone: r.gone },
         };
-        match self.on_status(agent, r.seq, tasks, r.released_volumes).await {
+        let heard = Heard { seq: r.seq, tasks, revision: r.revision, conflict: r.conflict };
+        match self.on_status(agent, heard, r.released_volumes).await {
             Intake::Unknown => Err(unknown(agent)),
             Intake::Applied => Ok(StatusAck { seq: r.seq, full_needed: false }),
             Intake::FullNeeded => Ok(StatusAck { seq: r.seq, full_needed: true }),
@@ -241,6 +238,16 @@ pub enum TaskReport {
     Delta { base: u64, changed: Vec<TaskStatus>, gone: Vec<tend_api::TaskKey> },
 }
 
+/// A status report as the control plane takes it.
+pub struct Heard {
+    pub seq: u64,
+    pub tasks: TaskReport,
+    /// The highest store revision whose desired state the agent obeyed.
+    pub revision: Option<u64>,
+    /// Set while the agent refuses this control plane (and why).
+    pub conflict: Option<String>,
+}
+
 /// What became of a status report.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Intake {
@@ -256,18 +263,28 @@ impl Control {
     pub async fn on_status(
         &self,
         agent: &str,
-        seq: u64,
-        report: TaskReport,
+        heard: Heard,
         released: Vec<tend_api::VolumeRelease>,
     ) -> Intake {
-        let (restarted, changed) = {
+        let conflict = heard.conflict.clone();
+        let (restarted, changed, conflict_changed) = {
             let mut agents = self.inner.agents.write().unwrap_or_else(|e| e.into_inner());
             let Some(a) = agents.get_mut(agent) else { return Intake::Unknown };
-            match self.take_report(a, agent, seq, report) {
-                Some(r) => r,
-                None => return Intake::FullNeeded,
-            }
+            let Some((restarted, changed)) = self.take_report(a, agent, heard.seq, heard.tasks) else {
+                return Intake::FullNeeded;
+            };
+            a.revision = heard.revision;
+            let conflict_changed = std::mem::replace(&mut a.conflict, heard.conflict) != conflict;
+            (restarted, changed, conflict_changed)
         };
+        if conflict_changed {
+            let msg = match &conflict {
+                Some(c) => format!("agent {agent} refuses this control plane: {c}"),
+                None => format!("agent {agent} obeys this control plane again"),
+            };
+            tracing::error!(%agent, "{msg}");
+            self.event(None, EventKind::Agent, msg).await;
+        }
         for (service, msg) in restarted {
             self.event(Some(&service), EventKind::Restart, msg).await;
         }

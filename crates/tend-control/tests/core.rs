@@ -218,6 +218,10 @@ async fn an_in_process_agent_deploys_a_service_through_the_protocol() {
     let ack = s.status("a1", delta(202, 150)).await.unwrap();
     assert!(ack.full_needed, "{ack:?}");
     assert_eq!(seen(&s), before, "a refused delta is no contact");
+    let obeyed = |s: &Control| s.inner.agents.read().unwrap().get("a1").and_then(|a| a.revision);
+    let newer = tend_api::StatusReport { revision: Some(1 << 40), ..delta(202, 150) };
+    assert!(s.status("a1", newer).await.unwrap().full_needed);
+    assert_ne!(obeyed(&s), Some(1 << 40), "with stale tasks, a newer revision would read as obeyed");
     assert_eq!(tasks(&s), Some(vec![status.clone()]));
     // On the last report: applied, and the restart it shows is an event.
     let mut events = s.inner.events.subscribe();
