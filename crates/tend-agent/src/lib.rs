@@ -229,6 +229,34 @@ async fn renew_loop(st: Arc<AgentState>) {
     }
 }
 
+/// Posts `body` to `/v1/agent/{path}` on the control-plane member in use. A member that cannot
+/// be reached or answers 503 is marked failed (the next call tries another); any answer but a
+/// success is an error naming `what`, the status and the body.
+async fn post_member(
+    st: &AgentState,
+    path: &str,
+    body: &impl serde::Serialize,
+    timeout: Option<Duration>,
+    what: &str,
+) -> anyhow::Result<reqwest::Response> {
+    let base = st.servers.url();
+    let mut req =
+        st.http.post(format!("{base}/v1/agent/{path}")).bearer_auth(&st.cfg.cluster_token).json(body);
+    if let Some(t) = timeout {
+        req = req.timeout(t);
+    }
+    let r = req.send().await.inspect_err(|_| st.servers.failed(&base))?;
+    if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+        st.servers.failed(&base);
+    }
+    if !r.status().is_success() {
+        let code = r.status();
+        let body = r.text().await.unwrap_or_default();
+        anyhow::bail!("{what} refused ({code}): {body}");
+    }
+    Ok(r)
+}
+
 async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterResponse> {
     let memory = st.cluster.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let req = RegisterRequest {
@@ -244,23 +272,7 @@ async fn register(st: &AgentState, agent_url: &str) -> anyhow::Result<RegisterRe
     // plane noted the agent seen at or after this instant, so the agent's fence deadline is never
     // later than the one the control plane waits out before it replaces an instance.
     let sent = pod::now_ms();
-    let base = st.servers.url();
-    let r = st
-        .http
-        .post(format!("{base}/v1/agent/register"))
-        .bearer_auth(&st.cfg.cluster_token)
-        .json(&req)
-        .send()
-        .await
-        .inspect_err(|_| st.servers.failed(&base))?;
-    if r.status() == StatusCode::SERVICE_UNAVAILABLE {
-        st.servers.failed(&base);
-    }
-    if !r.status().is_success() {
-        let code = r.status();
-        let body = r.text().await.unwrap_or_default();
-        anyhow::bail!("registration refused ({code}): {body}");
-    }
+    let r = post_member(st, "register", &req, None, "registration").await?;
     let reg: RegisterResponse = r.json().await?;
     // A registration is contact (the control plane marks the agent seen): what it is then told
     // to run is not fenced for a silence that just ended.

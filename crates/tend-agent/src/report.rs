@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use tend_api::{Delta, DeltaReporter, StatusAck, StatusReport};
 
 use crate::{pod, AgentState};
@@ -20,7 +19,7 @@ pub(crate) async fn post_status(
     let current = st.ctx.board.snapshot();
     let tasks = match deltas {
         Some(d) => d.report(seq, &current),
-        None => Delta { base_seq: None, tasks: current, gone: Vec::new() },
+        None => Delta::full(current),
     };
     let report = StatusReport {
         seq,
@@ -33,22 +32,8 @@ pub(crate) async fn post_status(
         gone: tasks.gone,
     };
     let sent = pod::now_ms();
-    let base = st.servers.url();
-    let r = st
-        .http
-        .post(format!("{base}/v1/agent/{}/status", st.cfg.id))
-        .bearer_auth(&st.cfg.cluster_token)
-        .timeout(Duration::from_secs(5))
-        .json(&report)
-        .send()
-        .await
-        .inspect_err(|_| st.servers.failed(&base))?;
-    if r.status() == StatusCode::SERVICE_UNAVAILABLE {
-        st.servers.failed(&base);
-    }
-    if !r.status().is_success() {
-        anyhow::bail!("status refused: {}", r.status());
-    }
+    let path = format!("{}/status", st.cfg.id);
+    let r = crate::post_member(st, &path, &report, Some(Duration::from_secs(5)), "status report").await?;
     let ack: StatusAck = r.json().await?;
     if ack.full_needed {
         // Nothing was applied: not contact (the control plane does not know what runs here).

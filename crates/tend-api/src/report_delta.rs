@@ -97,6 +97,11 @@ impl TaskSet {
         self.position(&t.service, &t.instance, t.incarnation, &t.task).and_then(|p| self.tasks.get(p))
     }
 
+    /// Whether a task is reported under `key`.
+    pub fn contains(&self, key: &TaskKey) -> bool {
+        self.position(&key.service, &key.instance, key.incarnation, &key.task).is_some()
+    }
+
     /// Applies a delta: `gone` leave, each of `changed` replaces the task of its key or joins.
     pub fn apply(&mut self, changed: Vec<TaskStatus>, gone: &[TaskKey]) {
         for k in gone {
@@ -162,6 +167,13 @@ pub struct Delta {
     pub gone: Vec<TaskKey>,
 }
 
+impl Delta {
+    /// Every task (what an agent sends a control plane that takes no deltas).
+    pub fn full(tasks: Vec<TaskStatus>) -> Delta {
+        Delta { base_seq: None, tasks, gone: Vec::new() }
+    }
+}
+
 struct Sent {
     seq: u64,
     delta: Delta,
@@ -186,11 +198,7 @@ impl DeltaReporter {
             Some(base) => self.diff(base, &current),
             None => None,
         }
-        .unwrap_or_else(|| Delta {
-            base_seq: None,
-            tasks: current.iter().map(|t| (*t).clone()).collect(),
-            gone: Vec::new(),
-        });
+        .unwrap_or_else(|| Delta::full(current.iter().map(|t| (*t).clone()).collect()));
         self.sent = Some(Sent { seq, delta: delta.clone() });
         delta
     }

@@ -313,14 +313,7 @@ impl Control {
                 // Only what differs from what is known counts as a change.
                 let changed: Vec<TaskStatus> =
                     changed.into_iter().filter(|t| a.tasks.find(t) != Some(t)).collect();
-                let gone: Vec<_> = gone
-                    .into_iter()
-                    .filter(|k| {
-                        a.tasks
-                            .of_instance(&k.service, &k.instance)
-                            .any(|t| t.incarnation == k.incarnation && t.task == k.task)
-                    })
-                    .collect();
+                let gone: Vec<_> = gone.into_iter().filter(|k| a.tasks.contains(k)).collect();
                 (changed, gone, None)
             }
             TaskReport::Full(tasks) => (Vec::new(), Vec::new(), Some(tasks)),

@@ -256,7 +256,7 @@ fn report(ag: &SimAgent) -> StatusReport {
     let tasks = if st.deltas {
         st.delta.report(st.seq, current)
     } else {
-        tend_api::Delta { base_seq: None, tasks: current.cloned().collect(), gone: Vec::new() }
+        tend_api::Delta::full(current.cloned().collect())
     };
     StatusReport {
         seq: st.seq,
