@@ -241,9 +241,21 @@ async fn an_in_process_agent_deploys_a_service_through_the_protocol() {
     };
     assert!(!s.status("a1", gone).await.unwrap().full_needed);
     assert_eq!(tasks(&s), Some(Vec::new()));
+    // Keys of tasks it never reported: nothing to take away, nothing changes.
+    let mut stranger = tend_api::TaskKey::of(&restarted);
+    stranger.instance = "w-99".into();
+    let unknown_gone = tend_api::StatusReport {
+        seq: 204,
+        tasks: Vec::new(),
+        base_seq: Some(203),
+        gone: vec![stranger],
+        ..last.clone()
+    };
+    assert!(!s.status("a1", unknown_gone).await.unwrap().full_needed);
+    assert_eq!(tasks(&s), Some(Vec::new()));
     // A registration starts over: the next delta is refused.
     s.register(register_req("a1", None)).await.unwrap();
-    assert!(s.status("a1", delta(204, 203)).await.unwrap().full_needed);
+    assert!(s.status("a1", delta(205, 204)).await.unwrap().full_needed);
 }
 
 /// A volume is kept for the longer of the retention it was created with and its service's
