@@ -350,21 +350,24 @@ async fn main_loop(
 async fn desired_loop(st: &Arc<AgentState>, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let mut index = 0u64;
     let mut failures = 0;
+    // The desired state held, for answers by difference (reconcile still sees every assignment).
+    let mut book = tend_api::DesiredBook::new();
     loop {
         let base = st.servers.url();
         let url = format!("{base}/v1/agent/{}/desired", st.cfg.id);
-        let asked = if st.refetch.swap(false, std::sync::atomic::Ordering::SeqCst) { 0 } else { index };
-        let req = st
-            .http
-            .get(&url)
-            .bearer_auth(&st.cfg.cluster_token)
-            .query(&[("index", asked.to_string()), ("wait_ms", "20000".to_string())])
-            .timeout(Duration::from_secs(30));
+        if st.refetch.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            (index, book) = (0, tend_api::DesiredBook::new());
+        }
+        let mut query = vec![("index", index.to_string()), ("wait_ms", "20000".to_string())];
+        if let Some(h) = book.held_from() {
+            query.push(("held_from", h.to_string()));
+        }
+        let req = st.http.get(&url).bearer_auth(&st.cfg.cluster_token).query(&query).timeout(Duration::from_secs(30));
         let resp = tokio::select! {
             r = req.send() => r,
             _ = stop.changed() => return Ok(()),
         };
-        let desired: DesiredState = match resp {
+        let mut desired: DesiredState = match resp {
             Ok(r) if r.status().is_success() => r.json().await?,
             Ok(r) if r.status() == StatusCode::NOT_FOUND || r.status() == StatusCode::UNAUTHORIZED => {
                 anyhow::bail!("control plane does not know this agent ({})", r.status())
@@ -405,7 +408,13 @@ async fn desired_loop(st: &Arc<AgentState>, mut stop: watch::Receiver<bool>) -> 
         if let Some(why) = refusal {
             tracing::error!(agent = %st.cfg.id, "{why}");
             *st.conflict.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            book.forget();
             tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        if book.take(&mut desired).is_none() {
+            // A difference on a state this agent does not hold: ask again for everything.
+            index = 0;
             continue;
         }
         *st.conflict.lock().unwrap_or_else(|e| e.into_inner()) = None;

@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 mod answers;
 mod auth;
 mod jobs;
+mod desired_delta;
 mod report_delta;
 mod services;
 mod status;
@@ -26,6 +27,7 @@ pub use jobs::{
     JobQueued, JobRunInfo, JobRunStatus, JobStatusInfo, RunJobRequest, RunPolicy, WindowRemoved,
     WindowRequest,
 };
+pub use desired_delta::{DesiredBook, InstanceKey, Taken};
 pub use report_delta::{Delta, DeltaReporter, TaskKey, TaskSet};
 pub use status::{AgentState, EventKind, PodState, ProbeKind, StepStatus};
 
@@ -137,6 +139,18 @@ pub struct DesiredState {
     /// Maintenance job runs to execute (each once), in the sandbox of their instance.
     #[serde(default)]
     pub job_runs: Vec<JobRun>,
+    /// The control plane that answered (one id per process): a difference is computed against
+    /// its own earlier answers only (`?held_from=`).
+    #[serde(default)]
+    pub source: String,
+    /// Set: a difference on this control plane's state of that index. `assignments` are then
+    /// only the instances whose assignment changed and `gone` the ones no longer desired; an
+    /// agent that does not hold exactly that state asks again for everything. Absent:
+    /// `assignments` is every one (job runs and volume releases are always complete).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_index: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gone: Vec<InstanceKey>,
 }
 
 /// A maintenance job run on one pod instance.

@@ -22,7 +22,15 @@ pub trait AgentProtocol: Send + Sync {
     /// An agent joins (or re-joins after a restart of either side).
     async fn register(&self, req: RegisterRequest) -> Result<RegisterResponse, Refusal>;
     /// The incarnations `agent` must run, once the state passes `index` (or after `wait`).
-    async fn desired(&self, agent: &str, index: u64, wait: Duration) -> Result<DesiredState, Refusal>;
+    /// `held_from`: the agent holds the state of `index` from that control plane (its
+    /// `DesiredState::source`) and takes a difference on it.
+    async fn desired(
+        &self,
+        agent: &str,
+        index: u64,
+        wait: Duration,
+        held_from: Option<&str>,
+    ) -> Result<DesiredState, Refusal>;
     /// A full status report (also the heartbeat).
     async fn status(&self, agent: &str, report: StatusReport) -> Result<StatusAck, Refusal>;
 }
@@ -96,11 +104,17 @@ impl AgentProtocol for Control {
         })
     }
 
-    async fn desired(&self, agent: &str, index: u64, wait: Duration) -> Result<DesiredState, Refusal> {
+    async fn desired(
+        &self,
+        agent: &str,
+        index: u64,
+        wait: Duration,
+        held_from: Option<&str>,
+    ) -> Result<DesiredState, Refusal> {
         if !self.inner.agents.read().unwrap_or_else(|e| e.into_inner()).contains_key(agent) {
             return Err(unknown(agent));
         }
-        crate::deploy::wait_desired(self, agent, index, wait)
+        crate::deploy::wait_desired(self, agent, index, wait, held_from)
             .await
             .map_err(|e| (500, "internal", format!("{e:#}")))
     }

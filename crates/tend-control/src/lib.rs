@@ -442,6 +442,9 @@ impl Control {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(name.clone(), Arc::new(Mutex::new(rt)));
         }
+        // Its instances' assignments may read differently now (recovery settings), or be known
+        // at all (an answer before it was loaded had none of them): no difference across this.
+        self.inner.state.wake.reset();
         if self.inner.stopped.load(Ordering::SeqCst) {
             return Ok(()); // A stopped control plane starts nothing (a request still in flight).
         }
@@ -477,6 +480,7 @@ impl Control {
         rt.spec = Arc::new(spec);
         rt.identities = Arc::new(ids);
         rt.plans = plans;
+        self.inner.state.wake.reset();
         Ok(())
     }
 

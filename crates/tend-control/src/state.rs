@@ -30,8 +30,9 @@ struct Index {
     deleting: BTreeMap<String, BTreeSet<String>>,
     /// How many instance records reference each volume id.
     volume_users: BTreeMap<String, u32>,
-    /// Agents whose instances or volumes changed since the last drain (their desired state).
-    touched: Vec<String>,
+    /// Agents whose instances (which one) or volumes (None) changed since the last drain:
+    /// their desired state.
+    touched: Vec<(String, Option<Key>)>,
     /// What the instances placed on each agent reserve, summed (placement reads this instead
     /// of every instance).
     usage: HashMap<String, AgentUsage>,
@@ -97,7 +98,7 @@ impl Index {
         }
         if let Some(agent) = old.as_ref().and_then(|r| r.agent().map(str::to_string)) {
             if touch {
-                self.touched.push(agent.clone());
+                self.touched.push((agent.clone(), Some((svc.to_string(), inst.to_string()))));
             }
             if let Some(set) = self.by_agent.get_mut(&agent) {
                 set.remove(&(svc.to_string(), inst.to_string()));
@@ -118,7 +119,7 @@ impl Index {
         let touch = old.is_none_or(|o| !same_desired_state(o, &rec));
         self.unlink_touching(svc, inst, touch);
         if let Some(agent) = rec.agent().filter(|_| touch) {
-            self.touched.push(agent.to_string());
+            self.touched.push((agent.to_string(), Some((svc.to_string(), inst.to_string()))));
         }
         if let Some(id) = &rec.volumes.set {
             *self.volume_users.entry(id.to_string()).or_default() += 1;
@@ -136,7 +137,7 @@ impl Index {
 impl Index {
     fn unlink_volume(&mut self, id: &str) {
         if let Some((old, _)) = self.volumes.remove(id) {
-            self.touched.push(old.agent.clone());
+            self.touched.push((old.agent.clone(), None));
             if let Some(set) = self.deleting.get_mut(&old.agent) {
                 set.remove(id);
                 if set.is_empty() {
@@ -148,7 +149,7 @@ impl Index {
 
     fn put_volume(&mut self, rec: VolumeRecord, rev: Revision) {
         self.unlink_volume(&rec.id);
-        self.touched.push(rec.agent.clone());
+        self.touched.push((rec.agent.clone(), None));
         if rec.state == VolumeRecordState::Deleting {
             self.deleting.entry(rec.agent.clone()).or_default().insert(rec.id.clone());
         }
@@ -282,7 +283,8 @@ impl ClusterState {
         self.changed.lock().unwrap_or_else(|e| e.into_inner()).all = true;
         tracing::warn!(revision = range.revision, "cluster state resynced from the store");
         self.mark_applied(range.revision);
-        self.wake.all();
+        // Which instances changed is not known: every agent's next answer is a full one.
+        self.wake.reset();
     }
 
     fn mark_applied(&self, rev: Revision) {
@@ -313,7 +315,7 @@ impl ClusterState {
         };
         self.mark_applied(top);
         if !touched.is_empty() {
-            self.wake.agents(touched.iter().map(String::as_str));
+            self.wake.changes(touched.iter().map(|(a, k)| (a.as_str(), k.as_ref().map(|(s, i)| (s.as_str(), i.as_str())))));
         }
     }
 
@@ -376,6 +378,18 @@ impl ClusterState {
         let index = self.index.read().unwrap_or_else(|e| e.into_inner());
         let Some(placed) = index.by_agent.get(agent) else { return Vec::new() };
         placed.iter().map(|((s, i), r)| (s.clone(), i.clone(), r.clone())).collect()
+    }
+
+    /// These instances as placed on `agent` (None: not placed there).
+    pub fn on_agent(&self, agent: &str, keys: Vec<Key>) -> Vec<(String, String, Option<Arc<Instance>>)> {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        let placed = index.by_agent.get(agent);
+        keys.into_iter()
+            .map(|k| {
+                let rec = placed.and_then(|p| p.get(&k)).cloned();
+                (k.0, k.1, rec)
+            })
+            .collect()
     }
 
     /// What every agent with placed instances has reserved: what placement starts from, at a

@@ -9,13 +9,43 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+/// An instance of one service: (service, instance).
+pub type InstanceId = (String, String);
+
 /// Per-agent change numbers, from one sequence shared with the changes every agent sees.
 pub struct AgentWake {
     seq: AtomicU64,
     /// The last change every agent sees.
     all: watch::Sender<u64>,
-    /// The last change each agent sees alone.
-    agents: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// The agents, and the last change every assignment may show (a spec or its configs
+    /// replaced): no difference reaches across it. Numbers of both are taken under this lock,
+    /// so a reader that saw number N finds every change up to N logged.
+    agents: Mutex<Lanes>,
+}
+
+#[derive(Default)]
+struct Lanes {
+    lanes: HashMap<String, Lane>,
+    reset: u64,
+}
+
+/// One agent: its change number, and which instances changed after `floor` (complete above it).
+struct Lane {
+    tx: watch::Sender<u64>,
+    log: Vec<(u64, InstanceId)>,
+    floor: u64,
+    /// The agent asked for a difference since the lane began: a log is worth keeping.
+    asks: bool,
+}
+
+/// An agent that has not asked for a while keeps no longer a log than this: past it, its next
+/// answer is a full one.
+const LOG_MAX: usize = 256;
+
+impl Lane {
+    fn new(n: u64, floor: u64) -> Lane {
+        Lane { tx: watch::channel(n).0, log: Vec::new(), floor, asks: false }
+    }
 }
 
 impl AgentWake {
@@ -25,7 +55,7 @@ impl AgentWake {
         AgentWake {
             seq: AtomicU64::new(base),
             all: watch::channel(base).0,
-            agents: Mutex::new(HashMap::new()),
+            agents: Mutex::new(Lanes { lanes: HashMap::new(), reset: base }),
         }
     }
 
@@ -33,42 +63,94 @@ impl AgentWake {
         self.seq.fetch_add(1, Ordering::SeqCst) + 1
     }
 
-    fn channel(&self, agent: &str) -> watch::Receiver<u64> {
-        let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-        match agents.get(agent) {
-            Some(tx) => tx.subscribe(),
-            None => {
-                let (tx, rx) = watch::channel(0);
-                agents.insert(agent.to_string(), tx);
-                rx
-            }
-        }
+    fn lanes(&self) -> std::sync::MutexGuard<'_, Lanes> {
+        self.agents.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Something every agent's desired state shows changed.
+    fn channel(&self, agent: &str) -> watch::Receiver<u64> {
+        let mut lanes = self.lanes();
+        let floor = self.seq.load(Ordering::SeqCst);
+        lanes.lanes.entry(agent.to_string()).or_insert_with(|| Lane::new(0, floor)).tx.subscribe()
+    }
+
+    /// Something every agent's desired state shows changed, besides assignments (job runs,
+    /// volume releases).
     pub fn all(&self) {
         let n = self.next();
         self.all.send_modify(|v| *v = (*v).max(n));
     }
 
-    /// Something the desired state of these agents shows changed.
+    /// Something any assignment may show changed (a spec or its configs): every agent's next
+    /// answer is a full one.
+    pub fn reset(&self) {
+        let n = {
+            let mut lanes = self.lanes();
+            let n = self.next();
+            lanes.reset = n;
+            n
+        };
+        self.all.send_modify(|v| *v = (*v).max(n));
+    }
+
+    /// Something the desired state of these agents shows changed (no assignment in particular).
     pub fn agents<'a>(&self, agents: impl IntoIterator<Item = &'a str>) {
+        self.changes(agents.into_iter().map(|a| (a, None)));
+    }
+
+    /// The desired state of these agents changed: with an instance, that instance's assignment.
+    pub fn changes<'a>(&self, changes: impl IntoIterator<Item = (&'a str, Option<(&'a str, &'a str)>)>) {
+        let mut lanes = self.lanes();
         let n = self.next();
-        let mut map = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-        for a in agents {
-            match map.get(a) {
-                Some(tx) => tx.send_modify(|v| *v = (*v).max(n)),
-                None => {
-                    map.insert(a.to_string(), watch::channel(n).0);
+        let mut woken: Vec<&str> = Vec::new();
+        for (a, inst) in changes {
+            let lane = match lanes.lanes.get_mut(a) {
+                Some(l) => l,
+                None => lanes.lanes.entry(a.to_string()).or_insert_with(|| Lane::new(n, n)),
+            };
+            match inst {
+                Some((svc, i)) if lane.asks && lane.log.len() < LOG_MAX => {
+                    lane.log.push((n, (svc.to_string(), i.to_string())));
                 }
+                Some(_) => {
+                    lane.log.clear();
+                    lane.floor = n;
+                }
+                None => {}
+            }
+            if woken.last() != Some(&a) {
+                woken.push(a);
+            }
+        }
+        for a in woken {
+            if let Some(l) = lanes.lanes.get(a) {
+                l.tx.send_modify(|v| *v = (*v).max(n));
             }
         }
     }
 
+    /// The instances whose assignment on `agent` changed after change number `since`; None:
+    /// not known (a change every assignment may show, or a history not kept): answer with
+    /// everything. What is at or below `since` is forgotten (the agent holds it).
+    pub fn changed_since(&self, agent: &str, since: u64) -> Option<Vec<InstanceId>> {
+        let mut guard = self.lanes();
+        let lanes = &mut *guard;
+        let lane = lanes.lanes.get_mut(agent)?;
+        lane.asks = true;
+        let known = since >= lanes.reset && since >= lane.floor && since <= self.seq.load(Ordering::SeqCst);
+        if !known {
+            return None;
+        }
+        lane.log.retain(|(n, _)| *n > since);
+        lane.floor = since;
+        let mut keys: Vec<InstanceId> = lane.log.iter().map(|(_, k)| k.clone()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        Some(keys)
+    }
+
     /// The change number `agent` is at now.
     pub fn current(&self, agent: &str) -> u64 {
-        let own =
-            self.agents.lock().unwrap_or_else(|e| e.into_inner()).get(agent).map_or(0, |tx| *tx.borrow());
+        let own = self.lanes().lanes.get(agent).map_or(0, |l| *l.tx.borrow());
         own.max(*self.all.borrow())
     }
 

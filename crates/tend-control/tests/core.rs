@@ -119,12 +119,12 @@ fn register_req(id: &str, cluster: Option<&str>) -> tend_api::RegisterRequest {
 /// `agent`'s desired state, long-polled (a bounded number of times) until it lists something.
 async fn desired_once_launched(s: &Control, agent: &str) -> tend_api::DesiredState {
     use tend_control::agents::AgentProtocol;
-    let mut desired = s.desired(agent, 0, std::time::Duration::from_secs(5)).await.unwrap();
+    let mut desired = s.desired(agent, 0, std::time::Duration::from_secs(5), None).await.unwrap();
     for _ in 0..50 {
         if !desired.assignments.is_empty() {
             break;
         }
-        desired = s.desired(agent, desired.index, std::time::Duration::from_secs(1)).await.unwrap();
+        desired = s.desired(agent, desired.index, std::time::Duration::from_secs(1), None).await.unwrap();
     }
     desired
 }
@@ -323,7 +323,7 @@ async fn a_replacement_placed_after_its_fence_wait_is_still_a_replacement() {
     tend_control::recovery::tick(&s).await.unwrap();
     let (_, inst) = s.instances("s").await.unwrap().into_iter().next().expect("w-0");
     let agent = inst.agent().expect("placed after the fence wait").to_string();
-    let desired = s.desired(&agent, 0, std::time::Duration::ZERO).await.unwrap();
+    let desired = s.desired(&agent, 0, std::time::Duration::ZERO, None).await.unwrap();
     let a = desired.assignments.iter().find(|a| a.instance == "w-0").expect("w-0 desired");
     assert_eq!(a.env.get("TEND_REPLACING").map(String::as_str), Some("1"));
     assert_eq!(a.env.get("TEND_REPLACED_AGENT").map(String::as_str), Some("a1"));

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tend_agent::cluster::{refuse, ClusterMemory};
-use tend_api::{
+use tend_api::{DesiredBook, 
     AgentResources, JobResult, JobRun, RegisterRequest, RunState, StatusReport, TaskStatus, VolumeRelease,
 };
 use tend_control::agents::AgentProtocol;
@@ -322,12 +322,19 @@ async fn report_loop(ag: Arc<SimAgent>, w: Arc<World>) {
 async fn desired_loop(ag: &Arc<SimAgent>, w: &Arc<World>) {
     let mut index = 0u64;
     let mut failures = 0;
+    // The desired state held, for answers by difference (as the real agent keeps it).
+    let mut book = DesiredBook::new();
     loop {
         let id = ag.id.clone();
-        let asked = if std::mem::take(&mut ag.lock().refetch) { 0 } else { index };
-        let r =
-            w.net.call(&ag.id, |s| async move { s.desired(&id, asked, Duration::from_secs(20)).await }).await;
-        let desired = match r {
+        if std::mem::take(&mut ag.lock().refetch) {
+            (index, book) = (0, DesiredBook::new());
+        }
+        let (asked, held) = (index, book.held_from().map(str::to_string));
+        let r = w
+            .net
+            .call(&ag.id, |s| async move { s.desired(&id, asked, Duration::from_secs(20), held.as_deref()).await })
+            .await;
+        let mut desired = match r {
             Ok(d) => d,
             Err(NetError::Refused(404, _)) => return,
             Err(_) => {
@@ -356,10 +363,17 @@ async fn desired_loop(ag: &Arc<SimAgent>, w: &Arc<World>) {
         };
         if let Some(why) = refusal {
             w.trace.log(format!("agent {} refuses: {why}", ag.id));
+            book.forget();
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        reconcile(ag, w, desired).await;
+        let Some(taken) = book.take_held(&mut desired) else {
+            // A difference on a state this agent does not hold: ask again for everything.
+            w.trace.log(format!("agent {} asks for its whole desired state again", ag.id));
+            index = 0;
+            continue;
+        };
+        reconcile(ag, w, desired, &book, taken).await;
         ag.changed.notify_one();
         w.after_step().await;
     }

@@ -336,7 +336,7 @@ async fn measure_passes(w: &World) {
     let _ = tend_control::recovery::tick(&server).await;
     let one_us = t.elapsed().as_micros() as u64;
     let t = std::time::Instant::now();
-    let _ = server.desired("a0", 0, std::time::Duration::ZERO).await;
+    let _ = server.desired("a0", 0, std::time::Duration::ZERO, None).await;
     let desired_us = t.elapsed().as_micros() as u64;
     let passes = crate::world::Passes {
         full_us,

@@ -2,38 +2,46 @@
 //! not desired, delete released volume sets, start or re-adopt what is, sync job runs) and with
 //! time (tasks move on, fencing, job runs end).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tend_api::{DesiredState, JobResult, RunState, TaskState};
+use tend_api::{Assignment, DesiredBook, DesiredState, JobResult, RunState, TaskState, Taken};
 use tend_model::Clock;
 
-use crate::agent::{SimAgent, SimJob};
+use crate::agent::{AgentSt, SimAgent, SimJob};
+
+type Key = (String, String);
 use crate::pod::SimPod;
 use crate::world::World;
 
-/// Makes the running set equal the desired set.
-pub(crate) async fn reconcile(ag: &Arc<SimAgent>, w: &Arc<World>, d: DesiredState) {
-    // Each desired instance and its highest incarnation desired.
-    let mut want: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for a in &d.assignments {
-        let i = want.entry((a.service.clone(), a.instance.clone())).or_default();
-        *i = (*i).max(a.incarnation);
-    }
+/// Makes the running set equal the desired set held in `book`: every instance (`Taken::All`),
+/// or only those an answer by difference changed. (Released volume sets and job runs come whole
+/// in every answer.)
+pub(crate) async fn reconcile(ag: &Arc<SimAgent>, w: &Arc<World>, d: DesiredState, book: &DesiredBook, taken: Taken) {
+    let want = book.held();
     let mut log = Vec::new();
     let mut to_delete = Vec::new();
     {
         let mut st = ag.lock();
         let now = st.clock.now_ms();
         st.ghosts.clear();
+        // Pods from before a restart are sorted out by a look at everything.
+        let scope: Option<Vec<Key>> = match taken {
+            Taken::Instances(keys) if st.adoptable.is_empty() => {
+                Some(keys.into_iter().map(|k| (k.service, k.instance)).collect())
+            }
+            _ => None,
+        };
         // Stop what is no longer desired, or an older incarnation of what is.
-        let stale: Vec<(String, String)> = st
-            .pods
-            .iter()
-            .filter(|(k, p)| !st.adoptable.contains(*k) && want.get(*k).is_none_or(|i| *i > p.a.incarnation))
-            .map(|(k, _)| k.clone())
-            .collect();
+        let stale_of = |st: &AgentSt, k: &Key| {
+            st.pods.get(k).is_some_and(|p| {
+                !st.adoptable.contains(k) && want.get(k).is_none_or(|a| a.incarnation > p.a.incarnation)
+            })
+        };
+        let stale: Vec<Key> = match &scope {
+            None => st.pods.keys().filter(|k| stale_of(&st, k)).cloned().collect(),
+            Some(keys) => keys.iter().filter(|k| stale_of(&st, k)).cloned().collect(),
+        };
         for k in stale {
             if let Some(p) = st.pods.remove(&k) {
                 log.push(format!("stop {}/{}#{} (not desired)", k.0, k.1, p.a.incarnation));
@@ -49,10 +57,13 @@ pub(crate) async fn reconcile(ag: &Arc<SimAgent>, w: &Arc<World>, d: DesiredStat
             to_delete.push(r.clone());
         }
         // Start (or re-adopt) what is desired and not running.
-        for a in &d.assignments {
-            let key = (a.service.clone(), a.instance.clone());
-            let was_adoptable = st.adoptable.remove(&key);
-            if let Some(p) = st.pods.get_mut(&key) {
+        let starts: Vec<(&Key, &Assignment)> = match &scope {
+            None => want.iter().collect(),
+            Some(keys) => keys.iter().filter_map(|k| want.get_key_value(k)).collect(),
+        };
+        for (key, a) in starts {
+            let was_adoptable = st.adoptable.remove(key);
+            if let Some(p) = st.pods.get_mut(key) {
                 if !was_adoptable {
                     continue;
                 }
@@ -65,7 +76,7 @@ pub(crate) async fn reconcile(ag: &Arc<SimAgent>, w: &Arc<World>, d: DesiredStat
                     "kill stale {}/{}#{} from before the restart",
                     key.0, key.1, p.a.incarnation
                 ));
-                st.pods.remove(&key);
+                st.pods.remove(key);
             }
             if !a.volume_id.is_empty() && !a.tasks.is_empty() {
                 st.volume_sets.insert(a.volume_id.clone());
@@ -73,7 +84,7 @@ pub(crate) async fn reconcile(ag: &Arc<SimAgent>, w: &Arc<World>, d: DesiredStat
             let pod = SimPod::launch(a.clone(), now, &mut st.rng);
             log.push(format!("launch {}/{}#{} ({})", key.0, key.1, a.incarnation, a.volume_id));
             w.checks.on_launch(&ag.id, a, &st.deleted_sets);
-            st.pods.insert(key, pod);
+            st.pods.insert(key.clone(), pod);
         }
         // Checkpointed incarnations that are not desired: stale, killed.
         let stale: Vec<(String, String)> = std::mem::take(&mut st.adoptable).into_iter().collect();

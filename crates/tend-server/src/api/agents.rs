@@ -110,6 +110,11 @@ pub(super) struct DesiredQuery {
     /// How long to wait for a change, in ms (default 20000; more than 60000 waits 60000).
     #[serde(default)]
     wait_ms: Option<u64>,
+    /// The agent holds the state of `index` from this control plane (`DesiredState::source`):
+    /// answer with what changed since (`DesiredState::base_index`) when it can.
+    #[serde(default)]
+    #[param(max_length = 128)]
+    held_from: Option<String>,
 }
 
 /// Long-polls the incarnations the agent must run.
@@ -124,7 +129,7 @@ pub(super) async fn desired(
 ) -> ApiResult<DesiredState> {
     own(&who, &id)?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(20_000).min(60_000));
-    Ok(Json(AgentProtocol::desired(&s.control, &id, q.index, wait).await.map_err(refusal)?))
+    Ok(Json(AgentProtocol::desired(&s.control, &id, q.index, wait, q.held_from.as_deref()).await.map_err(refusal)?))
 }
 
 /// The agent's full status report (also its heartbeat).

@@ -1,0 +1,100 @@
+//! Desired states by difference: an agent that holds the desired state of index N from one
+//! control plane asks for what changed since; the control plane answers with the assignments
+//! that changed and the instances that left, or with everything when it cannot say (another
+//! control plane, a change every assignment may show, a history it no longer keeps). The agent
+//! applies a difference only on exactly the state it was computed from, and otherwise asks for
+//! everything: what it then holds is always what a full answer would have said.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{Assignment, DesiredState};
+
+/// One pod instance of one service (an assignment that left a desired state).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash, ToSchema)]
+pub struct InstanceKey {
+    pub service: String,
+    pub instance: String,
+}
+
+/// What an answer changed in the held desired state.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Everything was replaced: look at every assignment.
+    All,
+    /// Only these instances' assignments changed (or left).
+    Instances(Vec<InstanceKey>),
+}
+
+/// The desired state an agent holds, built from a full answer and the differences after it.
+#[derive(Debug, Default)]
+pub struct DesiredBook {
+    /// Which control plane, and which of its indexes, the assignments below are the state of;
+    /// None: nothing held (the next answer must be a full one).
+    at: Option<(String, u64)>,
+    assignments: BTreeMap<(String, String), Assignment>,
+}
+
+impl DesiredBook {
+    pub fn new() -> DesiredBook {
+        DesiredBook::default()
+    }
+
+    /// What to ask with: the control plane the held state came from (None: ask for everything).
+    pub fn held_from(&self) -> Option<&str> {
+        self.at.as_ref().map(|(source, _)| source.as_str())
+    }
+
+    /// Forgets what is held: the next answer taken must be a full one.
+    pub fn forget(&mut self) {
+        self.at = None;
+    }
+
+    /// Takes an answer. A full one replaces what is held; a difference is applied only on the
+    /// state it was computed from (same control plane, same index). None: a difference on
+    /// another state, not applied; what was held is forgotten, ask for everything.
+    /// `d.assignments` is left holding every assignment either way it is taken.
+    pub fn take(&mut self, d: &mut DesiredState) -> Option<Taken> {
+        let taken = self.take_held(d)?;
+        d.assignments = self.assignments.values().cloned().collect();
+        Some(taken)
+    }
+
+    /// Takes an answer without copying every assignment back into it (a caller that reads
+    /// the held ones through `get` and `assignments`); `d.assignments` is left empty.
+    pub fn take_held(&mut self, d: &mut DesiredState) -> Option<Taken> {
+        let taken = match d.base_index {
+            None => {
+                self.assignments =
+                    d.assignments.drain(..).map(|a| ((a.service.clone(), a.instance.clone()), a)).collect();
+                Taken::All
+            }
+            Some(base) => {
+                if self.at.as_ref() != Some(&(d.source.clone(), base)) {
+                    self.forget();
+                    return None;
+                }
+                let mut keys = Vec::with_capacity(d.assignments.len() + d.gone.len());
+                for k in d.gone.drain(..) {
+                    self.assignments.remove(&(k.service.clone(), k.instance.clone()));
+                    keys.push(k);
+                }
+                for a in d.assignments.drain(..) {
+                    keys.push(InstanceKey { service: a.service.clone(), instance: a.instance.clone() });
+                    self.assignments.insert((a.service.clone(), a.instance.clone()), a);
+                }
+                Taken::Instances(keys)
+            }
+        };
+        self.at = Some((d.source.clone(), d.index));
+        d.base_index = None;
+        Some(taken)
+    }
+
+    /// Every held assignment, by (service, instance).
+    pub fn held(&self) -> &BTreeMap<(String, String), Assignment> {
+        &self.assignments
+    }
+}
