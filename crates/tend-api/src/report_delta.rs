@@ -158,6 +158,10 @@ impl TaskSet {
     }
 }
 
+fn same_key(a: &TaskStatus, b: &TaskStatus) -> bool {
+    a.incarnation == b.incarnation && a.task == b.task && a.instance == b.instance && a.service == b.service
+}
+
 /// What a report carries about tasks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Delta {
@@ -210,13 +214,18 @@ impl DeltaReporter {
         let mut tasks = Vec::new();
         let mut found = 0;
         let mut fresh: HashSet<(&str, &str, u64, &str), RandomState> = HashSet::default();
+        // The agent lists its tasks in much the order they were acknowledged in: the one after
+        // the last found is tried first, and only a miss is looked up.
+        let mut next = 0;
         for t in current {
-            match set.position(&t.service, &t.instance, t.incarnation, &t.task) {
+            let hinted = set.tasks.get(next).filter(|h| same_key(h, t)).map(|_| next);
+            match hinted.or_else(|| set.position(&t.service, &t.instance, t.incarnation, &t.task)) {
                 Some(p) => {
                     if set.marks[p] == round {
                         return None;
                     }
                     set.marks[p] = round;
+                    next = p + 1;
                     found += 1;
                     if set.tasks[p] != **t {
                         tasks.push((*t).clone());

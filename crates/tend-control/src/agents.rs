@@ -346,11 +346,11 @@ impl Control {
             return Some((Vec::new(), Vec::new()));
         }
         self.inner.tasks_gen.send_modify(|g| *g += 1);
-        self.inner.reports.agents([agent]);
         match full {
             Some(tasks) => {
                 let restarted = restarts_in_place(a, &tasks, agent);
                 let instances = crate::recovery_cache::changed_instances(a.tasks.all(), &tasks);
+                self.inner.reports.notify(instances.iter().copied());
                 reported.note(agent, was_silent, instances.into_iter());
                 a.tasks.replace(tasks.clone());
                 Some((restarted, tasks))
@@ -361,6 +361,7 @@ impl Control {
                     .iter()
                     .map(|t| (t.service.as_str(), t.instance.as_str()))
                     .chain(gone.iter().map(|k| (k.service.as_str(), k.instance.as_str())));
+                self.inner.reports.notify(instances.clone());
                 reported.note(agent, was_silent, instances);
                 a.tasks.apply(changed.clone(), &gone);
                 Some((restarted, changed))

@@ -326,20 +326,19 @@ impl StepWork for DeployWork {
             Duration::from_millis(self.running_rule_due(&step.name).map_or(500, |ms| ms.clamp(1, 500)));
         let placed_on = self.server.inner.state.instance(&self.service, &step.name);
         let woken = match placed_on.as_ref().and_then(|r| r.agent().map(|a| (a, r.incarnation_number()))) {
-            // Only a report of the instance's own agent that changes what it says of this
-            // instance wakes it (with 100 instances on an agent, a report wakes one step of
-            // its deploy, not every step waiting there).
+            // Only a report that changes what the instance's own agent says of it wakes it
+            // (with 100 instances on an agent, a report wakes the steps of the instances it
+            // changed, not every step waiting there).
             Some((agent, incarnation)) => {
-                let reports = &self.server.inner.reports;
+                // Subscribed before reading: a report in between is not missed.
+                let mut rx = self.server.inner.reports.subscribe(&self.service, &step.name);
                 let own = || self.server.task_statuses(agent, &self.service, &step.name, incarnation);
-                let (seen, mut at) = (own(), reports.current(agent));
+                let seen = own();
                 let changed = async {
                     loop {
-                        let now_at = reports.wait(agent, at, wait).await;
-                        if now_at <= at {
+                        if rx.changed().await.is_err() {
                             return false;
                         }
-                        at = now_at;
                         if own() != seen {
                             return true;
                         }

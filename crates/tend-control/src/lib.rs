@@ -149,9 +149,9 @@ pub struct Inner {
     pub volumes_gen: watch::Sender<u64>,
     /// Bumped whenever an agent reports.
     pub status_gen: watch::Sender<u64>,
-    /// Per agent: bumped when its report says something new (deploy steps wait on their
-    /// instance's agent, not on every report in the cluster).
-    pub reports: wake::AgentWake,
+    /// Per instance: woken when a report changes what is known of it (a deploy step waits on
+    /// its own instance, not on every report of its agent).
+    pub reports: wake::InstanceWake,
     /// Bumped when a report says something new (a task changed), not on a bare heartbeat:
     /// recovery wakes on it, so an idle cluster costs one resync a second.
     pub tasks_gen: watch::Sender<u64>,
@@ -274,7 +274,7 @@ impl Control {
             desired_gen: watch::channel(started_ms).0,
             volumes_gen: watch::channel(1).0,
             status_gen: watch::channel(1).0,
-            reports: wake::AgentWake::new(0),
+            reports: wake::InstanceWake::default(),
             tasks_gen: watch::channel(1).0,
             jobs_gen: watch::channel(1).0,
             launch_lock: tokio::sync::Mutex::new(()),

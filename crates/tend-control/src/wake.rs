@@ -179,6 +179,61 @@ impl AgentWake {
     }
 }
 
+/// Waiters on the reported tasks of one instance each: a report wakes the steps of the
+/// instances it changed, not every step waiting on the same agent.
+#[derive(Default)]
+pub struct InstanceWake {
+    waiters: Mutex<Waiters>,
+}
+
+#[derive(Default)]
+struct Waiters {
+    by_service: HashMap<String, HashMap<String, watch::Sender<u64>>>,
+    subscribed: u64,
+}
+
+impl InstanceWake {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A receiver that sees a change once a report changed what is known of the instance.
+    pub fn subscribe(&self, service: &str, instance: &str) -> watch::Receiver<u64> {
+        let mut w = self.lock();
+        w.subscribed += 1;
+        if w.subscribed % 4096 == 0 {
+            // Waiters gone whose instance no report named since: dropped.
+            for m in w.by_service.values_mut() {
+                m.retain(|_, tx| tx.receiver_count() > 0);
+            }
+            w.by_service.retain(|_, m| !m.is_empty());
+        }
+        let by_inst = w.by_service.entry(service.to_string()).or_default();
+        match by_inst.get(instance) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel(0);
+                by_inst.insert(instance.to_string(), tx);
+                rx
+            }
+        }
+    }
+
+    /// A report changed what is known of these instances (service, instance).
+    pub fn notify<'a>(&self, instances: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let mut w = self.lock();
+        for (svc, inst) in instances {
+            let Some(by_inst) = w.by_service.get_mut(svc) else { continue };
+            let Some(tx) = by_inst.get(inst) else { continue };
+            if tx.receiver_count() == 0 {
+                by_inst.remove(inst);
+            } else {
+                tx.send_modify(|v| *v += 1);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
