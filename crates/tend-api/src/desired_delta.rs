@@ -6,6 +6,7 @@
 //! everything: what it then holds is always what a full answer would have said.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -34,7 +35,8 @@ pub struct DesiredBook {
     /// Which control plane, and which of its indexes, the assignments below are the state of;
     /// None: nothing held (the next answer must be a full one).
     at: Option<(String, u64)>,
-    assignments: BTreeMap<(String, String), Assignment>,
+    /// Shared: a caller may keep what it runs without a copy of its own.
+    assignments: BTreeMap<(String, String), Arc<Assignment>>,
 }
 
 impl DesiredBook {
@@ -58,7 +60,7 @@ impl DesiredBook {
     /// `d.assignments` is left holding every assignment either way it is taken.
     pub fn take(&mut self, d: &mut DesiredState) -> Option<Taken> {
         let taken = self.take_held(d)?;
-        d.assignments = self.assignments.values().cloned().collect();
+        d.assignments = self.assignments.values().map(|a| (**a).clone()).collect();
         Some(taken)
     }
 
@@ -68,7 +70,7 @@ impl DesiredBook {
         let taken = match d.base_index {
             None => {
                 self.assignments =
-                    d.assignments.drain(..).map(|a| ((a.service.clone(), a.instance.clone()), a)).collect();
+                    d.assignments.drain(..).map(|a| ((a.service.clone(), a.instance.clone()), Arc::new(a))).collect();
                 Taken::All
             }
             Some(base) => {
@@ -83,7 +85,7 @@ impl DesiredBook {
                 }
                 for a in d.assignments.drain(..) {
                     keys.push(InstanceKey { service: a.service.clone(), instance: a.instance.clone() });
-                    self.assignments.insert((a.service.clone(), a.instance.clone()), a);
+                    self.assignments.insert((a.service.clone(), a.instance.clone()), Arc::new(a));
                 }
                 Taken::Instances(keys)
             }
@@ -94,7 +96,7 @@ impl DesiredBook {
     }
 
     /// Every held assignment, by (service, instance).
-    pub fn held(&self) -> &BTreeMap<(String, String), Assignment> {
+    pub fn held(&self) -> &BTreeMap<(String, String), Arc<Assignment>> {
         &self.assignments
     }
 }

@@ -39,7 +39,7 @@ pub enum Phase {
 /// One incarnation running on a simulated agent.
 #[derive(Clone, Debug)]
 pub struct SimPod {
-    pub a: Assignment,
+    pub a: std::sync::Arc<Assignment>,
     pub phase: Phase,
     pub tasks: Vec<SimTask>,
     /// Tasks started before this time crash soon after (a crash-loop fault).
@@ -62,7 +62,7 @@ fn backoff(a: &Assignment) -> RestartBackoff {
 
 impl SimPod {
     /// A fresh launch: every task starting while the sandbox is prepared.
-    pub fn launch(a: Assignment, now: u64, rng: &mut Rng) -> SimPod {
+    pub fn launch(a: std::sync::Arc<Assignment>, now: u64, rng: &mut Rng) -> SimPod {
         let tasks = a
             .tasks
             .iter()

@@ -57,7 +57,7 @@ pub(crate) async fn reconcile(ag: &Arc<SimAgent>, w: &Arc<World>, d: DesiredStat
             to_delete.push(r.clone());
         }
         // Start (or re-adopt) what is desired and not running.
-        let starts: Vec<(&Key, &Assignment)> = match &scope {
+        let starts: Vec<(&Key, &Arc<Assignment>)> = match &scope {
             None => want.iter().collect(),
             Some(keys) => keys.iter().filter_map(|k| want.get_key_value(k)).collect(),
         };
