@@ -109,9 +109,7 @@ mod tests {
             cluster_id: cluster.into(),
             revision,
             epoch,
-            assignments: vec![],
-            release_volumes: vec![],
-            job_runs: vec![],
+            ..Default::default()
         };
         let fresh = ClusterMemory::default();
         assert_eq!(refuse(&fresh, &d("c-1", 0, 0)), None);

@@ -69,8 +69,11 @@ impl DesiredBook {
     pub fn take_held(&mut self, d: &mut DesiredState) -> Option<Taken> {
         let taken = match d.base_index {
             None => {
-                self.assignments =
-                    d.assignments.drain(..).map(|a| ((a.service.clone(), a.instance.clone()), Arc::new(a))).collect();
+                self.assignments = d
+                    .assignments
+                    .drain(..)
+                    .map(|a| ((a.service.clone(), a.instance.clone()), Arc::new(a)))
+                    .collect();
                 Taken::All
             }
             Some(base) => {
@@ -98,5 +101,73 @@ impl DesiredBook {
     /// Every held assignment, by (service, instance).
     pub fn held(&self) -> &BTreeMap<(String, String), Arc<Assignment>> {
         &self.assignments
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Backoff;
+
+    fn asg(instance: &str, incarnation: u64) -> Assignment {
+        Assignment {
+            service: "s".into(),
+            pod: "w".into(),
+            pod_index: 0,
+            instance: instance.into(),
+            incarnation,
+            config: "c".into(),
+            ports: Default::default(),
+            env: Default::default(),
+            artifacts: Vec::new(),
+            volumes: Vec::new(),
+            tasks: Vec::new(),
+            backoff: Backoff::default(),
+            volume_id: String::new(),
+            legacy_volume_generation: None,
+            fence_after_ms: None,
+        }
+    }
+
+    fn answer(
+        source: &str,
+        index: u64,
+        base: Option<u64>,
+        a: Vec<Assignment>,
+        gone: &[&str],
+    ) -> DesiredState {
+        DesiredState {
+            index,
+            source: source.into(),
+            base_index: base,
+            assignments: a,
+            gone: gone.iter().map(|i| InstanceKey { service: "s".into(), instance: i.to_string() }).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn held(b: &DesiredBook) -> Vec<(String, u64)> {
+        b.held().values().map(|a| (a.instance.clone(), a.incarnation)).collect()
+    }
+
+    #[test]
+    fn differences_apply_only_on_the_state_they_were_computed_from() {
+        let mut b = DesiredBook::new();
+        assert_eq!(b.held_from(), None);
+        // A difference before any full answer: not applied.
+        assert_eq!(b.take(&mut answer("cp1", 5, Some(4), vec![asg("w-0", 1)], &[])), None);
+        let mut d = answer("cp1", 5, None, vec![asg("w-0", 1), asg("w-1", 1)], &[]);
+        assert_eq!(b.take(&mut d), Some(Taken::All));
+        assert_eq!(b.held_from(), Some("cp1"));
+        let mut d = answer("cp1", 9, Some(5), vec![asg("w-1", 2), asg("w-2", 1)], &["w-0"]);
+        let Some(Taken::Instances(keys)) = b.take(&mut d) else { panic!("a difference on index 5") };
+        assert_eq!(keys.len(), 3);
+        assert_eq!(held(&b), vec![("w-1".into(), 2), ("w-2".into(), 1)]);
+        assert_eq!(d.assignments.len(), 2, "the answer is left holding every assignment");
+        // On another index, or from another control plane: not applied, and forgotten.
+        assert_eq!(b.take(&mut answer("cp1", 12, Some(5), vec![], &["w-1"])), None);
+        assert_eq!(b.held_from(), None);
+        b.take(&mut answer("cp1", 13, None, vec![asg("w-1", 2)], &[]));
+        assert_eq!(b.take(&mut answer("cp2", 14, Some(13), vec![], &["w-1"])), None);
     }
 }

@@ -10,8 +10,8 @@ use utoipa::ToSchema;
 
 mod answers;
 mod auth;
-mod jobs;
 mod desired_delta;
+mod jobs;
 mod report_delta;
 mod services;
 mod status;
@@ -23,11 +23,11 @@ pub use auth::{
     JoinRequest, JoinResponse, JoinTokenCreated, JoinTokenRequest, Role, TokenCreateRequest, TokenCreated,
     TokenInfo,
 };
+pub use desired_delta::{DesiredBook, InstanceKey, Taken};
 pub use jobs::{
     JobQueued, JobRunInfo, JobRunStatus, JobStatusInfo, RunJobRequest, RunPolicy, WindowRemoved,
     WindowRequest,
 };
-pub use desired_delta::{DesiredBook, InstanceKey, Taken};
 pub use report_delta::{Delta, DeltaReporter, TaskKey, TaskSet};
 pub use status::{AgentState, EventKind, PodState, ProbeKind, StepStatus};
 

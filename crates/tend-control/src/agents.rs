@@ -114,7 +114,7 @@ impl AgentProtocol for Control {
         if !self.inner.agents.read().unwrap_or_else(|e| e.into_inner()).contains_key(agent) {
             return Err(unknown(agent));
         }
-        crate::deploy::wait_desired(self, agent, index, wait, held_from)
+        crate::desired::wait_desired(self, agent, index, wait, held_from)
             .await
             .map_err(|e| (500, "internal", format!("{e:#}")))
     }

@@ -14,6 +14,7 @@ pub mod agents;
 pub mod configs;
 pub mod decommission;
 pub mod deploy;
+pub mod desired;
 pub mod dryrun;
 pub mod gates;
 pub mod housekeeping;

@@ -180,7 +180,7 @@ impl Index {
 }
 
 /// Whether two records of an instance give its agent the same assignment (what
-/// `deploy::assignment` and `deploy::desired_for` read: placement, incarnation, volumes,
+/// `deploy::assignment` and `desired::desired_for` read: placement, incarnation, volumes,
 /// finished `once` tasks).
 fn same_desired_state(a: &Instance, b: &Instance) -> bool {
     a.id == b.id
@@ -315,7 +315,9 @@ impl ClusterState {
         };
         self.mark_applied(top);
         if !touched.is_empty() {
-            self.wake.changes(touched.iter().map(|(a, k)| (a.as_str(), k.as_ref().map(|(s, i)| (s.as_str(), i.as_str())))));
+            self.wake.changes(
+                touched.iter().map(|(a, k)| (a.as_str(), k.as_ref().map(|(s, i)| (s.as_str(), i.as_str())))),
+            );
         }
     }
 

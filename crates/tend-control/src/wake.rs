@@ -201,7 +201,7 @@ impl InstanceWake {
     pub fn subscribe(&self, service: &str, instance: &str) -> watch::Receiver<u64> {
         let mut w = self.lock();
         w.subscribed += 1;
-        if w.subscribed % 4096 == 0 {
+        if w.subscribed.is_multiple_of(4096) {
             // Waiters gone whose instance no report named since: dropped.
             for m in w.by_service.values_mut() {
                 m.retain(|_, tx| tx.receiver_count() > 0);
@@ -259,5 +259,53 @@ mod tests {
         // above anything this one handed out.
         assert!(AgentWake::new(1_000).current("z") >= 1_000);
         assert_eq!(w.wait("a", u64::MAX, Duration::from_secs(60)).await, w.current("a"));
+    }
+    #[test]
+    fn an_agent_learns_which_instances_changed_since_its_last_answer() {
+        let w = AgentWake::new(100);
+        let key = |i: &str| ("s".to_string(), i.to_string());
+        // Until the agent asks for a difference, nothing is logged: its first answer is full.
+        w.changes([("a", Some(("s", "w-0")))]);
+        assert_eq!(w.changed_since("a", 100), None);
+        let at = w.current("a");
+        w.changes([("a", Some(("s", "w-1"))), ("b", Some(("s", "w-9")))]);
+        w.changes([("a", Some(("s", "w-2"))), ("a", None)]);
+        w.changes([("a", Some(("s", "w-1")))]);
+        assert_eq!(w.changed_since("a", at), Some(vec![key("w-1"), key("w-2")]));
+        // Asked again from a later index: only what came after it.
+        let at2 = w.current("a");
+        assert_eq!(w.changed_since("a", at2), Some(vec![]));
+        w.changes([("a", Some(("s", "w-3")))]);
+        assert_eq!(w.changed_since("a", at2), Some(vec![key("w-3")]));
+        // An index below what was forgotten, or from another control plane: not known.
+        assert_eq!(w.changed_since("a", at), None);
+        assert_eq!(w.changed_since("a", u64::MAX), None);
+        // A change every assignment may show: no difference reaches across it.
+        let at3 = w.current("a");
+        w.reset();
+        assert_eq!(w.changed_since("a", at3), None);
+        assert!(w.current("a") > at3, "and the agent wakes for it");
+        let at4 = w.current("a");
+        assert_eq!(w.changed_since("a", at4), Some(vec![]));
+        // An agent that stops asking keeps a bounded log; past it, its next answer is full.
+        for _ in 0..=LOG_MAX {
+            w.changes([("a", Some(("s", "w-0")))]);
+        }
+        assert_eq!(w.changed_since("a", at4), None);
+    }
+
+    #[tokio::test]
+    async fn a_step_wakes_for_reports_on_its_own_instance_only() {
+        let w = InstanceWake::default();
+        let mut rx = w.subscribe("s", "w-0");
+        w.notify([("s", "w-1"), ("t", "w-0")]);
+        assert!(!rx.has_changed().unwrap());
+        w.notify([("s", "w-0")]);
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        // Dropped waiters are forgotten when their instance is next named.
+        drop(rx);
+        w.notify([("s", "w-0")]);
+        assert!(w.lock().by_service.get("s").is_none_or(|m| m.is_empty()));
     }
 }

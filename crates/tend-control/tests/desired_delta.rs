@@ -133,7 +133,8 @@ async fn an_agent_taking_differences_holds_what_a_full_answer_says() {
     let s = Control::new(ControlConfig::default(), store, Arc::new(clock.clone())).await.unwrap();
     s.register(register_req("a1")).await.unwrap();
     submit(&s, submission(SPEC)).await.unwrap();
-    let mut a = Agent { book: DesiredBook::new(), index: 0, held: Vec::new(), seq: 0, differences: 0, compared: 0 };
+    let mut a =
+        Agent { book: DesiredBook::new(), index: 0, held: Vec::new(), seq: 0, differences: 0, compared: 0 };
     drive(&s, &clock, &mut a, |held| held.len() == 6).await;
     assert!(a.differences >= 5, "one answer per launch, by difference: {}", a.differences);
     // A rolling update: every instance gets a new incarnation, one by one.
@@ -141,6 +142,16 @@ async fn an_agent_taking_differences_holds_what_a_full_answer_says() {
     drive(&s, &clock, &mut a, |held| held.len() == 6 && held.iter().all(|x| x.incarnation == 2)).await;
     assert!(a.compared >= 10, "compared {} times", a.compared);
     assert!(a.held.iter().all(|x| x.tasks[0].env.get("V").map(String::as_str) == Some("2")));
+    // A change only the spec shows (the restart backoff): no instance record changes, and
+    // every assignment reads differently: the next answer is a full one.
+    let before = a.differences;
+    let text =
+        SPEC.replace("V: '1'", "V: '2'") + "recovery:\n  backoff: { initial_seconds: 7, max_seconds: 60 }\n";
+    submit(&s, submission(&text)).await.unwrap();
+    drive(&s, &clock, &mut a, |held| held.len() == 6 && held.iter().all(|x| x.backoff.initial_ms == 7_000))
+        .await;
+    a.poll(&s).await;
+    assert!(a.differences > before, "differences again after the full answer");
 
     // Another control plane's state is never a base: the answer is a full one.
     let d = s.desired("a1", a.index, Duration::ZERO, Some("another-control-plane")).await.unwrap();

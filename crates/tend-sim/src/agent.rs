@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tend_agent::cluster::{refuse, ClusterMemory};
-use tend_api::{DesiredBook, 
-    AgentResources, JobResult, JobRun, RegisterRequest, RunState, StatusReport, TaskStatus, VolumeRelease,
+use tend_api::{
+    AgentResources, DesiredBook, JobResult, JobRun, RegisterRequest, RunState, StatusReport, TaskStatus,
+    VolumeRelease,
 };
 use tend_control::agents::AgentProtocol;
 use tend_model::Clock;
@@ -330,10 +331,12 @@ async fn desired_loop(ag: &Arc<SimAgent>, w: &Arc<World>) {
             (index, book) = (0, DesiredBook::new());
         }
         let (asked, held) = (index, book.held_from().map(str::to_string));
-        let r = w
-            .net
-            .call(&ag.id, |s| async move { s.desired(&id, asked, Duration::from_secs(20), held.as_deref()).await })
-            .await;
+        let r =
+            w.net
+                .call(&ag.id, |s| async move {
+                    s.desired(&id, asked, Duration::from_secs(20), held.as_deref()).await
+                })
+                .await;
         let mut desired = match r {
             Ok(d) => d,
             Err(NetError::Refused(404, _)) => return,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tend_api::{Assignment, DesiredBook, DesiredState, JobResult, RunState, TaskState, Taken};
+use tend_api::{Assignment, DesiredBook, DesiredState, JobResult, RunState, Taken, TaskState};
 use tend_model::Clock;
 
 use crate::agent::{AgentSt, SimAgent, SimJob};
@@ -17,7 +17,13 @@ use crate::world::World;
 /// Makes the running set equal the desired set held in `book`: every instance (`Taken::All`),
 /// or only those an answer by difference changed. (Released volume sets and job runs come whole
 /// in every answer.)
-pub(crate) async fn reconcile(ag: &Arc<SimAgent>, w: &Arc<World>, d: DesiredState, book: &DesiredBook, taken: Taken) {
+pub(crate) async fn reconcile(
+    ag: &Arc<SimAgent>,
+    w: &Arc<World>,
+    d: DesiredState,
+    book: &DesiredBook,
+    taken: Taken,
+) {
     let want = book.held();
     let mut log = Vec::new();
     let mut to_delete = Vec::new();

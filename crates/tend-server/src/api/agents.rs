@@ -129,7 +129,11 @@ pub(super) async fn desired(
 ) -> ApiResult<DesiredState> {
     own(&who, &id)?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(20_000).min(60_000));
-    Ok(Json(AgentProtocol::desired(&s.control, &id, q.index, wait, q.held_from.as_deref()).await.map_err(refusal)?))
+    Ok(Json(
+        AgentProtocol::desired(&s.control, &id, q.index, wait, q.held_from.as_deref())
+            .await
+            .map_err(refusal)?,
+    ))
 }
 
 /// The agent's full status report (also its heartbeat).
