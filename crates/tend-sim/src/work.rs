@@ -9,10 +9,10 @@ use tend_api::{Assignment, DesiredBook, DesiredState, JobResult, RunState, Taken
 use tend_model::Clock;
 
 use crate::agent::{AgentSt, SimAgent, SimJob};
-
-type Key = (String, String);
 use crate::pod::SimPod;
 use crate::world::World;
+
+type Key = (String, String);
 
 /// Makes the running set equal the desired set held in `book`: every instance (`Taken::All`),
 /// or only those an answer by difference changed. (Released volume sets and job runs come whole
