@@ -40,6 +40,9 @@ pub struct TaskSet {
     /// Per task, the last diff that found it current (the agent's end only).
     marks: Vec<u32>,
     index: HashMap<String, HashMap<String, Vec<usize>, RandomState>, RandomState>,
+    /// The last full report listed a key twice: a lookup finds the first only, so no delta is
+    /// computed against these tasks.
+    repeats: bool,
 }
 
 impl TaskSet {
@@ -65,8 +68,11 @@ impl TaskSet {
     /// Replaces every task (a full report).
     pub fn replace(&mut self, tasks: Vec<TaskStatus>) {
         self.index.clear();
+        self.repeats = false;
         for (i, t) in tasks.iter().enumerate() {
-            self.index.entry(t.service.clone()).or_default().entry(t.instance.clone()).or_default().push(i);
+            let ps = self.index.entry(t.service.clone()).or_default().entry(t.instance.clone()).or_default();
+            self.repeats |= ps.iter().any(|p| tasks.get(*p).is_some_and(|o| same_key(o, t)));
+            ps.push(i);
         }
         self.marks = vec![0; tasks.len()];
         self.tasks = tasks;
@@ -209,6 +215,11 @@ impl DeltaReporter {
 
     /// What changed since the acknowledged tasks; None: the current tasks repeat a key.
     fn diff(&mut self, base: u64, current: &[&TaskStatus]) -> Option<Delta> {
+        // Acknowledged tasks that repeat a key make a key ambiguous (which one changed, which
+        // one is gone): everything again, until a full report without repeats is acknowledged.
+        if self.tasks.repeats {
+            return None;
+        }
         self.round = self.round.wrapping_add(1).max(1);
         let (round, set) = (self.round, &mut self.tasks);
         let mut tasks = Vec::new();
