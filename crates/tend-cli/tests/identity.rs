@@ -43,6 +43,13 @@ fn impersonation_attempts_are_refused() {
     let cluster_token = std::fs::read_to_string(c.data().join("cluster-token")).unwrap();
     let own = |c: &Cluster| c.raw_as_agent("a", "GET", "/v1/agent/a1/desired?wait_ms=1", None);
     assert_eq!(own(&c).0, 200, "an agent reads its own desired state");
+    // A difference on another control plane's state is never given; an oversized id is refused.
+    let (code, v) =
+        c.raw_as_agent("a", "GET", "/v1/agent/a1/desired?wait_ms=1&index=5&held_from=elsewhere", None);
+    assert_eq!((code, v.get("base_index")), (200, None), "{v}");
+    let long = format!("/v1/agent/a1/desired?wait_ms=1&held_from={}", "x".repeat(129));
+    let (code, v) = c.raw_as_agent("a", "GET", &long, None);
+    assert_eq!((code, v["error"]["code"].as_str()), (400, Some("bad_request")), "{v}");
     // No certificate; the old shared token; a certificate of another CA.
     let (code, v) = c.raw("POST", "/v1/agent/a1/status", None, Some(report));
     assert_eq!((code, v["error"]["code"].as_str()), (401, Some("unauthorized")), "{v}");

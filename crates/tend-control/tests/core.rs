@@ -3,11 +3,14 @@
 
 use std::sync::Arc;
 
-use tend_control::services::{submit, Submission};
+use tend_control::services::submit;
 use tend_control::{Control, ControlConfig};
 use tend_model::{Clock, ManualClock, SharedClock};
 use tend_store::memory::MemoryStore;
 use tend_store::StateStore;
+
+mod common;
+use common::{register_req, submission};
 
 const SPEC: &str = "version: 1\nname: s\npods:\n  w:\n    tasks: { t: { cmd: 'exec sleep 600' } }\n";
 
@@ -15,18 +18,6 @@ async fn server(store: Arc<dyn StateStore>, events_keep: usize) -> Control {
     let clock: SharedClock = Arc::new(ManualClock::new(1_700_000_000_000));
     let cfg = ControlConfig { events_keep, ..Default::default() };
     Control::new(cfg, store, clock).await.unwrap()
-}
-
-fn submission(text: &str, expected: Option<u64>) -> Submission {
-    Submission {
-        spec: tend_spec::load_service("s.yml", text).unwrap(),
-        text: text.into(),
-        file: "s.yml".into(),
-        artifacts: Default::default(),
-        expected_generation: expected,
-        rollback: None,
-        allow_data_loss: false,
-    }
 }
 
 #[tokio::test]
@@ -97,23 +88,6 @@ async fn spec_changes_are_serialised_and_a_stale_expected_generation_is_refused(
     assert_eq!((err.0, err.1), (409, "stale_generation"));
     let stored = store.get("services/s/spec").await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&stored.value).contains("\"generation\":13"));
-}
-
-fn register_req(id: &str, cluster: Option<&str>) -> tend_api::RegisterRequest {
-    tend_api::RegisterRequest {
-        agent_id: id.into(),
-        host: "127.0.0.1".into(),
-        agent_url: "http://127.0.0.1:1".into(),
-        attributes: Default::default(),
-        resources: tend_api::AgentResources {
-            cpus: 4.0,
-            memory_mb: 4096,
-            disk_mb: 10_000,
-            port_range: [20_000, 20_100],
-        },
-        cluster_id: cluster.map(str::to_string),
-        revision: None,
-    }
 }
 
 /// `agent`'s desired state, long-polled (a bounded number of times) until it lists something.

@@ -7,41 +7,24 @@ use std::time::Duration;
 
 use tend_api::{Assignment, DesiredBook, DesiredState, StatusReport, TaskState, TaskStatus};
 use tend_control::agents::AgentProtocol;
-use tend_control::services::{submit, Submission};
+use tend_control::services::submit;
 use tend_control::{Control, ControlConfig};
 use tend_model::{Clock, ManualClock};
 use tend_store::memory::MemoryStore;
 use tend_store::StateStore;
 
+mod common;
+use common::{register_req, submission};
+
 const SPEC: &str = "version: 1\nname: s\npods:\n  w:\n    count: 6\n    tasks: { t: { cmd: 'exec sleep 600', env: { V: '1' } } }\n";
 
-fn submission(text: &str) -> Submission {
-    Submission {
-        spec: tend_spec::load_service("s.yml", text).unwrap(),
-        text: text.into(),
-        file: "s.yml".into(),
-        artifacts: Default::default(),
-        expected_generation: None,
-        rollback: None,
-        allow_data_loss: false,
-    }
-}
-
-fn register_req(id: &str) -> tend_api::RegisterRequest {
-    tend_api::RegisterRequest {
-        agent_id: id.into(),
-        host: "127.0.0.1".into(),
-        agent_url: "http://127.0.0.1:1".into(),
-        attributes: Default::default(),
-        resources: tend_api::AgentResources {
-            cpus: 16.0,
-            memory_mb: 65_536,
-            disk_mb: 100_000,
-            port_range: [20_000, 20_100],
-        },
-        cluster_id: None,
-        revision: None,
-    }
+/// An agent with room for the 6 instances.
+fn register_big(id: &str) -> tend_api::RegisterRequest {
+    let mut r = register_req(id, None);
+    r.resources.cpus = 16.0;
+    r.resources.memory_mb = 65_536;
+    r.resources.disk_mb = 100_000;
+    r
 }
 
 fn sorted(mut v: Vec<Assignment>) -> Vec<Assignment> {
@@ -131,14 +114,14 @@ async fn an_agent_taking_differences_holds_what_a_full_answer_says() {
     let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
     let clock = ManualClock::new(1_700_000_000_000);
     let s = Control::new(ControlConfig::default(), store, Arc::new(clock.clone())).await.unwrap();
-    s.register(register_req("a1")).await.unwrap();
-    submit(&s, submission(SPEC)).await.unwrap();
+    s.register(register_big("a1")).await.unwrap();
+    submit(&s, submission(SPEC, None)).await.unwrap();
     let mut a =
         Agent { book: DesiredBook::new(), index: 0, held: Vec::new(), seq: 0, differences: 0, compared: 0 };
     drive(&s, &clock, &mut a, |held| held.len() == 6).await;
     assert!(a.differences >= 5, "one answer per launch, by difference: {}", a.differences);
     // A rolling update: every instance gets a new incarnation, one by one.
-    submit(&s, submission(&SPEC.replace("V: '1'", "V: '2'"))).await.unwrap();
+    submit(&s, submission(&SPEC.replace("V: '1'", "V: '2'"), None)).await.unwrap();
     drive(&s, &clock, &mut a, |held| held.len() == 6 && held.iter().all(|x| x.incarnation == 2)).await;
     assert!(a.compared >= 10, "compared {} times", a.compared);
     assert!(a.held.iter().all(|x| x.tasks[0].env.get("V").map(String::as_str) == Some("2")));
@@ -147,7 +130,7 @@ async fn an_agent_taking_differences_holds_what_a_full_answer_says() {
     let before = a.differences;
     let text =
         SPEC.replace("V: '1'", "V: '2'") + "recovery:\n  backoff: { initial_seconds: 7, max_seconds: 60 }\n";
-    submit(&s, submission(&text)).await.unwrap();
+    submit(&s, submission(&text, None)).await.unwrap();
     drive(&s, &clock, &mut a, |held| held.len() == 6 && held.iter().all(|x| x.backoff.initial_ms == 7_000))
         .await;
     a.poll(&s).await;

@@ -117,6 +117,9 @@ pub(super) struct DesiredQuery {
     held_from: Option<String>,
 }
 
+/// Longest `held_from` taken (a control plane's source id is far shorter).
+const HELD_FROM_MAX: usize = 128;
+
 /// Long-polls the incarnations the agent must run.
 #[utoipa::path(get, path = "/v1/agent/{id}/desired", tag = "agent", security(("clusterToken" = []), ("agentCertificate" = [])), params(("id" = String, Path, description = "the agent; its certificate must name it"), DesiredQuery),
     responses((status = 200, description = "what the agent must run", body = DesiredState),
@@ -128,6 +131,9 @@ pub(super) async fn desired(
     QueryParams(q): QueryParams<DesiredQuery>,
 ) -> ApiResult<DesiredState> {
     own(&who, &id)?;
+    if q.held_from.as_ref().is_some_and(|h| h.len() > HELD_FROM_MAX) {
+        return Err(bad(format!("held_from is longer than {HELD_FROM_MAX} characters")));
+    }
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(20_000).min(60_000));
     Ok(Json(
         AgentProtocol::desired(&s.control, &id, q.index, wait, q.held_from.as_deref())
