@@ -5,7 +5,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use foldhash::fast::RandomState;
+// Fixed: the same tasks iterate alike in every process (the simulator's seed decides all).
+use foldhash::fast::FixedState as RandomState;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -187,6 +188,8 @@ impl Delta {
 struct Sent {
     seq: u64,
     delta: Delta,
+    /// The generation of the tasks it was taken from (see [`DeltaReporter::report_at`]).
+    gen: Option<u64>,
 }
 
 /// The agent's end: what the control plane acknowledged, and the report in flight.
@@ -194,6 +197,8 @@ struct Sent {
 pub struct DeltaReporter {
     acked: Option<u64>,
     tasks: TaskSet,
+    /// The generation the acknowledged tasks were taken at, when the caller counts them.
+    acked_gen: Option<u64>,
     sent: Option<Sent>,
     /// Numbers the diffs (see `TaskSet::marks`).
     round: u32,
@@ -203,13 +208,40 @@ impl DeltaReporter {
     /// The tasks part of report `seq`, given every task the agent runs now: everything until a
     /// report is acknowledged (or when the current tasks repeat a key), else what changed.
     pub fn report<'a>(&mut self, seq: u64, current: impl IntoIterator<Item = &'a TaskStatus>) -> Delta {
+        self.take(seq, None, current)
+    }
+
+    /// [`Self::report`] for an agent that numbers its tasks' generations: `gen` changes whenever
+    /// a task may have changed (a start, an exit, a readiness, a task added or gone). When the
+    /// acknowledged tasks were taken at `gen`, nothing changed since: the delta is empty and
+    /// `current` is not called (a heartbeat costs nothing per task).
+    pub fn report_at<'a, I>(&mut self, seq: u64, gen: u64, current: impl FnOnce() -> I) -> Delta
+    where
+        I: IntoIterator<Item = &'a TaskStatus>,
+    {
+        match self.acked {
+            Some(base) if self.acked_gen == Some(gen) && !self.tasks.repeats => {
+                let delta = Delta { base_seq: Some(base), tasks: Vec::new(), gone: Vec::new() };
+                self.sent = Some(Sent { seq, delta: delta.clone(), gen: Some(gen) });
+                delta
+            }
+            _ => self.take(seq, Some(gen), current()),
+        }
+    }
+
+    fn take<'a>(
+        &mut self,
+        seq: u64,
+        gen: Option<u64>,
+        current: impl IntoIterator<Item = &'a TaskStatus>,
+    ) -> Delta {
         let current: Vec<&TaskStatus> = current.into_iter().collect();
         let delta = match self.acked {
             Some(base) => self.diff(base, &current),
             None => None,
         }
         .unwrap_or_else(|| Delta::full(current.iter().map(|t| (*t).clone()).collect()));
-        self.sent = Some(Sent { seq, delta: delta.clone() });
+        self.sent = Some(Sent { seq, delta: delta.clone(), gen });
         delta
     }
 
@@ -278,6 +310,7 @@ impl DeltaReporter {
             Some(_) => self.tasks.apply(sent.delta.tasks, &sent.delta.gone),
         }
         self.acked = Some(seq);
+        self.acked_gen = sent.gen;
     }
 
     /// The report in flight got no answer: the next one differs from the same base (the

@@ -119,8 +119,16 @@ proptest! {
     /// Whatever is lost, refused or delivered twice, every report the control plane applies
     /// leaves it with exactly the tasks the agent had when it sent that report.
     #[test]
-    fn the_control_plane_holds_what_the_agent_sent(ops in proptest::collection::vec(op(), 1..60)) {
+    fn the_control_plane_holds_what_the_agent_sent(
+        ops in proptest::collection::vec(op(), 1..60),
+        counted in any::<bool>(),
+    ) {
         let mut agent = DeltaReporter::default();
+        // With `counted`, the agent numbers its tasks' generations (`report_at`).
+        let mut gen = 0u64;
+        let mut report = |agent: &mut DeltaReporter, seq: u64, gen: u64, now: &[TaskStatus]| {
+            if counted { agent.report_at(seq, gen, || now) } else { agent.report(seq, now) }
+        };
         let mut server = Server::default();
         let mut now: Vec<TaskStatus> = Vec::new();
         let mut seq = 0;
@@ -135,19 +143,22 @@ proptest! {
                         Some(x) => *x = new,
                         None => now.push(new),
                     }
+                    gen += 1;
                 }
                 Op::Remove(i, t) => {
+                    gen += 1;
                     let inst = format!("n-{i}");
                     now.retain(|x| !(x.instance == inst && x.task == ["a", "b"][t as usize]));
                 }
                 Op::Repeat(i) => {
                     if let Some(x) = now.get(i as usize).cloned() {
                         now.push(x);
+                        gen += 1;
                     }
                 }
                 Op::Report { delivered, answered, duplicate } => {
                     seq += 1;
-                    let d = agent.report(seq, &now);
+                    let d = report(&mut agent, seq, gen, &now);
                     // A repeated report arrives late, after what the agent sent next.
                     if let Some((s, old)) = late.pop() {
                         server.receive(s, &old);
@@ -174,7 +185,7 @@ proptest! {
         // Faults stop: within two reports the control plane holds the agent's tasks.
         for _ in 0..2 {
             seq += 1;
-            let d = agent.report(seq, &now);
+            let d = report(&mut agent, seq, gen, &now);
             let applied = server.receive(seq, &d);
             agent.acked(seq, !applied);
         }
@@ -208,4 +219,24 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_heartbeat_at_an_acknowledged_generation_looks_at_no_task() {
+    let mut agent = DeltaReporter::default();
+    let now = vec![task(0, 1, "a", TaskState::Running, 0)];
+    let d = agent.report_at(1, 7, || &now);
+    assert_eq!(d.base_seq, None, "nothing acknowledged yet: everything");
+    // Unanswered: the next report at the same generation still differs from nothing.
+    agent.failed();
+    let d = agent.report_at(2, 7, || &now);
+    assert_eq!(d.base_seq, None);
+    agent.acked(2, false);
+    let d = agent.report_at(3, 7, || -> &[TaskStatus] { panic!("no task is looked at") });
+    assert_eq!(d, Delta { base_seq: Some(2), tasks: vec![], gone: vec![] });
+    agent.acked(3, false);
+    // A new generation is diffed: what changed goes.
+    let later = vec![task(0, 1, "a", TaskState::Exited, 1)];
+    let d = agent.report_at(4, 8, || &later);
+    assert_eq!((d.base_seq, d.tasks.len()), (Some(3), 1));
 }

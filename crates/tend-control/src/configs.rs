@@ -4,8 +4,9 @@
 //! kept in the store (`services/<name>/generations/<n>`) while an instance runs one of its
 //! configs, or it is the current or the last deployed generation.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use tend_model::hash::HashMap;
 
 use tend_spec::{PodSpec, ServiceSpec};
 use tend_store::TxnOp;

@@ -3,8 +3,8 @@
 //! and after it completes (`update.health_gate`, e.g. `etcdctl endpoint health --cluster`).
 //! Runs reach agents as job runs in their desired state; results come back with their reports.
 
-use std::collections::HashMap;
 use std::time::Duration;
+use tend_model::hash::HashMap;
 
 use tend_api::{JobResult, JobRun, RunState};
 use tend_spec::{HealthGate, ServiceSpec};

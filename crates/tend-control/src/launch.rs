@@ -4,8 +4,9 @@
 //! volume set) concurrently so the store commits them together, then wakes the agents once.
 //! Each launch is still its own compare-and-swap transaction written before any agent hears of it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use tend_model::hash::{HashMap, HashSet};
 
 use tend_scheduler::{AgentSnapshot, Cluster, Decision, Request, Resources, Rules};
 use tend_spec::{PodSpec, ServiceSpec};
@@ -154,7 +155,7 @@ impl Snapshot {
         Ok(Snapshot {
             cluster: Cluster::new(agents.into_values().collect()),
             state: state.clone(),
-            counted: HashSet::new(),
+            counted: HashSet::default(),
         })
     }
 
@@ -209,7 +210,7 @@ pub async fn ensure_launched(server: &Control, service: &str, instance: &str) ->
     }
     let waiting: Vec<(u64, (String, String))> =
         std::mem::take(&mut *q.pending.lock().unwrap_or_else(|e| e.into_inner()));
-    let mut seen = HashSet::new();
+    let mut seen = HashSet::default();
     let batch: Vec<(String, String)> = waiting
         .iter()
         .map(|(_, k)| k.clone())

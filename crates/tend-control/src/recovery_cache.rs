@@ -8,7 +8,8 @@
 //! A new control plane starts with an empty cache (its first pass looks at everything), and a
 //! full pass runs at least every `FULL_PASS_MS` all the same.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+use tend_model::hash::{HashMap, HashSet};
 
 use tend_api::{StepStatus, TaskStatus};
 use tend_scheduler::recovery::InstanceView;
@@ -61,7 +62,7 @@ pub fn changed_instances<'a>(old: &'a [TaskStatus], new: &'a [TaskStatus]) -> Ha
             .collect();
     }
     fn group(ts: &[TaskStatus]) -> HashMap<(&str, &str), Vec<&TaskStatus>> {
-        let mut m: HashMap<(&str, &str), Vec<&TaskStatus>> = HashMap::new();
+        let mut m: HashMap<(&str, &str), Vec<&TaskStatus>> = HashMap::default();
         for t in ts {
             m.entry((t.service.as_str(), t.instance.as_str())).or_default().push(t);
         }

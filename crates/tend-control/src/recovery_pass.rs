@@ -9,7 +9,8 @@
 //! changed, not the cluster's size. The first pass of a control plane, a resync of the cluster
 //! state, a change of a service's target configs and a periodic safety net look at everything.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+use tend_model::hash::HashSet;
 
 use tend_api::{StepStatus, TaskState, TaskStatus};
 use tend_plan::Status;
@@ -370,7 +371,7 @@ async fn busy_steps(
     deploy: Option<&tend_plan::Plan>,
     candidates: &BTreeSet<String>,
 ) -> anyhow::Result<HashSet<String>> {
-    let mut busy = HashSet::new();
+    let mut busy = HashSet::default();
     let Some(plan) = deploy.filter(|_| !candidates.is_empty()) else { return Ok(busy) };
     let engine = engine(server, svc);
     for node in plan.steps.iter().filter(|n| candidates.contains(&n.name)) {

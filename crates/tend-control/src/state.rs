@@ -4,8 +4,9 @@
 //! picture has caught up with the store's revision at the time of asking, so what they read is
 //! at least as new as anything written before they asked.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};
+use tend_model::hash::{HashMap, HashSet};
 
 use tend_store::{Change, EventKind, Revision, StateStore, WatchEvent, Watcher};
 use tokio::sync::watch;
@@ -457,8 +458,8 @@ mod tests {
 
     /// Recomputes what the aggregates must say, from every instance.
     fn recount(index: &Index) -> (HashMap<String, AgentUsage>, HashMap<String, HashMap<String, u32>>) {
-        let mut usage: HashMap<String, AgentUsage> = HashMap::new();
-        let mut groups: HashMap<String, HashMap<String, u32>> = HashMap::new();
+        let mut usage: HashMap<String, AgentUsage> = HashMap::default();
+        let mut groups: HashMap<String, HashMap<String, u32>> = HashMap::default();
         for (svc, m) in &index.services {
             for rec in m.values() {
                 let Some(res) = &rec.reservation else { continue };

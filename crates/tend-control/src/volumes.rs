@@ -2,7 +2,8 @@
 //! in the same transaction as the instance that owns them, the lifecycle reconciler (pure
 //! decisions in `crate::rules::volumes`), release to agents and their confirmations.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+use tend_model::hash::HashMap;
 
 use crate::rules::volumes::{decide, refuse_delete, to_release, VolumeAction};
 use tend_api::EventKind;

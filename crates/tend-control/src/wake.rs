@@ -2,10 +2,10 @@
 //! instances (or volumes) changed, or when something every agent sees changed, not on every
 //! change in the cluster. With 10,000 agents, a launch wakes the agents it launched on, not all.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
+use tend_model::hash::HashMap;
 
 use tokio::sync::watch;
 
@@ -55,7 +55,7 @@ impl AgentWake {
         AgentWake {
             seq: AtomicU64::new(base),
             all: watch::channel(base).0,
-            agents: Mutex::new(Lanes { lanes: HashMap::new(), reset: base }),
+            agents: Mutex::new(Lanes { lanes: HashMap::default(), reset: base }),
         }
     }
 

@@ -4,6 +4,7 @@
 //! The pure crates (spec, plan, scheduler) never read the system clock. They take a `&dyn Clock`
 //! or a plain `now_ms` value; the edge crates inject [`SystemClock`], tests inject [`ManualClock`].
 
+pub mod hash;
 pub mod ids;
 pub mod instance;
 pub mod volume;

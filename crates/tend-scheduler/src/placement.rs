@@ -5,7 +5,8 @@
 //! stops after `CANDIDATES` feasible agents, choosing the least loaded of them (spread). Only an
 //! instance that cannot be placed scans every eligible agent, to explain why.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use tend_model::hash::HashMap;
 
 use regex::Regex;
 
@@ -127,7 +128,7 @@ struct Exclusions {
 impl Cluster {
     pub fn new(agents: Vec<AgentSnapshot>) -> Cluster {
         let by_id = agents.iter().enumerate().map(|(i, a)| (a.id.clone(), i)).collect();
-        Cluster { agents, by_id, groups: HashMap::new(), rules: HashMap::new() }
+        Cluster { agents, by_id, groups: HashMap::default(), rules: HashMap::default() }
     }
 
     /// Declares a group's rules (before placing or counting its instances).

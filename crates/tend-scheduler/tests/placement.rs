@@ -1,7 +1,8 @@
 //! Placement tests: the data-store example on three zones, pending reasons, spread, ports,
 //! existing reservations, and properties (capacity and rules never violated).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+use tend_model::hash::HashMap;
 
 use proptest::prelude::*;
 use tend_scheduler::*;
@@ -148,8 +149,8 @@ fn spreads_and_reserves_ports() {
     let mut c = Cluster::new(three_zones());
     let reqs: Vec<Request> = (0..30).map(|i| req(&format!("s-{i}"), "s", 0.1, 10)).collect();
     let d = place_all(&mut c, &reqs);
-    let mut per: HashMap<String, usize> = HashMap::new();
-    let mut ports: HashMap<String, BTreeSet<u16>> = HashMap::new();
+    let mut per: HashMap<String, usize> = HashMap::default();
+    let mut ports: HashMap<String, BTreeSet<u16>> = HashMap::default();
     for x in &d {
         if let Decision::Placed { agent, ports: p, .. } = x {
             *per.entry(agent.clone()).or_default() += 1;
@@ -220,8 +221,8 @@ proptest! {
             })
             .collect();
         let d = place_all(&mut c, &rs);
-        let mut used: HashMap<String, Resources> = HashMap::new();
-        let mut count: HashMap<String, u32> = HashMap::new();
+        let mut used: HashMap<String, Resources> = HashMap::default();
+        let mut count: HashMap<String, u32> = HashMap::default();
         let mut zone_count: BTreeMap<String, u32> = BTreeMap::new();
         for (x, r) in d.iter().zip(rs.iter()) {
             if let Decision::Placed { agent, .. } = x {

@@ -63,6 +63,17 @@ pub struct AgentSt {
     pub(crate) delta: tend_api::DeltaReporter,
     /// Fencing killed something: the next long-poll asks at once (as the real agent does).
     pub(crate) refetch: bool,
+    /// The generation of what this agent reports: moved by everything that may change a task's
+    /// status or which tasks are reported (`touched`), so that a heartbeat on an unchanged
+    /// agent sends an empty delta without comparing every task (`DeltaReporter::report_at`).
+    gen: u64,
+}
+
+impl AgentSt {
+    /// Something reported may have changed.
+    pub(crate) fn touched(&mut self) {
+        self.gen += 1;
+    }
 }
 
 /// One simulated agent.
@@ -97,6 +108,7 @@ impl SimAgent {
                 deltas: false,
                 delta: Default::default(),
                 refetch: false,
+                gen: 0,
             }),
             loops: Mutex::new(Vec::new()),
             changed: Notify::new(),
@@ -115,6 +127,7 @@ impl SimAgent {
                 return;
             }
             st.alive = true;
+            st.touched();
             st.last_contact = st.clock.now_ms();
             // What ran before the restart is re-adopted when the control plane still wants it.
             st.adoptable = st.pods.keys().cloned().collect();
@@ -135,6 +148,7 @@ impl SimAgent {
         self.stop_loops();
         let mut st = self.lock();
         st.alive = false;
+        st.touched();
         st.released.clear();
         st.ghosts.clear();
         st.conflict = None;
@@ -153,6 +167,7 @@ impl SimAgent {
         self.crash();
         let mut st = self.lock();
         st.machine_up = false;
+        st.touched();
         st.pods.clear();
         st.adoptable.clear();
     }
@@ -181,6 +196,7 @@ impl SimAgent {
     /// A fault: one serving task of a random pod exits now (`loop_ms`: and keeps crashing that long).
     pub fn crash_task(&self, rng: &mut Rng, loop_ms: u64) -> Option<(String, String, String)> {
         let mut st = self.lock();
+        st.touched();
         let keys: Vec<Key> = st.pods.keys().cloned().collect();
         let k = rng.pick(&keys)?.clone();
         let now = st.clock.now_ms();
@@ -248,16 +264,17 @@ fn report(ag: &SimAgent) -> StatusReport {
     let mut guard = ag.lock();
     let st = &mut *guard;
     st.seq += 1;
-    let current = st
-        .pods
-        .iter()
-        .filter(|(k, _)| !st.adoptable.contains(*k))
-        .flat_map(|(_, p)| p.tasks.iter().map(|t| &t.status))
-        .chain(st.ghosts.iter());
+    let (pods, adoptable, ghosts) = (&st.pods, &st.adoptable, &st.ghosts);
+    let current = || {
+        pods.iter()
+            .filter(|(k, _)| !adoptable.contains(*k))
+            .flat_map(|(_, p)| p.tasks.iter().map(|t| &t.status))
+            .chain(ghosts.iter())
+    };
     let tasks = if st.deltas {
-        st.delta.report(st.seq, current)
+        st.delta.report_at(st.seq, st.gen, current)
     } else {
-        tend_api::Delta::full(current.cloned().collect())
+        tend_api::Delta::full(current().cloned().collect())
     };
     StatusReport {
         seq: st.seq,

@@ -141,6 +141,28 @@ impl SimPod {
         t.ready_at = Some(now + rng.range(20, 600));
     }
 
+    /// Whether `advance(now)` has anything to do: exactly its conditions, so that a pod with
+    /// nothing due is not touched (and draws nothing from the agent's random numbers).
+    pub fn due(&self, now: u64) -> bool {
+        match self.phase {
+            Phase::Preparing { until } | Phase::Prelude { until, .. } => now >= until,
+            Phase::Failed => false,
+            Phase::Running => {
+                self.tasks.iter().filter(|t| t.launch.goal == TaskGoal::Running).any(|t| {
+                    match t.status.state {
+                        TaskState::Starting => true,
+                        TaskState::Running => {
+                            t.exit_at.is_some_and(|(at, _)| now >= at)
+                                || (t.ready_at.is_some_and(|r| now >= r) && !t.status.ready)
+                        }
+                        TaskState::Exited | TaskState::Killed => t.restart_at.is_some_and(|r| now >= r),
+                        _ => false,
+                    }
+                })
+            }
+        }
+    }
+
     /// Moves the incarnation on to `now`; returns what happened, for the trace.
     pub fn advance(&mut self, now: u64, rng: &mut Rng) -> Vec<String> {
         let mut out = Vec::new();

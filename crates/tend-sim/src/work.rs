@@ -30,6 +30,7 @@ pub(crate) async fn reconcile(
     {
         let mut st = ag.lock();
         let now = st.clock.now_ms();
+        st.touched();
         st.ghosts.clear();
         // Pods from before a restart are sorted out by a look at everything.
         let scope: Option<Vec<Key>> = match taken {
@@ -175,13 +176,19 @@ pub(crate) async fn tick_loop(ag: Arc<SimAgent>, w: Arc<World>) {
             let mut st = ag.lock();
             let now = st.clock.now_ms();
             let st = &mut *st;
+            let mut moved = false;
+            // Only a pod with something due moves (and moves the reported generation).
             for (k, p) in st.pods.iter_mut() {
-                if st.adoptable.contains(k) {
+                if st.adoptable.contains(k) || !p.due(now) {
                     continue;
                 }
+                moved = true;
                 for e in p.advance(now, &mut st.rng) {
                     log.push(format!("{}/{}#{}: {e}", k.0, k.1, p.a.incarnation));
                 }
+            }
+            if moved {
+                st.touched();
             }
             let silent = now.saturating_sub(st.last_contact);
             let fenced: Vec<(String, String)> = st
@@ -192,6 +199,7 @@ pub(crate) async fn tick_loop(ag: Arc<SimAgent>, w: Arc<World>) {
                 .collect();
             if !fenced.is_empty() {
                 st.refetch = true;
+                st.touched();
             }
             for k in fenced {
                 if let Some(p) = st.pods.remove(&k) {

@@ -85,3 +85,22 @@ fn a_failure_names_its_replay_command() {
     assert!(c.replay().contains("--seed 5") && c.replay().contains("--faults agent-crash,partition"));
     assert!("no-such-fault".parse::<Faults>().is_err());
 }
+
+/// The same seed in separate processes: nothing the control plane decides may depend on the
+/// process (std's hash maps are seeded per process; seed 34 took one of two traces at random
+/// when an iterated map was one of them).
+#[test]
+fn one_seed_gives_one_trace_in_every_process() {
+    let digests: std::collections::BTreeSet<String> = (0..6)
+        .map(|_| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_tend-sim"))
+                .args(["--seed", "34", "--json"])
+                .output()
+                .expect("tend-sim runs");
+            assert!(out.status.success(), "seed 34: {}", String::from_utf8_lossy(&out.stdout));
+            let line: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+            line["digest"].as_str().unwrap_or_default().to_string()
+        })
+        .collect();
+    assert_eq!(digests.len(), 1, "one seed, one trace in every process: {digests:?}");
+}

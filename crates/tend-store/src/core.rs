@@ -3,8 +3,9 @@
 //! A backend supplies storage through [`KvAccess`]; this module decides what a transaction does,
 //! so that the in-memory and redb backends (and the conformance suite) agree to the letter.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Mutex;
+use tend_model::hash::HashMap;
 
 use tokio::sync::mpsc;
 

@@ -3,8 +3,9 @@
 //! gate, hands runs to agents through the desired state, records history guarded by the lease,
 //! renews leases and aborts a run whose lease may have expired.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use tend_model::hash::HashMap;
 
 use serde::{Deserialize, Serialize};
 use tend_api::{JobResult, JobRun};

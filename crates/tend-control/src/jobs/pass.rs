@@ -2,8 +2,8 @@
 //! the instance records and history, decide (`tend_jobs::schedule`: queue, blocks, statuses,
 //! the next moment anything changes by time), act (take leases, record runs, raise alarms).
 
-use std::collections::HashMap;
 use std::time::Duration;
+use tend_model::hash::HashMap;
 
 use tend_jobs::history::{self, RunRecord, RunStatus};
 use tend_jobs::lease::{Acquired, Held, LeaseManager, Scope};
@@ -134,7 +134,7 @@ impl ServicePass<'_> {
         let (server, svc, now) = (self.server, self.svc, self.now);
         let instances = server.instances(svc).await?;
         // On-demand requests of this service, in one read.
-        let wanted: std::collections::HashSet<String> = server
+        let wanted: tend_model::hash::HashSet<String> = server
             .inner
             .store
             .range(&format!("jobs/ondemand/{svc}/"))
@@ -216,7 +216,7 @@ impl ServicePass<'_> {
         meta: &[Meta],
         out: &mut Pass,
     ) -> anyhow::Result<HashMap<usize, Block>> {
-        let mut blocked = HashMap::new();
+        let mut blocked = HashMap::default();
         for (i, _) in schedule::queue(jis, self.pols, self.now) {
             let m = &meta[i];
             let job = &self.spec.jobs[m.job];
