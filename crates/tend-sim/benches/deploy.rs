@@ -13,6 +13,10 @@ use std::time::Instant;
 
 use tend_sim::{run, Faults, SimConfig};
 
+/// The allocator `tend` and `tend-sim` run with.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

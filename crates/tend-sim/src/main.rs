@@ -2,6 +2,11 @@
 
 use clap::Parser;
 
+/// mimalloc: the control plane allocates small objects by the million (a third of the time in
+/// glibc's allocator at 100,000 instances).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "tend-sim", about = "Deterministic simulation of the tend control plane")]
 struct Cli {
