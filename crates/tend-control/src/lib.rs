@@ -161,6 +161,8 @@ pub struct Inner {
     pub jobs_gen: watch::Sender<u64>,
     /// Serialises placement and launch decisions.
     pub launch_lock: tokio::sync::Mutex<()>,
+    /// Volume ids reserved from the store's counter and not handed out yet (`volumes::next_id`).
+    pub volume_ids: Mutex<std::ops::Range<u64>>,
     /// Launch requests batched under the lock.
     pub launches: launch::LaunchQueue,
     /// True once every known agent has reported since this control plane started (or was
@@ -279,6 +281,7 @@ impl Control {
             tasks_gen: watch::channel(1).0,
             jobs_gen: watch::channel(1).0,
             launch_lock: tokio::sync::Mutex::new(()),
+            volume_ids: Mutex::new(0..0),
             launches: launch::LaunchQueue::default(),
             reconciled: watch::channel(false).0,
             recovery: Mutex::new(recovery::RecoveryBoard::default()),

@@ -13,27 +13,47 @@ use tend_store::{Compare, Txn, TxnOp};
 use crate::records::*;
 use crate::Control;
 
-/// Draws the next volume id: a compare-and-swap on the counter, so two callers never get the
-/// same id, and an id whose owner was never written is simply skipped, not reused.
+/// Volume ids reserved from the counter at a time: one store write per block, not per volume.
+pub const VOLUME_ID_BLOCK: u64 = 128;
+
+/// Draws the next volume id. Ids come from blocks reserved by compare-and-swap on the store's
+/// counter, so two callers (or two control planes) never get the same id; an id whose owner was
+/// never written — the rest of a block when its control plane stops — is simply skipped, never
+/// reused.
 pub async fn next_id(server: &Control) -> Result<VolumeId, String> {
+    let take = |ids: &mut std::ops::Range<u64>| ids.next().map(VolumeId::from_seq);
+    if let Some(id) = take(&mut server.inner.volume_ids.lock().unwrap_or_else(|e| e.into_inner())) {
+        return Ok(id);
+    }
+    let block = reserve_ids(server, VOLUME_ID_BLOCK).await?;
+    let mut ids = server.inner.volume_ids.lock().unwrap_or_else(|e| e.into_inner());
+    // Another caller may have refilled it meanwhile: then this block is skipped.
+    if ids.is_empty() {
+        *ids = block;
+    }
+    take(&mut ids).ok_or_else(|| "volume id counter exhausted".into())
+}
+
+/// Reserves `n` ids: the counter moves from its value c to c + n, and c+1 ..= c+n are ours.
+async fn reserve_ids(server: &Control, n: u64) -> Result<std::ops::Range<u64>, String> {
     for _ in 0..64 {
         let cur = server.inner.store.get(VOLUME_SEQ_KEY).await.map_err(|e| e.to_string())?;
-        let (n, cmp) = match &cur {
+        let (c, cmp) = match &cur {
             Some(kv) => (
                 std::str::from_utf8(&kv.value).ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0),
                 Compare::mod_revision_eq(VOLUME_SEQ_KEY, kv.mod_revision),
             ),
             None => (0, Compare::absent(VOLUME_SEQ_KEY)),
         };
-        let next = n + 1;
+        let top = c.checked_add(n).ok_or("volume id counter exhausted")?;
         let r = server
             .inner
             .store
-            .txn(Txn::new().when(cmp).then(TxnOp::put(VOLUME_SEQ_KEY, next.to_string())))
+            .txn(Txn::new().when(cmp).then(TxnOp::put(VOLUME_SEQ_KEY, top.to_string())))
             .await
             .map_err(|e| e.to_string())?;
         if r.succeeded {
-            return Ok(VolumeId::from_seq(next));
+            return Ok(c + 1..top + 1);
         }
     }
     Err("volume id counter contended; will retry".into())

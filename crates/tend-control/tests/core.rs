@@ -304,3 +304,30 @@ async fn a_replacement_placed_after_its_fence_wait_is_still_a_replacement() {
     assert_eq!(a.tasks.first().map(|t| t.name.as_str()), Some("on-replace"));
     s.stop();
 }
+
+/// Volume ids come in blocks (one counter write per block), are never handed out twice — by
+/// two control planes on one store, or across a restart — and a block's unused rest is skipped.
+#[tokio::test]
+async fn volume_ids_are_drawn_in_blocks_and_never_handed_out_twice() {
+    use tend_control::volumes::{next_id, VOLUME_ID_BLOCK};
+    let store: Arc<dyn StateStore> = MemoryStore::new(Arc::new(ManualClock::new(0)));
+    let (a, b) = (server(store.clone(), 100).await, server(store.clone(), 100).await);
+    let counter = || async {
+        let kv = store.get(tend_control::records::VOLUME_SEQ_KEY).await.unwrap();
+        kv.map(|kv| (String::from_utf8_lossy(&kv.value).to_string(), kv.version))
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..VOLUME_ID_BLOCK + 3 {
+        for s in [&a, &b] {
+            let id = next_id(s).await.unwrap();
+            assert!(seen.insert(id.clone()), "{id} handed out twice");
+        }
+    }
+    // Each control plane reserved two blocks: four counter writes for 262 ids.
+    assert_eq!(counter().await, Some(((4 * VOLUME_ID_BLOCK).to_string(), 4)));
+    // A restarted control plane starts past every block reserved, used or not.
+    let c = server(store.clone(), 100).await;
+    let first = next_id(&c).await.unwrap();
+    assert_eq!(first, tend_model::VolumeId::from_seq(4 * VOLUME_ID_BLOCK + 1));
+    assert!(!seen.contains(&first));
+}

@@ -17,12 +17,13 @@ use tend_sim::{run, Faults, SimConfig};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn rss_kb() -> u64 {
+/// A line of `/proc/self/status` in KB: `VmRSS` (resident now) or `VmHWM` (the peak so far).
+fn status_kb(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
         .unwrap_or(0)
@@ -60,11 +61,11 @@ fn main() {
         cfg.tick_ms = 500;
         cfg.converge_s = 3_600;
         cfg.keep_trace = 0;
-        let rss0 = rss_kb();
+        let (rss0, hwm0) = (status_kb("VmRSS:"), status_kb("VmHWM:"));
         let t = Instant::now();
         let r = run(cfg);
         let mut wall = t.elapsed().as_secs_f64();
-        let rss1 = rss_kb();
+        let (rss1, hwm1) = (status_kb("VmRSS:"), status_kb("VmHWM:"));
         match r {
             Ok(r) => {
                 let p = r.passes_us.unwrap_or_default();
@@ -74,10 +75,11 @@ fn main() {
                 let per_s = instances as f64 / wall;
                 let (full_us, one_us, des_us) = (p.full_us, p.one_report_us, p.desired_us);
                 println!(
-                    "{agents} agents, {instances} instances: deployed in {:.1} s simulated, {wall:.2} s wall; {per_s:.0} instances placed and launched per wall second ({:.4} per reference op); peak RSS growth {:.2} KB per instance; recovery pass: full {:.1} ms, after one agent's report {:.3} ms; one agent's desired state {:.2} ms",
+                    "{agents} agents, {instances} instances: deployed in {:.1} s simulated, {wall:.2} s wall; {per_s:.0} instances placed and launched per wall second ({:.4} per reference op); resident at the end {:.2} KB per instance (peak {:.2}); recovery pass: full {:.1} ms, after one agent's report {:.3} ms; one agent's desired state {:.2} ms",
                     sim_ms as f64 / 1000.0,
                     per_s * reference / 1e9,
                     (rss1.saturating_sub(rss0)) as f64 / instances as f64,
+                    (hwm1.saturating_sub(hwm0.max(rss0))) as f64 / instances as f64,
                     full_us as f64 / 1000.0,
                     one_us as f64 / 1000.0,
                     des_us as f64 / 1000.0
