@@ -221,6 +221,17 @@ impl DeltaReporter {
     {
         match self.acked {
             Some(base) if self.acked_gen == Some(gen) && !self.tasks.repeats => {
+                // Debug builds (every test, the simulator's seeds in CI) hold the caller to its
+                // promise: at an unchanged generation, the tasks are the acknowledged ones.
+                #[cfg(debug_assertions)]
+                {
+                    let now: Vec<&TaskStatus> = current().into_iter().collect();
+                    let d = self.diff(base, &now);
+                    assert!(
+                        d.is_some_and(|d| d.tasks.is_empty() && d.gone.is_empty()),
+                        "report_at: the tasks changed at unchanged generation {gen}"
+                    );
+                }
                 let delta = Delta { base_seq: Some(base), tasks: Vec::new(), gone: Vec::new() };
                 self.sent = Some(Sent { seq, delta: delta.clone(), gen: Some(gen) });
                 delta

@@ -126,7 +126,7 @@ proptest! {
         let mut agent = DeltaReporter::default();
         // With `counted`, the agent numbers its tasks' generations (`report_at`).
         let mut gen = 0u64;
-        let mut report = |agent: &mut DeltaReporter, seq: u64, gen: u64, now: &[TaskStatus]| {
+        let report = |agent: &mut DeltaReporter, seq: u64, gen: u64, now: &[TaskStatus]| {
             if counted { agent.report_at(seq, gen, || now) } else { agent.report(seq, now) }
         };
         let mut server = Server::default();
@@ -222,7 +222,7 @@ proptest! {
 }
 
 #[test]
-fn a_heartbeat_at_an_acknowledged_generation_looks_at_no_task() {
+fn a_heartbeat_at_an_acknowledged_generation_is_empty() {
     let mut agent = DeltaReporter::default();
     let now = vec![task(0, 1, "a", TaskState::Running, 0)];
     let d = agent.report_at(1, 7, || &now);
@@ -232,11 +232,29 @@ fn a_heartbeat_at_an_acknowledged_generation_looks_at_no_task() {
     let d = agent.report_at(2, 7, || &now);
     assert_eq!(d.base_seq, None);
     agent.acked(2, false);
-    let d = agent.report_at(3, 7, || -> &[TaskStatus] { panic!("no task is looked at") });
+    // The tasks are looked at only to check the caller's promise, in debug builds.
+    let looked = std::cell::Cell::new(0);
+    let d = agent.report_at(3, 7, || {
+        looked.set(looked.get() + 1);
+        &now
+    });
     assert_eq!(d, Delta { base_seq: Some(2), tasks: vec![], gone: vec![] });
+    assert_eq!(looked.get(), u32::from(cfg!(debug_assertions)));
     agent.acked(3, false);
     // A new generation is diffed: what changed goes.
     let later = vec![task(0, 1, "a", TaskState::Exited, 1)];
     let d = agent.report_at(4, 8, || &later);
     assert_eq!((d.base_seq, d.tasks.len()), (Some(3), 1));
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "the tasks changed at unchanged generation")]
+fn a_caller_that_breaks_its_generation_promise_is_caught_in_debug_builds() {
+    let mut agent = DeltaReporter::default();
+    let now = vec![task(0, 1, "a", TaskState::Running, 0)];
+    agent.report_at(1, 7, || &now);
+    agent.acked(1, false);
+    let later = vec![task(0, 1, "a", TaskState::Exited, 1)];
+    agent.report_at(2, 7, || &later);
 }

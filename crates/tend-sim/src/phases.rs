@@ -297,6 +297,7 @@ fn recovery_board(w: &World) -> String {
 async fn measure_passes(w: &World) {
     use tend_control::agents::AgentProtocol;
     let Some(server) = w.net.server() else { return };
+    let probe = w.cfg.probe.map(|read| read());
     let (sim0, wall0) = (w.clock.elapsed_ms(), std::time::Instant::now());
     // Settle first: every instance's config has stayed up long enough to count as ready (and
     // that is recorded), so that the passes measured find nothing due by time.
@@ -342,6 +343,7 @@ async fn measure_passes(w: &World) {
         full_us,
         one_report_us: one_us,
         desired_us,
+        probe,
         spent_sim_ms: w.clock.elapsed_ms() - sim0,
         spent_wall_us: wall0.elapsed().as_micros() as u64,
     };

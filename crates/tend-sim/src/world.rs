@@ -43,6 +43,9 @@ pub struct SimConfig {
     pub bulk: bool,
     /// How often simulated agents move their tasks on (ms).
     pub tick_ms: u64,
+    /// Benchmark mode: a reading taken once the deploy converged, with everything still alive
+    /// (the bench reads resident memory: the simulator itself reads nothing of the machine).
+    pub probe: Option<fn() -> u64>,
 }
 
 impl SimConfig {
@@ -59,6 +62,7 @@ impl SimConfig {
             keep_trace: 60,
             bulk: false,
             tick_ms: 50,
+            probe: None,
         }
     }
 
@@ -85,6 +89,8 @@ pub struct Passes {
     pub one_report_us: u64,
     /// One agent's desired state, µs.
     pub desired_us: u64,
+    /// `SimConfig::probe`'s reading once the deploy converged.
+    pub probe: Option<u64>,
     /// Simulated and wall time spent settling and measuring.
     pub spent_sim_ms: u64,
     pub spent_wall_us: u64,
