@@ -6,7 +6,7 @@
 use std::collections::{HashMap, HashSet};
 
 // Fixed: the same tasks iterate alike in every process (the simulator's seed decides all).
-use foldhash::fast::FixedState as RandomState;
+use foldhash::fast::FixedState;
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -40,7 +40,7 @@ pub struct TaskSet {
     tasks: Vec<TaskStatus>,
     /// Per task, the last diff that found it current (the agent's end only).
     marks: Vec<u32>,
-    index: HashMap<String, HashMap<String, Vec<usize>, RandomState>, RandomState>,
+    index: HashMap<String, HashMap<String, Vec<usize>, FixedState>, FixedState>,
     /// The last full report listed a key twice: a lookup finds the first only, so no delta is
     /// computed against these tasks.
     repeats: bool,
@@ -267,7 +267,7 @@ impl DeltaReporter {
         let (round, set) = (self.round, &mut self.tasks);
         let mut tasks = Vec::new();
         let mut found = 0;
-        let mut fresh: HashSet<(&str, &str, u64, &str), RandomState> = HashSet::default();
+        let mut fresh: HashSet<(&str, &str, u64, &str), FixedState> = HashSet::default();
         // The agent lists its tasks in much the order they were acknowledged in: the one after
         // the last found is tried first, and only a miss is looked up.
         let mut next = 0;
