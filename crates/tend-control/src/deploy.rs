@@ -67,17 +67,23 @@ impl DeployWork {
         tasks.iter().filter(|t| t.state == TaskState::Running).all(|t| now.saturating_sub(t.since_ms) >= min)
     }
 
-    /// Milliseconds until the next running task of the instance's target incarnation has run
-    /// for `MIN_RUNNING_MS` (None: no task is about to pass it).
-    fn running_rule_due(&self, instance: &str) -> Option<u64> {
+    /// Milliseconds until time alone may change what the step sees of the instance's target
+    /// incarnation (None: nothing due): a running task passes the running rule or the minimum
+    /// healthy time of a rolling plan, or the step's deadline passes.
+    fn next_due_ms(&self, pod: &PodSpec, instance: &str) -> Option<u64> {
         let rec = self.server.inner.state.instance(&self.service, instance)?;
-        let tasks =
-            self.server.task_statuses(rec.agent()?, &self.service, instance, rec.incarnation_number())?;
         let now = self.server.now_ms();
+        let deadline = rec.launched_ms().saturating_add(self.deadline_ms(pod)).saturating_add(1);
+        let tasks =
+            self.server.task_statuses(rec.agent()?, &self.service, instance, rec.incarnation_number());
+        let healthy_ms = if self.launched_here(&rec) { pod.update.min_healthy_seconds * 1000 } else { 0 };
         tasks
             .iter()
+            .flatten()
             .filter(|t| t.state == TaskState::Running)
-            .map(|t| t.since_ms.saturating_add(MIN_RUNNING_MS).saturating_sub(now))
+            .flat_map(|t| [MIN_RUNNING_MS, healthy_ms].map(|ms| t.since_ms.saturating_add(ms)))
+            .chain([deadline])
+            .map(|at| at.saturating_sub(now))
             .filter(|ms| *ms > 0)
             .min()
     }
@@ -138,6 +144,11 @@ pub fn waiting_for(pod: &PodSpec, tasks: &[tend_api::TaskStatus]) -> String {
 
 /// How long a task without a readiness check must have run to count as deployed.
 pub const MIN_RUNNING_MS: u64 = 1_000;
+
+/// The longest a placed instance's step sleeps without a report that changes its judgement or
+/// a moment that time decides: what no report announces (a replacement, a new config, a health
+/// gate to try again) is seen within this.
+pub const PLACED_WAIT_MS: u64 = 2_000;
 
 /// In-place restarts after which a deploy step gives up on an incarnation.
 pub const CRASH_LOOP_RESTARTS: u32 = 3;
@@ -219,11 +230,21 @@ impl DeployWork {
         }
     }
 
-    /// The instance as the cluster state has it, caught up with the store as of now (what a
-    /// check reads: no store read and decode per look; writes go through [`Self::record`]).
+    /// The instance as the cluster state has it, current with the store's record as of now
+    /// (what a check reads: no decode per look; writes go through [`Self::record`]).
+    ///
+    /// Only this key must be current: the state waits for the revision of the record's last
+    /// change, not for every change made since (other instances' writes, which at scale arrive
+    /// all the time). The watch applies changes in revision order, so once that revision is
+    /// applied the state holds the record the store holds. A record absent from the store may
+    /// have been deleted at any revision: then the whole state catches up.
     pub(crate) async fn current(&self, instance: &str) -> Result<Option<Arc<Instance>>, String> {
         let state = &self.server.inner.state;
-        state.caught_up(&*self.server.inner.store).await.map_err(|e| e.to_string())?;
+        let store = &*self.server.inner.store;
+        match store.get(&instance_key(&self.service, instance)).await.map_err(|e| e.to_string())? {
+            Some(kv) => state.applied_up_to(kv.mod_revision).await,
+            None => state.caught_up(store).await.map_err(|e| e.to_string())?,
+        }
         Ok(state.instance(&self.service, instance))
     }
 
@@ -320,42 +341,41 @@ impl StepWork for DeployWork {
     async fn progress(&self, step: &StepNode) -> Result<(), String> {
         // A report may change the judgement, and so may time: a task passes the running rule
         // at a moment known in advance, with no report to announce it.
-        let wait =
-            Duration::from_millis(self.running_rule_due(&step.name).map_or(500, |ms| ms.clamp(1, 500)));
+        let (spec, ids) = self.spec().ok_or("service is gone")?;
+        let (pod, _) = pod_of(&spec, &step.name).ok_or_else(|| format!("no pod for {}", step.name))?;
+        let due = self.next_due_ms(pod, &step.name);
         let placed_on = self.server.inner.state.instance(&self.service, &step.name);
-        let woken = match placed_on.as_ref().and_then(|r| r.agent().map(|a| (a, r.incarnation_number()))) {
-            // Only a report that changes what the instance's own agent says of it wakes it
+        match placed_on.as_ref().and_then(|r| r.agent().map(|a| (a, r.incarnation_number()))) {
+            // Only a report that changes the judgement of the instance's own tasks wakes it
             // (with 100 instances on an agent, a report wakes the steps of the instances it
-            // changed, not every step waiting there).
+            // decided, not every step waiting there; a task that starts, or runs but is not
+            // ready yet, leaves its step asleep). What time decides (the running rule, the
+            // minimum healthy time, deadlines) the wait's bound decides.
             Some((agent, incarnation)) => {
                 // Subscribed before reading: a report in between is not missed.
                 let mut rx = self.server.inner.reports.subscribe(&self.service, &step.name);
                 let own = || self.server.task_statuses(agent, &self.service, &step.name, incarnation);
-                let seen = own();
+                let judged = || own().map_or(Ok(false), |t| judge(pod, &t, self.server.now_ms()));
+                let before = judged();
                 let changed = async {
-                    loop {
-                        if rx.changed().await.is_err() {
-                            return false;
-                        }
-                        if own() != seen {
-                            return true;
+                    while rx.changed().await.is_ok() {
+                        if judged() != before {
+                            return;
                         }
                     }
+                    // The control plane is stopping: the bound ends the wait.
+                    std::future::pending::<()>().await
                 };
-                tokio::time::timeout(wait, changed).await.unwrap_or(false)
+                let wait =
+                    Duration::from_millis(due.map_or(PLACED_WAIT_MS, |ms| ms.clamp(1, PLACED_WAIT_MS)));
+                let _ = tokio::time::timeout(wait, changed).await;
             }
             None => {
                 let mut status = self.server.inner.status_gen.subscribe();
-                matches!(tokio::time::timeout(wait, status.changed()).await, Ok(Ok(())))
+                let wait = Duration::from_millis(due.map_or(500, |ms| ms.clamp(1, 500)));
+                let _ = tokio::time::timeout(wait, status.changed()).await;
             }
-        };
-        if woken {
-            // Reports arrive in bursts (every few ms while tasks start): look at most every
-            // 25 ms, so that a waiting step does not re-read per report.
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        let (spec, ids) = self.spec().ok_or("service is gone")?;
-        let (pod, _) = pod_of(&spec, &step.name).ok_or_else(|| format!("no pod for {}", step.name))?;
         let rec = self.current(&step.name).await?;
         let placed = rec
             .as_ref()

@@ -330,6 +330,12 @@ impl ClusterState {
     /// Waits until every change up to the store's current revision is applied.
     pub async fn caught_up(&self, store: &dyn StateStore) -> Result<(), tend_store::StoreError> {
         let want = store.revision().await?;
+        self.applied_up_to(want).await;
+        Ok(())
+    }
+
+    /// Waits until every change up to revision `want` is applied.
+    pub async fn applied_up_to(&self, want: Revision) {
         let mut rx = self.applied.subscribe();
         let mut asked = false;
         while *rx.borrow_and_update() < want {
@@ -352,7 +358,6 @@ impl ClusterState {
                 }
             }
         }
-        Ok(())
     }
 
     /// The revision applied so far (what a read now reflects, at least).

@@ -359,11 +359,16 @@ impl Engine {
         };
         rec.status = Some(Status::Started);
         self.save(plan, step, &mut rec).await?;
+        // The check after the work, unless the wait for it already saw it pass.
+        let mut passed = false;
         if applied == Applied::InProgress {
             loop {
                 match work.check(step).await {
                     Ok(CheckResult::Needed) => {}
-                    Ok(_) => break,
+                    Ok(_) => {
+                        passed = true;
+                        break;
+                    }
                     Err(e) => {
                         return self.fail(plan, step, rec, format!("check could not run: {e}"), obs).await
                     }
@@ -373,7 +378,8 @@ impl Engine {
                 }
             }
         }
-        match work.check(step).await {
+        let after = if passed { Ok(CheckResult::Done) } else { work.check(step).await };
+        match after {
             Ok(CheckResult::Needed) => {
                 let e =
                     "logic error: the check still says work is needed after the work succeeded".to_string();
