@@ -29,11 +29,19 @@ fn stranger(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// The port agent `pid` serves its logs on (its only listening socket).
-fn agent_port(pid: u32) -> u16 {
+/// The port of agent `i`'s own server: the one it listens on besides its metrics port.
+fn agent_port(c: &Cluster, i: usize) -> u16 {
+    let pid = c.agents[i].id();
     let out = Command::new("ss").args(["-ltnpH"]).output().expect("ss is installed");
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().find(|l| l.contains(&format!("pid={pid},"))).expect("the agent listens");
-    line.split_whitespace().nth(3).and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok()).unwrap()
+    let ports = text
+        .lines()
+        .filter(|l| l.contains(&format!("pid={pid},")))
+        .filter_map(|l| l.split_whitespace().nth(3)?.rsplit(':').next()?.parse::<u16>().ok());
+    let mut ports = ports.filter(|p| *p != c.agent_metrics_port(i));
+    let port = ports.next().expect("the agent listens");
+    assert_eq!(ports.next(), None, "agent {i} listens on one port besides its metrics");
+    port
 }
 
 #[test]
@@ -71,7 +79,7 @@ fn impersonation_attempts_are_refused() {
     let agents = c.api(&["agent", "list"]).unwrap();
     assert!(!agents.to_string().contains("10.9.9.9"), "nobody re-registered a1: {agents}");
     // An agent's own server answers the control plane's certificate only: not another agent's.
-    let port = agent_port(c.agents[0].id());
+    let port = agent_port(&c, 0);
     let url = format!("https://127.0.0.1:{port}/v1/logs?service=x&instance=x-0&task=t&incarnation=1");
     let b_tls = c.dir.path().join("agent-b/tls");
     let out = Command::new("curl")

@@ -94,9 +94,14 @@ impl Cluster {
         cmd.arg("--data-dir").arg(data).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()
     }
 
+    /// The port of agent `i`'s metrics listener (plain HTTP): its port range's last.
+    pub fn agent_metrics_port(&self, i: usize) -> u16 {
+        10_000 + self.slot * 300 + i as u16 * 100 + 99
+    }
+
     /// Agent `i`'s Prometheus metrics (plain HTTP, no token).
     pub fn agent_metrics(&self, i: usize) -> String {
-        let port = 10_000 + self.slot * 300 + i as u16 * 100 + 99;
+        let port = self.agent_metrics_port(i);
         let out =
             Command::new("curl").args(["-s", &format!("http://127.0.0.1:{port}/metrics")]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
