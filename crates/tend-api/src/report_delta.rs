@@ -240,6 +240,69 @@ impl DeltaReporter {
         }
     }
 
+    /// [`Self::report_at`] for an agent that also stamps each task with the generation its
+    /// status last changed at (None: not known). A task stamped at or before the acknowledged
+    /// generation is the acknowledged one and is not compared, so a report costs the tasks that
+    /// changed, not every task the agent runs. The caller's promise: the stamps are honest and
+    /// no key repeats. When the count does not add up (a task gone), every task is compared after
+    /// all; debug builds compare every task always and fail loudly on a broken promise.
+    pub fn report_stamped<'a, I>(&mut self, seq: u64, gen: u64, current: impl FnOnce() -> I) -> Delta
+    where
+        I: IntoIterator<Item = (&'a TaskStatus, Option<u64>)>,
+    {
+        let current: Vec<(&TaskStatus, Option<u64>)> = current().into_iter().collect();
+        let quick = match (self.acked, self.acked_gen) {
+            (Some(base), Some(acked_gen)) if acked_gen != gen && !self.tasks.repeats => {
+                self.diff_stamped(base, acked_gen, &current)
+            }
+            _ => None,
+        };
+        let Some(delta) = quick else {
+            return self.report_at(seq, gen, || current.iter().map(|(t, _)| *t));
+        };
+        #[cfg(debug_assertions)]
+        {
+            let all: Vec<&TaskStatus> = current.iter().map(|(t, _)| *t).collect();
+            let full = delta.base_seq.and_then(|base| self.diff(base, &all));
+            assert_eq!(full.as_ref(), Some(&delta), "report_stamped: a task changed after its stamp");
+        }
+        self.sent = Some(Sent { seq, delta: delta.clone(), gen: Some(gen) });
+        delta
+    }
+
+    /// The delta against the acknowledged tasks, comparing only the tasks stamped after
+    /// `acked_gen`; None when a task is gone or a key repeats (the full diff decides).
+    fn diff_stamped(
+        &mut self,
+        base: u64,
+        acked_gen: u64,
+        current: &[(&TaskStatus, Option<u64>)],
+    ) -> Option<Delta> {
+        self.round = self.round.wrapping_add(1).max(1);
+        let (round, set) = (self.round, &mut self.tasks);
+        let (mut tasks, mut found) = (Vec::new(), 0usize);
+        let mut fresh: HashSet<(&str, &str, u64, &str), FixedState> = HashSet::default();
+        for (t, stamp) in current {
+            if stamp.is_some_and(|s| s <= acked_gen) {
+                found += 1;
+                continue;
+            }
+            match set.position(&t.service, &t.instance, t.incarnation, &t.task) {
+                Some(p) if set.marks[p] == round => return None,
+                Some(p) => {
+                    set.marks[p] = round;
+                    found += 1;
+                    if set.tasks[p] != **t {
+                        tasks.push((*t).clone());
+                    }
+                }
+                None if !fresh.insert((&t.service, &t.instance, t.incarnation, &t.task)) => return None,
+                None => tasks.push((*t).clone()),
+            }
+        }
+        (found == set.len()).then_some(Delta { base_seq: Some(base), tasks, gone: Vec::new() })
+    }
+
     fn take<'a>(
         &mut self,
         seq: u64,

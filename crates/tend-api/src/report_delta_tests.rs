@@ -258,3 +258,50 @@ fn a_caller_that_breaks_its_generation_promise_is_caught_in_debug_builds() {
     let later = vec![task(0, 1, "a", TaskState::Exited, 1)];
     agent.report_at(2, 7, || &later);
 }
+
+#[test]
+fn a_stamped_report_compares_only_what_changed_since_the_acknowledged_generation() {
+    let mut agent = DeltaReporter::default();
+    let mut now = vec![
+        (task(0, 1, "a", TaskState::Running, 0), 1),
+        (task(1, 1, "a", TaskState::Running, 0), 1),
+        (task(2, 1, "a", TaskState::Running, 0), 1),
+    ];
+    let stamped = |now: &[(TaskStatus, u64)]| -> Vec<(TaskStatus, Option<u64>)> {
+        now.iter().map(|(t, g)| (t.clone(), Some(*g))).collect()
+    };
+    let report = |agent: &mut DeltaReporter, seq: u64, gen: u64, now: &[(TaskStatus, Option<u64>)]| {
+        agent.report_stamped(seq, gen, || now.iter().map(|(t, g)| (t, *g)))
+    };
+    let d = report(&mut agent, 1, 1, &stamped(&now));
+    assert_eq!((d.base_seq, d.tasks.len()), (None, 3), "nothing acknowledged yet: everything");
+    agent.acked(1, false);
+    // One task changed at generation 2: it alone goes.
+    now[1] = (task(1, 1, "a", TaskState::Exited, 1), 2);
+    let d = report(&mut agent, 2, 2, &stamped(&now));
+    assert_eq!(d, Delta { base_seq: Some(1), tasks: vec![now[1].0.clone()], gone: vec![] });
+    agent.acked(2, false);
+    // One gone and one new (not stamped): the count does not add up, every task is compared.
+    let gone = now.remove(0).0;
+    let mut current = stamped(&now);
+    current.push((task(3, 1, "a", TaskState::Starting, 0), None));
+    let d = report(&mut agent, 3, 3, &current);
+    assert_eq!(d.tasks, vec![current[2].0.clone()]);
+    assert_eq!(d.gone, vec![TaskKey::of(&gone)]);
+    agent.acked(3, false);
+    // Unchanged since: an empty delta.
+    let d = report(&mut agent, 4, 4, &current);
+    assert_eq!(d, Delta { base_seq: Some(3), tasks: vec![], gone: vec![] });
+}
+
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "a task changed after its stamp")]
+fn a_caller_that_stamps_a_change_too_early_is_caught_in_debug_builds() {
+    let mut agent = DeltaReporter::default();
+    let now = [task(0, 1, "a", TaskState::Running, 0), task(1, 1, "a", TaskState::Running, 0)];
+    agent.report_stamped(1, 1, || now.iter().map(|t| (t, Some(1))));
+    agent.acked(1, false);
+    let later = [task(0, 1, "a", TaskState::Exited, 1), task(1, 1, "a", TaskState::Exited, 1)];
+    agent.report_stamped(2, 2, || later.iter().map(|t| (t, Some(1))));
+}

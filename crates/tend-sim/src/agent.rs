@@ -70,9 +70,15 @@ pub struct AgentSt {
 }
 
 impl AgentSt {
-    /// Something reported may have changed.
-    pub(crate) fn touched(&mut self) {
+    /// Something reported may have changed: the new generation, to stamp changed pods with.
+    pub(crate) fn touched(&mut self) -> u64 {
         self.gen += 1;
+        self.gen
+    }
+
+    /// The generation the next `touched` moves to.
+    pub(crate) fn next_gen(&self) -> u64 {
+        self.gen + 1
     }
 }
 
@@ -148,7 +154,7 @@ impl SimAgent {
         self.stop_loops();
         let mut st = self.lock();
         st.alive = false;
-        st.touched();
+        let gen = st.touched();
         st.released.clear();
         st.ghosts.clear();
         st.conflict = None;
@@ -159,6 +165,7 @@ impl SimAgent {
         for p in st.pods.values_mut() {
             let fenced = p.a.fence_after_ms.is_some();
             p.agent_died(now, fenced);
+            p.changed_gen = gen;
         }
     }
 
@@ -196,11 +203,12 @@ impl SimAgent {
     /// A fault: one serving task of a random pod exits now (`loop_ms`: and keeps crashing that long).
     pub fn crash_task(&self, rng: &mut Rng, loop_ms: u64) -> Option<(String, String, String)> {
         let mut st = self.lock();
-        st.touched();
+        let gen = st.touched();
         let keys: Vec<Key> = st.pods.keys().cloned().collect();
         let k = rng.pick(&keys)?.clone();
         let now = st.clock.now_ms();
         let p = st.pods.get_mut(&k)?;
+        p.changed_gen = gen;
         // Only a fault that happened (a serving task to crash) keeps crashing it: one that did
         // not is neither traced nor a cause.
         let t = p.crash_one(rng, now)?;
@@ -268,13 +276,13 @@ fn report(ag: &SimAgent) -> StatusReport {
     let current = || {
         pods.iter()
             .filter(|(k, _)| !adoptable.contains(*k))
-            .flat_map(|(_, p)| p.tasks.iter().map(|t| &t.status))
-            .chain(ghosts.iter())
+            .flat_map(|(_, p)| p.tasks.iter().map(|t| (&t.status, Some(p.changed_gen))))
+            .chain(ghosts.iter().map(|t| (t, None)))
     };
     let tasks = if st.deltas {
-        st.delta.report_at(st.seq, st.gen, current)
+        st.delta.report_stamped(st.seq, st.gen, current)
     } else {
-        tend_api::Delta::full(current().cloned().collect())
+        tend_api::Delta::full(current().map(|(t, _)| t.clone()).collect())
     };
     StatusReport {
         seq: st.seq,

@@ -46,6 +46,9 @@ pub struct SimPod {
     pub crash_until: u64,
     /// Stopped with its agent before its long-running tasks started: nothing of it runs.
     pub dead: bool,
+    /// The agent's report generation at which a task status of this pod last changed (`u64::MAX`:
+    /// not stamped, compared in every report): see `DeltaReporter::report_stamped`.
+    pub changed_gen: u64,
 }
 
 fn status(a: &Assignment, t: &TaskLaunch, state: TaskState, now: u64, msg: Option<&str>) -> TaskStatus {
@@ -82,6 +85,7 @@ impl SimPod {
             tasks,
             crash_until: 0,
             dead: false,
+            changed_gen: u64::MAX,
         }
     }
 

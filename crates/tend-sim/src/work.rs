@@ -30,7 +30,7 @@ pub(crate) async fn reconcile(
     {
         let mut st = ag.lock();
         let now = st.clock.now_ms();
-        st.touched();
+        let gen = st.touched();
         st.ghosts.clear();
         // Pods from before a restart are sorted out by a look at everything.
         let scope: Option<Vec<Key>> = match taken {
@@ -76,6 +76,7 @@ pub(crate) async fn reconcile(
                 }
                 if p.a.incarnation == a.incarnation && p.prelude_done() {
                     p.adopt(now);
+                    p.changed_gen = gen;
                     log.push(format!("re-adopt {}/{}#{}", key.0, key.1, a.incarnation));
                     continue;
                 }
@@ -88,7 +89,8 @@ pub(crate) async fn reconcile(
             if !a.volume_id.is_empty() && !a.tasks.is_empty() {
                 st.volume_sets.insert(a.volume_id.clone());
             }
-            let pod = SimPod::launch(a.clone(), now, &mut st.rng);
+            let mut pod = SimPod::launch(a.clone(), now, &mut st.rng);
+            pod.changed_gen = gen;
             log.push(format!("launch {}/{}#{} ({})", key.0, key.1, a.incarnation, a.volume_id));
             w.checks.on_launch(&ag.id, a, &st.deleted_sets);
             st.pods.insert(key.clone(), pod);
@@ -178,11 +180,13 @@ pub(crate) async fn tick_loop(ag: Arc<SimAgent>, w: Arc<World>) {
             let st = &mut *st;
             let mut moved = false;
             // Only a pod with something due moves (and moves the reported generation).
+            let gen = st.next_gen();
             for (k, p) in st.pods.iter_mut() {
                 if st.adoptable.contains(k) || !p.due(now) {
                     continue;
                 }
                 moved = true;
+                p.changed_gen = gen;
                 for e in p.advance(now, &mut st.rng) {
                     log.push(format!("{}/{}#{}: {e}", k.0, k.1, p.a.incarnation));
                 }
