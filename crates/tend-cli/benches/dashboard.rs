@@ -8,7 +8,7 @@
 //! `cargo bench -p tend-cli --bench dashboard` (needs Debian's chromium and chromium-driver for
 //! the browser part; `TEND_BENCH_INSTANCES=2000` for a smaller run).
 
-#[path = "../tests/common/browser.rs"]
+#[path = "../tests/e2e/common/browser.rs"]
 mod browser;
 
 use std::process::{Command, Stdio};

@@ -87,7 +87,14 @@ impl Client {
             }
             None => tend_tls::system_client_config(None)?,
         };
-        let http = reqwest::Client::builder().use_preconfigured_tls(tls).build()?;
+        // Bounded in time: a member that accepts a connection and then never answers (a host
+        // gone mid-request) costs a command at most this, never forever. Streams are not cut:
+        // the control plane sends them a keep-alive every 15 s.
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(60))
+            .build()?;
         Ok(Client { bases, current: Default::default(), token, http })
     }
 
@@ -141,7 +148,7 @@ impl Client {
                     tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                 }
                 Ok(r) => break r,
-                Err(e) if e.is_connect() && tries < n => {}
+                Err(e) if (e.is_connect() || e.is_timeout()) && tries < n => {}
                 Err(e) => return Err(anyhow::Error::new(e).context(Unreachable(base))),
             }
             self.current.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -206,7 +206,7 @@ pub async fn server(a: ServerArgs) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    println!(
+    outln!(
         "tend control plane member {} listening on {} (store {}; API token in {d}/token, cluster token in {d}/cluster-token)",
         member.cfg.id,
         std::fs::read_to_string(&address).unwrap_or_default().trim(),
@@ -447,16 +447,16 @@ pub async fn dev(
 pub async fn status(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
     let st: tend_api::ClusterStatus = client.get("/v1/cluster").await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        outln!("{}", serde_json::to_string_pretty(&st)?);
         return Ok(ExitCode::SUCCESS);
     }
     let leader = st.leader.as_deref().unwrap_or("none elected");
-    println!("leader {leader} (epoch {}); answered by {} ({})", st.epoch, st.answered_by, st.role);
+    outln!("leader {leader} (epoch {}); answered by {} ({})", st.epoch, st.answered_by, st.role);
     let health = if st.store.healthy { "healthy" } else { "UNHEALTHY" };
-    println!("store  {} at {}: {health} ({})", st.store.backend, st.store.location, st.store.detail);
-    println!("{:<24} {:<8} URL", "MEMBER", "ROLE");
+    outln!("store  {} at {}: {health} ({})", st.store.backend, st.store.location, st.store.detail);
+    outln!("{:<24} {:<8} URL", "MEMBER", "ROLE");
     for m in &st.members {
-        println!("{:<24} {:<8} {}", m.id, if m.leader { "leader" } else { "follower" }, m.url);
+        outln!("{:<24} {:<8} {}", m.id, if m.leader { "leader" } else { "follower" }, m.url);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -46,9 +46,9 @@ pub async fn events(
 
 fn print(e: &EventInfo, json: bool) {
     if json {
-        println!("{}", serde_json::to_string(e).unwrap_or_default());
+        outln!("{}", serde_json::to_string(e).unwrap_or_default());
     } else {
-        println!("{:>6} {:<14} {:<14} {}", e.seq, e.kind, e.service.as_deref().unwrap_or(""), e.message);
+        outln!("{:>6} {:<14} {:<14} {}", e.seq, e.kind, e.service.as_deref().unwrap_or(""), e.message);
     }
 }
 
@@ -131,11 +131,15 @@ pub async fn logs(
                     let Ok(chunk) = serde_json::from_str::<tend_api::LogChunk>(&ev.data) else { continue };
                     let mut out = std::io::stdout().lock();
                     if json {
-                        let _ = writeln!(out, "{}", serde_json::to_string(&chunk).unwrap_or_default());
+                        crate::out::check(writeln!(
+                            out,
+                            "{}",
+                            serde_json::to_string(&chunk).unwrap_or_default()
+                        ));
                     } else {
-                        let _ = out.write_all(chunk.data.as_bytes());
+                        crate::out::check(out.write_all(chunk.data.as_bytes()));
                     }
-                    let _ = out.flush();
+                    crate::out::check(out.flush());
                 }
             }
             Err(e) if crate::client::unreachable(&e) => {}

@@ -1,5 +1,8 @@
 //! The `tend` binary: parses the command line and hands each command to its module.
 
+#[macro_use]
+mod out;
+
 mod client;
 mod cluster_cmd;
 mod follow;
@@ -359,10 +362,10 @@ async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result
         Command::Agent(AgentCmd::Token(JoinTokenCmd::Create { ttl_seconds })) => {
             let t = cluster_cmd::join_token(&client::Client::new(&conn)?, ttl_seconds).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&t)?);
+                outln!("{}", serde_json::to_string_pretty(&t)?);
             } else {
                 eprintln!("join token for one agent, valid {ttl_seconds} s (tend agent run --join-token …):");
-                println!("{}", t.token);
+                outln!("{}", t.token);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -371,9 +374,9 @@ async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result
             let v: serde_json::Value =
                 c.post(&format!("/v1/agents/{id}/revoke"), &serde_json::json!({})).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!(
+                outln!(
                     "agent {id}: {} certificate(s) revoked",
                     v["revoked"].as_array().map_or(0, |a| a.len())
                 );
@@ -467,12 +470,12 @@ async fn cluster(cmd: Command, conn: client::Conn, json: bool) -> anyhow::Result
 fn main() -> ExitCode {
     tend_tls::install_default_provider();
     let cli = Cli::parse();
-    // Like other Unix tools, a client command ends quietly when the reader of its output goes
-    // away (`tend … | head`) instead of failing on a broken pipe. Never a server, an agent or
-    // `tend dev`: a peer that hangs up on one of their sockets must not kill them.
-    let serves =
-        matches!(cli.command, Command::Server(_) | Command::Dev { .. } | Command::Agent(AgentCmd::Run(_)));
-    if !serves {
+    // Commands that open no socket end quietly when the reader of their output goes away
+    // (`tend spec show … | head`), by SIGPIPE like other Unix tools. Every other command keeps
+    // SIGPIPE ignored: a control plane that hangs up on a socket mid-write must give an error
+    // (or a restart the CLI follows through), not kill the command without a word. Their output
+    // goes through `out`, which ends them as quietly on a broken pipe.
+    if matches!(cli.command, Command::Spec(_) | Command::Sim(_)) {
         // SAFETY: setting a signal's disposition to the default before any thread starts.
         unsafe {
             let _ = nix::sys::signal::signal(

@@ -38,7 +38,7 @@ impl Progress {
             Progress::Bars(b) => {
                 let _ = b.multi.println(line);
             }
-            Progress::Lines(_) => println!("{line}"),
+            Progress::Lines(_) => outln!("{line}"),
             Progress::Json(_) => {}
         }
     }
@@ -50,11 +50,11 @@ impl Progress {
                 let _ = b.multi.clear();
                 for (id, (mark, msg)) in b.outcomes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                     let label = b.labels.get(id).cloned().unwrap_or_default();
-                    println!("{mark} {:<40} {msg}", format!("{} {label}", short(id)));
+                    outln!("{mark} {:<40} {msg}", format!("{} {label}", short(id)));
                 }
-                println!("{line}");
+                outln!("{line}");
             }
-            Progress::Lines(_) => println!("{line}"),
+            Progress::Lines(_) => outln!("{line}"),
             Progress::Json(_) => {}
         }
     }
@@ -171,7 +171,7 @@ impl Lines {
             Event::Held { step } => format!("held  {}: interrupted", label(step)),
         };
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "[{t:>7.2}s] {line}");
+        crate::out::check(writeln!(out, "[{t:>7.2}s] {line}"));
     }
 }
 
@@ -186,7 +186,7 @@ impl JsonLines {
             o.insert("t_ms".into(), serde_json::json!(self.start.elapsed().as_millis() as u64));
         }
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "{v}");
+        crate::out::check(writeln!(out, "{v}"));
     }
 
     fn on_event(&self, e: &Event) {

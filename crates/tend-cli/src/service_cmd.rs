@@ -14,7 +14,7 @@ use tend_api::*;
 use crate::client::Client;
 
 pub(crate) fn json_out<T: serde::Serialize>(v: &T) -> anyhow::Result<ExitCode> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -188,11 +188,11 @@ impl Progress {
 
     fn note(&self, msg: &str) {
         if self.json {
-            println!("{}", serde_json::json!({ "event": "note", "message": msg }));
+            outln!("{}", serde_json::json!({ "event": "note", "message": msg }));
         } else if self.tty {
             let _ = self.multi.println(msg);
         } else {
-            println!("[{:>6.1}s] {msg}", self.t0.elapsed().as_secs_f64());
+            outln!("[{:>6.1}s] {msg}", self.t0.elapsed().as_secs_f64());
         }
     }
 
@@ -232,13 +232,13 @@ impl Progress {
                     continue;
                 }
                 if self.json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({ "event": "step", "generation": generation, "plan": info.name, "phase": ph.name, "step": s.name, "status": s.status, "message": s.message })
                     );
                 } else if !self.tty {
                     let msg = s.message.as_ref().map(|m| format!(" — {m}")).unwrap_or_default();
-                    println!(
+                    outln!(
                         "[{:>6.1}s] {:<8} {:<14} {:<14} {}{msg}",
                         self.t0.elapsed().as_secs_f64(),
                         info.name,
@@ -293,7 +293,7 @@ pub async fn preview(
     } else {
         format!("generation {} → {}", p.generation, p.generation + 1)
     };
-    println!("service `{}`: {next}, rolled out by its {} plan", p.service, p.plan);
+    outln!("service `{}`: {next}, rolled out by its {} plan", p.service, p.plan);
     for c in &p.changes {
         let action = match c.action {
             ChangeAction::Unchanged => "unchanged",
@@ -308,15 +308,15 @@ pub async fn preview(
             DataFate::Retained => "volumes retained",
             DataFate::None => "no volumes",
         };
-        println!("  {:<16} {:<17} {data}", c.instance, action);
+        outln!("  {:<16} {:<17} {data}", c.instance, action);
         for f in &c.fields {
-            println!("      {}: {} → {}", f.path, f.old, f.new);
+            outln!("      {}: {} → {}", f.path, f.old, f.new);
         }
         if let Some(r) = &c.reason {
-            println!("      {r}");
+            outln!("      {r}");
         }
     }
-    println!(
+    outln!(
         "{} to restart, {} new, {} to decommission, {} unchanged, {} refused",
         count(ChangeAction::Restart),
         count(ChangeAction::New),
@@ -338,7 +338,7 @@ pub async fn deploy(client: &Client, args: DeployArgs<'_>, json: bool) -> anyhow
     let (file, wait) = (args.file, args.wait);
     let (name, generation) = submit(client, file, args.allow_data_loss).await?;
     if !json {
-        println!("service `{name}` generation {generation} submitted; following its rollout");
+        outln!("service `{name}` generation {generation} submitted; following its rollout");
     }
     if !wait {
         return Ok(ExitCode::SUCCESS);
@@ -353,12 +353,12 @@ pub async fn deploy(client: &Client, args: DeployArgs<'_>, json: bool) -> anyhow
         Followed::Superseded(n) => (1, format!("generation {generation} of `{name}` was replaced by generation {n} before it completed")),
     };
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "event": "result", "service": name, "generation": generation, "result": format!("{how:?}"), "message": line })
         );
     } else if code == 0 {
-        println!("{line}");
+        outln!("{line}");
     } else {
         eprintln!("error: {line}");
     }
@@ -370,14 +370,14 @@ pub async fn list(client: &Client, json: bool) -> anyhow::Result<ExitCode> {
     if json {
         return json_out(&all);
     }
-    println!("{:<20} {:>10} {:>9} {:>8}  PLANS", "SERVICE", "GENERATION", "INSTANCES", "RUNNING");
+    outln!("{:<20} {:>10} {:>9} {:>8}  PLANS", "SERVICE", "GENERATION", "INSTANCES", "RUNNING");
     for s in all {
         let plans: Vec<String> = s.plans.iter().map(|p| format!("{}={}", p.name, p.status)).collect();
         let plans = match &s.error {
             Some(e) => format!("ERROR: {e}"),
             None => plans.join(" "),
         };
-        println!("{:<20} {:>10} {:>9} {:>8}  {plans}", s.name, s.generation, s.instances, s.running);
+        outln!("{:<20} {:>10} {:>9} {:>8}  {plans}", s.name, s.generation, s.instances, s.running);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -388,18 +388,21 @@ pub async fn status(client: &Client, name: Option<String>, json: bool) -> anyhow
     if json {
         return json_out(&s);
     }
-    println!(
+    outln!(
         "service {} (generation {}): {}/{} instances running",
-        s.name, s.generation, s.running, s.instances
+        s.name,
+        s.generation,
+        s.running,
+        s.instances
     );
     for p in &s.pods {
-        println!("  pod {:<14} count {:<4} config {}", p.name, p.count, p.config);
+        outln!("  pod {:<14} count {:<4} config {}", p.name, p.count, p.config);
     }
     for p in &s.plans {
-        println!("  plan {:<13} {}", p.name, p.status);
+        outln!("  plan {:<13} {}", p.name, p.status);
     }
     if let Some(e) = &s.error {
-        println!("  ERROR: {e}");
+        outln!("  ERROR: {e}");
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
@@ -411,10 +414,10 @@ pub async fn endpoints(client: &Client, name: Option<String>, json: bool) -> any
     if json {
         return json_out(&eps);
     }
-    println!("{:<16} {:<10} {:<6} ADDRESSES", "INSTANCE", "TASK", "READY");
+    outln!("{:<16} {:<10} {:<6} ADDRESSES", "INSTANCE", "TASK", "READY");
     for e in eps {
         let addrs: Vec<String> = e.ports.iter().map(|(n, p)| format!("{n}={}:{p}", e.host)).collect();
-        println!("{:<16} {:<10} {:<6} {}", e.instance, e.task, e.ready, addrs.join(" "));
+        outln!("{:<16} {:<10} {:<6} {}", e.instance, e.task, e.ready, addrs.join(" "));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -428,13 +431,13 @@ pub async fn delete(client: &Client, name: &str, force: bool, json: bool) -> any
     } else {
         let n = &v["stopped_instances"];
         if confirmed {
-            println!("service `{name}` deleted; {n} instance(s) stopped, confirmed by their agents");
+            outln!("service `{name}` deleted; {n} instance(s) stopped, confirmed by their agents");
         } else {
             let agents: Vec<&str> = v["unconfirmed_agents"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
                 .unwrap_or_default();
-            println!(
+            outln!(
                 "service `{name}` deleted; {n} instance(s) told to stop, not yet confirmed by agent(s) {} (they stop them when they next hear from the control plane)",
                 agents.join(", ")
             );
@@ -444,7 +447,7 @@ pub async fn delete(client: &Client, name: &str, force: bool, json: bool) -> any
             .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
             .unwrap_or_default();
         if !vols.is_empty() {
-            println!("volumes retained (see `tend volume list`): {}", vols.join(", "));
+            outln!("volumes retained (see `tend volume list`): {}", vols.join(", "));
         }
     }
     Ok(if confirmed { ExitCode::SUCCESS } else { ExitCode::from(1) })
@@ -487,9 +490,16 @@ pub async fn volume_list(client: &Client, json: bool) -> anyhow::Result<ExitCode
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    println!(
+    outln!(
         "{:<9} {:<12} {:<14} {:<8} {:>8} {:<9} {:<10} {:<10} REASON",
-        "ID", "SERVICE", "INSTANCE", "AGENT", "SIZE_MB", "STATE", "SINCE", "DELETED"
+        "ID",
+        "SERVICE",
+        "INSTANCE",
+        "AGENT",
+        "SIZE_MB",
+        "STATE",
+        "SINCE",
+        "DELETED"
     );
     for v in vols {
         let since = v.since_ms.map_or_else(|| ago(now, v.created_ms), |t| ago(now, t));
@@ -498,7 +508,7 @@ pub async fn volume_list(client: &Client, json: bool) -> anyhow::Result<ExitCode
             VolumeLife::Deleting => ("deleting", "now".into()),
             VolumeLife::Active => ("active", "-".into()),
         };
-        println!(
+        outln!(
             "{:<9} {:<12} {:<14} {:<8} {:>8} {:<9} {:<10} {:<10} {}",
             v.id,
             v.service,
@@ -519,9 +529,12 @@ pub async fn volume_delete(client: &Client, id: &str, json: bool) -> anyhow::Res
     if json {
         return json_out(&v);
     }
-    println!(
+    outln!(
         "volume {} of {}/{} on agent {}: to be deleted by its agent",
-        v.id, v.service, v.instance, v.agent
+        v.id,
+        v.service,
+        v.instance,
+        v.agent
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -542,13 +555,13 @@ pub async fn plan_show(
     }
     for p in plans {
         let i = if p.interrupted { " (interrupted)" } else { "" };
-        println!("plan {} of {}: {}{i}", p.name, p.service, p.status);
+        outln!("plan {} of {}: {}{i}", p.name, p.service, p.status);
         for ph in p.phases {
             let i = if ph.interrupted { " (interrupted)" } else { "" };
-            println!("  phase {}: {}{i}", ph.name, ph.status);
+            outln!("  phase {}: {}{i}", ph.name, ph.status);
             for s in ph.steps {
                 let m = s.message.map(|m| format!("  {m}")).unwrap_or_default();
-                println!("    {:<18} {}{m}", s.name, s.status);
+                outln!("    {:<18} {}{m}", s.name, s.status);
             }
         }
     }
@@ -571,7 +584,7 @@ pub async fn plan_action(
     if json {
         return json_out(&info);
     }
-    println!("plan {plan} of {service}: {action} done; now {}", info.status);
+    outln!("plan {plan} of {service}: {action} done; now {}", info.status);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -581,11 +594,11 @@ pub async fn pod_list(client: &Client, service: Option<String>, json: bool) -> a
     if json {
         return json_out(&pods);
     }
-    println!("{:<16} {:<13} {:<8} {:>5}  {:<24} NOTE", "INSTANCE", "STATE", "AGENT", "INC", "PORTS");
+    outln!("{:<16} {:<13} {:<8} {:>5}  {:<24} NOTE", "INSTANCE", "STATE", "AGENT", "INC", "PORTS");
     for p in pods {
         let ports: Vec<String> = p.ports.iter().map(|(n, v)| format!("{n}={v}")).collect();
         let note = p.detail.clone().or_else(|| p.pending_reason.clone()).unwrap_or_default();
-        println!(
+        outln!(
             "{:<16} {:<13} {:<8} {:>5}  {:<24} {note}",
             p.instance,
             p.state,
@@ -609,7 +622,7 @@ pub async fn pod_status(
     if json {
         return json_out(&p);
     }
-    println!(
+    outln!(
         "{} of {}: {} on {} (incarnation {})",
         p.instance,
         p.service,
@@ -618,10 +631,10 @@ pub async fn pod_status(
         p.incarnation
     );
     if let Some(r) = &p.pending_reason {
-        println!("  pending: {r}");
+        outln!("  pending: {r}");
     }
     if let Some(r) = &p.recovery {
-        println!("  recovery: {r}");
+        outln!("  recovery: {r}");
     }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -634,7 +647,7 @@ pub async fn pod_status(
             .next_restart_ms
             .map(|n| format!(" next attempt in {:.1} s", n.saturating_sub(now) as f64 / 1000.0))
             .unwrap_or_default();
-        println!(
+        outln!(
             "  task {:<10} {:?}{code} ready={} pid={} restarts={}{next}{msg}",
             t.task,
             t.state,
@@ -644,12 +657,17 @@ pub async fn pod_status(
         );
     }
     if info {
-        println!("  config:  {}", p.config);
-        println!("  target:  {}", p.target_config);
+        outln!("  config:  {}", p.config);
+        outln!("  target:  {}", p.target_config);
         if let Some(r) = &p.reservation {
-            println!(
+            outln!(
                 "  reservation on {}: {} cpus, {} MB memory, {} MB disk, ports {:?}, volumes {:?}",
-                r.agent, r.cpus, r.memory_mb, r.disk_mb, r.ports, r.volumes
+                r.agent,
+                r.cpus,
+                r.memory_mb,
+                r.disk_mb,
+                r.ports,
+                r.volumes
             );
         }
     }
@@ -670,7 +688,7 @@ pub async fn pod_action(
     if json {
         return json_out(&v);
     }
-    println!("{}", v["message"].as_str().unwrap_or_default());
+    outln!("{}", v["message"].as_str().unwrap_or_default());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -679,13 +697,18 @@ pub async fn agent_list(client: &Client, json: bool) -> anyhow::Result<ExitCode>
     if json {
         return json_out(&agents);
     }
-    println!(
+    outln!(
         "{:<10} {:<6} {:<12} {:>11} {:>15} {:>6}  ATTRIBUTES",
-        "AGENT", "STATE", "HOST", "CPUS", "MEMORY MB", "TASKS"
+        "AGENT",
+        "STATE",
+        "HOST",
+        "CPUS",
+        "MEMORY MB",
+        "TASKS"
     );
     for a in agents {
         let attrs: Vec<String> = a.attributes.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
+        outln!(
             "{:<10} {:<6} {:<12} {:>5.1}/{:<5.1} {:>7}/{:<7} {:>6}  {}",
             a.id,
             a.state,
@@ -698,7 +721,7 @@ pub async fn agent_list(client: &Client, json: bool) -> anyhow::Result<ExitCode>
             attrs.join(",")
         );
         if let Some(c) = &a.conflict {
-            println!("           REFUSES THIS CONTROL PLANE: {c}");
+            outln!("           REFUSES THIS CONTROL PLANE: {c}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -721,7 +744,7 @@ pub async fn task_logs(
     if json {
         return json_out(&chunk);
     }
-    print!("{}", chunk.data);
+    out!("{}", chunk.data);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -742,7 +765,7 @@ pub async fn events(client: &Client, service: Option<String>, json: bool) -> any
         return json_out(&ev);
     }
     for e in ev {
-        println!("{:>6} {:<14} {:<14} {}", e.seq, e.kind, e.service.unwrap_or_default(), e.message);
+        outln!("{:>6} {:<14} {:<14} {}", e.seq, e.kind, e.service.unwrap_or_default(), e.message);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -761,9 +784,9 @@ pub async fn job_list(
     if json {
         return json_out(&all);
     }
-    println!("{:<12} {:<14} {:<10} {:>9} {:<8} REASON", "JOB", "INSTANCE", "STATUS", "PRIORITY", "ALARM");
+    outln!("{:<12} {:<14} {:<10} {:>9} {:<8} REASON", "JOB", "INSTANCE", "STATUS", "PRIORITY", "ALARM");
     for x in all {
-        println!(
+        outln!(
             "{:<12} {:<14} {:<10} {:>9} {:<8} {}{}",
             x["job"].as_str().unwrap_or(""),
             x["instance"].as_str().unwrap_or(""),
@@ -793,16 +816,21 @@ pub async fn job_history(
     if json {
         return json_out(&runs);
     }
-    println!(
+    outln!(
         "{:<24} {:<14} {:<10} {:>10} {:<6} {:>6}",
-        "RUN", "INSTANCE", "STATUS", "DURATION", "AGENT", "TOKEN"
+        "RUN",
+        "INSTANCE",
+        "STATUS",
+        "DURATION",
+        "AGENT",
+        "TOKEN"
     );
     for r in runs {
         let dur = match (r["start_ms"].as_u64(), r["end_ms"].as_u64()) {
             (Some(s), Some(e)) => format!("{} ms", e.saturating_sub(s)),
             _ => "-".into(),
         };
-        println!(
+        outln!(
             "{:<24} {:<14} {:<10} {:>10} {:<6} {:>6}",
             r["run_id"].as_str().unwrap_or(""),
             r["instance"].as_str().unwrap_or(""),
@@ -829,7 +857,7 @@ pub async fn job_run(
     if json {
         return json_out(&v);
     }
-    println!("on-demand run of {job} queued for {}", v["queued"]);
+    outln!("on-demand run of {job} queued for {}", v["queued"]);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -838,7 +866,7 @@ pub async fn window_add(client: &Client, body: serde_json::Value, json: bool) ->
     if json {
         return json_out(&v);
     }
-    println!("window {} added", v["id"].as_str().unwrap_or(""));
+    outln!("window {} added", v["id"].as_str().unwrap_or(""));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -849,7 +877,7 @@ pub async fn window_list(client: &Client, json: bool) -> anyhow::Result<ExitCode
     }
     for w in v {
         let hm = |m: u64| format!("{:02}:{:02}", m / 60, m % 60);
-        println!(
+        outln!(
             "{:<16} {}–{} (UTC{:+} min) job={} pods={}",
             w["id"].as_str().unwrap_or(""),
             hm(w["start"].as_u64().unwrap_or(0)),
@@ -867,6 +895,6 @@ pub async fn window_remove(client: &Client, id: &str, json: bool) -> anyhow::Res
     if json {
         return json_out(&v);
     }
-    println!("window {id} removed");
+    outln!("window {id} removed");
     Ok(ExitCode::SUCCESS)
 }

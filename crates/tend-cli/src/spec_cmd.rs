@@ -25,7 +25,7 @@ fn load(file: &Path, json: bool) -> anyhow::Result<Result<ServiceSpec, ExitCode>
                         })
                     })
                     .collect();
-                println!("{}", serde_json::json!({ "valid": false, "errors": errors }));
+                outln!("{}", serde_json::json!({ "valid": false, "errors": errors }));
             } else {
                 eprint!("{}", report.render());
             }
@@ -66,12 +66,12 @@ pub fn validate(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|p| serde_json::json!({ "name": p.name, "count": p.count, "config_identity": pod_config_identity(p, &digests) }))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "valid": true, "service": spec.name, "pods": pods, "plans": spec.plans.iter().map(|p| &p.name).collect::<Vec<_>>() })
         );
     } else {
-        println!(
+        outln!(
             "{}: valid — service `{}`: {} pod(s), {} instance(s), plans: {}",
             file.display(),
             spec.name,
@@ -80,7 +80,7 @@ pub fn validate(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
             spec.plans.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ")
         );
         for p in &spec.pods {
-            println!("  pod {:<12} count {:<3} config {}", p.name, p.count, pod_config_identity(p, &digests));
+            outln!("  pod {:<12} count {:<3} config {}", p.name, p.count, pod_config_identity(p, &digests));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -92,9 +92,9 @@ pub fn show(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&spec)?);
+        outln!("{}", serde_json::to_string_pretty(&spec)?);
     } else {
-        print!("{}", serde_saphyr::to_string(&spec).context("cannot write YAML")?);
+        out!("{}", serde_saphyr::to_string(&spec).context("cannot write YAML")?);
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -41,22 +41,17 @@ pub async fn run(c: &Client, cmd: TokenCmd, json: bool) -> anyhow::Result<ExitCo
                 t.info.role,
                 scope(&t.info)
             );
-            println!("{}", t.token);
+            outln!("{}", t.token);
         }
         TokenCmd::List => {
             let list: Vec<TokenInfo> = c.get("/v1/tokens").await?;
             if json {
                 return json_out(&list);
             }
-            println!("{:<24} {:<9} {:<20} CREATED", "NAME", "ROLE", "SERVICE");
+            outln!("{:<24} {:<9} {:<20} CREATED", "NAME", "ROLE", "SERVICE");
             for t in list {
                 let created = crate::service_cmd::ago(now_ms(), t.created_ms);
-                println!(
-                    "{:<24} {:<9} {:<20} {created}",
-                    t.name,
-                    t.role,
-                    t.service.as_deref().unwrap_or("-")
-                );
+                outln!("{:<24} {:<9} {:<20} {created}", t.name, t.role, t.service.as_deref().unwrap_or("-"));
             }
         }
         TokenCmd::Revoke { name } => {
@@ -64,7 +59,7 @@ pub async fn run(c: &Client, cmd: TokenCmd, json: bool) -> anyhow::Result<ExitCo
             if json {
                 return json_out(&t);
             }
-            println!("token `{}` revoked", t.name);
+            outln!("token `{}` revoked", t.name);
         }
     }
     Ok(ExitCode::SUCCESS)

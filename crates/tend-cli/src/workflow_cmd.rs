@@ -101,14 +101,14 @@ pub async fn status(file: &Path, json: bool, state_dir: Option<&Path>) -> anyhow
                 serde_json::json!({ "step": name, "status": r.status().as_str(), "runs": r.applies, "error": r.last_error })
             })
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "workflow": wf.spec.name, "status": view.status.as_str(), "steps": v })
         );
     } else {
-        println!("workflow `{}`: {}", wf.spec.name, view.status.as_str());
+        outln!("workflow `{}`: {}", wf.spec.name, view.status.as_str());
         for (name, r) in &steps {
-            println!("  {:<20} {:<9} runs {}", name, r.status().as_str(), r.applies);
+            outln!("  {:<20} {:<9} runs {}", name, r.status().as_str(), r.applies);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -55,6 +55,10 @@ pub struct Member {
     tokens: (String, String),
     pki: Option<Arc<crate::pki::Pki>>,
     role: RwLock<Role>,
+    /// Counts role changes: a request the leader's API began, and the stream it answers, end
+    /// when this member stops leading (see `dispatch`), instead of waiting on a control plane
+    /// that no longer runs.
+    terms: tokio::sync::watch::Sender<u64>,
     health: HealthCheck,
     http: reqwest::Client,
     started_ms: u64,
@@ -88,6 +92,7 @@ impl Member {
             tokens,
             pki,
             role: RwLock::new(Role::Campaigning),
+            terms: tokio::sync::watch::Sender::new(0),
             health,
             http,
             started_ms,
@@ -99,6 +104,12 @@ impl Member {
     }
     fn set_role(&self, r: Role) {
         *self.role.write().unwrap_or_else(|e| e.into_inner()) = r;
+        self.terms.send_modify(|t| *t += 1);
+    }
+
+    /// A receiver that sees the next role change (subscribe before reading the role).
+    pub(crate) fn term_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.terms.subscribe()
     }
     fn me(&self) -> MemberRecord {
         MemberRecord { id: self.cfg.id.clone(), url: self.cfg.advertise.clone(), since_ms: self.started_ms }

@@ -48,21 +48,32 @@ pub struct EtcdCluster {
 
 impl EtcdCluster {
     /// Starts `n` members under `dir` and waits (up to 20 s) until every one answers; None when
-    /// no etcd binary is installed.
+    /// no etcd binary is installed. A member that exits at once lost one of its ports to another
+    /// process (see [`free_port`]): the cluster starts again on fresh ports, up to 3 times.
     pub fn start(dir: &Path, n: usize) -> Option<EtcdCluster> {
         let binary = etcd_binary()?;
-        let members: Vec<Member> = (0..n)
-            .map(|i| Member { name: format!("m{i}"), client: free_port(), peer: free_port() })
-            .collect();
-        let mut c = EtcdCluster { members, dir: dir.to_path_buf(), binary, procs: Vec::new() };
-        for i in 0..n {
-            let p = c.spawn(i);
-            c.procs.push(Some(p));
+        let mut last = String::new();
+        for attempt in 0..3 {
+            let members: Vec<Member> = (0..n)
+                .map(|i| Member { name: format!("m{i}"), client: free_port(), peer: free_port() })
+                .collect();
+            let mut c =
+                EtcdCluster { members, dir: dir.to_path_buf(), binary: binary.clone(), procs: Vec::new() };
+            for i in 0..n {
+                if attempt > 0 {
+                    // What the failed start began, under the old ports.
+                    let _ = std::fs::remove_dir_all(c.dir.join(format!("etcd-{}", c.members[i].name)));
+                }
+                let p = c.spawn(i);
+                c.procs.push(Some(p));
+            }
+            match (0..n).try_for_each(|i| c.wait_ready(i, Duration::from_secs(20))) {
+                Ok(()) => return Some(c),
+                Err(e @ Exit::Exited(_)) => last = e.to_string(),
+                Err(e) => panic!("{e}"),
+            }
         }
-        for i in 0..n {
-            c.wait_ready(i, Duration::from_secs(20));
-        }
-        Some(c)
+        panic!("{last}, three times on fresh ports")
     }
 
     /// Comma-separated client endpoints (`127.0.0.1:P,…`).
@@ -102,17 +113,23 @@ impl EtcdCluster {
         p
     }
 
-    /// Waits until member `i` serves its health endpoint.
-    fn wait_ready(&self, i: usize, limit: Duration) {
+    /// Waits until member `i` serves its health endpoint, its own process still running (a
+    /// member that lost its port to another etcd exits; that other one may answer on it).
+    fn wait_ready(&mut self, i: usize, limit: Duration) -> Result<(), Exit> {
         let deadline = Instant::now() + limit;
         let addr = format!("127.0.0.1:{}", self.members[i].client);
+        let name = self.members[i].name.clone();
         while Instant::now() < deadline {
+            let child = self.procs.get_mut(i).and_then(Option::as_mut).and_then(|p| p.children.first_mut());
+            if let Some(Ok(Some(status))) = child.map(|c| c.try_wait()) {
+                return Err(Exit::Exited(format!("etcd member {name} exited at start ({status})")));
+            }
             if health(&addr) {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("etcd member {} did not become healthy within {limit:?}", self.members[i].name);
+        Err(Exit::Timeout(format!("etcd member {name} did not become healthy within {limit:?}")))
     }
 
     /// The pid of member `i` (None: not running).
@@ -136,7 +153,24 @@ impl EtcdCluster {
         self.kill(i);
         let p = self.spawn(i);
         self.procs[i] = Some(p);
-        self.wait_ready(i, Duration::from_secs(20));
+        if let Err(e) = self.wait_ready(i, Duration::from_secs(20)) {
+            panic!("{e}");
+        }
+    }
+}
+
+/// Why a member did not come up.
+#[derive(Debug)]
+enum Exit {
+    Exited(String),
+    Timeout(String),
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Exited(m) | Exit::Timeout(m) => f.write_str(m),
+        }
     }
 }
 

@@ -152,11 +152,32 @@ async fn cluster(State(m): State<Arc<Member>>, req: Request) -> Response {
 }
 
 async fn dispatch(State(m): State<Arc<Member>>, req: Request) -> Response {
+    let mut changes = m.term_changes();
     match m.role() {
-        Role::Leader { router, .. } => match router.oneshot(req).await {
-            Ok(r) => r,
-            Err(never) => match never {},
-        },
+        Role::Leader { router, .. } => {
+            // Served by this leadership only: when it ends, what was asked of it (an answer not
+            // yet given, a stream) ends too, and the client tries again with the next leader.
+            let stepped_down = || {
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_leader",
+                    format!("member {} stopped leading; retry in a moment", m.cfg.id),
+                )
+            };
+            let resp = tokio::select! {
+                r = router.oneshot(req) => match r {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                },
+                _ = changes.changed() => return stepped_down(),
+            };
+            let (parts, body) = resp.into_parts();
+            let ended = async move {
+                let _ = changes.changed().await;
+            };
+            let body = futures::StreamExt::take_until(body.into_data_stream(), Box::pin(ended));
+            Response::from_parts(parts, Body::from_stream(body))
+        }
         Role::Follower { leader, .. } => forward(&m, &leader.url, req).await,
         Role::Campaigning => error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -3,7 +3,7 @@
 //! complete live, sees a killed task's restart appear without a reload, runs a job, interrupts
 //! and continues a plan. Screenshots go to `target/tmp/dashboard/`.
 
-mod common;
+use crate::common;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};

@@ -13,7 +13,7 @@ use tend_model::{Clock, ManualClock};
 use tend_store::memory::MemoryStore;
 use tend_store::StateStore;
 
-mod common;
+use crate::common;
 use common::{register_req, submission};
 
 const SPEC: &str = "version: 1\nname: s\npods:\n  w:\n    count: 6\n    tasks: { t: { cmd: 'exec sleep 600', env: { V: '1' } } }\n";

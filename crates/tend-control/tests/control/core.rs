@@ -9,7 +9,7 @@ use tend_model::{Clock, ManualClock, SharedClock};
 use tend_store::memory::MemoryStore;
 use tend_store::StateStore;
 
-mod common;
+use crate::common;
 use common::{register_req, submission};
 
 const SPEC: &str = "version: 1\nname: s\npods:\n  w:\n    tasks: { t: { cmd: 'exec sleep 600' } }\n";

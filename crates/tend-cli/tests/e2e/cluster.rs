@@ -2,7 +2,7 @@
 //! deploy with placement, pending reasons, SIGKILL of the control plane mid-deploy, a task killed
 //! mid-step, services side by side, and bad API input rejected with nothing changed.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! again right after — the flood costs seconds, not the control plane. And the routes and flags
 //! the HA control plane added refuse bad input.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

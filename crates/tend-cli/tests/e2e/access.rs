@@ -2,7 +2,7 @@
 //! operator, admin) and an optional service, stored hashed, listed and revoked; refused calls
 //! change nothing, and every mutating call is an audit event with the token's name.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,5 @@
 //! What the control plane's in-process tests share: a spec submission and an agent's
 //! registration.
-#![allow(dead_code)]
 
 use tend_control::services::Submission;
 

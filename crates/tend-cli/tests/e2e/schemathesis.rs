@@ -4,7 +4,7 @@
 //! valid input is not, missing auth is refused — and, through `schemathesis/tend_hooks.py`,
 //! nothing a user can see changes when a call is refused.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -5,7 +5,7 @@
 //! steps down, and its agents follow the new epoch only; a killed etcd member changes nothing.
 //! Skipped, saying so, when etcd is not installed (the test command installs it).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Stdio};
@@ -24,6 +24,8 @@ struct Ha {
     dir: tempfile::TempDir,
     etcd: EtcdCluster,
     ports: Vec<u16>,
+    /// The agents' task ports ([`common::port_block`]).
+    block: u16,
     members: Vec<Option<ChildGuard>>,
     agents: Vec<ChildGuard>,
 }
@@ -36,7 +38,8 @@ impl Ha {
             return None;
         };
         let ports = (0..3).map(|_| free_port()).collect();
-        let mut ha = Ha { dir, etcd, ports, members: Vec::new(), agents: Vec::new() };
+        let mut ha =
+            Ha { dir, etcd, ports, block: common::port_block(), members: Vec::new(), agents: Vec::new() };
         for i in 0..3 {
             let m = ha.spawn_member(i);
             ha.members.push(Some(m));
@@ -86,7 +89,7 @@ impl Ha {
 
     fn spawn_agent(&self, i: usize) -> ChildGuard {
         let zone = ["a", "b", "c"][i];
-        let lo = 13_000 + i as u16 * 100;
+        let lo = self.block + i as u16 * 100;
         // A new agent joins with a single-use token; a restarted one has its certificate.
         let data = self.dir.path().join(format!("agent-{zone}"));
         let mut cmd = tend();

@@ -5,7 +5,7 @@
 //! when it restarts, and volumes are added and grown in place (removing one needs
 //! `--allow-data-loss`, and deletes nothing).
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -21,15 +21,21 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A control plane and three agents (zones a, b, c), killed by pid when dropped.
-/// Clusters started by this test process: each gets its own agents' port ranges.
+/// Port blocks handed out in this test process (see [`port_block`]).
 static SLOTS: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
 
+/// The first of 300 loopback ports that no other cluster of this test process uses, below the
+/// ephemeral range (10,000–32,499, 75 blocks): agents take their task and metrics ports from one.
+pub fn port_block() -> u16 {
+    10_000 + SLOTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 75 * 300
+}
+
+/// A control plane and three agents (zones a, b, c), killed by pid when dropped.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub port: u16,
-    /// This cluster's slot: its agents' task ports never overlap another cluster's of this run.
-    pub slot: u16,
+    /// This cluster's [`port_block`]: its agents' task ports never overlap another cluster's.
+    pub ports: u16,
     pub server: Option<Child>,
     pub agents: Vec<Child>,
     /// Extra flags of every agent this cluster starts.
@@ -50,9 +56,9 @@ impl Cluster {
     pub fn start_with_agents(flags: &[&str], agent_flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let slot = SLOTS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 75;
+        let ports = port_block();
         let agent_flags = agent_flags.iter().map(|s| s.to_string()).collect();
-        let mut c = Cluster { dir, port, slot, server: None, agents: Vec::new(), agent_flags };
+        let mut c = Cluster { dir, port, ports, server: None, agents: Vec::new(), agent_flags };
         c.start_server_with(flags);
         for i in 0..3 {
             let child = c.spawn_agent(i);
@@ -71,7 +77,7 @@ impl Cluster {
     pub fn spawn_agent(&self, i: usize) -> Child {
         let zone = ["a", "b", "c"][i];
         // Below the kernel's ephemeral range (32768–60999), so no client socket takes them.
-        let lo = 10_000 + self.slot * 300 + i as u16 * 100;
+        let lo = self.ports + i as u16 * 100;
         let data = self.dir.path().join(format!("agent-{zone}"));
         let mut cmd = tend();
         cmd.args([
@@ -96,7 +102,7 @@ impl Cluster {
 
     /// The port of agent `i`'s metrics listener (plain HTTP): its port range's last.
     pub fn agent_metrics_port(&self, i: usize) -> u16 {
-        10_000 + self.slot * 300 + i as u16 * 100 + 99
+        self.ports + i as u16 * 100 + 99
     }
 
     /// Agent `i`'s Prometheus metrics (plain HTTP, no token).

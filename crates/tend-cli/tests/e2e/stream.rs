@@ -2,7 +2,7 @@
 //! `tend events --follow` prints a deploy's events and a restart in place as they are recorded, a client resuming with
 //! `Last-Event-ID` gets only what came after, and `?service=` filters.
 
-mod common;
+use crate::common;
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -149,6 +149,24 @@ fn task_logs_follow_prints_lines_as_they_are_written() {
     while next_line().is_none_or(|n| n < last_written + 3) {}
     // Each line the next number: none missing, none repeated, from the tail on.
     assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "lines missing or repeated: {numbers:?}");
+    // A reader that goes away (`tend task logs --follow | head -1`) ends the follower quietly.
+    let mut child = tend()
+        .args(["task", "logs", "p-0", "t", "--follow", "--service", "talk", "--addr", &c.url()])
+        .args(["--token", &token])
+        .arg("--ca-cert")
+        .arg(c.ca())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    reader.read_line(&mut first).unwrap();
+    drop(reader);
+    let out = common::ChildGuard(Some(child)).wait_with_output(Duration::from_secs(20));
+    assert!(first.starts_with("line "), "{first}");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "quietly: {}", String::from_utf8_lossy(&out.stderr));
     // Bad input: clear JSON errors, and nothing streamed.
     let base = "/v1/services/talk/pods";
     let (code, body) = c.raw("GET", &format!("{base}/p-9/tasks/t/logs/stream"), Some(&token), None);

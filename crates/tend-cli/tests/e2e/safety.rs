@@ -4,7 +4,7 @@
 //! one, an empty store that cannot wipe the cluster, a deploy that completes after an agent
 //! restart, serialised spec changes, a stored spec that no longer loads, essential tasks.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -126,8 +126,9 @@ fn fence_mode_kills_the_cut_off_task_before_replacing_it() {
         .spawn()
         .unwrap()
     };
+    let block = crate::common::port_block();
     // Only the namespaced agent at first, so that the instance lands there.
-    procs.children.push(agent("a1", Some(&net.ns), &ns_ip, 31_000));
+    procs.children.push(agent("a1", Some(&net.ns), &ns_ip, block));
     let spec = dir.path().join("f.yml");
     std::fs::write(
         &spec,
@@ -154,7 +155,7 @@ fn fence_mode_kills_the_cut_off_task_before_replacing_it() {
     let old = find("3599");
     assert_eq!(old.len(), 1, "one task running: {old:?}");
     let old = old[0];
-    procs.children.push(agent("b1", None, "127.0.0.1", 31_100));
+    procs.children.push(agent("b1", None, "127.0.0.1", block + 100));
     std::thread::sleep(Duration::from_millis(1500));
     // Partition: the namespaced agent loses the control plane.
     assert!(sh(&format!("ip link set {} down", net.veth)));

@@ -3,7 +3,7 @@
 //! replacement and a job run; step durations, replacements and job runs are counted as they happen;
 //! each agent's own metrics show what it did.
 
-mod common;
+use crate::common;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! not join a control plane whose CA its token does not pin; an agent's own server answers the
 //! control plane only; certificates rotate before they expire.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;
@@ -157,6 +157,8 @@ fn joined(c: &Cluster, id: &str, token: &str, ports: &str) -> common::ChildGuard
 #[test]
 fn join_tokens_serve_once_expire_and_pin_the_ca() {
     let c = Cluster::start();
+    // The joining agents' ports: a block of their own ([`common::port_block`]).
+    let block = common::port_block();
     let join = |token: &str, id: &str| {
         let data = c.dir.path().join(format!("join-{id}"));
         tend()
@@ -170,7 +172,7 @@ fn join_tokens_serve_once_expire_and_pin_the_ca() {
                 "--join-token",
                 token,
                 "--ports",
-                "19000-19001",
+                &format!("{block}-{}", block + 1),
             ])
             .arg("--data-dir")
             .arg(&data)
@@ -179,7 +181,7 @@ fn join_tokens_serve_once_expire_and_pin_the_ca() {
     };
     // Spent: the token a1 joined with is gone; a token used once cannot be used again.
     let token = c.join_token();
-    let first = joined(&c, "x1", &token, "19002-19003");
+    let first = joined(&c, "x1", &token, &format!("{}-{}", block + 2, block + 3));
     let out = join(&token, "x2");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown, spent or expired"), "{out:?}");
@@ -195,7 +197,7 @@ fn join_tokens_serve_once_expire_and_pin_the_ca() {
     let out = join(&format!("{head}.{}", "0".repeat(64)), "x4");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not joining"), "{out:?}");
     // That token was not spent by the refused join: it still works.
-    drop(joined(&c, "x5", &t, "19004-19005"));
+    drop(joined(&c, "x5", &t, &format!("{}-{}", block + 4, block + 5)));
     // Bad input changes nothing: a malformed token, a bad agent id, a request that is not one.
     for (body, code) in [
         (r#"{"agent_id":"a1","token":"nope","csr_pem":"x"}"#, 401),
