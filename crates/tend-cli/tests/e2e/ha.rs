@@ -287,6 +287,17 @@ fn a_leader_cut_off_steps_down_and_its_agents_follow_the_new_epoch_only() {
     ha.api(&["service", "deploy", spec.to_str().unwrap()]).unwrap();
     let before = task_pids(72, 2);
     let (old, old_epoch) = ha.leader().unwrap();
+    // An event stream the leader serves (a follower's `tend service deploy` holds one)…
+    let stream = std::process::Command::new("curl")
+        .args(["-sN", "--max-time", "120", "-H", &format!("Authorization: Bearer {}", ha.token())])
+        .arg("--cacert")
+        .arg(ha.dir.path().join("member-0").join("ca.pem"))
+        .arg(format!("{}/v1/events/stream", ha.url(old)))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stream = ChildGuard(Some(stream));
+    std::thread::sleep(Duration::from_millis(500));
     // Cut off: the leader stops answering and renewing (as when its machine stalls).
     kill(ha.member_pid(old), Signal::SIGSTOP).unwrap();
     ha.wait(Duration::from_secs(20), "another leader", |h| {
@@ -312,6 +323,16 @@ fn a_leader_cut_off_steps_down_and_its_agents_follow_the_new_epoch_only() {
     ha.wait(Duration::from_secs(10), "the old leader a follower", |h| {
         h.cluster_seen_by(old).is_some_and(|v| v["role"] == "follower")
     });
+    // …ends when it steps down, not kept open by a control plane that no longer runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ended = loop {
+        match stream.0.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => break true,
+            _ if std::time::Instant::now() > deadline => break false,
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert!(ended, "the old leader's event stream still open after it stepped down");
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(task_pids(72, 2), before, "the tasks ran on, untouched");
     let log = std::fs::read_to_string(ha.dir.path().join(format!("member-{old}.log"))).unwrap_or_default();
